@@ -1,1 +1,12 @@
-//! placeholder: being built
+//! twinrx receivers: everything between a socket and a journal record.
+//!
+//! Layout:
+//! - [`key`]: content keys (SPEC "De-duplication"), computed once at receive time.
+//! - [`record`]: the node-journal record a receiver produces for each accepted message.
+//! - [`syslog`]: RFC 6587 framing and RFC 3164/5424 parsing, as pure functions.
+//! - [`snmp`]: SNMP v1/v2c/v3 trap and inform handling (USM), sans-IO.
+
+pub mod key;
+pub mod record;
+pub mod snmp;
+pub mod syslog;
