@@ -7,6 +7,8 @@
 //! - [`snmp`]: SNMP v1/v2c/v3 trap and inform handling (USM), sans-IO.
 
 pub mod key;
+pub mod limit;
+pub mod listen;
 pub mod record;
 pub mod snmp;
 pub mod syslog;

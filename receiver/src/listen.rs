@@ -1,0 +1,456 @@
+//! Thin tokio listeners for syslog: UDP, TCP (RFC 6587) and TLS (RFC 5425).
+//!
+//! Each listener turns bytes into [`Record`]s (framing by [`crate::syslog::TcpFramer`], key by
+//! [`crate::key::syslog_key`]) and hands them, in batches, to the journal writer through a
+//! bounded channel. Flow control differs by transport, so that nothing that can be kept is
+//! lost and memory never grows:
+//! - UDP never waits: when the channel is full or a source is over its rate, the datagram is
+//!   dropped and counted (`queue_full`, `rate_limited`).
+//! - TCP and TLS wait instead of dropping: a full channel or an empty token bucket stops
+//!   reading the socket, and TCP flow control slows the sender. Nothing is lost.
+//!
+//! Sockets are bound by the caller (so bind errors surface at start-up) and passed in.
+
+use crate::key::syslog_key;
+use crate::limit::{RateLimit, TokenBuckets};
+use crate::record::{Protocol, Record, Transport};
+use crate::syslog::{Frame, TcpFramer};
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, watch};
+use twinrx_types::UnixNanos;
+
+/// A batch of accepted records on its way to the journal writer.
+#[derive(Debug)]
+pub struct Batch {
+    pub records: Vec<Record>,
+    /// Fired once every record of the batch is durable in the journal (SNMP informs are
+    /// answered only then). Dropped unfired if the journal could not take the batch.
+    pub durable: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Batch {
+    pub fn new(records: Vec<Record>) -> Batch {
+        Batch {
+            records,
+            durable: None,
+        }
+    }
+}
+
+/// Where listeners put accepted records: batches, bounded by the channel's capacity.
+pub type RecordTx = mpsc::Sender<Batch>;
+
+/// Records per batch handed to the journal writer at most.
+const BATCH_RECORDS_MAX: usize = 512;
+
+/// Counters of the syslog receivers (exported as `twinrx_receiver_*` by the node).
+#[derive(Default, Debug)]
+pub struct SyslogStats {
+    pub accepted_udp: AtomicU64,
+    pub accepted_tcp: AtomicU64,
+    pub accepted_tls: AtomicU64,
+    pub bytes: AtomicU64,
+    pub oversize: AtomicU64,
+    pub bad_framing: AtomicU64,
+    pub tls_failure: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub queue_full: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub connections_open: AtomicU64,
+    pub connections_total: AtomicU64,
+    /// Unix ms of the last accepted message (health: "receiving").
+    pub last_accept_unix_ms: AtomicU64,
+}
+
+impl SyslogStats {
+    fn accepted(&self, transport: Transport, n: u64) {
+        let c = match transport {
+            Transport::Udp => &self.accepted_udp,
+            Transport::Tcp => &self.accepted_tcp,
+            Transport::Tls => &self.accepted_tls,
+        };
+        c.fetch_add(n, Relaxed);
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.last_accept_unix_ms.store(ms, Relaxed);
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ListenerOptions {
+    /// Largest message accepted; larger ones are refused and counted, never truncated.
+    pub message_bytes_max: usize,
+    pub rate: RateLimit,
+    /// Sources tracked by the rate limiter at most.
+    pub rate_sources_max: usize,
+    /// TCP/TLS connections open at once, per listener.
+    pub connections_max: usize,
+}
+
+pub fn now_unix_nanos() -> UnixNanos {
+    UnixNanos(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0),
+    )
+}
+
+fn syslog_record(transport: Transport, source: SocketAddr, at: UnixNanos, msg: Vec<u8>) -> Record {
+    Record {
+        protocol: Protocol::Syslog,
+        transport,
+        received_at: at,
+        key: syslog_key(source.ip(), &msg),
+        source,
+        raw: msg,
+        decoded: Vec::new(),
+    }
+}
+
+/// Binds a UDP socket asking for a receive buffer of `rcvbuf_bytes` (SO_RCVBUF; the kernel
+/// caps it at `net.core.rmem_max`). Returns the socket and the size obtained, which the node
+/// reports when it is below what was asked.
+pub fn bind_udp(addr: SocketAddr, rcvbuf_bytes: usize) -> io::Result<(UdpSocket, usize)> {
+    use socket2::{Domain, Protocol as SockProto, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(SockProto::UDP))?;
+    if rcvbuf_bytes > 0 && sock.set_recv_buffer_size(rcvbuf_bytes).is_err() {
+        tracing::debug!(rcvbuf_bytes, "SO_RCVBUF refused");
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    let got = sock.recv_buffer_size().unwrap_or(0);
+    let std: std::net::UdpSocket = sock.into();
+    Ok((UdpSocket::from_std(std)?, got))
+}
+
+/// Binds a TCP listener (SO_REUSEADDR, so a restarted node rebinds at once).
+pub fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol as SockProto, Socket, Type};
+    let sock = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM,
+        Some(SockProto::TCP),
+    )?;
+    sock.set_reuse_address(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    let std: std::net::TcpListener = sock.into();
+    TcpListener::from_std(std)
+}
+
+/// Receives syslog datagrams until `shutdown` turns true.
+pub async fn run_udp(
+    sock: UdpSocket,
+    opts: ListenerOptions,
+    tx: RecordTx,
+    stats: Arc<SyslogStats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // One byte more than the limit: a datagram that fills it is over the limit.
+    let mut buf = vec![0u8; opts.message_bytes_max.saturating_add(1).min(65_536)];
+    let mut limiter = TokenBuckets::new(opts.rate, opts.rate_sources_max);
+    loop {
+        tokio::select! {
+            r = sock.readable() => if let Err(e) = r {
+                tracing::warn!(error = %e, "syslog udp socket failed");
+                return;
+            },
+            _ = shutdown.changed() => return,
+        }
+        let mut batch = Vec::new();
+        while batch.len() < BATCH_RECORDS_MAX {
+            match sock.try_recv_from(&mut buf) {
+                Ok((n, src)) => {
+                    if n > opts.message_bytes_max {
+                        stats.oversize.fetch_add(1, Relaxed);
+                        continue;
+                    }
+                    if n == 0 {
+                        continue;
+                    }
+                    if !limiter.allow(src.ip(), Instant::now()) {
+                        stats.rate_limited.fetch_add(1, Relaxed);
+                        continue;
+                    }
+                    stats.bytes.fetch_add(n as u64, Relaxed);
+                    batch.push(syslog_record(
+                        Transport::Udp,
+                        src,
+                        now_unix_nanos(),
+                        buf[..n].to_vec(),
+                    ));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    // ICMP errors and the like: the socket stays usable.
+                    tracing::debug!(error = %e, "syslog udp recv error");
+                    break;
+                }
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let n = batch.len() as u64;
+        match tx.try_send(Batch::new(batch)) {
+            Ok(()) => stats.accepted(Transport::Udp, n),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                stats.queue_full.fetch_add(n, Relaxed);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+        }
+    }
+}
+
+/// Builds the TLS acceptor of RFC 5425. `client_ca`: when set, client certificates are
+/// verified against it, and required when `require_client_cert`.
+pub fn tls_acceptor(
+    cert_file: &Path,
+    key_file: &Path,
+    client_ca: Option<&Path>,
+    require_client_cert: bool,
+) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}", cert_file.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate found", cert_file.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|e| format!("{}: {e}", key_file.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let cas = CertificateDer::pem_file_iter(ca)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("{}: {e}", ca.display()))?;
+            for c in cas {
+                roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
+            }
+            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            );
+            let v = if require_client_cert {
+                v
+            } else {
+                v.allow_unauthenticated()
+            };
+            builder.with_client_cert_verifier(v.build().map_err(|e| e.to_string())?)
+        }
+    };
+    let config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("{}: {e}", key_file.display()))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Accepts TCP (or, with `tls`, TLS) connections until `shutdown` turns true.
+pub async fn run_tcp(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    opts: ListenerOptions,
+    tx: RecordTx,
+    stats: Arc<SyslogStats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limiter = Arc::new(Mutex::new(TokenBuckets::new(
+        opts.rate,
+        opts.rate_sources_max,
+    )));
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly rather than spin.
+                    tracing::warn!(error = %e, "syslog tcp accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        if stats.connections_open.load(Relaxed) >= opts.connections_max as u64 {
+            stats.connections_refused.fetch_add(1, Relaxed);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        stats.connections_open.fetch_add(1, Relaxed);
+        stats.connections_total.fetch_add(1, Relaxed);
+        let (tls, opts, tx, stats, limiter, shutdown) = (
+            tls.clone(),
+            opts.clone(),
+            tx.clone(),
+            stats.clone(),
+            limiter.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            serve_connection(stream, peer, tls, &opts, &tx, &stats, &limiter, shutdown).await;
+            stats.connections_open.fetch_sub(1, Relaxed);
+        });
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    opts: &ListenerOptions,
+    tx: &RecordTx,
+    stats: &SyslogStats,
+    limiter: &Mutex<TokenBuckets>,
+    shutdown: watch::Receiver<bool>,
+) {
+    match tls {
+        None => {
+            read_frames(
+                stream,
+                peer,
+                Transport::Tcp,
+                opts,
+                tx,
+                stats,
+                limiter,
+                shutdown,
+            )
+            .await
+        }
+        Some(acceptor) => {
+            let handshake =
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream))
+                    .await;
+            match handshake {
+                Ok(Ok(s)) => {
+                    read_frames(s, peer, Transport::Tls, opts, tx, stats, limiter, shutdown).await
+                }
+                Ok(Err(e)) => {
+                    stats.tls_failure.fetch_add(1, Relaxed);
+                    tracing::info!(%peer, error = %e, "syslog tls handshake failed");
+                }
+                Err(_) => {
+                    stats.tls_failure.fetch_add(1, Relaxed);
+                    tracing::info!(%peer, "syslog tls handshake timed out");
+                }
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn read_frames<S: AsyncRead + Unpin>(
+    mut stream: S,
+    peer: SocketAddr,
+    transport: Transport,
+    opts: &ListenerOptions,
+    tx: &RecordTx,
+    stats: &SyslogStats,
+    limiter: &Mutex<TokenBuckets>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut framer = TcpFramer::new(opts.message_bytes_max);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = tokio::select! {
+            r = stream.read(&mut buf) => match r {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "syslog connection read error");
+                    0
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let at = now_unix_nanos();
+        let mut batch = Vec::new();
+        let mut broken = false;
+        if n == 0 {
+            if let Some(frame) = framer.finish() {
+                broken = take_frame(frame, peer, transport, at, stats, &mut batch);
+            }
+        } else {
+            framer.extend(&buf[..n]);
+            while let Some(frame) = framer.next_frame() {
+                if take_frame(frame, peer, transport, at, stats, &mut batch) {
+                    broken = true;
+                    break;
+                }
+            }
+        }
+        // Rate limit by waiting: TCP flow control slows the sender; nothing is dropped.
+        for _ in 0..batch.len() {
+            loop {
+                let wait = match limiter.lock() {
+                    Ok(mut l) => l.wait_for(peer.ip(), Instant::now()),
+                    Err(_) => None,
+                };
+                match wait {
+                    None => break,
+                    Some(d) => {
+                        stats.rate_limited.fetch_add(1, Relaxed);
+                        tokio::time::sleep(d).await;
+                    }
+                }
+            }
+        }
+        if !batch.is_empty() {
+            let count = batch.len() as u64;
+            if tx.send(Batch::new(batch)).await.is_err() {
+                return;
+            }
+            stats.accepted(transport, count);
+        }
+        if n == 0 || broken {
+            return;
+        }
+    }
+}
+
+/// Adds a frame to `batch` or counts it; true when the connection must be closed.
+fn take_frame(
+    frame: Frame,
+    peer: SocketAddr,
+    transport: Transport,
+    at: UnixNanos,
+    stats: &SyslogStats,
+    batch: &mut Vec<Record>,
+) -> bool {
+    match frame {
+        Frame::Message(m) => {
+            stats.bytes.fetch_add(m.len() as u64, Relaxed);
+            batch.push(syslog_record(transport, peer, at, m));
+            false
+        }
+        Frame::Oversize { len } => {
+            stats.oversize.fetch_add(1, Relaxed);
+            tracing::info!(%peer, len, "syslog frame over the size limit refused");
+            false
+        }
+        Frame::BadFraming(why) => {
+            stats.bad_framing.fetch_add(1, Relaxed);
+            tracing::info!(%peer, why, "syslog connection closed: bad framing");
+            true
+        }
+    }
+}
