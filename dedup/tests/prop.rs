@@ -1,0 +1,130 @@
+//! Property tests: the streaming merger, driven through random journals, arrival
+//! interleavings, lags, ticks and failovers, against the reference function.
+//!
+//! What is compared, and why: the streaming merger pairs copies as they arrive, so *which*
+//! copies it pairs may differ from the reference's pairing; the events per key may not. Each
+//! committed stream log must satisfy (see `common::check`):
+//! - every journal record is accounted for exactly once (an entry's copy or a `Matched` copy),
+//!   and no output names a record that is not in the journals;
+//! - entry offsets are contiguous from 0;
+//! - each entry is matched at most once, by a copy from the other node, same key, within `W`
+//!   (so an event stands for at most one copy per node);
+//! - the number of events per key equals the reference's (monotone clocks) or is at least it
+//!   (a clock stepped back: pairing stays valid but may not be maximal);
+//! - `late` is set exactly on entries more than `W` older than the newest record before them.
+//!
+//! Default: a few hundred cases (seconds). Long campaign (see README):
+//! `PROPTEST_CASES=1000000 cargo test --release -p dedup --test prop`.
+
+mod common;
+
+use common::{check, config, drive, journals, step_back, Event, Plan};
+use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(192)
+}
+
+fn event(n_keys: u8) -> impl Strategy<Value = Event> {
+    (
+        0..n_keys,
+        prop_oneof![
+            3 => 0u32..50,
+            3 => 0u32..3_000,
+            2 => (0u32..12).prop_map(|x| x * 500),
+            1 => 0u32..30_000
+        ],
+        0u8..10,
+        jitter(),
+        jitter(),
+    )
+        .prop_map(|(key, gap_ms, presence, jitter_a_ms, jitter_b_ms)| Event {
+            key,
+            gap_ms,
+            presence,
+            jitter_a_ms,
+            jitter_b_ms,
+        })
+}
+
+/// Receive-time jitter; often whole half-seconds so that copies land exactly `W` apart.
+fn jitter() -> impl Strategy<Value = u16> {
+    prop_oneof![0u16..1_500, (0u16..4).prop_map(|x| x * 500)]
+}
+
+fn events() -> impl Strategy<Value = Vec<Event>> {
+    (1u8..=6).prop_flat_map(|n| prop::collection::vec(event(n), 0..48))
+}
+
+fn plan() -> impl Strategy<Value = Plan> {
+    (
+        prop::collection::vec((any::<bool>(), 1u8..40), 0..12),
+        prop::collection::vec((0usize..100, 0usize..6), 0..4),
+        prop::option::of(0u32..40_000),
+    )
+        .prop_map(|(runs, crashes, tick_ms)| Plan {
+            runs,
+            crashes,
+            tick_ms,
+        })
+}
+
+fn cfg() -> impl Strategy<Value = (u64, usize, u64)> {
+    (
+        prop_oneof![Just(5_000u64), Just(6_000), Just(60_000)],
+        prop_oneof![Just(1usize), Just(3), Just(1 << 20)],
+        any::<u64>(),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: cases(),
+        // Relative to the crate directory (cargo runs tests there): dedup/proptest-regressions/.
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "proptest-regressions/prop.txt"
+        ))),
+        ..ProptestConfig::default()
+    })]
+
+    /// Nondecreasing clocks per node, random skew between them: exact per-key counts.
+    #[test]
+    fn streaming_equals_reference(
+        events in events(),
+        skew_b_ms in prop_oneof![
+            -1_500i64..1_500,
+            -12_000i64..12_000,
+            (-24i64..24).prop_map(|x| x * 500)
+        ],
+        plan in plan(),
+        (memory_ms, entries_max, seed) in cfg(),
+    ) {
+        let j = journals(&events, skew_b_ms);
+        let log = drive(&j, &plan, config(memory_ms, entries_max, seed));
+        if let Err(e) = check(&j, &log, true) {
+            prop_assert!(false, "{}", e);
+        }
+    }
+
+    /// A node's clock steps back a little: nothing lost or doubled, pairing stays valid.
+    #[test]
+    fn clock_step_back_loses_and_doubles_nothing(
+        events in events(),
+        skew_b_ms in -3_000i64..3_000,
+        step in (any::<bool>(), 0usize..48, 1i64..4_000),
+        plan in plan(),
+        (memory_ms, entries_max, seed) in cfg(),
+    ) {
+        let mut j = journals(&events, skew_b_ms);
+        let (on_b, at, step_ms) = step;
+        step_back(&mut j[usize::from(on_b)], at, step_ms);
+        let log = drive(&j, &plan, config(memory_ms, entries_max, seed));
+        if let Err(e) = check(&j, &log, false) {
+            prop_assert!(false, "{}", e);
+        }
+    }
+}
