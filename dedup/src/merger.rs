@@ -113,7 +113,11 @@ pub enum Error<E> {
     /// The record is not the next one of its journal: records must come in seq order per
     /// node, each once. `got <= expected - 1` means it is already accounted for.
     #[error("journal {node}: record {got} fed, expected {expected}")]
-    OutOfSequence { node: NodeId, expected: Seq, got: Seq },
+    OutOfSequence {
+        node: NodeId,
+        expected: Seq,
+        got: Seq,
+    },
     /// The record names a node that is not A or B.
     #[error("record {node}:{seq} names an unknown node")]
     UnknownNode { node: NodeId, seq: Seq },
@@ -172,6 +176,9 @@ pub struct Merger {
     open: HashMap<Key, Slot, SeededKeyHash>,
     open_len: usize,
     inserted_since_sweep: usize,
+    /// Insertions until the next sweep: the entries held after the last one (at least
+    /// `SWEEP_MIN`), so sweeping is amortised O(1) and memory at most about twice the live set.
+    sweep_after: usize,
     stats: Stats,
 }
 
@@ -243,12 +250,11 @@ impl Merger {
             memory_entries_max: c.memory_entries_max,
             progress,
             // Every entry already in the stream is below the horizon, i.e. in the history.
-            horizon: progress
-                .newest
-                .map_or(i64::MIN, |t| t.0.saturating_add(1)),
+            horizon: progress.newest.map_or(i64::MIN, |t| t.0.saturating_add(1)),
             open: HashMap::with_hasher(SeededKeyHash(c.hash_seed)),
             open_len: 0,
             inserted_since_sweep: 0,
+            sweep_after: SWEEP_MIN,
             stats: Stats::default(),
         }
     }
@@ -405,9 +411,7 @@ impl Merger {
         }
         self.open_len += 1;
         self.inserted_since_sweep += 1;
-        // Amortised O(1): a sweep costs O(open_len) and runs after as many insertions.
-        if self.inserted_since_sweep >= self.open_len.max(SWEEP_MIN)
-            || self.open_len > self.memory_entries_max
+        if self.inserted_since_sweep >= self.sweep_after || self.open_len > self.memory_entries_max
         {
             self.sweep();
         }
@@ -453,6 +457,7 @@ impl Merger {
         });
         self.open_len -= dropped;
         self.stats.evicted += dropped as u64;
+        self.sweep_after = self.open_len.max(SWEEP_MIN);
     }
 }
 
@@ -487,5 +492,378 @@ impl Hasher for KeyHasher {
     fn finish(&self) -> u64 {
         let x = self.0 ^ (self.0 >> 32);
         x.wrapping_mul(0xd6e8_feb8_6659_fd93)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::{MemHistory, OpenEntry};
+
+    const T0: i64 = 1_764_000_000_000; // ms
+
+    fn key(k: u8) -> Key {
+        Key([k; 16])
+    }
+
+    fn rec(node: NodeId, seq: u64, k: u8, ms: i64) -> Record {
+        Record {
+            node,
+            seq: Seq(seq),
+            key: key(k),
+            received_at: UnixNanos((T0 + ms) * NS_PER_MS),
+        }
+    }
+
+    fn entry(offset: u64, r: Record, late: bool) -> Output {
+        Output::Entry(Entry {
+            offset: Offset(offset),
+            copy: r.pos(),
+            key: r.key,
+            received_at: r.received_at,
+            late,
+        })
+    }
+
+    fn matched(offset: u64, r: Record) -> Output {
+        Output::Matched(Matched {
+            entry: Offset(offset),
+            copy: r.pos(),
+            key: r.key,
+            received_at: r.received_at,
+        })
+    }
+
+    /// A merger plus the history the binary would keep.
+    struct Driver {
+        merger: Merger,
+        history: MemHistory,
+        log: Vec<Output>,
+    }
+
+    impl Driver {
+        fn new(config: Config) -> Driver {
+            Driver {
+                merger: Merger::new(config.validate().expect("valid test config")),
+                history: MemHistory::new(),
+                log: Vec::new(),
+            }
+        }
+
+        fn feed(&mut self, records: &[Record]) -> Vec<Output> {
+            records
+                .iter()
+                .map(|r| {
+                    let o = self
+                        .merger
+                        .handle_record(*r, &self.history)
+                        .expect("fed in sequence");
+                    self.history.apply(&o);
+                    self.log.push(o);
+                    o
+                })
+                .collect()
+        }
+    }
+
+    const A: NodeId = NodeId::A;
+    const B: NodeId = NodeId::B;
+
+    #[test]
+    fn copies_on_both_nodes_give_one_entry_and_a_matched_fact() {
+        let mut d = Driver::new(Config::default());
+        let (a1, b1) = (rec(A, 1, 1, 0), rec(B, 1, 1, 3));
+        assert_eq!(d.feed(&[a1, b1]), vec![entry(0, a1, false), matched(0, b1)]);
+        assert_eq!(
+            d.merger.progress(),
+            Progress {
+                next_offset: Offset(1),
+                consumed: [Seq(1), Seq(1)],
+                newest: Some(b1.received_at),
+            }
+        );
+        let s = d.merger.stats();
+        assert_eq!((s.records, s.entries, s.matched, s.late), (2, 1, 1, 0));
+        assert_eq!(s.memory_entries, 0);
+    }
+
+    #[test]
+    fn a_copy_on_one_node_only_is_emitted_at_once() {
+        let mut d = Driver::new(Config::default());
+        let b1 = rec(B, 1, 7, 0);
+        assert_eq!(d.feed(&[b1]), vec![entry(0, b1, false)]);
+        // Node A never gets it; later traffic does not change the entry.
+        let a1 = rec(A, 1, 8, 10_000);
+        assert_eq!(d.feed(&[a1]), vec![entry(1, a1, false)]);
+    }
+
+    #[test]
+    fn k_copies_on_a_and_m_on_b_give_max_k_m_matched_in_time_order() {
+        let mut d = Driver::new(Config::default());
+        let a: Vec<Record> = (0..3).map(|i| rec(A, i + 1, 1, i as i64 * 100)).collect();
+        let b: Vec<Record> = (0..2)
+            .map(|i| rec(B, i + 1, 1, 50 + i as i64 * 100))
+            .collect();
+        let out = d.feed(&[a[0], a[1], b[0], a[2], b[1]]);
+        assert_eq!(
+            out,
+            vec![
+                entry(0, a[0], false),
+                entry(1, a[1], false),
+                matched(0, b[0]),
+                entry(2, a[2], false),
+                matched(1, b[1]),
+            ]
+        );
+    }
+
+    #[test]
+    fn skew_up_to_the_window_matches_beyond_it_does_not() {
+        let mut d = Driver::new(Config::default());
+        let (a1, b1) = (rec(A, 1, 1, 0), rec(B, 1, 1, 5_000));
+        let (a2, b2) = (rec(A, 2, 2, 20_000), rec(B, 2, 2, 25_001));
+        assert_eq!(
+            d.feed(&[a1, b1, a2, b2]),
+            vec![
+                entry(0, a1, false),
+                matched(0, b1),
+                entry(1, a2, false),
+                entry(2, b2, false),
+            ]
+        );
+        // B's clock running behind A's by the window works the same way.
+        let (a3, b3) = (rec(A, 3, 3, 40_000), rec(B, 3, 3, 35_000));
+        assert_eq!(d.feed(&[b3, a3]), vec![entry(3, b3, false), matched(3, a3)]);
+    }
+
+    #[test]
+    fn late_copies_after_a_partition_are_matched_through_history_or_emitted_late() {
+        // Node A receives one message a second for 10 minutes while B's journal is cut off;
+        // B got the same messages, except the one at second 100, plus one A lost (key 255).
+        let mut d = Driver::new(Config::default());
+        let a: Vec<Record> = (0..600)
+            .map(|i| rec(A, i + 1, (i % 250) as u8, i as i64 * 1_000))
+            .collect();
+        d.feed(&a);
+        // A tick at the newest time keeps only the last memory_ms (30 s) of open entries.
+        d.merger.handle_tick(a[599].received_at);
+        assert_eq!(d.merger.stats().memory_entries, 31);
+        let mut b: Vec<Record> = (0..600i64)
+            .filter(|&i| i != 100)
+            .map(|i| rec(B, 0, (i % 250) as u8, i * 1_000 + 2))
+            .collect();
+        b.insert(150, rec(B, 0, 255, 150_500));
+        for (n, r) in b.iter_mut().enumerate() {
+            r.seq = Seq(n as u64 + 1);
+        }
+        let out = d.feed(&b);
+        // b:1 is A's first message (entry 0), matched from the history.
+        assert_eq!(out[0], matched(0, b[0]));
+        // The message A lost is a new entry, late: the stream is 10 minutes ahead.
+        assert_eq!(out[150], entry(600, b[150], true));
+        assert_eq!(
+            out.iter().filter(|o| matches!(o, Output::Entry(_))).count(),
+            1
+        );
+        let s = d.merger.stats();
+        assert_eq!((s.entries, s.matched, s.late), (601, 599, 1));
+        assert!(s.matched_from_history > 500, "{s:?}");
+        // Entry 100 (the message B missed) stays single: nothing matched it.
+        assert!(d
+            .log
+            .iter()
+            .all(|o| !matches!(o, Output::Matched(m) if m.entry == Offset(100))));
+    }
+
+    #[test]
+    fn identical_messages_from_different_sources_are_different_events() {
+        // Same bytes, different source IP: different keys (the receiver keys on source + bytes).
+        let mut d = Driver::new(Config::default());
+        let (a1, a2) = (rec(A, 1, 1, 0), rec(A, 2, 2, 0));
+        let (b1, b2) = (rec(B, 1, 2, 1), rec(B, 2, 1, 1));
+        assert_eq!(
+            d.feed(&[a1, a2, b1, b2]),
+            vec![
+                entry(0, a1, false),
+                entry(1, a2, false),
+                matched(1, b1),
+                matched(0, b2)
+            ]
+        );
+    }
+
+    #[test]
+    fn raw_keyed_unparsable_records_merge_like_any_other() {
+        // The receiver keys an unparsable datagram on its raw bytes; for the merger it is a key.
+        let mut d = Driver::new(Config::default());
+        let mut raw = [0u8; 16];
+        raw[..6].copy_from_slice(b"\xff\x00garb");
+        let a1 = Record {
+            key: Key(raw),
+            ..rec(A, 1, 0, 0)
+        };
+        let b1 = Record {
+            key: Key(raw),
+            ..rec(B, 1, 0, 4)
+        };
+        assert_eq!(d.feed(&[a1, b1]), vec![entry(0, a1, false), matched(0, b1)]);
+    }
+
+    #[test]
+    fn a_recovered_merger_continues_without_loss_or_duplicate() {
+        let mut d = Driver::new(Config::default());
+        let (a1, a2, b1, b2) = (
+            rec(A, 1, 1, 0),
+            rec(A, 2, 2, 10),
+            rec(B, 1, 1, 2),
+            rec(B, 2, 2, 12),
+        );
+        d.feed(&[a1, a2, b1]);
+        // The active dies after committing only a1's entry and b1's match; a2 was lost.
+        let committed = vec![d.log[0], d.log[2]];
+        let progress = Progress::from_log(&committed);
+        assert_eq!(progress.consumed, [Seq(1), Seq(1)]);
+        let history = MemHistory::from_log(&committed);
+        let config = Config::default().validate().expect("valid");
+        let mut m = Merger::recover(config, progress);
+        // Re-feeding an accounted record is refused, state unchanged.
+        assert_eq!(
+            m.handle_record(b1, &history),
+            Err(Error::OutOfSequence {
+                node: B,
+                expected: Seq(2),
+                got: Seq(1)
+            })
+        );
+        assert_eq!(m.handle_record(b2, &history), Ok(entry(1, b2, false)));
+        let mut history = history;
+        history.apply(&entry(1, b2, false));
+        assert_eq!(m.handle_record(a2, &history), Ok(matched(1, a2)));
+        assert_eq!(m.stats().history_lookups, 2);
+    }
+
+    struct Broken;
+    impl History for Broken {
+        type Error = &'static str;
+        fn earliest_open(
+            &self,
+            _: Key,
+            _: NodeId,
+            _: UnixNanos,
+            _: UnixNanos,
+        ) -> Result<Option<OpenEntry>, &'static str> {
+            Err("disk gone")
+        }
+    }
+
+    #[test]
+    fn a_failed_history_lookup_consumes_nothing() {
+        let config = Config::default().validate().expect("valid");
+        let progress = Progress {
+            next_offset: Offset(5),
+            consumed: [Seq(3), Seq(2)],
+            newest: Some(UnixNanos(T0 * NS_PER_MS)),
+        };
+        let mut m = Merger::recover(config, progress);
+        let b3 = rec(B, 3, 1, 1);
+        assert_eq!(
+            m.handle_record(b3, &Broken),
+            Err(Error::History {
+                copy: b3.pos(),
+                source: "disk gone"
+            })
+        );
+        assert_eq!(m.progress(), progress);
+        assert_eq!(
+            m.handle_record(b3, &MemHistory::new()),
+            Ok(entry(5, b3, false))
+        );
+    }
+
+    #[test]
+    fn unknown_node_is_refused() {
+        let mut m = Merger::new(Config::default().validate().expect("valid"));
+        let r = Record {
+            node: NodeId(2),
+            ..rec(A, 1, 1, 0)
+        };
+        assert_eq!(
+            m.handle_record(r, &MemHistory::new()),
+            Err(Error::UnknownNode {
+                node: NodeId(2),
+                seq: Seq(1)
+            })
+        );
+    }
+
+    #[test]
+    fn memory_stays_within_the_window_and_the_entry_limit() {
+        // 100 000 unmatched records, one per ms: memory_ms = 5 s keeps at most ~5 000 + a sweep.
+        let mut d = Driver::new(Config {
+            memory_ms: 5_000,
+            ..Config::default()
+        });
+        let mut peak = 0;
+        for i in 0..100_000u64 {
+            let r = Record {
+                key: Key((i as u128).to_le_bytes()),
+                ..rec(A, i + 1, 0, i as i64)
+            };
+            d.feed(&[r]);
+            peak = peak.max(d.merger.stats().memory_entries);
+        }
+        assert!(peak <= 2 * 5_001 + SWEEP_MIN as u64, "peak {peak}");
+        // A hard cap on entries holds even when the times never move.
+        let mut d = Driver::new(Config {
+            memory_entries_max: 100,
+            ..Config::default()
+        });
+        for i in 0..10_000u64 {
+            let r = Record {
+                key: Key((i as u128).to_le_bytes()),
+                ..rec(A, i + 1, 0, (i / 1000) as i64)
+            };
+            d.feed(&[r]);
+            assert!(d.merger.stats().memory_entries <= 100);
+        }
+        // ... and matching still works through the history.
+        let b1 = Record {
+            key: Key(0u128.to_le_bytes()),
+            ..rec(B, 1, 0, 0)
+        };
+        assert_eq!(d.feed(&[b1]), vec![matched(0, b1)]);
+    }
+
+    #[test]
+    fn a_tick_frees_memory_without_changing_outputs() {
+        let mut d = Driver::new(Config::default());
+        let a1 = rec(A, 1, 1, 0);
+        d.feed(&[a1]);
+        assert_eq!(d.merger.stats().memory_entries, 1);
+        d.merger.handle_tick(UnixNanos((T0 + 60_000) * NS_PER_MS));
+        assert_eq!(d.merger.stats().memory_entries, 0);
+        let b1 = rec(B, 1, 1, 1);
+        assert_eq!(d.feed(&[b1]), vec![matched(0, b1)]);
+        assert_eq!(d.merger.stats().matched_from_history, 1);
+    }
+
+    #[test]
+    fn config_problems_name_the_key() {
+        let bad = Config {
+            memory_ms: 1_000,
+            ..Config::default()
+        };
+        assert_eq!(
+            bad.validate().map_err(|e| e.to_string()),
+            Err("merger.memory_ms = 1000: must be at least merger.window_ms (5000)".into())
+        );
+        assert_eq!(
+            Config {
+                window_ms: 0,
+                ..Config::default()
+            }
+            .validate(),
+            Err(ConfigError::WindowZero)
+        );
     }
 }

@@ -180,7 +180,9 @@ mod tests {
         // Deterministic pseudo-random small cases (no RNG dependency): an LCG.
         let mut s: u64 = 0x2545_f491_4f6c_dd1d;
         let mut next = |m: u64| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (s >> 33) % m
         };
         for _ in 0..3000 {

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use dedup::{
-    counts_per_key, reference, Config, Merger, MemHistory, Output, Progress, Record, ValidConfig,
+    counts_per_key, reference, Config, MemHistory, Merger, Output, Progress, Record, ValidConfig,
 };
 use twinrx_types::{Key, NodeId, Seq, UnixNanos};
 
@@ -173,7 +173,9 @@ pub fn check(journals: &[Vec<Record>; 2], log: &[Output], exact: bool) -> Result
             return Err(format!("log[{i}] {o:?} does not describe record {rec:?}"));
         }
         if let Some(prev) = seen.insert((c.node, c.seq), i) {
-            return Err(format!("record {c} accounted twice: log[{prev}] and log[{i}]"));
+            return Err(format!(
+                "record {c} accounted twice: log[{prev}] and log[{i}]"
+            ));
         }
         match o {
             Output::Entry(e) => {
@@ -184,9 +186,8 @@ pub fn check(journals: &[Vec<Record>; 2], log: &[Output], exact: bool) -> Result
                         entries.len()
                     ));
                 }
-                let late = newest.is_some_and(|n| {
-                    i128::from(e.received_at.0) + w_ns < i128::from(n)
-                });
+                let late =
+                    newest.is_some_and(|n| i128::from(e.received_at.0) + w_ns < i128::from(n));
                 if e.late != late {
                     return Err(format!("log[{i}]: late = {}, expected {late}", e.late));
                 }
