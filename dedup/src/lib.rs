@@ -8,7 +8,7 @@
 //! - [`merger`]: [`Merger`], the sans-IO streaming state machine: no I/O, no clock, no RNG.
 //! - [`history`]: [`History`], the merger's read access to the stream it already wrote (the
 //!   binary implements it over the stream on disk), and [`MemHistory`] for tests.
-//! - [`reference`]: the reference function (whole journals in, expected events out) the
+//! - [`mod@reference`]: the reference function (whole journals in, expected events out) the
 //!   property tests hold the merger against.
 //!
 //! The stream log the binary keeps is the sequence of [`Output`]s in the order the merger
