@@ -1,0 +1,256 @@
+//! Readers: [`JournalHandle`] (reads by seq range), [`Tail`] (async, woken on each change of
+//! the durable seq) and [`ReaderGuard`] (holds back retention).
+//!
+//! Reads go through the shared open segment files with positioned reads, start at the
+//! sparse-index entry (or the position where the previous read ended) nearest to the wanted
+//! seq, verify every record's CRC and seq, and never return a record beyond the durable seq.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use twinrx_types::Seq;
+
+use crate::format::SegReader;
+use crate::segment::{lock, read_lock, Hint, ReaderSlot, Segment, Shared};
+use crate::{seq_opt, Error};
+
+/// Segments one read may cross; a read stops at the end of the last (returning what it has).
+const READ_SEGMENTS_MAX: usize = 8;
+
+/// Read access to a journal from any thread or task while the writer appends. Cheap to
+/// clone (one `Arc`); `Send + Sync`.
+#[derive(Clone)]
+pub struct JournalHandle {
+    shared: Arc<Shared>,
+}
+
+impl JournalHandle {
+    pub(crate) fn new(shared: Arc<Shared>) -> JournalHandle {
+        JournalHandle { shared }
+    }
+
+    /// The oldest seq still on disk (after retention); `Seq(1)` for a fresh journal.
+    pub fn first_seq(&self) -> Seq {
+        Seq(self.shared.first_seq.load(Ordering::Acquire))
+    }
+
+    /// The last seq readers may see: fsynced (policies `batch`, `interval`) or written
+    /// (`never`). `None` while nothing was ever durable. After [`crate::Journal::reset_to`]
+    /// it is `first_seq - 1` until the first append, a seq that is not readable.
+    pub fn durable_seq(&self) -> Option<Seq> {
+        *self.shared.durable.borrow()
+    }
+
+    /// Records `from..=durable_seq`, at most `max_records` of them and, past the first,
+    /// at most `max_bytes` of payload. At least one record is returned if `from` is durable,
+    /// however large. Empty if `from > durable_seq` (or `max_records == 0`).
+    /// [`Error::Gone`] if `from < first_seq` (deleted by retention).
+    pub fn read(
+        &self,
+        from: Seq,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(Seq, Vec<u8>)>, Error> {
+        let shared = &*self.shared;
+        let _gate = read_lock(&shared.gate);
+        let durable_next = shared.durable_next();
+        let segs: Vec<Arc<Segment>> = {
+            let table = read_lock(&shared.segments);
+            let first = table.first().map_or(from.0, |s| s.first_seq);
+            if from.0 < first {
+                return Err(Error::Gone {
+                    from,
+                    first: Seq(first),
+                });
+            }
+            if from.0 >= durable_next || max_records == 0 {
+                return Ok(Vec::new());
+            }
+            let i = table
+                .partition_point(|s| s.first_seq <= from.0)
+                .saturating_sub(1);
+            table[i..].iter().take(READ_SEGMENTS_MAX).cloned().collect()
+        };
+        let last = (durable_next - 1).min(from.0.saturating_add(max_records as u64 - 1));
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut seq = from.0;
+        for seg in segs {
+            let seg_end = seg.end_seq.load(Ordering::Acquire);
+            if seq >= seg_end {
+                continue;
+            }
+            let mut offset = match shared.hint(seq) {
+                Some(h) if h.seg_first == seg.first_seq => h.offset,
+                _ => seg.locate(seq)?,
+            };
+            let mut r = SegReader::new(&seg.file, &seg.path);
+            while seq <= last && seq < seg_end {
+                let (h, payload) = r.record(offset, seq)?;
+                if !out.is_empty() && bytes + payload.len() > max_bytes {
+                    shared.remember(Hint {
+                        seq,
+                        seg_first: seg.first_seq,
+                        offset,
+                    });
+                    return Ok(out);
+                }
+                bytes += payload.len();
+                out.push((Seq(seq), payload.to_vec()));
+                offset += h.frame_len();
+                seq += 1;
+            }
+            shared.remember(Hint {
+                seq,
+                seg_first: seg.first_seq,
+                offset,
+            });
+            if seq > last {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// A receiver that changes whenever [`JournalHandle::durable_seq`] changes (up on
+    /// append/sync, down on truncate/reset). It reports closed when the writer is dropped.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Seq>> {
+        self.shared.durable.clone()
+    }
+
+    /// Registers a reader at `from`: retention keeps every seq `>=` its position until the
+    /// guard is dropped. Move it forward with [`ReaderGuard::advance`]. A position below
+    /// `first_seq` protects nothing that is not already gone.
+    pub fn register_reader(&self, name: &str, from: Seq) -> ReaderGuard {
+        let id = self.shared.reader_id_next.fetch_add(1, Ordering::Relaxed);
+        let position = Arc::new(AtomicU64::new(from.0));
+        lock(&self.shared.readers).insert(
+            id,
+            ReaderSlot {
+                name: name.to_string(),
+                position: position.clone(),
+            },
+        );
+        ReaderGuard {
+            shared: self.shared.clone(),
+            id,
+            position,
+        }
+    }
+
+    /// An async reader returning records from `from` on, waiting for new ones.
+    pub fn tail(&self, from: Seq) -> Tail {
+        let generation = self.shared.cut_generation();
+        Tail {
+            handle: self.clone(),
+            durable: self.subscribe(),
+            position: from,
+            returned_last: None,
+            cut_generation: generation,
+            closed: false,
+        }
+    }
+}
+
+/// A registered reader position; retention keeps every seq at or after it. Dropping the
+/// guard unregisters it.
+pub struct ReaderGuard {
+    shared: Arc<Shared>,
+    id: u64,
+    position: Arc<AtomicU64>,
+}
+
+impl ReaderGuard {
+    /// Releases seqs below `upto_exclusive` for retention. Positions only move forward: a
+    /// lower value is ignored.
+    pub fn advance(&self, upto_exclusive: Seq) {
+        self.position.fetch_max(upto_exclusive.0, Ordering::AcqRel);
+    }
+
+    /// The first seq retention must keep for this reader.
+    pub fn position(&self) -> Seq {
+        Seq(self.position.load(Ordering::Acquire))
+    }
+}
+
+impl Drop for ReaderGuard {
+    fn drop(&mut self) {
+        lock(&self.shared.readers).remove(&self.id);
+    }
+}
+
+/// An async tailing reader: [`Tail::next_batch`] returns the next durable records after its
+/// position, waiting (without polling) until there are some.
+///
+/// It ends with [`Error::Closed`] once the [`crate::Journal`] writer is dropped and every
+/// durable record was returned, with [`Error::Truncated`] if
+/// [`crate::Journal::truncate_from`] or [`crate::Journal::reset_to`] cut a record it had
+/// already returned, and with [`Error::Gone`] if retention deleted its position (register a
+/// [`ReaderGuard`] to prevent that). Reads are positioned reads on open files, normally
+/// served from the page cache; they run on the calling task.
+pub struct Tail {
+    handle: JournalHandle,
+    durable: watch::Receiver<Option<Seq>>,
+    position: Seq,
+    returned_last: Option<u64>,
+    cut_generation: u64,
+    closed: bool,
+}
+
+impl Tail {
+    /// The seq the next returned record will have.
+    pub fn position(&self) -> Seq {
+        self.position
+    }
+
+    /// Waits until records at or after the position are durable and returns them (at most
+    /// `max_records`, at most `max_bytes` of payload past the first), advancing the position.
+    pub async fn next_batch(
+        &mut self,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(Seq, Vec<u8>)>, Error> {
+        loop {
+            let durable = self.durable.borrow_and_update().map_or(0, |s| s.0);
+            self.check_cuts(durable)?;
+            if durable >= self.position.0 {
+                let recs = self
+                    .handle
+                    .read(self.position, max_records.max(1), max_bytes)?;
+                if let Some(&(last, _)) = recs.last() {
+                    // A cut may have raced the read; what was read must still be ours.
+                    self.check_cuts(self.handle.durable_seq().map_or(0, |s| s.0))?;
+                    self.position = last.next();
+                    self.returned_last = Some(last.0);
+                    return Ok(recs);
+                }
+                // Durable went down between the borrow and the read: wait for the next change.
+            }
+            if self.closed {
+                return Err(Error::Closed);
+            }
+            if self.durable.changed().await.is_err() {
+                // Writer dropped: one more look at the final value, then Closed.
+                self.closed = true;
+            }
+        }
+    }
+
+    fn check_cuts(&mut self, durable: u64) -> Result<(), Error> {
+        let Some(returned) = self.returned_last else {
+            let (g, _) = self.handle.shared.cuts_since(self.cut_generation);
+            self.cut_generation = g;
+            return Ok(());
+        };
+        let (g, lowest) = self.handle.shared.cuts_since(self.cut_generation);
+        self.cut_generation = g;
+        if durable < returned || lowest.is_some_and(|s| s <= returned) {
+            return Err(Error::Truncated {
+                position: self.position,
+                last: seq_opt(durable),
+            });
+        }
+        Ok(())
+    }
+}
