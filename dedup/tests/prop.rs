@@ -128,3 +128,36 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: cases(),
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "proptest-regressions/prop.txt"
+        ))),
+        ..ProptestConfig::default()
+    })]
+
+    /// The in-memory horizon (memory_ms, memory_entries_max, ticks) and the hash seed change
+    /// only speed and memory: the stream log is identical, entry for entry, with everything
+    /// matched through the history (1 entry in memory) or everything in memory.
+    #[test]
+    fn memory_settings_never_change_outputs(
+        events in events(),
+        skew_b_ms in -12_000i64..12_000,
+        step in (any::<bool>(), 0usize..48, 0i64..4_000),
+        plan in plan(),
+        seed in any::<u64>(),
+    ) {
+        let mut j = journals(&events, skew_b_ms);
+        let (on_b, at, step_ms) = step;
+        step_back(&mut j[usize::from(on_b)], at, step_ms);
+        let all_in_memory = drive(
+            &j,
+            &Plan { tick_ms: None, ..plan.clone() },
+            config(3_600_000, 1 << 20, 0),
+        );
+        let mostly_history = drive(&j, &plan, config(5_000, 1, seed));
+        prop_assert_eq!(all_in_memory, mostly_history);
+    }
+}
