@@ -1,0 +1,503 @@
+//! Node configuration: one TOML file, deserialized, then validated into [`NodeConfig`].
+//!
+//! Every key is documented in `docs/config.md`. Unknown keys are refused (a typo must not
+//! silently fall back to a default), and validation reports every problem at once, naming
+//! the key (STYLE.md §4).
+
+use anyhow::Context as _;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub node: RawNode,
+    #[serde(default)]
+    pub journal: RawJournal,
+    #[serde(default)]
+    pub syslog: RawSyslog,
+    #[serde(default)]
+    pub snmp: RawSnmp,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub stream: RawStream,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    #[serde(default = "default_node_name")]
+    pub name: String,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+}
+
+impl Default for RawNode {
+    fn default() -> Self {
+        RawNode {
+            name: default_node_name(),
+            data_dir: default_data_dir(),
+        }
+    }
+}
+
+fn default_node_name() -> String {
+    "a".into()
+}
+fn default_data_dir() -> PathBuf {
+    "/var/lib/twinrx".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJournal {
+    #[serde(default = "default_fsync")]
+    pub fsync: String,
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes_max: u64,
+    #[serde(default)]
+    pub retention_bytes_max: Option<u64>,
+    #[serde(default)]
+    pub retention_age_max_s: Option<u64>,
+    #[serde(default = "default_queue_batches")]
+    pub queue_batches_max: usize,
+}
+
+impl Default for RawJournal {
+    fn default() -> Self {
+        RawJournal {
+            fsync: default_fsync(),
+            segment_bytes_max: default_segment_bytes(),
+            retention_bytes_max: None,
+            retention_age_max_s: None,
+            queue_batches_max: default_queue_batches(),
+        }
+    }
+}
+
+fn default_fsync() -> String {
+    "batch".into()
+}
+fn default_segment_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_queue_batches() -> usize {
+    1024
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSyslog {
+    #[serde(default = "default_syslog_udp")]
+    pub udp: Vec<String>,
+    #[serde(default = "default_syslog_tcp")]
+    pub tcp: Vec<String>,
+    #[serde(default)]
+    pub tls: Vec<String>,
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_client_ca_file: Option<PathBuf>,
+    #[serde(default = "default_client_cert")]
+    pub tls_client_cert: String,
+    #[serde(default = "default_message_bytes")]
+    pub message_bytes_max: usize,
+    #[serde(default = "default_rcvbuf")]
+    pub udp_rcvbuf_bytes: usize,
+    #[serde(default)]
+    pub rate_per_source_per_s: u64,
+    #[serde(default)]
+    pub rate_burst: Option<u64>,
+    #[serde(default = "default_connections")]
+    pub connections_max: usize,
+}
+
+impl Default for RawSyslog {
+    fn default() -> Self {
+        RawSyslog {
+            udp: default_syslog_udp(),
+            tcp: default_syslog_tcp(),
+            tls: Vec::new(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            tls_client_cert: default_client_cert(),
+            message_bytes_max: default_message_bytes(),
+            udp_rcvbuf_bytes: default_rcvbuf(),
+            rate_per_source_per_s: 0,
+            rate_burst: None,
+            connections_max: default_connections(),
+        }
+    }
+}
+
+fn default_syslog_udp() -> Vec<String> {
+    vec!["0.0.0.0:514".into()]
+}
+fn default_syslog_tcp() -> Vec<String> {
+    vec!["0.0.0.0:514".into()]
+}
+fn default_client_cert() -> String {
+    "none".into()
+}
+fn default_message_bytes() -> usize {
+    64 * 1024
+}
+fn default_rcvbuf() -> usize {
+    8 * 1024 * 1024
+}
+fn default_connections() -> usize {
+    1024
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSnmp {
+    #[serde(default = "default_snmp_listen")]
+    pub listen: Vec<String>,
+}
+
+impl Default for RawSnmp {
+    fn default() -> Self {
+        RawSnmp {
+            listen: default_snmp_listen(),
+        }
+    }
+}
+
+fn default_snmp_listen() -> Vec<String> {
+    vec!["0.0.0.0:162".into()]
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    #[serde(default = "default_admin")]
+    pub listen: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            listen: default_admin(),
+        }
+    }
+}
+
+fn default_admin() -> String {
+    "127.0.0.1:7401".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStream {
+    #[serde(default = "default_fsync")]
+    pub fsync: String,
+}
+
+impl Default for RawStream {
+    fn default() -> Self {
+        RawStream {
+            fsync: default_fsync(),
+        }
+    }
+}
+
+/// TLS client certificate policy of the syslog TLS listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientCert {
+    None,
+    Optional,
+    Required,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+    pub client_cert: ClientCert,
+}
+
+/// A validated node configuration: every path absolute, every address parsed.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub path: PathBuf,
+    pub name: twinrx_types::NodeId,
+    pub data_dir: PathBuf,
+    pub journal_fsync: journal::FsyncPolicy,
+    pub stream_fsync: journal::FsyncPolicy,
+    pub segment_bytes_max: u64,
+    pub retention: journal::Retention,
+    pub queue_batches_max: usize,
+    pub syslog_udp: Vec<SocketAddr>,
+    pub syslog_tcp: Vec<SocketAddr>,
+    pub syslog_tls: Vec<SocketAddr>,
+    pub tls: Option<TlsFiles>,
+    pub message_bytes_max: usize,
+    pub udp_rcvbuf_bytes: usize,
+    pub rate: receiver::limit::RateLimit,
+    pub connections_max: usize,
+    pub snmp_listen: Vec<SocketAddr>,
+    pub admin_listen: SocketAddr,
+}
+
+/// Largest message size a config may set: records keep lengths in u32 and a UDP datagram
+/// carries at most 65,507 bytes anyway; 16 MiB bounds a TCP frame's memory.
+const MESSAGE_BYTES_LIMIT: usize = 16 * 1024 * 1024;
+
+pub fn load(path: &Path) -> anyhow::Result<NodeConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
+    let raw: RawConfig = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
+    validate(path, raw).map_err(|problems| {
+        let mut msg = format!(
+            "{}: {} problem{}",
+            path.display(),
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" }
+        );
+        for p in problems {
+            msg.push_str("\n  ");
+            msg.push_str(&p);
+        }
+        anyhow::anyhow!(msg)
+    })
+}
+
+pub fn validate(path: &Path, raw: RawConfig) -> Result<NodeConfig, Vec<String>> {
+    let mut problems = Vec::new();
+    let base = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let base = if base.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base
+    };
+    let resolve = |p: &Path| -> PathBuf {
+        let joined = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        };
+        std::path::absolute(&joined).unwrap_or(joined)
+    };
+
+    let name = match twinrx_types::NodeId::from_name(&raw.node.name) {
+        Some(n) => n,
+        None => {
+            problems.push(format!(
+                "node.name = {:?}: must be \"a\" or \"b\" (the two nodes of a pair)",
+                raw.node.name
+            ));
+            twinrx_types::NodeId::A
+        }
+    };
+    let mut fsync_of = |key: &str, v: &str| match v.parse::<journal::FsyncPolicy>() {
+        Ok(p) => p,
+        Err(_) => {
+            problems.push(format!(
+                "{key} = {v:?}: must be \"batch\", \"interval:<ms>\" or \"never\""
+            ));
+            journal::FsyncPolicy::Batch
+        }
+    };
+    let journal_fsync = fsync_of("journal.fsync", &raw.journal.fsync);
+    let stream_fsync = fsync_of("stream.fsync", &raw.stream.fsync);
+    if raw.journal.segment_bytes_max < 64 * 1024 {
+        problems.push(format!(
+            "journal.segment_bytes_max = {}: must be at least 65536",
+            raw.journal.segment_bytes_max
+        ));
+    }
+    if raw.journal.queue_batches_max == 0 {
+        problems.push("journal.queue_batches_max = 0: must be at least 1".into());
+    }
+    let mut seen: Vec<(SocketAddr, &'static str, String)> = Vec::new();
+    let mut addrs = |key: &'static str, list: &[String], udp: bool, problems: &mut Vec<String>| {
+        let mut out = Vec::new();
+        for (i, a) in list.iter().enumerate() {
+            let k = format!("{key}[{i}]");
+            match a.parse::<SocketAddr>() {
+                Ok(sa) => {
+                    let proto = if udp { "udp" } else { "tcp" };
+                    if let Some((_, _, other)) =
+                        seen.iter().find(|(s, p, _)| *s == sa && *p == proto)
+                    {
+                        problems.push(format!("{k} = {a:?}: already used by {other}"));
+                    } else {
+                        seen.push((sa, proto, k.clone()));
+                    }
+                    out.push(sa)
+                }
+                Err(_) => problems.push(format!(
+                    "{k} = {a:?}: not an address:port (e.g. \"0.0.0.0:514\" or \"[::]:514\")"
+                )),
+            }
+        }
+        out
+    };
+    let syslog_udp = addrs("syslog.udp", &raw.syslog.udp, true, &mut problems);
+    let syslog_tcp = addrs("syslog.tcp", &raw.syslog.tcp, false, &mut problems);
+    let syslog_tls = addrs("syslog.tls", &raw.syslog.tls, false, &mut problems);
+    let snmp_listen = addrs("snmp.listen", &raw.snmp.listen, true, &mut problems);
+    let admin_listen = addrs(
+        "admin.listen",
+        std::slice::from_ref(&raw.admin.listen),
+        false,
+        &mut problems,
+    )
+    .into_iter()
+    .next()
+    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7401)));
+
+    let client_cert = match raw.syslog.tls_client_cert.as_str() {
+        "none" => ClientCert::None,
+        "optional" => ClientCert::Optional,
+        "required" => ClientCert::Required,
+        other => {
+            problems.push(format!(
+                "syslog.tls_client_cert = {other:?}: must be \"none\", \"optional\" or \"required\""
+            ));
+            ClientCert::None
+        }
+    };
+    let tls = if syslog_tls.is_empty() {
+        None
+    } else {
+        match (&raw.syslog.tls_cert_file, &raw.syslog.tls_key_file) {
+            (Some(c), Some(k)) => {
+                if client_cert != ClientCert::None && raw.syslog.tls_client_ca_file.is_none() {
+                    problems.push(format!(
+                        "syslog.tls_client_cert = {:?}: needs syslog.tls_client_ca_file",
+                        raw.syslog.tls_client_cert
+                    ));
+                }
+                Some(TlsFiles {
+                    cert: resolve(c),
+                    key: resolve(k),
+                    client_ca: raw.syslog.tls_client_ca_file.as_deref().map(resolve),
+                    client_cert,
+                })
+            }
+            _ => {
+                problems.push(
+                    "syslog.tls is set: syslog.tls_cert_file and syslog.tls_key_file are required"
+                        .into(),
+                );
+                None
+            }
+        }
+    };
+    let m = raw.syslog.message_bytes_max;
+    if !(480..=MESSAGE_BYTES_LIMIT).contains(&m) {
+        problems.push(format!(
+            "syslog.message_bytes_max = {m}: must be between 480 (RFC 3164 minimum) and {MESSAGE_BYTES_LIMIT}"
+        ));
+    }
+    if raw.syslog.connections_max == 0 {
+        problems.push("syslog.connections_max = 0: must be at least 1".into());
+    }
+    let rate = receiver::limit::RateLimit {
+        per_second: raw.syslog.rate_per_source_per_s,
+        burst: raw
+            .syslog
+            .rate_burst
+            .unwrap_or(raw.syslog.rate_per_source_per_s.saturating_mul(2)),
+    };
+    if rate.per_second > 0 && rate.burst == 0 {
+        problems.push("syslog.rate_burst = 0: must be at least 1 when a rate is set".into());
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(NodeConfig {
+        path: resolve(path.file_name().map(Path::new).unwrap_or(path)),
+        name,
+        data_dir: resolve(&raw.node.data_dir),
+        journal_fsync,
+        stream_fsync,
+        segment_bytes_max: raw.journal.segment_bytes_max,
+        retention: journal::Retention {
+            bytes_max: raw.journal.retention_bytes_max,
+            age_max_ms: raw
+                .journal
+                .retention_age_max_s
+                .map(|s| s.saturating_mul(1000)),
+        },
+        queue_batches_max: raw.journal.queue_batches_max,
+        syslog_udp,
+        syslog_tcp,
+        syslog_tls,
+        tls,
+        message_bytes_max: m,
+        udp_rcvbuf_bytes: raw.syslog.udp_rcvbuf_bytes,
+        rate,
+        connections_max: raw.syslog.connections_max,
+        snmp_listen,
+        admin_listen,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<NodeConfig, Vec<String>> {
+        let raw: RawConfig = toml::from_str(text).expect("toml");
+        validate(Path::new("/etc/twinrx/node.toml"), raw)
+    }
+
+    #[test]
+    fn defaults_are_valid_and_data_dir_is_relative_to_the_file() {
+        let c = check("[node]\ndata_dir = \"data\"\n").expect("valid");
+        assert_eq!(c.data_dir, PathBuf::from("/etc/twinrx/data"));
+        assert_eq!(c.syslog_udp, vec!["0.0.0.0:514".parse().expect("addr")]);
+        assert_eq!(c.snmp_listen, vec!["0.0.0.0:162".parse().expect("addr")]);
+        assert_eq!(c.admin_listen, "127.0.0.1:7401".parse().expect("addr"));
+        assert_eq!(c.journal_fsync, journal::FsyncPolicy::Batch);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_naming_the_key() {
+        let problems = check(
+            r#"
+[node]
+name = "c"
+[journal]
+fsync = "sometimes"
+[syslog]
+udp = ["127.0.0.1:5514", "nonsense"]
+tcp = ["127.0.0.1:5514"]
+tls = ["127.0.0.1:5514"]
+message_bytes_max = 10
+"#,
+        )
+        .expect_err("invalid");
+        let text = problems.join("\n");
+        assert!(text.contains("node.name = \"c\""), "{text}");
+        assert!(text.contains("journal.fsync = \"sometimes\""), "{text}");
+        assert!(text.contains("syslog.udp[1] = \"nonsense\""), "{text}");
+        assert!(
+            text.contains("syslog.tls[0] = \"127.0.0.1:5514\": already used by syslog.tcp[0]"),
+            "{text}"
+        );
+        assert!(text.contains("syslog.tls_cert_file"), "{text}");
+        assert!(text.contains("syslog.message_bytes_max = 10"), "{text}");
+        assert_eq!(problems.len(), 6, "{text}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = toml::from_str::<RawConfig>("[syslog]\nudpp = []\n").expect_err("unknown");
+        assert!(err.to_string().contains("udpp"), "{err}");
+    }
+}

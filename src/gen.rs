@@ -1,0 +1,321 @@
+//! `twinrx gen`: a traffic generator for load and fault tests.
+//!
+//! Every message carries a unique token `T=<run>:<n>`, and every message is sent to each
+//! destination (as a device sends to both nodes). A manifest records what was sent, so
+//! `twinrx check` can count loss and duplicates in the merged stream.
+
+use anyhow::Context as _;
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(
+    clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum GenTransport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Rfc5424,
+    Rfc3164,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpFraming {
+    /// RFC 6587 octet counting.
+    Octet,
+    /// LF-terminated (non-transparent framing).
+    Lf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct GenArgs {
+    /// Destination address:port. Repeat it to send every message to each destination.
+    #[arg(long = "to", required = true)]
+    pub to: Vec<SocketAddr>,
+    #[arg(long, value_enum, default_value_t = GenTransport::Udp)]
+    pub transport: GenTransport,
+    /// Messages to send.
+    #[arg(long, default_value_t = 1000)]
+    pub count: u64,
+    /// Messages per second (0: as fast as possible).
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u64,
+    /// Message size in bytes (padded; at least the header and token).
+    #[arg(long, default_value_t = 200)]
+    pub size: usize,
+    #[arg(long, value_enum, default_value_t = Format::Rfc5424)]
+    pub format: Format,
+    /// TCP/TLS framing.
+    #[arg(long, value_enum, default_value_t = TcpFraming::Octet)]
+    pub framing: TcpFraming,
+    /// CA certificate (PEM) that signed the nodes' TLS certificates.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// Name expected in the nodes' TLS certificates.
+    #[arg(long, default_value = "localhost")]
+    pub tls_server_name: String,
+    /// Where to write the manifest (JSON) that `twinrx check` reads.
+    #[arg(long)]
+    pub manifest: PathBuf,
+    /// Run identifier in every token (default: derived from the time).
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// Number of the first message (several runs can share a run id).
+    #[arg(long, default_value_t = 0)]
+    pub first: u64,
+    /// Stop after this many seconds even if not all messages were sent.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_s: u64,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Debug)]
+pub struct Manifest {
+    pub run_id: String,
+    pub first: u64,
+    pub count: u64,
+    /// Messages actually attempted (less than `count` only when the run timed out).
+    pub attempted: u64,
+    pub transport: GenTransport,
+    pub destinations: Vec<String>,
+    pub rate: u64,
+    pub size: usize,
+    pub started_at: String,
+    pub duration_ms: u64,
+    /// Per destination: sends that failed (refused, reset, not connected).
+    pub send_errors: Vec<u64>,
+}
+
+pub fn token(run: &str, n: u64) -> String {
+    format!("T={run}:{n}")
+}
+
+fn message(args: &GenArgs, run: &str, n: u64, host: &str) -> Vec<u8> {
+    let now = chrono::Utc::now();
+    let head = match args.format {
+        Format::Rfc5424 => format!(
+            "<134>1 {} {host} twinrx-gen {} - - {} ",
+            now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            std::process::id(),
+            token(run, n)
+        ),
+        Format::Rfc3164 => format!(
+            "<134>{} {host} twinrx-gen[{}]: {} ",
+            now.format("%b %e %H:%M:%S"),
+            std::process::id(),
+            token(run, n)
+        ),
+    };
+    let mut m = head.into_bytes();
+    while m.len() < args.size {
+        m.push(b'x');
+    }
+    m
+}
+
+enum Conn {
+    Udp(UdpSocket),
+    Tcp(Option<TcpStream>),
+    Tls(Option<Box<rustls_stream::Stream>>),
+}
+
+mod rustls_stream {
+    pub type Stream = tokio_rustls::rustls::StreamOwned<
+        tokio_rustls::rustls::ClientConnection,
+        std::net::TcpStream,
+    >;
+}
+
+fn tls_config(
+    ca: &std::path::Path,
+) -> anyhow::Result<std::sync::Arc<tokio_rustls::rustls::ClientConfig>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in
+        CertificateDer::pem_file_iter(ca).with_context(|| format!("reading {}", ca.display()))?
+    {
+        roots
+            .add(c.with_context(|| format!("reading {}", ca.display()))?)
+            .with_context(|| format!("{}: bad CA certificate", ca.display()))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(cfg))
+}
+
+pub fn run(args: GenArgs) -> anyhow::Result<i32> {
+    let run_id = args.run_id.clone().unwrap_or_else(|| {
+        format!(
+            "{:x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0)
+        )
+    });
+    let tls = match (args.transport, &args.tls_ca) {
+        (GenTransport::Tls, Some(ca)) => Some(tls_config(ca)?),
+        (GenTransport::Tls, None) => anyhow::bail!("--transport tls needs --tls-ca FILE"),
+        _ => None,
+    };
+    let connect = |dest: SocketAddr| -> Option<Conn> {
+        match args.transport {
+            GenTransport::Udp => None,
+            GenTransport::Tcp => TcpStream::connect_timeout(&dest, Duration::from_secs(2))
+                .ok()
+                .map(|s| {
+                    let _ = s.set_nodelay(true);
+                    Conn::Tcp(Some(s))
+                }),
+            GenTransport::Tls => {
+                let cfg = tls.clone()?;
+                let name =
+                    rustls_pki_types::ServerName::try_from(args.tls_server_name.clone()).ok()?;
+                let conn = tokio_rustls::rustls::ClientConnection::new(cfg, name).ok()?;
+                let sock = TcpStream::connect_timeout(&dest, Duration::from_secs(2)).ok()?;
+                let _ = sock.set_nodelay(true);
+                Some(Conn::Tls(Some(Box::new(
+                    tokio_rustls::rustls::StreamOwned::new(conn, sock),
+                ))))
+            }
+        }
+    };
+    let udp = UdpSocket::bind(if args.to.iter().all(|a| a.is_ipv4()) {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })
+    .context("binding the UDP sender")?;
+    let mut conns: Vec<Conn> = args
+        .to
+        .iter()
+        .map(|d| match args.transport {
+            GenTransport::Udp => Conn::Udp(udp.try_clone().expect("cloning a bound UDP socket")),
+            GenTransport::Tcp => connect(*d).unwrap_or(Conn::Tcp(None)),
+            GenTransport::Tls => connect(*d).unwrap_or(Conn::Tls(None)),
+        })
+        .collect();
+    let mut errors = vec![0u64; args.to.len()];
+    let mut last_retry = vec![Instant::now(); args.to.len()];
+    let host = "gen-host";
+    let started = Instant::now();
+    let started_at = chrono::Utc::now().to_rfc3339();
+    let deadline = started + Duration::from_secs(args.timeout_s);
+    let mut attempted = 0;
+    let mut frame = Vec::with_capacity(args.size + 16);
+    for i in 0..args.count {
+        let n = args.first + i;
+        if args.rate > 0 {
+            let due = started + Duration::from_secs_f64(i as f64 / args.rate as f64);
+            let now = Instant::now();
+            if due > now + Duration::from_millis(1) {
+                std::thread::sleep(due - now);
+            }
+        }
+        if Instant::now() > deadline {
+            break;
+        }
+        let msg = message(&args, &run_id, n, host);
+        frame.clear();
+        match args.framing {
+            TcpFraming::Octet => {
+                frame.extend_from_slice(format!("{} ", msg.len()).as_bytes());
+                frame.extend_from_slice(&msg);
+            }
+            TcpFraming::Lf => {
+                frame.extend_from_slice(&msg);
+                frame.push(b'\n');
+            }
+        }
+        for (d, conn) in conns.iter_mut().enumerate() {
+            let ok = match conn {
+                Conn::Udp(s) => s.send_to(&msg, args.to[d]).is_ok(),
+                Conn::Tcp(slot) => write_or_drop(slot, &frame),
+                Conn::Tls(slot) => match slot {
+                    Some(s) => {
+                        let ok = s.write_all(&frame).is_ok();
+                        if !ok {
+                            *slot = None;
+                        }
+                        ok
+                    }
+                    None => false,
+                },
+            };
+            if !ok {
+                errors[d] += 1;
+                // Reconnect at most every 100 ms (a restarted node comes back).
+                if last_retry[d].elapsed() > Duration::from_millis(100) {
+                    last_retry[d] = Instant::now();
+                    if let Some(c) = connect(args.to[d]) {
+                        *conn = c;
+                    }
+                }
+            }
+        }
+        attempted += 1;
+    }
+    for conn in &mut conns {
+        match conn {
+            Conn::Tcp(Some(s)) => {
+                let _ = s.flush();
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            }
+            Conn::Tls(Some(s)) => {
+                s.conn.send_close_notify();
+                let _ = s.flush();
+            }
+            _ => {}
+        }
+    }
+    let manifest = Manifest {
+        run_id: run_id.clone(),
+        first: args.first,
+        count: args.count,
+        attempted,
+        transport: args.transport,
+        destinations: args.to.iter().map(|d| d.to_string()).collect(),
+        rate: args.rate,
+        size: args.size,
+        started_at,
+        duration_ms: started.elapsed().as_millis() as u64,
+        send_errors: errors.clone(),
+    };
+    std::fs::write(&args.manifest, serde_json::to_vec_pretty(&manifest)?)
+        .with_context(|| format!("writing {}", args.manifest.display()))?;
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    eprintln!(
+        "twinrx gen: run {run_id}: sent {attempted} of {} messages to {} destination(s) in {secs:.2}s ({:.0}/s); send errors {:?}",
+        args.count,
+        args.to.len(),
+        attempted as f64 / secs,
+        errors
+    );
+    Ok(0)
+}
+
+fn write_or_drop(slot: &mut Option<TcpStream>, frame: &[u8]) -> bool {
+    match slot {
+        Some(s) => {
+            if s.write_all(frame).is_ok() {
+                true
+            } else {
+                *slot = None;
+                false
+            }
+        }
+        None => false,
+    }
+}

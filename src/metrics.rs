@@ -1,0 +1,194 @@
+//! `/metrics`: Prometheus text format, names `twinrx_<subsystem>_<name>_<unit>[_total]`
+//! (STYLE.md §8; the encoder adds `_total` to counters). Counters live as atomics in the
+//! pipeline; this collector reads them at scrape time, with bounded labels.
+
+use crate::node::Node;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+struct NodeCollector(Arc<Node>);
+
+impl std::fmt::Debug for NodeCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeCollector")
+    }
+}
+
+type Labels<'a> = Vec<(&'static str, &'a str)>;
+
+fn family(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    items: &[(Labels<'_>, u64)],
+) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, kind.clone())?;
+    for (labels, v) in items {
+        let mut e = m.encode_family(labels)?;
+        match kind {
+            MetricType::Counter => e.encode_counter::<NoLabelSet, _, u64>(v, None)?,
+            _ => e.encode_gauge(&(*v as i64))?,
+        }
+    }
+    Ok(())
+}
+
+impl Collector for NodeCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        use MetricType::{Counter, Gauge};
+        let n = &self.0;
+        let r = &n.syslog;
+        let s = &n.stats;
+        family(
+            &mut enc,
+            "twinrx_receiver_messages",
+            "Messages accepted by the receivers",
+            Counter,
+            &[
+                (
+                    vec![("protocol", "syslog"), ("transport", "udp")],
+                    r.accepted_udp.load(Relaxed),
+                ),
+                (
+                    vec![("protocol", "syslog"), ("transport", "tcp")],
+                    r.accepted_tcp.load(Relaxed),
+                ),
+                (
+                    vec![("protocol", "syslog"), ("transport", "tls")],
+                    r.accepted_tls.load(Relaxed),
+                ),
+            ],
+        )?;
+        family(
+            &mut enc,
+            "twinrx_receiver_discarded",
+            "Messages or connections refused by the receivers, by reason",
+            Counter,
+            &[
+                (
+                    vec![("protocol", "syslog"), ("reason", "oversize")],
+                    r.oversize.load(Relaxed),
+                ),
+                (
+                    vec![("protocol", "syslog"), ("reason", "bad_framing")],
+                    r.bad_framing.load(Relaxed),
+                ),
+                (
+                    vec![("protocol", "syslog"), ("reason", "tls_failure")],
+                    r.tls_failure.load(Relaxed),
+                ),
+                (
+                    vec![("protocol", "syslog"), ("reason", "rate_limited")],
+                    r.rate_limited.load(Relaxed),
+                ),
+                (
+                    vec![("protocol", "syslog"), ("reason", "queue_full")],
+                    r.queue_full.load(Relaxed),
+                ),
+                (
+                    vec![("protocol", "syslog"), ("reason", "connections_max")],
+                    r.connections_refused.load(Relaxed),
+                ),
+            ],
+        )?;
+        family(
+            &mut enc,
+            "twinrx_receiver_received_bytes",
+            "Message bytes accepted by the receivers",
+            Counter,
+            &[(vec![("protocol", "syslog")], r.bytes.load(Relaxed))],
+        )?;
+        family(
+            &mut enc,
+            "twinrx_receiver_connections_open",
+            "TCP/TLS connections open",
+            Gauge,
+            &[(
+                vec![("protocol", "syslog")],
+                r.connections_open.load(Relaxed),
+            )],
+        )?;
+        family(
+            &mut enc,
+            "twinrx_journal_appended_records",
+            "Records appended to the node journal",
+            Counter,
+            &[(vec![], s.journal_appended.load(Relaxed))],
+        )?;
+        family(
+            &mut enc,
+            "twinrx_journal_append_errors",
+            "Failed journal appends (disk full, EIO); the node is not accepting meanwhile",
+            Counter,
+            &[(vec![], s.journal_append_errors.load(Relaxed))],
+        )?;
+        family(
+            &mut enc,
+            "twinrx_journal_failing",
+            "1 while journal appends fail",
+            Gauge,
+            &[(vec![], u64::from(s.journal_failing.load(Relaxed)))],
+        )?;
+        family(
+            &mut enc,
+            "twinrx_journal_last_batch_us",
+            "Duration of the last journal append, fsync included, in microseconds",
+            Gauge,
+            &[(vec![], s.journal_last_batch_us.load(Relaxed))],
+        )?;
+        family(
+            &mut enc,
+            "twinrx_journal_last_seq",
+            "Last durable journal seq",
+            Gauge,
+            &[(vec![], n.journal.durable_seq().map(|q| q.0).unwrap_or(0))],
+        )?;
+        family(
+            &mut enc,
+            "twinrx_stream_next_offset",
+            "Offset the next merged-stream entry will get",
+            Gauge,
+            &[(vec![], n.stream.durable_seq().map(|q| q.0).unwrap_or(0))],
+        )?;
+        family(
+            &mut enc,
+            "twinrx_stream_entries",
+            "Merged-stream entries appended by this process",
+            Counter,
+            &[(vec![], s.stream_entries.load(Relaxed))],
+        )?;
+        family(
+            &mut enc,
+            "twinrx_stream_kept_raw",
+            "Entries whose message could not be parsed and was kept raw",
+            Counter,
+            &[(
+                vec![("protocol", "syslog")],
+                s.stream_kept_raw.load(Relaxed),
+            )],
+        )?;
+        if let Some(free) = crate::status::disk_free_bytes(&n.cfg.data_dir) {
+            family(
+                &mut enc,
+                "twinrx_journal_disk_free_bytes",
+                "Free bytes on the data directory's file system",
+                Gauge,
+                &[(vec![], free)],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+pub fn render(node: &Arc<Node>) -> Result<String, std::fmt::Error> {
+    let mut reg = Registry::default();
+    reg.register_collector(Box::new(NodeCollector(node.clone())));
+    let mut out = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut out, &reg)?;
+    Ok(out)
+}

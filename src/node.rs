@@ -1,0 +1,498 @@
+//! `twinrx node`: one node's runtime. Wires the receivers to the journal, the journal to the
+//! merged stream, and both to the admin HTTP server.
+//!
+//! Threads and tasks:
+//! - listeners (tokio tasks, `receiver::listen`) put record batches on a bounded channel;
+//! - the journal writer (an OS thread: appends block on fsync) appends each batch, one fsync
+//!   per batch by default, then fires the batch's durability signal;
+//! - the stream builder (an OS thread) tails the durable journal and appends one entry per
+//!   record to the stream journal (single node: each record once, in seq order);
+//! - the admin server (tokio) serves `/status`, `/metrics` and `/stream`.
+//!
+//! Shutdown (SIGTERM/SIGINT): listeners stop, the writer drains the channel and fsyncs, the
+//! stream builder catches up with the durable journal, and the process exits 0.
+
+use crate::config::{ClientCert, NodeConfig};
+use crate::stream::{self, EntryHead, Parsed};
+use anyhow::Context as _;
+use journal::{Journal, JournalHandle, Options};
+use receiver::listen::{self, Batch, ListenerOptions, SyslogStats};
+use receiver::record::Record;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{mpsc, watch};
+use twinrx_types::{Epoch, NodeId, Offset, Seq};
+
+/// Counters and state of the node's own pipeline (exported by `/metrics` and `/status`).
+#[derive(Debug, Default)]
+pub struct NodeStats {
+    pub journal_appended: AtomicU64,
+    pub journal_batches: AtomicU64,
+    pub journal_append_errors: AtomicU64,
+    pub journal_last_batch_us: AtomicU64,
+    /// Records lost because the journal could not take them before shutdown.
+    pub journal_lost_at_shutdown: AtomicU64,
+    /// Set while appends fail (disk full, EIO): the node is not accepting.
+    pub journal_failing: AtomicBool,
+    pub journal_last_error: Mutex<Option<String>>,
+    pub stream_entries: AtomicU64,
+    pub stream_kept_raw: AtomicU64,
+    pub stream_bad_records: AtomicU64,
+    pub stream_last_error: Mutex<Option<String>>,
+}
+
+/// What the admin server and the status page see of a running node.
+pub struct Node {
+    pub cfg: NodeConfig,
+    pub started: SystemTime,
+    pub journal: JournalHandle,
+    pub stream: JournalHandle,
+    pub syslog: Arc<SyslogStats>,
+    pub stats: Arc<NodeStats>,
+    pub udp_rcvbuf_bytes: Vec<(std::net::SocketAddr, usize)>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+pub fn run(cfg: NodeConfig) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("twinrx-rt")
+        .build()
+        .context("cannot start the tokio runtime")?;
+    rt.block_on(run_async(cfg))
+}
+
+fn open_journal(
+    dir: std::path::PathBuf,
+    what: &str,
+    fsync: journal::FsyncPolicy,
+    cfg: &NodeConfig,
+    retention: journal::Retention,
+) -> anyhow::Result<Journal> {
+    let opts = Options {
+        segment_bytes_max: cfg.segment_bytes_max,
+        fsync,
+        retention,
+    };
+    let (j, rec) = Journal::open(&dir, opts).with_context(|| {
+        format!(
+            "cannot open the {what} in {}; if it reports corruption, move the named segment \
+             away and run `twinrx resync` to fetch it from the peer",
+            dir.display()
+        )
+    })?;
+    if rec.truncated_bytes > 0 {
+        tracing::warn!(
+            what,
+            segment = ?rec.truncated_segment,
+            bytes = rec.truncated_bytes,
+            reason = rec.reason.as_deref().unwrap_or(""),
+            "torn tail truncated on open"
+        );
+    }
+    tracing::info!(what, dir = %dir.display(), last_seq = ?rec.last_seq, segments = rec.segments, "opened");
+    Ok(j)
+}
+
+async fn run_async(cfg: NodeConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
+    let journal = open_journal(
+        cfg.data_dir.join("journal"),
+        "journal",
+        cfg.journal_fsync,
+        &cfg,
+        cfg.retention.clone(),
+    )?;
+    let stream_j = open_journal(
+        cfg.data_dir.join("stream"),
+        "stream",
+        cfg.stream_fsync,
+        &cfg,
+        journal::Retention::default(),
+    )?;
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let syslog = Arc::new(SyslogStats::default());
+    let stats = Arc::new(NodeStats::default());
+    let (tx, rx) = mpsc::channel::<Batch>(cfg.queue_batches_max);
+
+    // Bind everything first: a port in use must fail start-up, not a later task.
+    let lopts = ListenerOptions {
+        message_bytes_max: cfg.message_bytes_max,
+        rate: cfg.rate,
+        rate_sources_max: 65_536,
+        connections_max: cfg.connections_max,
+    };
+    let mut rcvbufs = Vec::new();
+    let mut tasks = Vec::new();
+    for addr in &cfg.syslog_udp {
+        let (sock, got) = listen::bind_udp(*addr, cfg.udp_rcvbuf_bytes)
+            .with_context(|| format!("cannot bind syslog.udp {addr}"))?;
+        if got < cfg.udp_rcvbuf_bytes {
+            tracing::warn!(%addr, asked = cfg.udp_rcvbuf_bytes, got, "UDP receive buffer capped by the kernel: raise net.core.rmem_max");
+        }
+        rcvbufs.push((*addr, got));
+        tasks.push(tokio::spawn(listen::run_udp(
+            sock,
+            lopts.clone(),
+            tx.clone(),
+            syslog.clone(),
+            shutdown.clone(),
+        )));
+    }
+    for addr in &cfg.syslog_tcp {
+        let l =
+            listen::bind_tcp(*addr).with_context(|| format!("cannot bind syslog.tcp {addr}"))?;
+        tasks.push(tokio::spawn(listen::run_tcp(
+            l,
+            None,
+            lopts.clone(),
+            tx.clone(),
+            syslog.clone(),
+            shutdown.clone(),
+        )));
+    }
+    if let Some(tls) = &cfg.tls {
+        let acceptor = listen::tls_acceptor(
+            &tls.cert,
+            &tls.key,
+            tls.client_ca.as_deref(),
+            tls.client_cert == ClientCert::Required,
+        )
+        .map_err(|e| anyhow::anyhow!("syslog TLS: {e}"))?;
+        for addr in &cfg.syslog_tls {
+            let l = listen::bind_tcp(*addr)
+                .with_context(|| format!("cannot bind syslog.tls {addr}"))?;
+            tasks.push(tokio::spawn(listen::run_tcp(
+                l,
+                Some(acceptor.clone()),
+                lopts.clone(),
+                tx.clone(),
+                syslog.clone(),
+                shutdown.clone(),
+            )));
+        }
+    }
+    let admin_listener = tokio::net::TcpListener::bind(cfg.admin_listen)
+        .await
+        .with_context(|| format!("cannot bind admin.listen {}", cfg.admin_listen))?;
+    drop(tx);
+
+    let node = Arc::new(Node {
+        journal: journal.handle(),
+        stream: stream_j.handle(),
+        cfg: cfg.clone(),
+        started: SystemTime::now(),
+        syslog: syslog.clone(),
+        stats: stats.clone(),
+        udp_rcvbuf_bytes: rcvbufs,
+        shutdown: shutdown.clone(),
+    });
+
+    let rt = tokio::runtime::Handle::current();
+    let writer = {
+        let (rt, stats, shutdown, policy) = (
+            rt.clone(),
+            stats.clone(),
+            shutdown.clone(),
+            cfg.journal_fsync,
+        );
+        std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || journal_writer(journal, policy, rx, rt, stats, shutdown))
+            .context("cannot start the journal writer")?
+    };
+    let builder = {
+        let (rt, stats, jh, shutdown, name) = (
+            rt.clone(),
+            stats.clone(),
+            node.journal.clone(),
+            shutdown.clone(),
+            cfg.name,
+        );
+        std::thread::Builder::new()
+            .name("stream-builder".into())
+            .spawn(move || stream_builder(stream_j, jh, name, rt, stats, shutdown))
+            .context("cannot start the stream builder")?
+    };
+    let admin = tokio::spawn(crate::admin::serve(admin_listener, node.clone()));
+    tracing::info!(
+        node = %cfg.name,
+        syslog_udp = ?cfg.syslog_udp, syslog_tcp = ?cfg.syslog_tcp, syslog_tls = ?cfg.syslog_tls,
+        admin = %cfg.admin_listen,
+        "node running"
+    );
+
+    wait_for_signal().await;
+    tracing::info!("stopping: draining receivers, journal and stream");
+    let _ = shutdown_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let writer_result = tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .context("joining the journal writer")?;
+    let builder_result = tokio::task::spawn_blocking(move || builder.join())
+        .await
+        .context("joining the stream builder")?;
+    admin.abort();
+    match (writer_result, builder_result) {
+        (Ok(Ok(())), Ok(Ok(()))) => {
+            tracing::info!("stopped cleanly");
+            Ok(())
+        }
+        (Ok(Err(e)), _) | (_, Ok(Err(e))) => Err(e),
+        _ => anyhow::bail!("a pipeline thread panicked"),
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        }
+        _ => {
+            // Without signal handlers the node can still be stopped by SIGKILL; it loses
+            // nothing that was fsynced.
+            std::future::pending::<()>().await
+        }
+    }
+}
+
+/// Records (and bytes) per journal append at most: one fsync covers a batch.
+const WRITE_BATCH_RECORDS_MAX: usize = 8192;
+const WRITE_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+fn journal_writer(
+    mut journal: Journal,
+    policy: journal::FsyncPolicy,
+    mut rx: mpsc::Receiver<Batch>,
+    rt: tokio::runtime::Handle,
+    stats: Arc<NodeStats>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let tick = Duration::from_millis(5);
+    let mut last_retention = Instant::now();
+    let mut encoded: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let first = rt.block_on(async { tokio::time::timeout(tick, rx.recv()).await });
+        let first = match first {
+            Ok(Some(b)) => b,
+            Ok(None) => break, // every listener has stopped
+            Err(_) => {
+                if let Err(e) = journal.sync_if_due(Instant::now()) {
+                    note_journal_error(&stats, &e.to_string());
+                }
+                if last_retention.elapsed() > Duration::from_secs(10) {
+                    last_retention = Instant::now();
+                    if let Err(e) = journal.enforce_retention(SystemTime::now()) {
+                        tracing::warn!(error = %e, "journal retention failed");
+                    }
+                }
+                continue;
+            }
+        };
+        let mut acks = Vec::new();
+        let mut bytes = 0usize;
+        encoded.clear();
+        let mut next = Some(first);
+        while let Some(b) = next.take() {
+            for r in &b.records {
+                let e = r.encode();
+                bytes += e.len();
+                encoded.push(e);
+            }
+            if let Some(a) = b.durable {
+                acks.push(a);
+            }
+            if encoded.len() < WRITE_BATCH_RECORDS_MAX && bytes < WRITE_BATCH_BYTES_MAX {
+                next = rx.try_recv().ok();
+            }
+        }
+        let started = Instant::now();
+        let mut attempts = 0u32;
+        loop {
+            match journal.append_batch(encoded.iter()) {
+                Ok(_) => {
+                    if stats.journal_failing.swap(false, Relaxed) {
+                        tracing::info!("journal appends resumed");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    attempts += 1;
+                    note_journal_error(&stats, &e.to_string());
+                    if *shutdown.borrow() && attempts >= 3 {
+                        stats
+                            .journal_lost_at_shutdown
+                            .fetch_add(encoded.len() as u64, Relaxed);
+                        tracing::error!(records = encoded.len(), error = %e, "stopping with records the journal could not take");
+                        return Ok(());
+                    }
+                    // The journal stays consistent (the failed append was rolled back); the
+                    // receivers queue up behind us and UDP drops are counted. Retry.
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+        if !acks.is_empty() && !matches!(policy, journal::FsyncPolicy::Batch) {
+            // Informs are answered only once durable, whatever the policy.
+            if let Err(e) = journal.sync() {
+                note_journal_error(&stats, &e.to_string());
+                continue;
+            }
+        }
+        for a in acks {
+            let _ = a.send(());
+        }
+        stats
+            .journal_appended
+            .fetch_add(encoded.len() as u64, Relaxed);
+        stats.journal_batches.fetch_add(1, Relaxed);
+        stats
+            .journal_last_batch_us
+            .store(started.elapsed().as_micros() as u64, Relaxed);
+        if let Err(e) = journal.sync_if_due(Instant::now()) {
+            note_journal_error(&stats, &e.to_string());
+        }
+    }
+    journal.sync().context("final journal fsync")?;
+    Ok(())
+}
+
+fn note_journal_error(stats: &NodeStats, e: &str) {
+    stats.journal_append_errors.fetch_add(1, Relaxed);
+    if !stats.journal_failing.swap(true, Relaxed) {
+        tracing::error!(error = %e, "journal append failed: not accepting until it succeeds");
+    }
+    if let Ok(mut last) = stats.journal_last_error.lock() {
+        *last = Some(e.to_string());
+    }
+}
+
+/// The journal seq after the last one the stream already holds for `node`.
+fn stream_resume_point(stream: &JournalHandle, node: NodeId) -> anyhow::Result<Seq> {
+    let Some(last) = stream.durable_seq() else {
+        return Ok(Seq::FIRST);
+    };
+    let recs = stream
+        .read(last, 1, usize::MAX)
+        .context("reading the last stream entry")?;
+    let Some((_, line)) = recs.first() else {
+        return Ok(Seq::FIRST);
+    };
+    let head = EntryHead::parse(line)
+        .with_context(|| format!("stream entry {} is not valid JSON", last.0 - 1))?;
+    Ok(head
+        .seqs_of(node)
+        .max()
+        .map(Seq::next)
+        .unwrap_or(Seq::FIRST))
+}
+
+fn stream_builder(
+    mut stream: Journal,
+    jh: JournalHandle,
+    me: NodeId,
+    rt: tokio::runtime::Handle,
+    stats: Arc<NodeStats>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let from = stream_resume_point(&stream.handle(), me)?;
+    let mut tail = jh.tail(from);
+    let mut position = from;
+    let mut lines: Vec<Vec<u8>> = Vec::new();
+    let mut stopping = false;
+    loop {
+        if stopping {
+            // Catch up with what is durable, then stop.
+            let durable = jh.durable_seq().map(|s| s.0).unwrap_or(0);
+            if position.0 > durable {
+                break;
+            }
+        }
+        let batch = rt.block_on(async {
+            tokio::select! {
+                b = tail.next_batch(4096, 8 * 1024 * 1024) => Some(b),
+                _ = shutdown.changed(), if !stopping => None,
+                _ = tokio::time::sleep(Duration::from_millis(100)), if stopping => None,
+            }
+        });
+        let batch = match batch {
+            None => {
+                stopping = true;
+                continue;
+            }
+            Some(Ok(b)) => b,
+            Some(Err(journal::Error::Closed)) => {
+                stopping = true;
+                continue;
+            }
+            Some(Err(e)) => {
+                if let Ok(mut last) = stats.stream_last_error.lock() {
+                    *last = Some(e.to_string());
+                }
+                tracing::error!(error = %e, "stream builder cannot read the journal");
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+        };
+        let Some((last, _)) = batch.last() else {
+            continue;
+        };
+        position = last.next();
+        lines.clear();
+        let base = stream.next_seq().0 - 1;
+        for (i, (seq, payload)) in batch.iter().enumerate() {
+            let offset = Offset(base + i as u64);
+            let line = match Record::decode(payload) {
+                Ok(rec) => {
+                    let (line, parsed) =
+                        stream::entry_json(offset, Epoch(0), &[(me, *seq)], false, &rec);
+                    if parsed == Parsed::KeptRaw {
+                        stats.stream_kept_raw.fetch_add(1, Relaxed);
+                    }
+                    line
+                }
+                Err(e) => {
+                    // The journal CRC passed, so this is a version mismatch or a bug: keep
+                    // the record in the stream, marked, rather than lose it.
+                    stats.stream_bad_records.fetch_add(1, Relaxed);
+                    tracing::error!(seq = seq.0, error = %e, "undecodable journal record");
+                    stream::undecodable_entry(offset, Epoch(0), me, *seq, payload, &e.to_string())
+                }
+            };
+            lines.push(line);
+        }
+        loop {
+            match stream.append_batch(lines.iter()) {
+                Ok(_) => break,
+                Err(e) => {
+                    if let Ok(mut last) = stats.stream_last_error.lock() {
+                        *last = Some(e.to_string());
+                    }
+                    tracing::error!(error = %e, "stream append failed; retrying");
+                    if *shutdown.borrow() {
+                        return Ok(());
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+        if let Ok(mut last) = stats.stream_last_error.lock() {
+            *last = None;
+        }
+        stats.stream_entries.fetch_add(lines.len() as u64, Relaxed);
+    }
+    stream.sync().context("final stream fsync")?;
+    Ok(())
+}

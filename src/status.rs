@@ -1,0 +1,92 @@
+//! The status document (`GET /status`, `twinrx status`): what an operator needs to know,
+//! including the next step in plain words.
+
+use crate::node::Node;
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering::Relaxed;
+
+/// Free bytes on the file system holding `path` (None when it cannot be read).
+pub fn disk_free_bytes(path: &std::path::Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    Some((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
+}
+
+pub fn status_json(node: &Node) -> Value {
+    let s = &node.stats;
+    let r = &node.syslog;
+    let journal_failing = s.journal_failing.load(Relaxed);
+    let journal_error = s.journal_last_error.lock().ok().and_then(|e| e.clone());
+    let stream_error = s.stream_last_error.lock().ok().and_then(|e| e.clone());
+    let disk_free = disk_free_bytes(&node.cfg.data_dir);
+    let journal_last = node.journal.durable_seq().map(|q| q.0).unwrap_or(0);
+    let stream_next = node.stream.durable_seq().map(|q| q.0).unwrap_or(0);
+    let mut problems = Vec::new();
+    if journal_failing {
+        problems.push(format!(
+            "journal appends fail ({}): the node is not accepting messages",
+            journal_error.as_deref().unwrap_or("unknown error")
+        ));
+    }
+    if let Some(e) = &stream_error {
+        problems.push(format!("stream builder: {e}"));
+    }
+    let next_step = if journal_failing {
+        format!(
+            "free space or fix the disk under {}; the node resumes by itself",
+            node.cfg.data_dir.display()
+        )
+    } else if stream_error.is_some() {
+        "check the node's log for the stream error".to_string()
+    } else {
+        "nothing to do: the node is receiving and publishing".to_string()
+    };
+    let uptime = node.started.elapsed().map(|d| d.as_secs()).unwrap_or(0);
+    json!({
+        "node": node.cfg.name.to_string(),
+        "role": "single",
+        "version": env!("CARGO_PKG_VERSION"),
+        "config": node.cfg.path.display().to_string(),
+        "uptime_s": uptime,
+        "healthy": problems.is_empty(),
+        "problems": problems,
+        "next_step": next_step,
+        "journal": {
+            "dir": node.cfg.data_dir.join("journal").display().to_string(),
+            "first_seq": node.journal.first_seq().0,
+            "last_seq": journal_last,
+            "appended": s.journal_appended.load(Relaxed),
+            "append_errors": s.journal_append_errors.load(Relaxed),
+            "failing": journal_failing,
+            "last_error": journal_error,
+            "disk_free_bytes": disk_free,
+            "fsync": node.cfg.journal_fsync.to_string(),
+        },
+        "stream": {
+            "next_offset": stream_next,
+            "kept_raw": s.stream_kept_raw.load(Relaxed),
+            "last_error": stream_error,
+        },
+        "receivers": {
+            "syslog": {
+                "udp": node.cfg.syslog_udp.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "tcp": node.cfg.syslog_tcp.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "tls": node.cfg.syslog_tls.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "udp_rcvbuf_bytes": node.udp_rcvbuf_bytes.iter().map(|(_, b)| *b).collect::<Vec<_>>(),
+                "accepted": {
+                    "udp": r.accepted_udp.load(Relaxed),
+                    "tcp": r.accepted_tcp.load(Relaxed),
+                    "tls": r.accepted_tls.load(Relaxed),
+                },
+                "discarded": {
+                    "oversize": r.oversize.load(Relaxed),
+                    "bad_framing": r.bad_framing.load(Relaxed),
+                    "tls_failure": r.tls_failure.load(Relaxed),
+                    "rate_limited": r.rate_limited.load(Relaxed),
+                    "queue_full": r.queue_full.load(Relaxed),
+                    "connections_refused": r.connections_refused.load(Relaxed),
+                },
+                "connections_open": r.connections_open.load(Relaxed),
+            },
+        },
+    })
+}
