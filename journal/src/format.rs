@@ -92,6 +92,11 @@ pub(crate) fn read_segment_header(file: &File, path: &Path) -> Result<HeaderStat
     if crc32c::crc32c(&h[0..24]) != crc_stored {
         return Ok(HeaderState::Invalid("segment header CRC mismatch".into()));
     }
+    if h[12..16].iter().chain(&h[28..32]).any(|&b| b != 0) {
+        return Ok(HeaderState::Invalid(
+            "reserved header bytes are not zero".into(),
+        ));
+    }
     let version = u16::from_le_bytes([h[8], h[9]]);
     if version != FORMAT_VERSION {
         return Ok(HeaderState::Invalid(format!(

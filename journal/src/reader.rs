@@ -15,8 +15,14 @@ use crate::format::SegReader;
 use crate::segment::{lock, read_lock, Hint, ReaderSlot, Segment, Shared};
 use crate::{seq_opt, Error};
 
-/// Segments one read may cross; a read stops at the end of the last (returning what it has).
-const READ_SEGMENTS_MAX: usize = 8;
+/// The segment holding `seq`: the last one starting at or before it. The table is never
+/// empty and `seq >= first_seq` is checked by the caller.
+fn segment_of(table: &[Arc<Segment>], seq: u64) -> Arc<Segment> {
+    let i = table
+        .partition_point(|s| s.first_seq <= seq)
+        .saturating_sub(1);
+    table[i].clone()
+}
 
 /// Read access to a journal from any thread or task while the writer appends. Cheap to
 /// clone (one `Arc`); `Send + Sync`.
@@ -55,7 +61,7 @@ impl JournalHandle {
         let shared = &*self.shared;
         let _gate = read_lock(&shared.gate);
         let durable_next = shared.durable_next();
-        let segs: Vec<Arc<Segment>> = {
+        let mut seg = {
             let table = read_lock(&shared.segments);
             let first = table.first().map_or(from.0, |s| s.first_seq);
             if from.0 < first {
@@ -67,24 +73,25 @@ impl JournalHandle {
             if from.0 >= durable_next || max_records == 0 {
                 return Ok(Vec::new());
             }
-            let i = table
-                .partition_point(|s| s.first_seq <= from.0)
-                .saturating_sub(1);
-            table[i..].iter().take(READ_SEGMENTS_MAX).cloned().collect()
+            segment_of(&table, from.0)
         };
         let last = (durable_next - 1).min(from.0.saturating_add(max_records as u64 - 1));
         let mut out = Vec::new();
         let mut bytes = 0usize;
         let mut seq = from.0;
-        for seg in segs {
+        loop {
             let seg_end = seg.end_seq.load(Ordering::Acquire);
-            if seq >= seg_end {
-                continue;
-            }
             let mut offset = match shared.hint(seq) {
                 Some(h) if h.seg_first == seg.first_seq => h.offset,
                 _ => seg.locate(seq)?,
             };
+            if seq >= seg_end {
+                // Durable seqs are on disk: only a segment missing under us gets here.
+                return Err(Error::BadSegment {
+                    segment: seg.path.clone(),
+                    reason: format!("durable seq {seq} is not in the segment that should hold it"),
+                });
+            }
             let mut r = SegReader::new(&seg.file, &seg.path);
             while seq <= last && seq < seg_end {
                 let (h, payload) = r.record(offset, seq)?;
@@ -109,6 +116,8 @@ impl JournalHandle {
             if seq > last {
                 break;
             }
+            // The rest is in the following segments (durable records exist up to `last`).
+            seg = segment_of(&read_lock(&shared.segments), seq);
         }
         Ok(out)
     }
