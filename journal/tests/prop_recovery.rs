@@ -75,7 +75,7 @@ fn reopen_and_read(dir: &Path, o: Options) -> Result<(Vec<Vec<u8>>, Journal), Er
     }
     assert_eq!(
         rec.last_seq,
-        (!out.is_empty()).then(|| Seq(out.len() as u64))
+        (!out.is_empty()).then_some(Seq(out.len() as u64))
     );
     Ok((out, j))
 }
@@ -95,7 +95,7 @@ fn damage() -> impl Strategy<Value = Damage> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
     fn damaged_journal_recovers_a_prefix_or_names_the_damage(
