@@ -62,8 +62,8 @@ pub struct RawJournal {
     pub retention_bytes_max: Option<u64>,
     #[serde(default)]
     pub retention_age_max_s: Option<u64>,
-    #[serde(default = "default_queue_batches")]
-    pub queue_batches_max: usize,
+    #[serde(default = "default_queue_bytes")]
+    pub queue_bytes_max: usize,
 }
 
 impl Default for RawJournal {
@@ -73,7 +73,7 @@ impl Default for RawJournal {
             segment_bytes_max: default_segment_bytes(),
             retention_bytes_max: None,
             retention_age_max_s: None,
-            queue_batches_max: default_queue_batches(),
+            queue_bytes_max: default_queue_bytes(),
         }
     }
 }
@@ -84,8 +84,8 @@ fn default_fsync() -> String {
 fn default_segment_bytes() -> u64 {
     64 * 1024 * 1024
 }
-fn default_queue_batches() -> usize {
-    1024
+fn default_queue_bytes() -> usize {
+    64 * 1024 * 1024
 }
 
 #[derive(Debug, Deserialize)]
@@ -234,7 +234,7 @@ pub struct NodeConfig {
     pub stream_fsync: journal::FsyncPolicy,
     pub segment_bytes_max: u64,
     pub retention: journal::Retention,
-    pub queue_batches_max: usize,
+    pub queue_bytes_max: usize,
     pub syslog_udp: Vec<SocketAddr>,
     pub syslog_tcp: Vec<SocketAddr>,
     pub syslog_tls: Vec<SocketAddr>,
@@ -318,8 +318,11 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<NodeConfig, Vec<String>> 
             raw.journal.segment_bytes_max
         ));
     }
-    if raw.journal.queue_batches_max == 0 {
-        problems.push("journal.queue_batches_max = 0: must be at least 1".into());
+    if !(1 << 20..=1 << 30).contains(&raw.journal.queue_bytes_max) {
+        problems.push(format!(
+            "journal.queue_bytes_max = {}: must be between 1048576 (1 MiB) and 1073741824 (1 GiB)",
+            raw.journal.queue_bytes_max
+        ));
     }
     let mut seen: Vec<(SocketAddr, &'static str, String)> = Vec::new();
     let mut addrs = |key: &'static str, list: &[String], udp: bool, problems: &mut Vec<String>| {
@@ -433,7 +436,7 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<NodeConfig, Vec<String>> 
                 .retention_age_max_s
                 .map(|s| s.saturating_mul(1000)),
         },
-        queue_batches_max: raw.journal.queue_batches_max,
+        queue_bytes_max: raw.journal.queue_bytes_max,
         syslog_udp,
         syslog_tcp,
         syslog_tls,

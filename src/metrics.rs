@@ -143,6 +143,13 @@ impl Collector for NodeCollector {
         )?;
         family(
             &mut enc,
+            "twinrx_journal_queued_bytes",
+            "Bytes received and waiting for the journal writer (bounded by journal.queue_bytes_max)",
+            Gauge,
+            &[(vec![], n.intake.queued_bytes() as u64)],
+        )?;
+        family(
+            &mut enc,
             "twinrx_journal_last_seq",
             "Last durable journal seq",
             Gauge,

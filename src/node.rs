@@ -16,12 +16,12 @@ use crate::config::{ClientCert, NodeConfig};
 use crate::stream::{self, EntryHead, Parsed};
 use anyhow::Context as _;
 use journal::{Journal, JournalHandle, Options};
-use receiver::listen::{self, Batch, ListenerOptions, SyslogStats};
+use receiver::listen::{self, Intake, IntakeRx, ListenerOptions, SyslogStats};
 use receiver::record::Record;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use twinrx_types::{Epoch, NodeId, Offset, Seq};
 
 /// Counters and state of the node's own pipeline (exported by `/metrics` and `/status`).
@@ -51,6 +51,7 @@ pub struct Node {
     pub syslog: Arc<SyslogStats>,
     pub stats: Arc<NodeStats>,
     pub udp_rcvbuf_bytes: Vec<(std::net::SocketAddr, usize)>,
+    pub intake: listen::IntakeGauge,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -116,7 +117,7 @@ async fn run_async(cfg: NodeConfig) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown) = watch::channel(false);
     let syslog = Arc::new(SyslogStats::default());
     let stats = Arc::new(NodeStats::default());
-    let (tx, rx) = mpsc::channel::<Batch>(cfg.queue_batches_max);
+    let (tx, rx) = Intake::new(cfg.queue_bytes_max);
 
     // Bind everything first: a port in use must fail start-up, not a later task.
     let lopts = ListenerOptions {
@@ -178,6 +179,7 @@ async fn run_async(cfg: NodeConfig) -> anyhow::Result<()> {
     let admin_listener = tokio::net::TcpListener::bind(cfg.admin_listen)
         .await
         .with_context(|| format!("cannot bind admin.listen {}", cfg.admin_listen))?;
+    let intake_gauge = tx.gauge();
     drop(tx);
 
     let node = Arc::new(Node {
@@ -188,6 +190,7 @@ async fn run_async(cfg: NodeConfig) -> anyhow::Result<()> {
         syslog: syslog.clone(),
         stats: stats.clone(),
         udp_rcvbuf_bytes: rcvbufs,
+        intake: intake_gauge,
         shutdown: shutdown.clone(),
     });
 
@@ -275,7 +278,7 @@ const WRITE_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 fn journal_writer(
     mut journal: Journal,
     policy: journal::FsyncPolicy,
-    mut rx: mpsc::Receiver<Batch>,
+    mut rx: IntakeRx,
     rt: tokio::runtime::Handle,
     stats: Arc<NodeStats>,
     shutdown: watch::Receiver<bool>,

@@ -60,6 +60,8 @@ pub fn status_json(node: &Node) -> Value {
             "last_error": journal_error,
             "disk_free_bytes": disk_free,
             "fsync": node.cfg.journal_fsync.to_string(),
+            "queued_bytes": node.intake.queued_bytes(),
+            "queue_bytes_max": node.intake.budget_bytes(),
         },
         "stream": {
             "next_offset": stream_next,

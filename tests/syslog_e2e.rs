@@ -48,23 +48,40 @@ fn logger_rfc3164_and_rfc5424_over_udp_tcp_octet_and_tcp_lf_each_once_parsed() {
         assert_eq!(sys["facility"], 1, "{e}");
         assert_eq!(sys["severity"], 5, "{e}");
         assert!(sys["timestamp"].is_string(), "{e}");
-        let want_format = if tag.ends_with("3164") { "rfc3164" } else { "rfc5424" };
+        let want_format = if tag.ends_with("3164") {
+            "rfc3164"
+        } else {
+            "rfc5424"
+        };
         assert_eq!(sys["format"], want_format, "{e}");
         let want_transport = if tag.starts_with("udp") { "udp" } else { "tcp" };
         assert_eq!(e["transport"], want_transport, "{e}");
         assert_eq!(e["protocol"], "syslog");
         // The kernel picks the loopback source address; it is the sender's IP, never a port.
-        assert!(e["source"].as_str().is_some_and(|a| a.starts_with("127.") && !a.contains(':')), "{e}");
+        assert!(
+            e["source"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("127.") && !a.contains(':')),
+            "{e}"
+        );
         assert!(e.get("parse_error").is_none(), "{e}");
     }
-    let offsets: Vec<u64> = stream.iter().map(|e| e["offset"].as_u64().expect("offset")).collect();
+    let offsets: Vec<u64> = stream
+        .iter()
+        .map(|e| e["offset"].as_u64().expect("offset"))
+        .collect();
     assert_eq!(offsets, (0..6).collect::<Vec<_>>());
     node.signal(nix::sys::signal::Signal::SIGTERM);
     let st = node.wait_exit(Duration::from_secs(10));
     assert!(st.success(), "SIGTERM must exit 0, got {st}");
 }
 
-fn rsyslog_conf(work: &std::path::Path, listen_ip: &str, node_ip: &str, ca: &std::path::Path) -> String {
+fn rsyslog_conf(
+    work: &std::path::Path,
+    listen_ip: &str,
+    node_ip: &str,
+    ca: &std::path::Path,
+) -> String {
     format!(
         r#"global(workDirectory="{work}" defaultNetstreamDriverCAFile="{ca}")
 module(load="imudp")
@@ -98,14 +115,20 @@ fn rsyslog_forwards_over_tcp_and_tls_and_messages_arrive_parsed() {
         "",
     );
     // The TLS listener shares the node's address.
-    let cfg = std::fs::read_to_string(&node.config).expect("config").replace("IPADDR", &node.ip.to_string());
+    let cfg = std::fs::read_to_string(&node.config)
+        .expect("config")
+        .replace("IPADDR", &node.ip.to_string());
     std::fs::write(&node.config, cfg).expect("config");
     node.start();
     let work = s.path().join("rsyslog");
     std::fs::create_dir_all(&work).expect("work dir");
     let conf = work.join("rsyslog.conf");
     let relay_ip = node.ip.to_string(); // rsyslog listens on the node's address, port 10514
-    std::fs::write(&conf, rsyslog_conf(&work, &relay_ip, &node.ip.to_string(), &certs.ca)).expect("conf");
+    std::fs::write(
+        &conf,
+        rsyslog_conf(&work, &relay_ip, &node.ip.to_string(), &certs.ca),
+    )
+    .expect("conf");
     let pidfile = work.join("rsyslog.pid");
     let mut rsyslog = Command::new("rsyslogd")
         .args(["-n", "-f"])
@@ -127,27 +150,44 @@ fn rsyslog_forwards_over_tcp_and_tls_and_messages_arrive_parsed() {
         }
     }
     let guard = Kill(&mut rsyslog);
-    wait_for("rsyslogd to start", Duration::from_secs(10), || pidfile.exists().then_some(()));
+    wait_for("rsyslogd to start", Duration::from_secs(10), || {
+        pidfile.exists().then_some(())
+    });
     // rsyslog connects lazily; keep sending distinct messages until one arrives over each
     // transport, then send the real batch.
     for i in 0..5 {
         run(Command::new("logger")
-            .args(["-n", &relay_ip, "-P", "10514", "-d", "--rfc5424", "-t", "relay"])
+            .args([
+                "-n",
+                &relay_ip,
+                "-P",
+                "10514",
+                "-d",
+                "--rfc5424",
+                "-t",
+                "relay",
+            ])
             .arg(format!("relayed message {i} via rsyslog")));
     }
-    let stream = wait_for("5 messages over tcp and 5 over tls", Duration::from_secs(30), || {
-        let st = node.stream();
-        let tcp = st.iter().filter(|e| e["transport"] == "tcp").count();
-        let tls = st.iter().filter(|e| e["transport"] == "tls").count();
-        (tcp >= 5 && tls >= 5).then_some(st)
-    });
+    let stream = wait_for(
+        "5 messages over tcp and 5 over tls",
+        Duration::from_secs(30),
+        || {
+            let st = node.stream();
+            let tcp = st.iter().filter(|e| e["transport"] == "tcp").count();
+            let tls = st.iter().filter(|e| e["transport"] == "tls").count();
+            (tcp >= 5 && tls >= 5).then_some(st)
+        },
+    );
     drop(guard);
     for transport in ["tcp", "tls"] {
         for i in 0..5 {
             let needle = format!("relayed message {i} via rsyslog");
             let found: Vec<_> = stream
                 .iter()
-                .filter(|e| e["transport"] == transport && e["syslog"]["message"] == needle.as_str())
+                .filter(|e| {
+                    e["transport"] == transport && e["syslog"]["message"] == needle.as_str()
+                })
                 .collect();
             assert_eq!(found.len(), 1, "{transport} {needle}: {stream:#?}");
             assert_eq!(found[0]["syslog"]["app_name"], "relay");
@@ -158,9 +198,24 @@ fn rsyslog_forwards_over_tcp_and_tls_and_messages_arrive_parsed() {
 }
 
 /// Sends `msg` over TLS with openssl s_client (LF framing); returns whether it exited 0.
-fn s_client(addr: &str, ca: &std::path::Path, cert: &std::path::Path, key: &std::path::Path, msg: &str) {
+fn s_client(
+    addr: &str,
+    ca: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    msg: &str,
+) {
     let mut child = Command::new("openssl")
-        .args(["s_client", "-quiet", "-no_ign_eof", "-connect", addr, "-servername", "localhost", "-CAfile"])
+        .args([
+            "s_client",
+            "-quiet",
+            "-no_ign_eof",
+            "-connect",
+            addr,
+            "-servername",
+            "localhost",
+            "-CAfile",
+        ])
         .arg(ca)
         .arg("-cert")
         .arg(cert)
@@ -174,7 +229,9 @@ fn s_client(addr: &str, ca: &std::path::Path, cert: &std::path::Path, key: &std:
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(msg.as_bytes());
     }
-    let _ = wait_for("s_client to finish", Duration::from_secs(10), || child.try_wait().ok().flatten());
+    let _ = wait_for("s_client to finish", Duration::from_secs(10), || {
+        child.try_wait().ok().flatten()
+    });
 }
 
 #[test]
@@ -192,7 +249,9 @@ fn bad_input_is_counted_by_reason_and_valid_messages_in_between_all_arrive() {
         ),
         "",
     );
-    let cfg = std::fs::read_to_string(&node.config).expect("config").replace("IPADDR", &node.ip.to_string());
+    let cfg = std::fs::read_to_string(&node.config)
+        .expect("config")
+        .replace("IPADDR", &node.ip.to_string());
     std::fs::write(&node.config, cfg).expect("config");
     node.start();
     let ip = node.ip.to_string();
@@ -208,7 +267,12 @@ fn bad_input_is_counted_by_reason_and_valid_messages_in_between_all_arrive() {
     // 1. garbage datagrams: kept raw with the parse error (SPEC: never dropped).
     send_valid_udp(0);
     sent_valid += 1;
-    for g in [&b"\x00\x01\x02garbage"[..], b"no pri at all", b"<999>bad pri", b"\xff\xfe\xfd"] {
+    for g in [
+        &b"\x00\x01\x02garbage"[..],
+        b"no pri at all",
+        b"<999>bad pri",
+        b"\xff\xfe\xfd",
+    ] {
         udp.send_to(g, &udp_addr).expect("send");
     }
     send_valid_udp(1);
@@ -231,10 +295,12 @@ fn bad_input_is_counted_by_reason_and_valid_messages_in_between_all_arrive() {
     {
         let mut c = std::net::TcpStream::connect((node.ip, 5514)).expect("tcp");
         let big = vec![b'x'; 70 * 1024];
-        c.write_all(format!("{} ", big.len()).as_bytes()).expect("write");
+        c.write_all(format!("{} ", big.len()).as_bytes())
+            .expect("write");
         c.write_all(&big).expect("write");
         let v = valid(2);
-        c.write_all(format!("{} {v}", v.len()).as_bytes()).expect("write");
+        c.write_all(format!("{} {v}", v.len()).as_bytes())
+            .expect("write");
         sent_valid += 1;
     }
     // 4. an octet count larger than the limit with no body following: refused.
@@ -246,21 +312,45 @@ fn bad_input_is_counted_by_reason_and_valid_messages_in_between_all_arrive() {
     sent_valid += 1;
     // 5. TLS: a client with a self-signed certificate is refused; a client with a
     //    CA-signed certificate gets through.
-    s_client(&tls_addr, &certs.ca, &certs.wrong_cert, &certs.wrong_key, &format!("{}\n", valid(100)));
-    s_client(&tls_addr, &certs.ca, &certs.client_cert, &certs.client_key, &format!("{}\n", valid(4)));
+    s_client(
+        &tls_addr,
+        &certs.ca,
+        &certs.wrong_cert,
+        &certs.wrong_key,
+        &format!("{}\n", valid(100)),
+    );
+    s_client(
+        &tls_addr,
+        &certs.ca,
+        &certs.client_cert,
+        &certs.client_key,
+        &format!("{}\n", valid(4)),
+    );
     sent_valid += 1;
     send_valid_udp(5);
     sent_valid += 1;
 
     let stream = wait_for("all valid messages", Duration::from_secs(20), || {
         let st = node.stream();
-        (0..6).all(|n| !entries_with(&st, &format!("valid {n} end")).is_empty()).then_some(st)
+        (0..6)
+            .all(|n| !entries_with(&st, &format!("valid {n} end")).is_empty())
+            .then_some(st)
     });
     for n in 0..6 {
-        assert_eq!(entries_with(&stream, &format!("valid {n} end")).len(), 1, "valid {n}");
+        assert_eq!(
+            entries_with(&stream, &format!("valid {n} end")).len(),
+            1,
+            "valid {n}"
+        );
     }
-    assert!(entries_with(&stream, "valid 100 end").is_empty(), "the stranger's message got in");
-    let raw: Vec<_> = stream.iter().filter(|e| e.get("parse_error").is_some()).collect();
+    assert!(
+        entries_with(&stream, "valid 100 end").is_empty(),
+        "the stranger's message got in"
+    );
+    let raw: Vec<_> = stream
+        .iter()
+        .filter(|e| e.get("parse_error").is_some())
+        .collect();
     assert_eq!(raw.len(), 4, "garbage datagrams are kept raw: {raw:#?}");
     assert!(raw.iter().any(|e| e["raw_hex"] == "fffefd"));
     assert!(raw.iter().any(|e| e["raw"] == "no pri at all"));
@@ -271,12 +361,17 @@ fn bad_input_is_counted_by_reason_and_valid_messages_in_between_all_arrive() {
     });
     let d = &st["receivers"]["syslog"]["discarded"];
     assert_eq!(d["tls_failure"], 1, "{st:#}");
-    assert_eq!(d["oversize"], 2, "70 KiB frame and huge octet count: {st:#}");
+    assert_eq!(
+        d["oversize"], 2,
+        "70 KiB frame and huge octet count: {st:#}"
+    );
     assert!(d["bad_framing"].as_u64() >= Some(1), "random bytes: {st:#}");
     assert_eq!(st["stream"]["kept_raw"], 4, "{st:#}");
     let metrics = get_text(&format!("{}/metrics", node.admin)).expect("metrics");
     assert!(
-        metrics.contains("twinrx_receiver_discarded_total{protocol=\"syslog\",reason=\"tls_failure\"} 1"),
+        metrics.contains(
+            "twinrx_receiver_discarded_total{protocol=\"syslog\",reason=\"tls_failure\"} 1"
+        ),
         "{metrics}"
     );
     assert_eq!(sent_valid, 6);
@@ -294,7 +389,11 @@ fn a_bad_config_is_refused_naming_every_key() {
         "[node]\nname = \"z\"\n[journal]\nfsync = \"often\"\n[syslog]\nudp = [\"localhost\"]\n",
     )
     .expect("write");
-    let out = Command::new(BIN).args(["node", "--config"]).arg(&cfg).output().expect("run");
+    let out = Command::new(BIN)
+        .args(["node", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("3 problems"), "{err}");
@@ -302,7 +401,11 @@ fn a_bad_config_is_refused_naming_every_key() {
     assert!(err.contains("journal.fsync = \"often\""), "{err}");
     assert!(err.contains("syslog.udp[0] = \"localhost\""), "{err}");
     std::fs::write(&cfg, "[syslog]\nudpp = []\n").expect("write");
-    let out = Command::new(BIN).args(["node", "--config"]).arg(&cfg).output().expect("run");
+    let out = Command::new(BIN)
+        .args(["node", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("udpp"));
 }

@@ -33,19 +33,129 @@ pub struct Batch {
     /// Fired once every record of the batch is durable in the journal (SNMP informs are
     /// answered only then). Dropped unfired if the journal could not take the batch.
     pub durable: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The batch's share of the intake's byte budget, returned when the batch is dropped.
+    _budget: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Batch {
-    pub fn new(records: Vec<Record>) -> Batch {
-        Batch {
-            records,
-            durable: None,
+    /// Bytes of a batch counted against the intake budget.
+    fn cost(records: &[Record]) -> u32 {
+        let bytes: usize = records
+            .iter()
+            .map(|r| r.raw.len() + r.decoded.len() + 96)
+            .sum();
+        u32::try_from(bytes).unwrap_or(u32::MAX)
+    }
+}
+
+/// The bounded queue between the receivers and the journal writer. Its bound is in bytes,
+/// so memory stays flat whatever the message sizes and batch sizes: a listener takes a share
+/// of the budget for each batch, and the writer returns it once the batch is journaled.
+#[derive(Clone)]
+pub struct Intake {
+    tx: mpsc::Sender<Batch>,
+    budget: Arc<tokio::sync::Semaphore>,
+    budget_bytes: u32,
+}
+
+/// The writer's end of an [`Intake`].
+pub type IntakeRx = mpsc::Receiver<Batch>;
+
+/// Why a batch was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushError {
+    /// The byte budget is used up: the journal is behind (or failing).
+    Full,
+    /// The writer has stopped.
+    Closed,
+}
+
+impl Intake {
+    /// An intake holding at most `budget_bytes` of records in flight.
+    pub fn new(budget_bytes: usize) -> (Intake, IntakeRx) {
+        let budget_bytes = u32::try_from(budget_bytes.max(1 << 16)).unwrap_or(u32::MAX >> 1);
+        // The semaphore bounds memory; the channel only needs room for every permit holder.
+        let (tx, rx) = mpsc::channel(65_536);
+        let budget = Arc::new(tokio::sync::Semaphore::new(budget_bytes as usize));
+        (
+            Intake {
+                tx,
+                budget,
+                budget_bytes,
+            },
+            rx,
+        )
+    }
+
+    /// Queues without waiting (UDP): a full budget drops the batch.
+    pub fn try_push(&self, records: Vec<Record>) -> Result<(), PushError> {
+        let cost = Batch::cost(&records).min(self.budget_bytes);
+        let permit = self
+            .budget
+            .clone()
+            .try_acquire_many_owned(cost)
+            .map_err(|_| PushError::Full)?;
+        self.tx
+            .try_send(Batch {
+                records,
+                durable: None,
+                _budget: Some(permit),
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => PushError::Full,
+                mpsc::error::TrySendError::Closed(_) => PushError::Closed,
+            })
+    }
+
+    /// Queues, waiting for budget (TCP: the sender is slowed by flow control meanwhile).
+    /// `durable` fires once the records are durable.
+    pub async fn push(
+        &self,
+        records: Vec<Record>,
+        durable: Option<tokio::sync::oneshot::Sender<()>>,
+    ) -> Result<(), PushError> {
+        let cost = Batch::cost(&records).min(self.budget_bytes);
+        let permit = self
+            .budget
+            .clone()
+            .acquire_many_owned(cost)
+            .await
+            .map_err(|_| PushError::Closed)?;
+        self.tx
+            .send(Batch {
+                records,
+                durable,
+                _budget: Some(permit),
+            })
+            .await
+            .map_err(|_| PushError::Closed)
+    }
+
+    /// A read-only view of the queue's fill level (does not keep the queue open).
+    pub fn gauge(&self) -> IntakeGauge {
+        IntakeGauge {
+            budget: self.budget.clone(),
+            budget_bytes: self.budget_bytes,
         }
     }
 }
 
-/// Where listeners put accepted records: batches, bounded by the channel's capacity.
-pub type RecordTx = mpsc::Sender<Batch>;
+/// Fill level of an [`Intake`], for status and metrics.
+#[derive(Clone)]
+pub struct IntakeGauge {
+    budget: Arc<tokio::sync::Semaphore>,
+    budget_bytes: u32,
+}
+
+impl IntakeGauge {
+    /// Bytes of records queued and not yet journaled.
+    pub fn queued_bytes(&self) -> usize {
+        (self.budget_bytes as usize).saturating_sub(self.budget.available_permits())
+    }
+    pub fn budget_bytes(&self) -> usize {
+        self.budget_bytes as usize
+    }
+}
 
 /// Records per batch handed to the journal writer at most.
 const BATCH_RECORDS_MAX: usize = 512;
@@ -153,7 +263,7 @@ pub fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
 pub async fn run_udp(
     sock: UdpSocket,
     opts: ListenerOptions,
-    tx: RecordTx,
+    tx: Intake,
     stats: Arc<SyslogStats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -203,12 +313,12 @@ pub async fn run_udp(
             continue;
         }
         let n = batch.len() as u64;
-        match tx.try_send(Batch::new(batch)) {
+        match tx.try_push(batch) {
             Ok(()) => stats.accepted(Transport::Udp, n),
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(PushError::Full) => {
                 stats.queue_full.fetch_add(n, Relaxed);
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => return,
+            Err(PushError::Closed) => return,
         }
     }
 }
@@ -269,7 +379,7 @@ pub async fn run_tcp(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     opts: ListenerOptions,
-    tx: RecordTx,
+    tx: Intake,
     stats: Arc<SyslogStats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -318,7 +428,7 @@ async fn serve_connection(
     peer: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
     opts: &ListenerOptions,
-    tx: &RecordTx,
+    tx: &Intake,
     stats: &SyslogStats,
     limiter: &Mutex<TokenBuckets>,
     shutdown: watch::Receiver<bool>,
@@ -364,7 +474,7 @@ async fn read_frames<S: AsyncRead + Unpin>(
     peer: SocketAddr,
     transport: Transport,
     opts: &ListenerOptions,
-    tx: &RecordTx,
+    tx: &Intake,
     stats: &SyslogStats,
     limiter: &Mutex<TokenBuckets>,
     mut shutdown: watch::Receiver<bool>,
@@ -416,7 +526,7 @@ async fn read_frames<S: AsyncRead + Unpin>(
         }
         if !batch.is_empty() {
             let count = batch.len() as u64;
-            if tx.send(Batch::new(batch)).await.is_err() {
+            if tx.push(batch, None).await.is_err() {
                 return;
             }
             stats.accepted(transport, count);

@@ -18,7 +18,12 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 pub fn unique_ip() -> Ipv4Addr {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let pid = std::process::id();
-    Ipv4Addr::new(127, 100 + (pid % 100) as u8, (n / 250) as u8, (n % 250 + 2) as u8)
+    Ipv4Addr::new(
+        127,
+        100 + (pid % 100) as u8,
+        (n / 250) as u8,
+        (n % 250 + 2) as u8,
+    )
 }
 
 /// A scratch directory removed on drop.
@@ -135,7 +140,9 @@ impl TestNode {
     /// Waits for the process to exit and returns its status.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let child = self.child.as_mut().expect("node running");
-        let st = wait_for("the node to exit", timeout, || child.try_wait().ok().flatten());
+        let st = wait_for("the node to exit", timeout, || {
+            child.try_wait().ok().flatten()
+        });
         self.child = None;
         st
     }
@@ -192,7 +199,9 @@ pub fn get_json(url: &str) -> Option<serde_json::Value> {
 
 /// Runs a command to completion, panicking with its output if it fails.
 pub fn run(cmd: &mut Command) -> std::process::Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     if !out.status.success() {
         panic!(
             "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
@@ -218,7 +227,13 @@ pub struct Certs {
 
 pub fn make_certs(dir: &Path, ip: Ipv4Addr) -> Certs {
     let p = |n: &str| dir.join(n);
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
     run(Command::new("openssl")
         .args(["req", "-x509"])
         .args(ec)
@@ -227,7 +242,11 @@ pub fn make_certs(dir: &Path, ip: Ipv4Addr) -> Certs {
         .arg("-out")
         .arg(p("ca.pem")));
     for (name, cn, san) in [
-        ("server", "localhost", format!("subjectAltName=DNS:localhost,IP:{ip}")),
+        (
+            "server",
+            "localhost",
+            format!("subjectAltName=DNS:localhost,IP:{ip}"),
+        ),
         ("client", "device", "subjectAltName=DNS:device".to_string()),
     ] {
         run(Command::new("openssl")
@@ -270,7 +289,10 @@ pub fn make_certs(dir: &Path, ip: Ipv4Addr) -> Certs {
 }
 
 /// Entries whose message (parsed or raw) contains `needle`.
-pub fn entries_with<'a>(stream: &'a [serde_json::Value], needle: &str) -> Vec<&'a serde_json::Value> {
+pub fn entries_with<'a>(
+    stream: &'a [serde_json::Value],
+    needle: &str,
+) -> Vec<&'a serde_json::Value> {
     stream
         .iter()
         .filter(|e| e.to_string().contains(needle))
