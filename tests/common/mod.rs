@@ -187,10 +187,18 @@ impl Drop for TestNode {
 
 pub fn get_text(url: &str) -> Option<String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(10)))
+        .timeout_global(Some(Duration::from_secs(60)))
         .build()
         .into();
-    agent.get(url).call().ok()?.body_mut().read_to_string().ok()
+    agent
+        .get(url)
+        .call()
+        .ok()?
+        .body_mut()
+        .with_config()
+        .limit(u64::MAX)
+        .read_to_string()
+        .ok()
 }
 
 pub fn get_json(url: &str) -> Option<serde_json::Value> {
