@@ -116,6 +116,29 @@ impl MemHistory {
         }
     }
 
+    /// Forgets the open entries of `node` received before `before` (see
+    /// [`crate::Progress::prunable_before`]). Linear in the entries held: for tests.
+    pub fn prune(&mut self, node: NodeId, before: UnixNanos) {
+        let dead: Vec<(Offset, Key, UnixNanos)> = self
+            .by_offset
+            .iter()
+            .filter(|(_, (_, n, t))| *n == node && *t < before)
+            .map(|(o, (k, _, t))| (*o, *k, *t))
+            .collect();
+        for (offset, key, received_at) in dead {
+            self.by_offset.remove(&offset);
+            if let Some(set) = self.open.get_mut(&(key, node)) {
+                set.remove(&OpenEntry {
+                    received_at,
+                    offset,
+                });
+                if set.is_empty() {
+                    self.open.remove(&(key, node));
+                }
+            }
+        }
+    }
+
     /// Number of open entries held.
     pub fn open_len(&self) -> usize {
         self.by_offset.len()

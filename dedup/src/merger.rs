@@ -580,6 +580,7 @@ mod tests {
                 next_offset: Offset(1),
                 consumed: [Seq(1), Seq(1)],
                 newest: Some(b1.received_at),
+                last_received: [Some(a1.received_at), Some(b1.received_at)],
             }
         );
         let s = d.merger.stats();
@@ -763,6 +764,7 @@ mod tests {
             next_offset: Offset(5),
             consumed: [Seq(3), Seq(2)],
             newest: Some(UnixNanos(T0 * NS_PER_MS)),
+            last_received: [Some(UnixNanos(T0 * NS_PER_MS)); 2],
         };
         let mut m = Merger::recover(config, progress);
         let b3 = rec(B, 3, 1, 1);

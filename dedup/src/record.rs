@@ -122,6 +122,8 @@ pub struct Progress {
     pub consumed: [Seq; 2],
     /// Newest receive time of any record accounted for.
     pub newest: Option<UnixNanos>,
+    /// Per node (indexed by `NodeId.0`), the receive time of its record at `consumed`.
+    pub last_received: [Option<UnixNanos>; 2],
 }
 
 impl Progress {
@@ -145,11 +147,41 @@ impl Progress {
             self.next_offset = e.offset.next();
         }
         let copy = output.copy();
-        if let Some(c) = self.consumed.get_mut(usize::from(copy.node.0)) {
-            *c = copy.seq;
-        }
         let t = output.received_at();
+        let side = usize::from(copy.node.0);
+        if let (Some(c), Some(l)) = (
+            self.consumed.get_mut(side),
+            self.last_received.get_mut(side),
+        ) {
+            *c = copy.seq;
+            *l = Some(t);
+        }
         self.newest = Some(self.newest.map_or(t, |n| n.max(t)));
+    }
+
+    /// Open entries of `node` received before this time can never be matched any more, so a
+    /// history index may forget them (bounded disk for the index); `None`: keep everything.
+    ///
+    /// Only the other node's records can match them, and those still to come are received no
+    /// earlier than its last consumed record, minus `clock_step_margin_ms` for a clock that
+    /// steps back: pruning below `last_received(peer) - W - margin` never changes an output
+    /// while no clock steps back by more than the margin. Before the peer's first record is
+    /// consumed, its whole journal may still come: nothing is prunable.
+    pub fn prunable_before(
+        &self,
+        node: NodeId,
+        window_ms: u64,
+        clock_step_margin_ms: u64,
+    ) -> Option<UnixNanos> {
+        let peer_last = self
+            .last_received
+            .get(usize::from(node.peer().0))
+            .copied()
+            .flatten()?;
+        let back_ns = i64::try_from(window_ms.saturating_add(clock_step_margin_ms))
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1_000_000);
+        Some(UnixNanos(peer_last.0.saturating_sub(back_ns)))
     }
 
     /// Highest seq of `node` accounted for (`Seq(0)` if none).

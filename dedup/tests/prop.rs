@@ -18,7 +18,7 @@
 
 mod common;
 
-use common::{check, config, drive, journals, step_back, Event, Plan};
+use common::{check, config, drive, journals, step_back, Event, Plan, STEP_MAX_MS};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 
@@ -65,11 +65,14 @@ fn plan() -> impl Strategy<Value = Plan> {
         prop::collection::vec((any::<bool>(), 1u8..40), 0..12),
         prop::collection::vec((0usize..100, 0usize..6), 0..4),
         prop::option::of(0u32..40_000),
+        any::<bool>(),
     )
-        .prop_map(|(runs, crashes, tick_ms)| Plan {
+        .prop_map(|(runs, crashes, tick_ms, prune)| Plan {
             runs,
             crashes,
             tick_ms,
+            // Monotone clocks: the tightest pruning (no margin) must not change anything.
+            prune_margin_ms: prune.then_some(0),
         })
 }
 
@@ -115,13 +118,14 @@ proptest! {
     fn clock_step_back_loses_and_doubles_nothing(
         events in events(),
         skew_b_ms in -3_000i64..3_000,
-        step in (any::<bool>(), 0usize..48, 1i64..4_000),
+        step in (any::<bool>(), 0usize..48, 1i64..=STEP_MAX_MS as i64),
         plan in plan(),
         (memory_ms, entries_max, seed) in cfg(),
     ) {
         let mut j = journals(&events, skew_b_ms);
         let (on_b, at, step_ms) = step;
         step_back(&mut j[usize::from(on_b)], at, step_ms);
+        let plan = Plan { prune_margin_ms: plan.prune_margin_ms.map(|_| STEP_MAX_MS), ..plan };
         let log = drive(&j, &plan, config(memory_ms, entries_max, seed));
         if let Err(e) = check(&j, &log, false) {
             prop_assert!(false, "{}", e);
@@ -138,14 +142,15 @@ proptest! {
         ..ProptestConfig::default()
     })]
 
-    /// The in-memory horizon (memory_ms, memory_entries_max, ticks) and the hash seed change
-    /// only speed and memory: the stream log is identical, entry for entry, with everything
-    /// matched through the history (1 entry in memory) or everything in memory.
+    /// The in-memory horizon (memory_ms, memory_entries_max, ticks), the hash seed and pruning
+    /// the history (within the clock-step margin) change only speed and memory: the stream
+    /// log is identical, entry for entry, with everything matched through the history (1 entry
+    /// in memory) or everything in memory.
     #[test]
     fn memory_settings_never_change_outputs(
         events in events(),
         skew_b_ms in -12_000i64..12_000,
-        step in (any::<bool>(), 0usize..48, 0i64..4_000),
+        step in (any::<bool>(), 0usize..48, 0i64..=STEP_MAX_MS as i64),
         plan in plan(),
         seed in any::<u64>(),
     ) {
@@ -154,9 +159,10 @@ proptest! {
         step_back(&mut j[usize::from(on_b)], at, step_ms);
         let all_in_memory = drive(
             &j,
-            &Plan { tick_ms: None, ..plan.clone() },
+            &Plan { tick_ms: None, prune_margin_ms: None, ..plan.clone() },
             config(3_600_000, 1 << 20, 0),
         );
+        let plan = Plan { prune_margin_ms: plan.prune_margin_ms.map(|_| STEP_MAX_MS), ..plan };
         let mostly_history = drive(&j, &plan, config(5_000, 1, seed));
         prop_assert_eq!(all_in_memory, mostly_history);
     }

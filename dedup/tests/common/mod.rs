@@ -82,7 +82,13 @@ pub struct Plan {
     pub crashes: Vec<(usize, usize)>,
     /// Ticks at run boundaries, this many ms after the newest receive time (None: no tick).
     pub tick_ms: Option<u32>,
+    /// Prune the history after every output as `Progress::prunable_before` allows, with this
+    /// clock-step margin (ms); it must be at least the largest step back of the journals.
+    pub prune_margin_ms: Option<u64>,
 }
+
+/// Largest clock step back the generators make.
+pub const STEP_MAX_MS: u64 = 4_000;
 
 pub fn config(memory_ms: u64, memory_entries_max: usize, hash_seed: u64) -> ValidConfig {
     Config {
@@ -135,6 +141,14 @@ pub fn drive(journals: &[Vec<Record>; 2], plan: &Plan, cfg: ValidConfig) -> Vec<
             .handle_record(journals[side][next], &history)
             .expect("records are fed in sequence");
         history.apply(&out);
+        if let Some(margin_ms) = plan.prune_margin_ms {
+            let p = merger.progress();
+            for node in [NodeId::A, NodeId::B] {
+                if let Some(before) = p.prunable_before(node, W_MS, margin_ms) {
+                    history.prune(node, before);
+                }
+            }
+        }
         pending.push(out);
         fed += 1;
         while let Some(&(at, lost)) = crashes.peek() {
