@@ -320,6 +320,17 @@ mod tests {
     }
 
     #[test]
+    fn thread_safety_as_documented() {
+        fn send<T: Send>() {}
+        fn send_sync<T: Send + Sync>() {}
+        send::<Journal>();
+        send_sync::<JournalHandle>();
+        send::<Tail>();
+        send_sync::<ReaderGuard>();
+        send_sync::<Error>();
+    }
+
+    #[test]
     fn options_default_as_documented() {
         let o = Options::default();
         assert_eq!(o.segment_bytes_max, 64 * 1024 * 1024);

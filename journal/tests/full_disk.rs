@@ -98,14 +98,14 @@ fn fill_until_enospc(j: &mut Journal, per_batch: u64) -> Error {
     panic!("the tmpfs never filled up");
 }
 
-fn full_disk_scenario(segment_bytes_max: u64, per_batch: u64) {
+fn full_disk_scenario(segment_bytes_max: u64, per_batch: u64, fsync: FsyncPolicy) {
     let Some(fs) = Tmpfs::mount("256k") else {
         return;
     };
     let dir: PathBuf = fs.path().join("journal");
     let o = Options {
         segment_bytes_max,
-        fsync: FsyncPolicy::Batch,
+        fsync,
         retention: Retention::default(),
     };
     let (mut j, _) = Journal::open(&dir, o).expect("open");
@@ -134,6 +134,8 @@ fn full_disk_scenario(segment_bytes_max: u64, per_batch: u64) {
         "{err}"
     );
     assert!(j.stats().append_errors_total >= 1);
+    // Policy interval: the batches before the failed one were kept, not yet durable.
+    j.sync().expect("sync");
     check_consistent(&dir, &j);
     // Still full: fails again, still consistent.
     let next = j.next_seq();
@@ -147,6 +149,7 @@ fn full_disk_scenario(segment_bytes_max: u64, per_batch: u64) {
         .append_batch(batch(next.0, per_batch))
         .expect("append after space returned");
     assert_eq!(r.first, next);
+    j.sync().expect("sync");
     check_consistent(&dir, &j);
     drop(j);
     let (j, rec) = Journal::open(&dir, o).expect("reopen");
@@ -159,11 +162,16 @@ fn full_disk_scenario(segment_bytes_max: u64, per_batch: u64) {
 #[test]
 fn full_disk_write_fails_cleanly_and_resumes() {
     // Large segments: the record write itself hits ENOSPC.
-    full_disk_scenario(1 << 20, 20);
+    full_disk_scenario(1 << 20, 20, FsyncPolicy::Batch);
 }
 
 #[test]
 fn full_disk_during_rotation_fails_cleanly_and_resumes() {
     // Small segments: most batches rotate, so segment creation hits ENOSPC too.
-    full_disk_scenario(4 << 10, 20);
+    full_disk_scenario(4 << 10, 20, FsyncPolicy::Batch);
+}
+
+#[test]
+fn full_disk_under_interval_policy_keeps_earlier_batches() {
+    full_disk_scenario(8 << 10, 7, FsyncPolicy::Interval { ms: 3_600_000 });
 }
