@@ -45,6 +45,8 @@ struct Harness {
     clock_offset_ms: Arc<AtomicU64>,
     /// After the next Reply is sent, add this much to the clock (0 = off).
     jump_after_reply_ms: Arc<AtomicU64>,
+    /// Drop this many inform Responses (of accepted informs), to make the sender retransmit.
+    drop_responses: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     dir: PathBuf,
@@ -72,9 +74,11 @@ impl Harness {
         let stop = Arc::new(AtomicBool::new(false));
         let clock_offset_ms = Arc::new(AtomicU64::new(0));
         let jump_after_reply_ms = Arc::new(AtomicU64::new(0));
+        let drop_responses = Arc::new(AtomicU64::new(0));
         let thread = {
             let (core, seen, stop) = (core.clone(), seen.clone(), stop.clone());
             let (offset, jump) = (clock_offset_ms.clone(), jump_after_reply_ms.clone());
+            let drop_responses = drop_responses.clone();
             std::thread::spawn(move || {
                 // Larger than max_message_bytes, so oversize datagrams are seen whole.
                 let mut buf = vec![0u8; 70_000];
@@ -92,6 +96,15 @@ impl Harness {
                         &buf[..n],
                     );
                     let reply = match &outcome {
+                        Outcome::Accept { reply: Some(_), .. }
+                            if drop_responses
+                                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                                    n.checked_sub(1)
+                                })
+                                .is_ok() =>
+                        {
+                            None
+                        }
                         Outcome::Accept { reply, .. } => reply.clone(),
                         Outcome::DuplicateInform { reply } | Outcome::Reply(reply) => {
                             Some(reply.clone())
@@ -127,6 +140,7 @@ impl Harness {
             core,
             clock_offset_ms,
             jump_after_reply_ms,
+            drop_responses,
             stop,
             thread: Some(thread),
             dir,
@@ -995,4 +1009,150 @@ fn capture_fixtures() {
     for (s, name) in accepted.iter().zip(names) {
         std::fs::write(dir.join(format!("{name}.bin")), &s.datagram).expect("write fixture");
     }
+}
+
+#[test]
+fn retransmitted_informs_are_answered_but_accepted_once() {
+    let h = Harness::start(SnmpConfig {
+        users: vec![user(
+            "ops",
+            Some(AuthProtocol::Sha1),
+            Some(PrivProtocol::Des),
+        )],
+        ..SnmpConfig::default()
+    });
+    let t = h.target();
+    // The first Response of each inform is lost: Net-SNMP retransmits after 1 s.
+    h.drop_responses.store(1, Ordering::Relaxed);
+    h.run_ok(
+        "snmpinform",
+        &[
+            "-v",
+            "2c",
+            "-c",
+            "public",
+            "-r",
+            "3",
+            "-t",
+            "1",
+            &t,
+            "5",
+            TRAP_OID,
+            VB_OID,
+            "s",
+            "again v2c",
+        ],
+    );
+    h.drop_responses.store(1, Ordering::Relaxed);
+    h.run_ok(
+        "snmpinform",
+        &[
+            "-v", "3", "-r", "3", "-t", "1", "-u", "ops", "-l", "authPriv", "-a", "SHA", "-A",
+            AUTH_PASS, "-x", "DES", "-X", PRIV_PASS, &t, "5", TRAP_OID, VB_OID, "s", "again v3",
+        ],
+    );
+    let s = h.stats();
+    assert_eq!(s.accepted(Accepted::V2cInform), 1);
+    assert_eq!(s.accepted(Accepted::V3Inform), 1);
+    assert_eq!(s.duplicate_informs, 2, "{:#?}", h.seen());
+}
+
+#[test]
+fn net_snmp_understands_our_error_reports() {
+    let h = Harness::start(SnmpConfig {
+        users: vec![user(
+            "ops",
+            Some(AuthProtocol::Sha1),
+            Some(PrivProtocol::Aes128),
+        )],
+        ..SnmpConfig::default()
+    });
+    let t = h.target();
+    let inform = |u: &str, a: &str, x: &str| {
+        h.run(
+            "snmpinform",
+            &[
+                "-v", "3", "-r", "0", "-t", "3", "-u", u, "-l", "authPriv", "-a", "SHA", "-A", a,
+                "-x", "AES", "-X", x, &t, "5", TRAP_OID,
+            ],
+        )
+    };
+    let unknown = inform("nobody", AUTH_PASS, PRIV_PASS);
+    let wrong_auth = inform("ops", "wrong-auth-pass", PRIV_PASS);
+    for (out, what) in [
+        (&unknown, "Unknown user name"),
+        (&wrong_auth, "Authentication failure"),
+    ] {
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(what), "expected {what:?} in {err}");
+    }
+    let s = h.stats();
+    assert_eq!(s.discarded(DiscardReason::UnknownUser), 1);
+    assert_eq!(s.discarded(DiscardReason::WrongDigest), 1);
+    assert_eq!(s.error_reports, 2);
+    assert_eq!(s.accepted(Accepted::V3Inform), 0);
+}
+
+#[test]
+fn localized_keys_work_for_the_engine_they_were_localized_for() {
+    let engine = [0x80, 0, 0, 0, 1, 2, 3, 4];
+    let localized = |hash: AuthProtocol, pass: &str| Secret::LocalizedKey {
+        engine_id: engine.to_vec(),
+        key: hash.localize(&hash.password_to_key(pass.as_bytes()), &engine),
+    };
+    let h = Harness::start(SnmpConfig {
+        users: vec![UsmUser {
+            name: "loc".into(),
+            auth: Some((
+                AuthProtocol::Sha256,
+                localized(AuthProtocol::Sha256, AUTH_PASS),
+            )),
+            privacy: Some((
+                PrivProtocol::Aes256,
+                localized(AuthProtocol::Sha256, PRIV_PASS),
+            )),
+        }],
+        ..SnmpConfig::default()
+    });
+    let t = h.target();
+    let trap = |e: &str| {
+        h.run_ok(
+            "snmptrap",
+            &[
+                "-v",
+                "3",
+                "-e",
+                e,
+                "-u",
+                "loc",
+                "-l",
+                "authPriv",
+                "-a",
+                "SHA-256",
+                "-A",
+                AUTH_PASS,
+                "-x",
+                "AES-256",
+                "-X",
+                PRIV_PASS,
+                &t,
+                "5",
+                TRAP_OID,
+                VB_OID,
+                "s",
+                "localized",
+            ],
+        )
+    };
+    trap(SENDER_ENGINE);
+    trap("0x8000000001020305");
+    h.wait_for_count(2);
+    let s = h.stats();
+    assert_eq!(s.accepted(Accepted::V3Trap), 1);
+    assert_eq!(
+        s.discarded(DiscardReason::UnknownUser),
+        1,
+        "other engine: no key"
+    );
 }
