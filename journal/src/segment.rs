@@ -248,6 +248,19 @@ pub(crate) fn open_file(path: &Path) -> Result<File, Error> {
 /// name, renamed into place, directory fsynced. A crash leaves either no segment or a whole
 /// one (plus a `.seg.tmp` that open removes).
 pub(crate) fn create_segment(dir: &Path, first_seq: u64) -> Result<Segment, Error> {
+    prepare_segment(dir, first_seq)?.install(dir)
+}
+
+/// A segment file written and fsynced under its temporary name, not yet in place.
+pub(crate) struct Prepared {
+    first_seq: u64,
+    file: File,
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+/// First half of [`create_segment`]: the header in `….seg.tmp`, fsynced.
+pub(crate) fn prepare_segment(dir: &Path, first_seq: u64) -> Result<Prepared, Error> {
     let name = format::segment_file_name(first_seq);
     let path = dir.join(&name);
     let tmp = dir.join(format!("{name}.tmp"));
@@ -262,19 +275,38 @@ pub(crate) fn create_segment(dir: &Path, first_seq: u64) -> Result<Segment, Erro
         f.write_all(&format::encode_segment_header(first_seq))
             .map_err(|e| Error::io("write segment header", &tmp, e))?;
         f.sync_data().map_err(|e| Error::io("fsync", &tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io("rename segment", &tmp, e))?;
-        sync_dir(dir)?;
         Ok(f)
     })();
     match made {
-        Ok(f) => Ok(Segment::new(first_seq, path, f)),
+        Ok(file) => Ok(Prepared {
+            first_seq,
+            file,
+            tmp,
+            path,
+        }),
         Err(e) => {
-            if let Err(rm) = std::fs::remove_file(&tmp) {
-                if rm.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(path = %tmp.display(), error = %rm, "cannot remove temporary segment");
-                }
-            }
+            remove_tmp(&tmp);
             Err(e)
+        }
+    }
+}
+
+impl Prepared {
+    /// Second half of [`create_segment`]: rename into place, fsync the directory. On failure
+    /// the temporary file stays: open removes it, or promotes it when it is the only
+    /// segment left (an interrupted reset).
+    pub fn install(self, dir: &Path) -> Result<Segment, Error> {
+        std::fs::rename(&self.tmp, &self.path)
+            .map_err(|e| Error::io("rename segment", &self.tmp, e))?;
+        sync_dir(dir)?;
+        Ok(Segment::new(self.first_seq, self.path, self.file))
+    }
+}
+
+fn remove_tmp(tmp: &Path) {
+    if let Err(rm) = std::fs::remove_file(tmp) {
+        if rm.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %tmp.display(), error = %rm, "cannot remove temporary segment");
         }
     }
 }

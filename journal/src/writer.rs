@@ -51,6 +51,8 @@ pub struct Journal {
     last_sync: Instant,
     /// Set when a rollback could not finish; retried before the next write.
     repair: Option<Pos>,
+    /// Set while a `reset_to` has not finished; retried before the next write.
+    pending_reset: Option<u64>,
     /// Set by a failed fsync until the failed operation has rolled back.
     sync_failed: bool,
     buf: Vec<u8>,
@@ -72,8 +74,19 @@ impl Journal {
     pub fn open(dir: &Path, opts: Options) -> Result<(Journal, Recovery), Error> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
         let listing = format::list_segments(dir)?;
-        let found = listing.segments;
-        for tmp in listing.interrupted {
+        let mut found = listing.segments;
+        if found.is_empty() {
+            // A reset interrupted after removing the old segments: its new segment is
+            // complete under the temporary name.
+            if let Some((first, path)) = promotable(&listing.interrupted)? {
+                std::fs::rename(&path, dir.join(format::segment_file_name(first)))
+                    .map_err(|e| Error::io("rename segment", &path, e))?;
+                segment::sync_dir(dir)?;
+                tracing::info!(path = %path.display(), "completed an interrupted reset");
+                found = format::list_segments(dir)?.segments;
+            }
+        }
+        for tmp in format::list_segments(dir)?.interrupted {
             std::fs::remove_file(&tmp).map_err(|e| Error::io("remove", &tmp, e))?;
             tracing::info!(path = %tmp.display(), "removed interrupted segment creation");
         }
@@ -224,6 +237,7 @@ impl Journal {
             synced,
             last_sync: Instant::now(),
             repair: None,
+            pending_reset: None,
             sync_failed: false,
             buf: Vec::new(),
             appended_total: 0,
@@ -462,22 +476,9 @@ impl Journal {
         if single && first == next_seq.0 {
             return Ok(());
         }
-        // New segment first: a crash before the old ones are gone leaves empty non-last
-        // segments, which open removes.
-        let seg = Arc::new(segment::create_segment(&self.shared.dir, next_seq.0)?);
-        let shared = self.shared.clone();
-        let _gate = write_lock(&shared.gate);
         self.shared.note_cut(0);
-        let old = std::mem::replace(&mut *write_lock(&self.shared.segments), vec![seg.clone()]);
-        self.shared.first_seq.store(next_seq.0, Ordering::Release);
-        self.shared.forget_hints();
-        self.next_seq = next_seq.0;
-        self.synced = self.end_pos();
-        self.publish(next_seq.0 - 1);
-        for o in old.iter().filter(|o| o.path != seg.path) {
-            std::fs::remove_file(&o.path).map_err(|e| Error::io("remove segment", &o.path, e))?;
-        }
-        segment::sync_dir(&self.shared.dir)?;
+        self.pending_reset = Some(next_seq.0);
+        self.finish_reset(next_seq.0)?;
         tracing::info!(next_seq = next_seq.0, "journal reset");
         Ok(())
     }
@@ -646,10 +647,46 @@ impl Journal {
     }
 
     fn repair(&mut self) -> Result<(), Error> {
+        if let Some(n) = self.pending_reset {
+            self.finish_reset(n)?;
+        }
         match self.repair {
             Some(to) => self.rollback(to),
             None => Ok(()),
         }
+    }
+
+    /// The work of [`Journal::reset_to`], retried before the next write if it fails.
+    ///
+    /// Crash safety, whichever way the seq moves: the new segment is prepared under its
+    /// temporary name, the old (empty) segments are removed, then the new one is renamed into
+    /// place. Open promotes a lone valid `.seg.tmp` when no segment is left, so a crash
+    /// leaves an empty journal at the old or the new position, never a mix. The table keeps
+    /// the old segments until the new one is in place (nothing can be read from them: the
+    /// journal is empty, and nothing is appended while the reset is pending).
+    fn finish_reset(&mut self, next_seq: u64) -> Result<(), Error> {
+        let prepared = segment::prepare_segment(&self.shared.dir, next_seq)?;
+        let shared = self.shared.clone();
+        let _gate = write_lock(&shared.gate);
+        let old: Vec<Arc<Segment>> = read_lock(&self.shared.segments).clone();
+        for o in old.iter().rev() {
+            match std::fs::remove_file(&o.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("remove segment", &o.path, e)),
+            }
+        }
+        segment::sync_dir(&self.shared.dir)?;
+        let seg = Arc::new(prepared.install(&self.shared.dir)?);
+        *write_lock(&self.shared.segments) = vec![seg];
+        self.shared.first_seq.store(next_seq, Ordering::Release);
+        self.shared.forget_hints();
+        self.next_seq = next_seq;
+        self.repair = None;
+        self.synced = self.end_pos();
+        self.publish(next_seq - 1);
+        self.pending_reset = None;
+        Ok(())
     }
 
     /// Cuts the journal back to `to`: newer segments are removed (newest first, so a crash
@@ -716,6 +753,28 @@ impl Drop for Journal {
             }
         }
     }
+}
+
+/// The `.seg.tmp` to promote when a directory has no segment: the one with a valid header
+/// matching its name and the highest first seq.
+fn promotable(tmps: &[std::path::PathBuf]) -> Result<Option<(u64, std::path::PathBuf)>, Error> {
+    let mut best: Option<(u64, std::path::PathBuf)> = None;
+    for tmp in tmps {
+        let name = tmp.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let Some(first) = name
+            .strip_suffix(".tmp")
+            .and_then(format::parse_segment_file_name)
+        else {
+            continue;
+        };
+        let file = std::fs::File::open(tmp).map_err(|e| Error::io("open", tmp, e))?;
+        if format::read_segment_header(&file, tmp)? == HeaderState::Valid(first)
+            && best.as_ref().is_none_or(|(b, _)| first > *b)
+        {
+            best = Some((first, tmp.clone()));
+        }
+    }
+    Ok(best)
 }
 
 /// Writes `buf` at `at` in `seg` and records what it holds (`end_seq` is one past its last

@@ -491,3 +491,55 @@ async fn tail_waits_then_returns_new_records() {
         other => panic!("expected Truncated, got {other:?}"),
     }
 }
+
+#[test]
+fn reset_interrupted_after_removing_old_segments_completes_at_open() {
+    // reset_to prepares `N.seg.tmp`, removes the old segments, then renames: a crash before
+    // the rename leaves only the temporary file, which open promotes.
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (mut j, _) = Journal::open(dir.path(), opts(1000, FsyncPolicy::Batch)).expect("open");
+        append_n(&mut j, 1, 30, 10);
+        j.truncate_from(Seq(1)).expect("wipe");
+        j.reset_to(Seq(7))
+            .expect("reset backwards of nothing: to 7");
+    }
+    let seg = dir.path().join("00000000000000000007.seg");
+    std::fs::rename(&seg, dir.path().join("00000000000000000007.seg.tmp")).expect("rename");
+    let (mut j, rec) = Journal::open(dir.path(), opts(1000, FsyncPolicy::Batch)).expect("open");
+    assert_eq!(rec.last_seq, None);
+    assert_eq!(j.next_seq(), Seq(7));
+    assert_eq!(j.handle().first_seq(), Seq(7));
+    assert_eq!(segment_files(dir.path()), vec!["00000000000000000007.seg"]);
+    assert_eq!(j.append_batch([b"seven"]).expect("append").first, Seq(7));
+    // With a segment present, a stray temporary file is an interrupted rotation: removed.
+    std::fs::write(dir.path().join("00000000000000000099.seg.tmp"), b"x").expect("write");
+    drop(j);
+    let (j, _) = Journal::open(dir.path(), opts(1000, FsyncPolicy::Batch)).expect("open");
+    assert_eq!(j.next_seq(), Seq(8));
+    assert!(!dir.path().join("00000000000000000099.seg.tmp").exists());
+}
+
+#[test]
+fn reset_backwards_after_wipe() {
+    // The peer's disk was replaced: its journal restarts at 1, our copy is wiped and reset.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut j, _) = Journal::open(dir.path(), opts(500, FsyncPolicy::Batch)).expect("open");
+    append_n(&mut j, 1, 50, 10);
+    let h = j.handle();
+    let mut tail = h.tail(Seq(1));
+    j.truncate_from(h.first_seq()).expect("wipe");
+    j.reset_to(Seq(1000)).expect("reset");
+    j.reset_to(Seq(1)).expect("reset back");
+    assert_eq!(h.first_seq(), Seq(1));
+    assert_eq!(h.durable_seq(), None);
+    append_n(&mut j, 1, 5, 5);
+    assert_eq!(read_all(&h, 1).len(), 5);
+    assert_eq!(segment_files(dir.path()), vec!["00000000000000000001.seg"]);
+    // A tail created before the wipe that had returned nothing yet just continues.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let got = rt.block_on(tail.next_batch(100, 1 << 20)).expect("tail");
+    assert_eq!(got.len(), 5);
+}
