@@ -273,11 +273,13 @@ const AUTHS: [(AuthProtocol, &str); 6] = [
     (AuthProtocol::Sha384, "SHA-384"),
     (AuthProtocol::Sha512, "SHA-512"),
 ];
-const PRIVS: [(PrivProtocol, &str); 4] = [
+const PRIVS: [(PrivProtocol, &str); 6] = [
     (PrivProtocol::Des, "DES"),
     (PrivProtocol::Aes128, "AES"),
     (PrivProtocol::Aes192, "AES-192"),
     (PrivProtocol::Aes256, "AES-256"),
+    (PrivProtocol::Aes192Reeder, "AES-192-C"),
+    (PrivProtocol::Aes256Reeder, "AES-256-C"),
 ];
 
 /// Every security combination tested: noAuthNoPriv, authNoPriv with every auth protocol,

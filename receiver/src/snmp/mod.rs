@@ -48,7 +48,9 @@
 //!   or time more than 150 s off) gets an authenticated Report `usmStatsNotInTimeWindows`.
 //! - Traps come from authoritative senders with their own engine ID: keys are localised per
 //!   sender engine ID. Passphrases are turned into `Ku` once at start (the 1 MiB hash);
-//!   localisation is one more hash per message, so no per-engine key cache is kept. For such
+//!   localisation is one more hash per message, so authentication keys are not cached; privacy
+//!   keys are cached per (user, engine), bounded, because the AES-C extension costs another
+//!   1 MiB digest (derived only once a message authenticated). For such
 //!   non-authoritative receipt we apply §3.2 step 7b as the RFC asks: per sender engine, the
 //!   latest boots/time seen are remembered (bounded, oldest evicted) and a message whose boots
 //!   went back, or whose time is more than 150 s behind the remembered clock, is
@@ -95,6 +97,9 @@ pub const MAX_SOURCES: usize = 1024;
 pub const MAX_REMEMBERED_INFORMS: usize = 65_536;
 /// Largest number of remote engines whose boots/time are remembered (RFC 3414 §3.2 step 7b).
 pub const MAX_REMOTE_ENGINES: usize = 4096;
+/// Largest number of cached privacy keys, per (user, engine) (see `usm.rs`: AES-C keys cost a
+/// 1 MiB digest each).
+pub const MAX_CACHED_PRIV_KEYS: usize = 4096;
 
 /// What the node configures. Secrets are resolved (file, environment, TOML) by the node.
 #[derive(Clone, Debug)]
@@ -433,6 +438,8 @@ pub struct SnmpReceiver {
     start: Millis,
     users: Vec<v3::UserKeys>,
     remote_engines: HashMap<Vec<u8>, v3::RemoteTime>,
+    priv_keys: HashMap<(usize, Vec<u8>), (PrivProtocol, Vec<u8>)>,
+    priv_key_order: VecDeque<(usize, Vec<u8>)>,
     informs: InformMemory,
     salt_counter: u32,
     stats: SnmpStats,
@@ -476,6 +483,8 @@ impl SnmpReceiver {
             start: now,
             users,
             remote_engines: HashMap::new(),
+            priv_keys: HashMap::new(),
+            priv_key_order: VecDeque::new(),
             informs: InformMemory::default(),
             salt_counter: 0,
             stats: SnmpStats::default(),

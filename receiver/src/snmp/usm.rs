@@ -15,8 +15,14 @@
 //!
 //! Privacy keys are derived from the privacy passphrase with the *authentication* hash and
 //! localised the same way (RFC 3414 §11.2, RFC 3826 §1.2). AES-192/256 need more key octets than
-//! MD5 or SHA-1 give; they are extended as Net-SNMP does for `-x AES-192` / `-x AES-256`
-//! (draft-blumenthal-aes-usm-04 §3.1.2.1: `Kul = Kul || H(Kul)` until long enough).
+//! MD5 or SHA-1 give (SHA-256 and longer give enough, and then nothing is extended). Two
+//! extensions exist, and Net-SNMP 5.9 offers both:
+//! - `AES-192` / `AES-256` (draft-blumenthal-aes-usm-04 §3.1.2.1): `Kul = Kul || H(Kul)` until
+//!   long enough;
+//! - `AES-192-C` / `AES-256-C` ("Cisco", draft-reeder-snmpv3-usm-3desede-00 §2.1):
+//!   `Kul = Kul || localize(password_to_key(Kul))`, the extension most network devices use. It
+//!   costs a 1 MiB digest per (user, engine), so the receiver derives it only after a message
+//!   authenticated and caches it.
 
 use aes::{Aes128, Aes192, Aes256};
 use cbc::cipher::{block_padding::NoPadding, BlockModeDecrypt, BlockModeEncrypt, KeyIvInit};
@@ -54,6 +60,10 @@ pub enum PrivProtocol {
     Aes192,
     #[serde(rename = "AES-256")]
     Aes256,
+    #[serde(rename = "AES-192-C")]
+    Aes192Reeder,
+    #[serde(rename = "AES-256-C")]
+    Aes256Reeder,
 }
 
 impl AuthProtocol {
@@ -167,8 +177,8 @@ impl PrivProtocol {
     pub fn key_len(self) -> usize {
         match self {
             PrivProtocol::Des | PrivProtocol::Aes128 => 16,
-            PrivProtocol::Aes192 => 24,
-            PrivProtocol::Aes256 => 32,
+            PrivProtocol::Aes192 | PrivProtocol::Aes192Reeder => 24,
+            PrivProtocol::Aes256 | PrivProtocol::Aes256Reeder => 32,
         }
     }
 
@@ -178,19 +188,40 @@ impl PrivProtocol {
             PrivProtocol::Aes128 => "AES-128",
             PrivProtocol::Aes192 => "AES-192",
             PrivProtocol::Aes256 => "AES-256",
+            PrivProtocol::Aes192Reeder => "AES-192-C",
+            PrivProtocol::Aes256Reeder => "AES-256-C",
         }
     }
 
-    /// Makes a localised key long enough for this cipher (Blumenthal extension for AES-192/256,
-    /// as Net-SNMP does), then cuts it to [`PrivProtocol::key_len`].
-    pub fn fit_key(self, auth: AuthProtocol, mut kul: Vec<u8>) -> Vec<u8> {
+    /// True if [`PrivProtocol::fit_key`] may cost a 1 MiB digest.
+    pub fn expensive_key(self) -> bool {
+        matches!(
+            self,
+            PrivProtocol::Aes192Reeder | PrivProtocol::Aes256Reeder
+        )
+    }
+
+    /// Makes a key localised for `engine_id` long enough for this cipher (as Net-SNMP does; see
+    /// the module doc), then cuts it to [`PrivProtocol::key_len`].
+    pub fn fit_key(self, auth: AuthProtocol, mut kul: Vec<u8>, engine_id: &[u8]) -> Vec<u8> {
         let need = self.key_len();
-        if matches!(self, PrivProtocol::Aes192 | PrivProtocol::Aes256) {
-            // draft-blumenthal-aes-usm-04 §3.1.2.1: Kul = Kul || H(Kul), repeated.
-            while kul.len() < need {
-                let more = auth.hash(&[&kul]);
-                kul.extend_from_slice(&more);
+        match self {
+            PrivProtocol::Aes192 | PrivProtocol::Aes256 => {
+                // draft-blumenthal-aes-usm-04 §3.1.2.1: Kul = Kul || H(Kul), repeated.
+                while kul.len() < need {
+                    let more = auth.hash(&[&kul]);
+                    kul.extend_from_slice(&more);
+                }
             }
+            PrivProtocol::Aes192Reeder | PrivProtocol::Aes256Reeder => {
+                // Reeder §2.1: the localised key is itself taken as a passphrase.
+                while kul.len() < need {
+                    let ku = auth.password_to_key(&kul);
+                    let more = auth.localize(&ku, engine_id);
+                    kul.extend_from_slice(&more);
+                }
+            }
+            PrivProtocol::Des | PrivProtocol::Aes128 => {}
         }
         kul.truncate(need);
         kul
@@ -222,7 +253,10 @@ impl PrivProtocol {
             }
             PrivProtocol::Aes128 => cfb_decrypt::<Aes128>(key, boots, time, salt, &mut buf)?,
             PrivProtocol::Aes192 => cfb_decrypt::<Aes192>(key, boots, time, salt, &mut buf)?,
-            PrivProtocol::Aes256 => cfb_decrypt::<Aes256>(key, boots, time, salt, &mut buf)?,
+            PrivProtocol::Aes192Reeder => cfb_decrypt::<Aes192>(key, boots, time, salt, &mut buf)?,
+            PrivProtocol::Aes256 | PrivProtocol::Aes256Reeder => {
+                cfb_decrypt::<Aes256>(key, boots, time, salt, &mut buf)?
+            }
         }
         Some(buf)
     }
@@ -252,7 +286,10 @@ impl PrivProtocol {
             }
             PrivProtocol::Aes128 => cfb_encrypt::<Aes128>(key, boots, time, salt, &mut buf),
             PrivProtocol::Aes192 => cfb_encrypt::<Aes192>(key, boots, time, salt, &mut buf),
-            PrivProtocol::Aes256 => cfb_encrypt::<Aes256>(key, boots, time, salt, &mut buf),
+            PrivProtocol::Aes192Reeder => cfb_encrypt::<Aes192>(key, boots, time, salt, &mut buf),
+            PrivProtocol::Aes256 | PrivProtocol::Aes256Reeder => {
+                cfb_encrypt::<Aes256>(key, boots, time, salt, &mut buf)
+            }
         }
         buf
     }
@@ -325,12 +362,28 @@ mod tests {
     #[test]
     fn blumenthal_extension_appends_hash_of_key() {
         let kul = vec![7u8; 20];
-        let k = PrivProtocol::Aes256.fit_key(AuthProtocol::Sha1, kul.clone());
+        let k = PrivProtocol::Aes256.fit_key(AuthProtocol::Sha1, kul.clone(), &ENGINE);
         assert_eq!(k.len(), 32);
         assert_eq!(&k[..20], &kul[..]);
         assert_eq!(&k[20..], &AuthProtocol::Sha1.hash(&[&kul])[..12]);
-        let k = PrivProtocol::Aes128.fit_key(AuthProtocol::Sha1, kul.clone());
+        let k = PrivProtocol::Aes128.fit_key(AuthProtocol::Sha1, kul.clone(), &ENGINE);
         assert_eq!(k, kul[..16].to_vec());
+    }
+
+    #[test]
+    fn reeder_extension_localizes_the_key_as_a_passphrase() {
+        let kul = vec![7u8; 16];
+        let k = PrivProtocol::Aes192Reeder.fit_key(AuthProtocol::Md5, kul.clone(), &ENGINE);
+        assert_eq!(k.len(), 24);
+        assert_eq!(&k[..16], &kul[..]);
+        let ku = AuthProtocol::Md5.password_to_key(&kul);
+        assert_eq!(&k[16..], &AuthProtocol::Md5.localize(&ku, &ENGINE)[..8]);
+        let long = vec![7u8; 32];
+        assert_eq!(
+            PrivProtocol::Aes256Reeder.fit_key(AuthProtocol::Sha256, long.clone(), &ENGINE),
+            long,
+            "a long enough key is not extended"
+        );
     }
 
     #[test]
@@ -343,6 +396,7 @@ mod tests {
             PrivProtocol::Aes128,
             PrivProtocol::Aes192,
             PrivProtocol::Aes256,
+            PrivProtocol::Aes256Reeder,
         ] {
             let ct = p.encrypt(&key, 3, 77, &salt, &msg);
             assert_ne!(ct[..msg.len()], msg[..], "{p:?}");

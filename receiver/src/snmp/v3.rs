@@ -6,7 +6,7 @@ use super::usm::{mac_eq, AuthProtocol, PrivProtocol};
 use super::value::{self, hex, key_varbinds, octets_json};
 use super::{
     notification_fields, tlv, to_bytes, Accepted, DiscardReason, Outcome, Secret, SnmpReceiver,
-    UsmUser, MAX_REMOTE_ENGINES,
+    UsmUser, MAX_CACHED_PRIV_KEYS, MAX_REMOTE_ENGINES,
 };
 use crate::key::KeyBuilder;
 use rasn::types::{Integer, OctetString};
@@ -114,19 +114,35 @@ impl UserKeys {
         out
     }
 
+    /// Both keys for `engine_id`; `None` if a localized key belongs to another engine.
+    #[cfg(test)]
     pub(super) fn keys(&self, engine_id: &[u8]) -> Option<Keys> {
-        let auth = match &self.auth {
-            Some((proto, src)) => Some((*proto, src.localize(*proto, engine_id)?)),
+        let auth = self.auth_key(engine_id)?;
+        let privacy = match &self.privacy {
+            Some(_) => Some(self.priv_key(engine_id)?),
             None => None,
         };
-        let privacy = match (&self.privacy, &auth) {
+        Some(Keys { auth, privacy })
+    }
+
+    /// The authentication key for `engine_id`: `Some(None)` for a user without
+    /// authentication, `None` if a localized key belongs to another engine.
+    fn auth_key(&self, engine_id: &[u8]) -> Option<Option<(AuthProtocol, Vec<u8>)>> {
+        match &self.auth {
+            Some((proto, src)) => Some(Some((*proto, src.localize(*proto, engine_id)?))),
+            None => Some(None),
+        }
+    }
+
+    /// The privacy key for `engine_id` (may cost a 1 MiB digest: see `usm.rs`).
+    fn priv_key(&self, engine_id: &[u8]) -> Option<(PrivProtocol, Vec<u8>)> {
+        match (&self.privacy, &self.auth) {
             (Some((proto, src)), Some((auth_proto, _))) => {
                 let kul = src.localize(*auth_proto, engine_id)?;
-                Some((*proto, proto.fit_key(*auth_proto, kul)))
+                Some((*proto, proto.fit_key(*auth_proto, kul, engine_id)))
             }
             _ => None,
-        };
-        Some(Keys { auth, privacy })
+        }
     }
 }
 
@@ -336,15 +352,17 @@ impl SnmpReceiver {
         let Some(user_index) = self.users.iter().position(|u| u.name == report_to.user[..]) else {
             return self.refuse(now, source, &report_to, DiscardReason::UnknownUser);
         };
-        let Some(keys) = self.users[user_index].keys(&engine_id) else {
+        let user = &self.users[user_index];
+        let has_privacy = user.privacy.is_some();
+        let Some(auth_key) = user.auth_key(&engine_id) else {
             // A localized key for another engine: this (user, engine) pair is not configured.
             return self.refuse(now, source, &report_to, DiscardReason::UnknownUser);
         };
         // Step 5: the level must be the user's (a user with keys never accepts less).
-        let user_level = match (&keys.auth, &keys.privacy) {
+        let user_level = match (&auth_key, has_privacy) {
             (None, _) => Level::NoAuthNoPriv,
-            (Some(_), None) => Level::AuthNoPriv,
-            (Some(_), Some(_)) => Level::AuthPriv,
+            (Some(_), false) => Level::AuthNoPriv,
+            (Some(_), true) => Level::AuthPriv,
         };
         if level != user_level {
             return self.refuse(
@@ -356,7 +374,7 @@ impl SnmpReceiver {
         }
 
         // Step 6: authentication over the datagram as received, MAC field zeroed.
-        if let Some((proto, key)) = &keys.auth {
+        if let Some((proto, key)) = &auth_key {
             let given = &usm.authentication_parameters;
             let Some(range) = tlv::v3_auth_params(datagram) else {
                 return self.refuse(now, source, &report_to, DiscardReason::WrongDigest);
@@ -394,7 +412,20 @@ impl SnmpReceiver {
             }
         }
 
-        // Step 8: privacy.
+        // Step 8: privacy. The privacy key is derived only now, for an authentic message (an
+        // AES-C key costs a 1 MiB digest: a forged packet must not make us pay it).
+        let privacy = if has_privacy {
+            match self.cached_priv_key(user_index, &engine_id) {
+                Some(k) => Some(k),
+                None => return self.refuse(now, source, &report_to, DiscardReason::UnknownUser),
+            }
+        } else {
+            None
+        };
+        let keys = Keys {
+            auth: auth_key,
+            privacy,
+        };
         let scoped = match (&keys.privacy, msg.scoped_data) {
             (None, ScopedPduData::CleartextPdu(s)) => s,
             (Some((proto, key)), ScopedPduData::EncryptedPdu(ct)) => {
@@ -479,6 +510,27 @@ impl SnmpReceiver {
             (request_id, reply),
             Accepted::V3Inform,
         )
+    }
+
+    /// The privacy key of a user for an engine, from a bounded cache (oldest evicted).
+    fn cached_priv_key(
+        &mut self,
+        user: usize,
+        engine_id: &[u8],
+    ) -> Option<(PrivProtocol, Vec<u8>)> {
+        let id = (user, engine_id.to_vec());
+        if let Some(k) = self.priv_keys.get(&id) {
+            return Some(k.clone());
+        }
+        let key = self.users[user].priv_key(engine_id)?;
+        if self.priv_key_order.len() >= MAX_CACHED_PRIV_KEYS {
+            if let Some(old) = self.priv_key_order.pop_front() {
+                self.priv_keys.remove(&old);
+            }
+        }
+        self.priv_key_order.push_back(id.clone());
+        self.priv_keys.insert(id, key.clone());
+        Some(key)
     }
 
     /// Counts `reason`; answers with the matching Report (noAuthNoPriv) if the message was
