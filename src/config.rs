@@ -160,14 +160,157 @@ fn default_connections() -> usize {
 pub struct RawSnmp {
     #[serde(default = "default_snmp_listen")]
     pub listen: Vec<String>,
+    #[serde(default)]
+    pub communities: Option<Vec<String>>,
+    #[serde(default)]
+    pub engine_id: Option<String>,
+    #[serde(default = "default_message_bytes")]
+    pub message_bytes_max: usize,
+    #[serde(default = "default_inform_window")]
+    pub inform_dedup_window_ms: u64,
+    #[serde(default)]
+    pub users: Vec<RawUser>,
 }
 
 impl Default for RawSnmp {
     fn default() -> Self {
         RawSnmp {
             listen: default_snmp_listen(),
+            communities: None,
+            engine_id: None,
+            message_bytes_max: default_message_bytes(),
+            inform_dedup_window_ms: default_inform_window(),
+            users: Vec::new(),
         }
     }
+}
+
+fn default_inform_window() -> u64 {
+    5_000
+}
+
+/// An SNMPv3 USM user. Each secret comes from exactly one of: the TOML (`*_passphrase`), a
+/// file (`*_passphrase_file`, first line), an environment variable (`*_passphrase_env`), or a
+/// key already localised to one engine (`*_key` hex with `*_key_engine_id` hex).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUser {
+    pub name: String,
+    #[serde(default)]
+    pub auth_protocol: Option<receiver::snmp::AuthProtocol>,
+    #[serde(default)]
+    pub auth_passphrase: Option<String>,
+    #[serde(default)]
+    pub auth_passphrase_file: Option<PathBuf>,
+    #[serde(default)]
+    pub auth_passphrase_env: Option<String>,
+    #[serde(default)]
+    pub auth_key: Option<String>,
+    #[serde(default)]
+    pub auth_key_engine_id: Option<String>,
+    #[serde(default)]
+    pub priv_protocol: Option<receiver::snmp::PrivProtocol>,
+    #[serde(default)]
+    pub priv_passphrase: Option<String>,
+    #[serde(default)]
+    pub priv_passphrase_file: Option<PathBuf>,
+    #[serde(default)]
+    pub priv_passphrase_env: Option<String>,
+    #[serde(default)]
+    pub priv_key: Option<String>,
+    #[serde(default)]
+    pub priv_key_engine_id: Option<String>,
+}
+
+/// Validated SNMP settings: the core's config with secrets resolved.
+#[derive(Debug, Clone)]
+pub struct SnmpSettings {
+    pub listen: Vec<SocketAddr>,
+    pub engine_id: Option<Vec<u8>>,
+    pub core: receiver::snmp::SnmpConfig,
+}
+
+/// Resolves one secret of `users[i]` (`what` = "auth" or "priv").
+#[allow(clippy::too_many_arguments)]
+fn secret(
+    i: usize,
+    what: &str,
+    passphrase: &Option<String>,
+    file: &Option<PathBuf>,
+    env: &Option<String>,
+    key: &Option<String>,
+    key_engine: &Option<String>,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    problems: &mut Vec<String>,
+) -> Option<receiver::snmp::Secret> {
+    use receiver::snmp::Secret;
+    let k = |s: &str| format!("snmp.users[{i}].{what}_{s}");
+    let given = [
+        passphrase.is_some(),
+        file.is_some(),
+        env.is_some(),
+        key.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if given > 1 {
+        problems.push(format!(
+            "snmp.users[{i}]: give only one of {0}_passphrase, {0}_passphrase_file, {0}_passphrase_env, {0}_key",
+            what
+        ));
+        return None;
+    }
+    if let Some(p) = passphrase {
+        return Some(Secret::Passphrase(p.clone()));
+    }
+    if let Some(f) = file {
+        let path = resolve(f);
+        return match std::fs::read_to_string(&path) {
+            Ok(t) => Some(Secret::Passphrase(
+                t.lines().next().unwrap_or("").trim_end().to_string(),
+            )),
+            Err(e) => {
+                problems.push(format!(
+                    "{} = {:?}: cannot read: {e}",
+                    k("passphrase_file"),
+                    path
+                ));
+                None
+            }
+        };
+    }
+    if let Some(v) = env {
+        return match std::env::var(v) {
+            Ok(t) => Some(Secret::Passphrase(t)),
+            Err(_) => {
+                problems.push(format!(
+                    "{} = {v:?}: the variable is not set",
+                    k("passphrase_env")
+                ));
+                None
+            }
+        };
+    }
+    if let Some(hexkey) = key {
+        let Some(key) = crate::snmp::parse_hex(hexkey) else {
+            problems.push(format!("{}: not hex", k("key")));
+            return None;
+        };
+        let Some(engine_id) = key_engine.as_deref().and_then(crate::snmp::parse_hex) else {
+            problems.push(format!(
+                "{}: a localized key needs {} (hex)",
+                k("key"),
+                k("key_engine_id")
+            ));
+            return None;
+        };
+        return Some(Secret::LocalizedKey { engine_id, key });
+    }
+    problems.push(format!(
+        "snmp.users[{i}]: {what}_protocol is set but no {what} secret ({what}_passphrase, {what}_passphrase_file, {what}_passphrase_env or {what}_key)"
+    ));
+    None
 }
 
 fn default_snmp_listen() -> Vec<String> {
@@ -243,7 +386,7 @@ pub struct NodeConfig {
     pub udp_rcvbuf_bytes: usize,
     pub rate: receiver::limit::RateLimit,
     pub connections_max: usize,
-    pub snmp_listen: Vec<SocketAddr>,
+    pub snmp: SnmpSettings,
     pub admin_listen: SocketAddr,
 }
 
@@ -409,6 +552,75 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<NodeConfig, Vec<String>> 
     if raw.syslog.connections_max == 0 {
         problems.push("syslog.connections_max = 0: must be at least 1".into());
     }
+    let mut users = Vec::new();
+    for (i, u) in raw.snmp.users.iter().enumerate() {
+        let auth = u.auth_protocol.and_then(|p| {
+            secret(
+                i,
+                "auth",
+                &u.auth_passphrase,
+                &u.auth_passphrase_file,
+                &u.auth_passphrase_env,
+                &u.auth_key,
+                &u.auth_key_engine_id,
+                &resolve,
+                &mut problems,
+            )
+            .map(|s| (p, s))
+        });
+        let privacy = u.priv_protocol.and_then(|p| {
+            secret(
+                i,
+                "priv",
+                &u.priv_passphrase,
+                &u.priv_passphrase_file,
+                &u.priv_passphrase_env,
+                &u.priv_key,
+                &u.priv_key_engine_id,
+                &resolve,
+                &mut problems,
+            )
+            .map(|s| (p, s))
+        });
+        if u.priv_protocol.is_some() && u.auth_protocol.is_none() {
+            problems.push(format!(
+                "snmp.users[{i}].priv_protocol: privacy needs authentication (set auth_protocol)"
+            ));
+        }
+        users.push(receiver::snmp::UsmUser {
+            name: u.name.clone(),
+            auth,
+            privacy,
+        });
+    }
+    let engine_id = match raw.snmp.engine_id.as_deref() {
+        None => None,
+        Some(h) => match crate::snmp::parse_hex(h) {
+            Some(id) if (5..=32).contains(&id.len()) => Some(id),
+            _ => {
+                problems.push(format!(
+                    "snmp.engine_id = {h:?}: must be 5 to 32 octets in hex (RFC 3411)"
+                ));
+                None
+            }
+        },
+    };
+    let sm = raw.snmp.message_bytes_max;
+    if !(484..=65_535).contains(&sm) && sm != 65_536 {
+        problems.push(format!(
+            "snmp.message_bytes_max = {sm}: must be between 484 (RFC 3417) and 65536"
+        ));
+    }
+    let snmp = SnmpSettings {
+        listen: snmp_listen,
+        engine_id,
+        core: receiver::snmp::SnmpConfig {
+            communities: raw.snmp.communities.clone(),
+            users,
+            max_message_bytes: sm,
+            inform_dedup_window_ms: raw.snmp.inform_dedup_window_ms,
+        },
+    };
     let rate = receiver::limit::RateLimit {
         per_second: raw.syslog.rate_per_source_per_s,
         burst: raw
@@ -445,7 +657,7 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<NodeConfig, Vec<String>> 
         udp_rcvbuf_bytes: raw.syslog.udp_rcvbuf_bytes,
         rate,
         connections_max: raw.syslog.connections_max,
-        snmp_listen,
+        snmp,
         admin_listen,
     })
 }
@@ -464,7 +676,7 @@ mod tests {
         let c = check("[node]\ndata_dir = \"data\"\n").expect("valid");
         assert_eq!(c.data_dir, PathBuf::from("/etc/twinrx/data"));
         assert_eq!(c.syslog_udp, vec!["0.0.0.0:514".parse().expect("addr")]);
-        assert_eq!(c.snmp_listen, vec!["0.0.0.0:162".parse().expect("addr")]);
+        assert_eq!(c.snmp.listen, vec!["0.0.0.0:162".parse().expect("addr")]);
         assert_eq!(c.admin_listen, "127.0.0.1:7401".parse().expect("addr"));
         assert_eq!(c.journal_fsync, journal::FsyncPolicy::Batch);
     }

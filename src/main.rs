@@ -8,6 +8,7 @@ mod config;
 mod gen;
 mod metrics;
 mod node;
+mod snmp;
 mod status;
 mod stream;
 

@@ -96,6 +96,53 @@ impl Collector for NodeCollector {
                 ),
             ],
         )?;
+        if let Some(core) = &n.snmp {
+            use receiver::snmp::{Accepted, DiscardReason};
+            let (acc, disc, dup) = match core.lock() {
+                Ok(c) => {
+                    let st = c.stats();
+                    (
+                        Accepted::ALL.map(|k| (k.as_str(), st.accepted(k))),
+                        DiscardReason::ALL.map(|r| (r.as_str(), st.discarded(r))),
+                        st.duplicate_informs,
+                    )
+                }
+                Err(_) => return Err(std::fmt::Error),
+            };
+            let acc: Vec<_> = acc
+                .iter()
+                .map(|(k, v)| (vec![("protocol", "snmp"), ("kind", *k)], *v))
+                .collect();
+            family(
+                &mut enc,
+                "twinrx_receiver_snmp_messages",
+                "SNMP messages accepted, by kind",
+                Counter,
+                &acc,
+            )?;
+            let mut d: Vec<_> = disc
+                .iter()
+                .map(|(k, v)| (vec![("protocol", "snmp"), ("reason", *k)], *v))
+                .collect();
+            d.push((
+                vec![("protocol", "snmp"), ("reason", "queue_full")],
+                n.snmp_listener.queue_full.load(Relaxed),
+            ));
+            family(
+                &mut enc,
+                "twinrx_receiver_snmp_discarded",
+                "SNMP datagrams dropped or kept raw, by reason",
+                Counter,
+                &d,
+            )?;
+            family(
+                &mut enc,
+                "twinrx_receiver_snmp_duplicate_informs",
+                "Retransmitted informs answered without journaling them again",
+                Counter,
+                &[(vec![], dup)],
+            )?;
+        }
         family(
             &mut enc,
             "twinrx_receiver_received_bytes",
@@ -179,6 +226,21 @@ impl Collector for NodeCollector {
                 s.stream_kept_raw.load(Relaxed),
             )],
         )?;
+        {
+            let (buckets, sum, count) = s.stream_latency.snapshot();
+            let mut m = enc.encode_descriptor(
+                "twinrx_stream_latency_seconds",
+                "Receive to durable-in-stream latency of each entry",
+                None,
+                MetricType::Histogram,
+            )?;
+            // Prometheus buckets are cumulative; the last one is +Inf.
+            let mut b: Vec<(f64, u64)> = buckets;
+            if let Some(last) = b.last_mut() {
+                last.0 = f64::INFINITY;
+            }
+            m.encode_histogram::<NoLabelSet>(sum, count, &b, None)?;
+        }
         if let Some(free) = crate::status::disk_free_bytes(&n.cfg.data_dir) {
             family(
                 &mut enc,

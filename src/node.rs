@@ -37,9 +37,71 @@ pub struct NodeStats {
     pub journal_failing: AtomicBool,
     pub journal_last_error: Mutex<Option<String>>,
     pub stream_entries: AtomicU64,
+    /// Receive → durable-in-stream latency of each entry.
+    pub stream_latency: LatencyHistogram,
     pub stream_kept_raw: AtomicU64,
     pub stream_bad_records: AtomicU64,
     pub stream_last_error: Mutex<Option<String>>,
+}
+
+/// A lock-free histogram of latencies with power-of-two microsecond buckets
+/// (1 µs .. ~68 s), cheap enough to record every entry.
+#[derive(Debug)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; 27],
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_us: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+}
+
+impl LatencyHistogram {
+    pub fn record_us(&self, us: u64) {
+        let i = (64 - us.leading_zeros() as usize).min(self.buckets.len() - 1);
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    /// (upper bound in seconds, cumulative count) per bucket, sum in seconds, count.
+    pub fn snapshot(&self) -> (Vec<(f64, u64)>, f64, u64) {
+        let mut cum = 0;
+        let buckets = self
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                cum += b.load(Relaxed);
+                ((1u64 << i) as f64 / 1e6, cum)
+            })
+            .collect();
+        (
+            buckets,
+            self.sum_us.load(Relaxed) as f64 / 1e6,
+            self.count.load(Relaxed),
+        )
+    }
+
+    /// The bucket bound under which `q` (0..1) of the samples fall, in microseconds.
+    pub fn quantile_us(&self, q: f64) -> Option<u64> {
+        let (buckets, _, count) = self.snapshot();
+        if count == 0 {
+            return None;
+        }
+        let want = (q * count as f64).ceil() as u64;
+        buckets
+            .iter()
+            .find(|(_, c)| *c >= want)
+            .map(|(le, _)| (le * 1e6) as u64)
+    }
 }
 
 /// What the admin server and the status page see of a running node.
@@ -52,6 +114,8 @@ pub struct Node {
     pub stats: Arc<NodeStats>,
     pub udp_rcvbuf_bytes: Vec<(std::net::SocketAddr, usize)>,
     pub intake: listen::IntakeGauge,
+    pub snmp: Option<crate::snmp::SharedReceiver>,
+    pub snmp_listener: Arc<crate::snmp::ListenerStats>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -176,6 +240,29 @@ async fn run_async(cfg: NodeConfig) -> anyhow::Result<()> {
             )));
         }
     }
+    let snmp_core = if cfg.snmp.listen.is_empty() {
+        None
+    } else {
+        let engine = crate::snmp::load_engine(&cfg.data_dir, cfg.snmp.engine_id.as_deref())?;
+        tracing::info!(engine_id = %crate::snmp::hex(&engine.engine_id), boots = engine.boots, "snmp engine");
+        Some(crate::snmp::new_receiver(&cfg.snmp, engine)?)
+    };
+    let snmp_stats = Arc::new(crate::snmp::ListenerStats::default());
+    if let Some(core) = &snmp_core {
+        for addr in &cfg.snmp.listen {
+            let (sock, got) = listen::bind_udp(*addr, cfg.udp_rcvbuf_bytes)
+                .with_context(|| format!("cannot bind snmp.listen {addr}"))?;
+            rcvbufs.push((*addr, got));
+            tasks.push(tokio::spawn(crate::snmp::run(
+                Arc::new(sock),
+                core.clone(),
+                cfg.snmp.core.max_message_bytes,
+                tx.clone(),
+                snmp_stats.clone(),
+                shutdown.clone(),
+            )));
+        }
+    }
     let admin_listener = tokio::net::TcpListener::bind(cfg.admin_listen)
         .await
         .with_context(|| format!("cannot bind admin.listen {}", cfg.admin_listen))?;
@@ -191,6 +278,8 @@ async fn run_async(cfg: NodeConfig) -> anyhow::Result<()> {
         stats: stats.clone(),
         udp_rcvbuf_bytes: rcvbufs,
         intake: intake_gauge,
+        snmp: snmp_core,
+        snmp_listener: snmp_stats,
         shutdown: shutdown.clone(),
     });
 
@@ -224,6 +313,7 @@ async fn run_async(cfg: NodeConfig) -> anyhow::Result<()> {
     tracing::info!(
         node = %cfg.name,
         syslog_udp = ?cfg.syslog_udp, syslog_tcp = ?cfg.syslog_tcp, syslog_tls = ?cfg.syslog_tls,
+        snmp = ?cfg.snmp.listen,
         admin = %cfg.admin_listen,
         "node running"
     );
@@ -323,7 +413,9 @@ fn journal_writer(
         }
         let started = Instant::now();
         let mut attempts = 0u32;
-        loop {
+        // An empty batch only carries a durability signal (a retransmitted inform's answer):
+        // what came before it was appended in an earlier round.
+        while !encoded.is_empty() {
             match journal.append_batch(encoded.iter()) {
                 Ok(_) => {
                     if stats.journal_failing.swap(false, Relaxed) {
@@ -414,6 +506,7 @@ fn stream_builder(
     let mut tail = jh.tail(from);
     let mut position = from;
     let mut lines: Vec<Vec<u8>> = Vec::new();
+    let mut received: Vec<i64> = Vec::new();
     let mut stopping = false;
     loop {
         if stopping {
@@ -454,11 +547,13 @@ fn stream_builder(
         };
         position = last.next();
         lines.clear();
+        received.clear();
         let base = stream.next_seq().0 - 1;
         for (i, (seq, payload)) in batch.iter().enumerate() {
             let offset = Offset(base + i as u64);
             let line = match Record::decode(payload) {
                 Ok(rec) => {
+                    received.push(rec.received_at.0);
                     let (line, parsed) =
                         stream::entry_json(offset, Epoch(0), &[(me, *seq)], false, &rec);
                     if parsed == Parsed::KeptRaw {
@@ -495,6 +590,12 @@ fn stream_builder(
             *last = None;
         }
         stats.stream_entries.fetch_add(lines.len() as u64, Relaxed);
+        let now = listen::now_unix_nanos().0;
+        for at in &received {
+            stats
+                .stream_latency
+                .record_us((now.saturating_sub(*at) / 1000).max(0) as u64);
+        }
     }
     stream.sync().context("final stream fsync")?;
     Ok(())

@@ -66,6 +66,8 @@ pub fn status_json(node: &Node) -> Value {
         "stream": {
             "next_offset": stream_next,
             "kept_raw": s.stream_kept_raw.load(Relaxed),
+            "latency_us_p50": s.stream_latency.quantile_us(0.50),
+            "latency_us_p99": s.stream_latency.quantile_us(0.99),
             "last_error": stream_error,
         },
         "receivers": {
@@ -89,6 +91,37 @@ pub fn status_json(node: &Node) -> Value {
                 },
                 "connections_open": r.connections_open.load(Relaxed),
             },
+            "snmp": snmp_json(node),
         },
+    })
+}
+
+fn snmp_json(node: &Node) -> Value {
+    use receiver::snmp::{Accepted, DiscardReason};
+    let Some(core) = &node.snmp else {
+        return Value::Null;
+    };
+    let Ok(c) = core.lock() else {
+        return Value::Null;
+    };
+    let st = c.stats();
+    let accepted: serde_json::Map<String, Value> = Accepted::ALL
+        .iter()
+        .map(|k| (k.as_str().to_string(), json!(st.accepted(*k))))
+        .collect();
+    let discarded: serde_json::Map<String, Value> = DiscardReason::ALL
+        .iter()
+        .map(|r| (r.as_str().to_string(), json!(st.discarded(*r))))
+        .collect();
+    let l = &node.snmp_listener;
+    json!({
+        "listen": node.cfg.snmp.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "engine_id": crate::snmp::hex(c.engine_id()),
+        "accepted": accepted,
+        "discarded": discarded,
+        "duplicate_informs": st.duplicate_informs,
+        "informs_answered": l.informs_answered.load(Relaxed),
+        "queue_full": l.queue_full.load(Relaxed),
+        "reports_sent": st.discovery_reports + st.error_reports,
     })
 }

@@ -107,6 +107,31 @@ impl Intake {
             })
     }
 
+    /// Queues without waiting, with a signal fired once the records are durable (SNMP
+    /// informs). An empty `records` is fired once everything queued before it is durable.
+    pub fn try_push_durable(
+        &self,
+        records: Vec<Record>,
+        durable: tokio::sync::oneshot::Sender<()>,
+    ) -> Result<(), PushError> {
+        let cost = Batch::cost(&records).min(self.budget_bytes);
+        let permit = self
+            .budget
+            .clone()
+            .try_acquire_many_owned(cost)
+            .map_err(|_| PushError::Full)?;
+        self.tx
+            .try_send(Batch {
+                records,
+                durable: Some(durable),
+                _budget: Some(permit),
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => PushError::Full,
+                mpsc::error::TrySendError::Closed(_) => PushError::Closed,
+            })
+    }
+
     /// Queues, waiting for budget (TCP: the sender is slowed by flow control meanwhile).
     /// `durable` fires once the records are durable.
     pub async fn push(

@@ -1,0 +1,241 @@
+//! The node's SNMP trap listener: a UDP socket around `receiver::snmp::SnmpReceiver`.
+//!
+//! The core decides; this module does the I/O it asks for: journal accepted and kept-raw
+//! datagrams, answer an inform only once its record is durable (the journal writer fires the
+//! batch's durability signal after the fsync), send Reports at once. The engine ID is
+//! persisted in `DATA_DIR/snmp-engine.json` and its boots counter is incremented (and
+//! fsynced) at every start, before the first datagram is handled (RFC 3414 §2.2.2).
+
+use crate::config::SnmpSettings;
+use anyhow::Context as _;
+use receiver::listen::{now_unix_nanos, Intake, PushError};
+use receiver::record::{Protocol, Record, Transport};
+use receiver::snmp::{Engine, Outcome, SnmpReceiver};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use twinrx_types::Millis;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct EngineFile {
+    engine_id: String,
+    boots: u32,
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn parse_hex(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim().trim_start_matches("0x");
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Loads (or creates) this node's engine, increments boots and persists it before use.
+pub fn load_engine(data_dir: &Path, configured: Option<&[u8]>) -> anyhow::Result<Engine> {
+    let path = data_dir.join("snmp-engine.json");
+    let previous: Option<EngineFile> = match std::fs::read(&path) {
+        Ok(b) => Some(
+            serde_json::from_slice(&b)
+                .with_context(|| format!("{} is not a valid engine file", path.display()))?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let (engine_id, boots) = match (previous, configured) {
+        (Some(p), Some(c)) if parse_hex(&p.engine_id).as_deref() == Some(c) => {
+            (c.to_vec(), p.boots + 1)
+        }
+        (Some(p), None) => (
+            parse_hex(&p.engine_id)
+                .with_context(|| format!("{}: engine_id is not hex", path.display()))?,
+            p.boots + 1,
+        ),
+        // A new (or changed) engine ID starts at boots 1.
+        (_, Some(c)) => (c.to_vec(), 1),
+        (None, None) => (generate_engine_id()?, 1),
+    };
+    let file = EngineFile {
+        engine_id: hex(&engine_id),
+        boots,
+    };
+    let tmp = path.with_extension("json.tmp");
+    {
+        use std::io::Write as _;
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(&serde_json::to_vec_pretty(&file)?)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
+    if let Ok(dir) = std::fs::File::open(data_dir) {
+        dir.sync_all().ok();
+    }
+    Ok(Engine { engine_id, boots })
+}
+
+/// RFC 3411 §5 SnmpEngineID, format 5 (octets, administratively assigned): 0x80 | enterprise
+/// 8072 (Net-SNMP's, as snmptrapd uses), 0x05, then 12 random octets.
+fn generate_engine_id() -> anyhow::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut id = vec![0x80, 0x00, 0x1f, 0x88, 0x05];
+    let mut rnd = [0u8; 12];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut rnd))
+        .context("reading /dev/urandom for a new SNMP engine ID")?;
+    id.extend_from_slice(&rnd);
+    Ok(id)
+}
+
+/// Shared between the listener task and the tasks that wait for durability.
+pub type SharedReceiver = Arc<Mutex<SnmpReceiver>>;
+
+pub fn new_receiver(settings: &SnmpSettings, engine: Engine) -> anyhow::Result<SharedReceiver> {
+    let r = SnmpReceiver::new(settings.core.clone(), engine, monotonic_ms())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Arc::new(Mutex::new(r)))
+}
+
+fn monotonic_ms() -> Millis {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    Millis(START.get_or_init(Instant::now).elapsed().as_millis() as u64)
+}
+
+/// Counters the listener keeps beside the core's (queue drops, send failures).
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    pub queue_full: std::sync::atomic::AtomicU64,
+    pub reply_send_errors: std::sync::atomic::AtomicU64,
+    pub informs_answered: std::sync::atomic::AtomicU64,
+}
+
+pub async fn run(
+    sock: Arc<UdpSocket>,
+    core: SharedReceiver,
+    max_bytes: usize,
+    intake: Intake,
+    stats: Arc<ListenerStats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    // One byte over the limit so an oversize datagram is seen as such (the core counts it).
+    let mut buf = vec![0u8; max_bytes.saturating_add(1).min(65_536)];
+    loop {
+        let (n, src) = tokio::select! {
+            r = sock.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!(error = %e, "snmp recv error");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let received_at = now_unix_nanos();
+        let datagram = &buf[..n];
+        let outcome = match core.lock() {
+            Ok(mut c) => c.handle_datagram(monotonic_ms(), received_at, src, datagram),
+            Err(_) => return,
+        };
+        let record = |key, decoded| Record {
+            protocol: Protocol::Snmp,
+            transport: Transport::Udp,
+            received_at,
+            key,
+            source: src,
+            raw: datagram.to_vec(),
+            decoded,
+        };
+        match outcome {
+            Outcome::Accept {
+                key,
+                decoded,
+                reply: None,
+            }
+            | Outcome::KeepRaw { key, decoded, .. } => {
+                if intake.try_push(vec![record(key, decoded)]).is_err() {
+                    stats.queue_full.fetch_add(1, Relaxed);
+                }
+            }
+            Outcome::Accept {
+                key,
+                decoded,
+                reply: Some(reply),
+            } => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                match intake.try_push_durable(vec![record(key, decoded)], tx) {
+                    Ok(()) => {
+                        answer_when_durable(
+                            sock.clone(),
+                            src,
+                            reply,
+                            rx,
+                            Some((core.clone(), key)),
+                            stats.clone(),
+                        );
+                    }
+                    Err(PushError::Full) | Err(PushError::Closed) => {
+                        // Not journaled: no answer, so the sender retransmits.
+                        stats.queue_full.fetch_add(1, Relaxed);
+                        if let Ok(mut c) = core.lock() {
+                            c.handle_append_failed(src, key);
+                        }
+                    }
+                }
+            }
+            Outcome::DuplicateInform { reply } => {
+                // Answer once everything appended so far is durable: an empty batch behind
+                // the original's is fired only after it.
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                if intake.try_push_durable(Vec::new(), tx).is_ok() {
+                    answer_when_durable(sock.clone(), src, reply, rx, None, stats.clone());
+                }
+            }
+            Outcome::Reply(bytes) => {
+                if sock.send_to(&bytes, src).await.is_err() {
+                    stats.reply_send_errors.fetch_add(1, Relaxed);
+                }
+            }
+            Outcome::Discard(_) => {}
+        }
+    }
+}
+
+fn answer_when_durable(
+    sock: Arc<UdpSocket>,
+    to: SocketAddr,
+    reply: Vec<u8>,
+    durable: tokio::sync::oneshot::Receiver<()>,
+    forget_on_failure: Option<(SharedReceiver, twinrx_types::Key)>,
+    stats: Arc<ListenerStats>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    tokio::spawn(async move {
+        match durable.await {
+            Ok(()) => {
+                if sock.send_to(&reply, to).await.is_ok() {
+                    stats.informs_answered.fetch_add(1, Relaxed);
+                } else {
+                    stats.reply_send_errors.fetch_add(1, Relaxed);
+                }
+            }
+            Err(_) => {
+                // The journal could not take it: never acknowledge.
+                if let Some((core, key)) = forget_on_failure {
+                    if let Ok(mut c) = core.lock() {
+                        c.handle_append_failed(to, key);
+                    }
+                }
+            }
+        }
+    });
+}
