@@ -40,7 +40,7 @@ mod writer;
 
 pub use format::RECORD_BYTES_MAX;
 pub use reader::{JournalHandle, ReaderGuard, Tail};
-pub use verify::{verify, VerifyReport};
+pub use verify::{verify, TornTail, VerifyReport};
 pub use writer::Journal;
 
 /// Everything that can go wrong in the journal. Every variant names where: the segment file,

@@ -23,9 +23,22 @@ pub struct VerifyReport {
     pub first_seq: Option<Seq>,
     /// Seq of the newest valid record, `None` without records.
     pub last_seq: Option<Seq>,
-    /// A torn or zero-filled tail at the end of the last segment, which open would truncate:
-    /// `(segment, offset, bytes, reason)`. Not an error: it is what a crash leaves.
-    pub torn_tail: Option<(PathBuf, u64, u64, String)>,
+    /// A torn or zero-filled tail at the end of the last segment, which open would truncate.
+    /// Not an error: it is what a crash leaves.
+    pub torn_tail: Option<TornTail>,
+}
+
+/// Bytes at the end of the last segment that are not a valid record (FORMAT.md "Recovery").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    /// The last segment file.
+    pub segment: PathBuf,
+    /// Where the invalid bytes start (a record boundary; 0 for a torn header).
+    pub offset: u64,
+    /// How many bytes open would cut.
+    pub bytes: u64,
+    /// Why they are invalid.
+    pub reason: String,
 }
 
 /// Scans every segment of `dir`: headers, every record's CRC and seq, seqs contiguous from
@@ -56,7 +69,12 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, Error> {
                 })
             }
             HeaderState::Torn if last => {
-                report.torn_tail = Some((path, 0, len, "torn segment header".into()));
+                report.torn_tail = Some(TornTail {
+                    segment: path,
+                    offset: 0,
+                    bytes: len,
+                    reason: "torn segment header".into(),
+                });
                 continue;
             }
             HeaderState::Torn => {
@@ -94,7 +112,12 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, Error> {
         report.records += scan.records;
         expected = Some(scan.end_seq);
         if let Some(t) = scan.tail {
-            report.torn_tail = Some((path, t.offset, t.bytes, t.reason));
+            report.torn_tail = Some(TornTail {
+                segment: path,
+                offset: t.offset,
+                bytes: t.bytes,
+                reason: t.reason,
+            });
         }
     }
     Ok(report)

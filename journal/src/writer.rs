@@ -56,6 +56,9 @@ pub struct Journal {
     /// Set by a failed fsync until the failed operation has rolled back.
     sync_failed: bool,
     buf: Vec<u8>,
+    /// Test seam: the next this many fsyncs fail with EIO (the disk faults of STYLE §5).
+    #[cfg(test)]
+    fail_fsyncs: u32,
     appended_total: u64,
     fsyncs_total: u64,
     fsync_latency_us_last: u64,
@@ -240,6 +243,8 @@ impl Journal {
             pending_reset: None,
             sync_failed: false,
             buf: Vec::new(),
+            #[cfg(test)]
+            fail_fsyncs: 0,
             appended_total: 0,
             fsyncs_total: 0,
             fsync_latency_us_last: 0,
@@ -614,6 +619,13 @@ impl Journal {
     fn fsync(&mut self, seg: &Segment) -> Result<(), Error> {
         let t = Instant::now();
         let r = seg.file.sync_data();
+        #[cfg(test)]
+        let r = if self.fail_fsyncs > 0 {
+            self.fail_fsyncs -= 1;
+            r.and(Err(std::io::Error::from_raw_os_error(5)))
+        } else {
+            r
+        };
         self.fsync_latency_us_last = t.elapsed().as_micros() as u64;
         self.fsyncs_total += 1;
         r.map_err(|e| {
@@ -827,4 +839,147 @@ fn unix_ms_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Failed fsyncs (EIO), injected: the journal rolls back to what is durable, keeps
+    //! `verify` clean, and appends resume.
+    use super::*;
+    use crate::Retention;
+
+    const EIO: i32 = 5;
+
+    fn open(dir: &Path, fsync: FsyncPolicy) -> Journal {
+        let o = Options {
+            segment_bytes_max: 600,
+            fsync,
+            retention: Retention::default(),
+        };
+        Journal::open(dir, o).expect("open").0
+    }
+
+    fn recs(first: u64, n: u64) -> Vec<Vec<u8>> {
+        (first..first + n)
+            .map(|i| format!("record {i}").into_bytes())
+            .collect()
+    }
+
+    fn assert_io(e: Error, op_want: &str) {
+        match e {
+            Error::Io { op, source, .. } => {
+                assert_eq!(op, op_want);
+                assert_eq!(source.raw_os_error(), Some(EIO));
+            }
+            other => panic!("expected Io, got {other:?}"),
+        }
+    }
+
+    fn assert_disk_holds(dir: &Path, j: &Journal, last: u64) {
+        let v = crate::verify(dir).expect("verify");
+        assert_eq!((v.records, v.torn_tail), (last, None));
+        let all = j
+            .handle()
+            .read(Seq(1), usize::MAX, usize::MAX)
+            .expect("read");
+        assert_eq!(all.len() as u64, last);
+        assert!(all
+            .iter()
+            .all(|(s, p)| *p == format!("record {}", s.0).into_bytes()));
+    }
+
+    #[test]
+    fn batch_policy_failed_fsync_rolls_back_the_batch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = open(dir.path(), FsyncPolicy::Batch);
+        j.append_batch(recs(1, 10)).expect("append");
+        let len_before = j.stats().bytes;
+        j.fail_fsyncs = 1;
+        // Spans a rotation: the new segment must go too.
+        assert_io(
+            j.append_batch(recs(11, 30)).expect_err("fsync fails"),
+            "fsync",
+        );
+        assert_eq!(j.next_seq(), Seq(11));
+        assert_eq!(j.handle().durable_seq(), Some(Seq(10)));
+        assert_eq!(j.stats().bytes, len_before);
+        assert_eq!(j.stats().append_errors_total, 1);
+        assert_disk_holds(dir.path(), &j, 10);
+        let r = j
+            .append_batch(recs(11, 30))
+            .expect("append after the fault");
+        assert_eq!((r.first, r.last), (Seq(11), Seq(40)));
+        assert_disk_holds(dir.path(), &j, 40);
+    }
+
+    #[test]
+    fn failed_rollback_is_retried_before_the_next_append() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = open(dir.path(), FsyncPolicy::Batch);
+        j.append_batch(recs(1, 5)).expect("append");
+        // The batch's fsync fails, then the rollback's fsync fails too.
+        j.fail_fsyncs = 2;
+        assert!(j.append_batch(recs(6, 5)).is_err());
+        assert_eq!(j.next_seq(), Seq(6));
+        assert!(j.repair.is_some());
+        assert_eq!(j.handle().durable_seq(), Some(Seq(5)));
+        let r = j.append_batch(recs(6, 5)).expect("repaired, then appended");
+        assert_eq!(r.first, Seq(6));
+        assert!(j.repair.is_none());
+        assert_disk_holds(dir.path(), &j, 10);
+        drop(j);
+        let (j, rec) = Journal::open(dir.path(), Options::default()).expect("reopen");
+        assert_eq!((rec.last_seq, rec.truncated_bytes), (Some(Seq(10)), 0));
+        drop(j);
+    }
+
+    #[test]
+    fn interval_policy_failed_fsync_drops_what_was_not_durable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = open(dir.path(), FsyncPolicy::Interval { ms: 3_600_000 });
+        j.append_batch(recs(1, 5)).expect("append");
+        j.sync().expect("sync");
+        j.append_batch(recs(6, 5)).expect("append, not yet durable");
+        j.append_batch(recs(11, 5))
+            .expect("append, not yet durable");
+        assert_eq!(j.handle().durable_seq(), Some(Seq(5)));
+        j.fail_fsyncs = 1;
+        assert_io(j.sync().expect_err("fsync fails"), "fsync");
+        // After a failed fsync the kernel may have dropped those pages: they are gone.
+        assert_eq!(j.next_seq(), Seq(6));
+        assert_eq!(j.handle().durable_seq(), Some(Seq(5)));
+        assert_disk_holds(dir.path(), &j, 5);
+        j.append_batch(recs(6, 3)).expect("append");
+        j.sync().expect("sync");
+        assert_disk_holds(dir.path(), &j, 8);
+    }
+
+    #[test]
+    fn never_policy_failed_sync_keeps_visible_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = open(dir.path(), FsyncPolicy::Never);
+        j.append_batch(recs(1, 5)).expect("append");
+        j.fail_fsyncs = 1;
+        assert_io(j.sync().expect_err("fsync fails"), "fsync");
+        assert_eq!(j.next_seq(), Seq(6));
+        assert_eq!(j.handle().durable_seq(), Some(Seq(5)));
+        assert_disk_holds(dir.path(), &j, 5);
+    }
+
+    #[test]
+    fn failed_rotation_fsync_rolls_back_the_batch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = open(dir.path(), FsyncPolicy::Never);
+        j.append_batch(recs(1, 3)).expect("append");
+        let segments = j.stats().segments;
+        j.fail_fsyncs = 1;
+        assert_io(
+            j.append_batch(recs(4, 60))
+                .expect_err("rotation fsync fails"),
+            "fsync",
+        );
+        assert_eq!(j.next_seq(), Seq(4));
+        assert_eq!(j.stats().segments, segments);
+        assert_disk_holds(dir.path(), &j, 3);
+    }
 }

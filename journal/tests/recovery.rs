@@ -316,3 +316,21 @@ fn bad_header_and_interrupted_creation() {
         Err(Error::BadSegment { .. })
     ));
 }
+
+#[test]
+fn verify_reports_a_torn_tail_without_changing_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = build(dir.path(), 5, 1 << 20);
+    let len = std::fs::metadata(&files[0]).expect("stat").len();
+    set_len(&files[0], len - 7);
+    let v = journal::verify(dir.path()).expect("verify");
+    let last_start = offsets(5)[4];
+    assert_eq!(v.records, 4);
+    assert_eq!((v.first_seq, v.last_seq), (Some(Seq(1)), Some(Seq(4))));
+    let t = v.torn_tail.expect("torn tail reported");
+    assert_eq!(
+        (t.segment, t.offset, t.bytes),
+        (files[0].clone(), last_start, len - 7 - last_start)
+    );
+    assert_eq!(std::fs::metadata(&files[0]).expect("stat").len(), len - 7);
+}
