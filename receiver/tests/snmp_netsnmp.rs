@@ -878,7 +878,11 @@ fn captured_fixtures_are_accepted_unmutated() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    // PROPTEST_CASES=100000 for a longer soak.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(512),
+        ..ProptestConfig::default()
+    })]
 
     /// Parsers never panic on mutated real datagrams; every outcome is one of the documented
     /// ones, and garbage is never dropped silently.

@@ -118,7 +118,7 @@ pub fn encode_v2c_inform(
 
 /// The request-id of a v2c Response with error-status 0 (an acknowledged inform), else `None`.
 pub fn parse_response(bytes: &[u8]) -> Option<i32> {
-    let msg: v2c::Message<v2::Pdus> = rasn::ber::decode(bytes).ok()?;
+    let msg: v2c::Message<v2::Pdus> = super::ber_decode(bytes).ok()?;
     match msg.data {
         v2::Pdus::Response(v2::Response(pdu)) if pdu.error_status == 0 => Some(pdu.request_id),
         _ => None,

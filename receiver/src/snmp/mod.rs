@@ -36,8 +36,9 @@
 //!   snmpTrapOID.0 are varbinds, so they are included).
 //! - v3 (`snmp-v3`): source IP, PDU type, contextEngineID, contextName, the decrypted
 //!   varbinds. The user is not part of it (SPEC). A contextEngineID equal to *this node's*
-//!   engine ID hashes as empty: an inform addressed to each node's own engine ID (as Net-SNMP's
-//!   `snmpinform` does) must give the same key on both nodes.
+//!   engine ID hashes as empty: a sender that puts each receiver's engine ID there (the
+//!   authoritative engine of an inform) must still give the same key on both nodes. Net-SNMP
+//!   puts its own engine ID there, the same for both nodes.
 //! - kept raw (`snmp-raw`): source IP and the datagram bytes.
 //!
 //! # SNMPv3 USM (RFC 3414)
@@ -59,13 +60,19 @@
 //!   RFC 3412 §7.2 step 3 and RFC 3414 §3.2 say; every failure is counted either way.
 //! - The salt for encrypted Responses is `boots || counter` (RFC 3414 §8.1.1.1, RFC 3826
 //!   §3.1.2.1: it need only be unique per key, and boots grow with every start).
+//! - Protocols ([`AuthProtocol`], [`PrivProtocol`]): MD5, SHA, SHA-224/256/384/512 (RFC 7860);
+//!   DES, AES (-128), AES-192, AES-256 (Blumenthal key extension, Net-SNMP's names) and
+//!   AES-192-C, AES-256-C (Reeder key extension, as Cisco devices use). Every one of them is
+//!   tested against Net-SNMP 5.9.3's `snmptrap` and `snmpinform` (`tests/snmp_netsnmp.rs`).
 //!
 //! # Libraries
-//! All BER is decoded and encoded by `rasn` + `rasn-snmp` (one BER library, not two). It
+//! All BER is decoded and encoded by `rasn` + `rasn-snmp` (+ its `rasn-smi` value types: one
+//! BER library, not two). It
 //! decodes what real agents send (including negative request-ids, which `snmp-parser` 0.11
 //! rejects) and encodes Responses and Reports; `snmp-parser` lacks an encoder and USM crypto.
 //! The small header walker in `tlv.rs` only locates byte ranges (the HMAC covers the datagram
-//! as received). Crypto: `hmac` with `md-5`/`sha1`/`sha2`, `des` + `cbc`, `aes` + `cfb-mode`.
+//! as received). Decoding runs under `catch_unwind`: a panic inside the decoder would be its
+//! bug, and is kept raw as bad BER rather than stopping the node. Crypto: `hmac` with `md-5`/`sha1`/`sha2`, `des` + `cbc`, `aes` + `cfb-mode`.
 //!
 //! The stream fields of `decoded` are documented in `SCHEMA.md` beside this file.
 
@@ -567,14 +574,14 @@ impl SnmpReceiver {
             }
         }
         if tlv::message_version(datagram) == Some(0) {
-            match rasn::ber::decode::<v1::Message<v1::Pdus>>(datagram) {
+            match ber_decode::<v1::Message<v1::Pdus>>(datagram) {
                 Ok(msg) => self.handle_v1(source, msg),
-                Err(e) => keep_raw(source, datagram, DiscardReason::BadBer, &e.to_string()),
+                Err(e) => keep_raw(source, datagram, DiscardReason::BadBer, &e),
             }
         } else {
-            match rasn::ber::decode::<v2c::Message<v2::Pdus>>(datagram) {
+            match ber_decode::<v2c::Message<v2::Pdus>>(datagram) {
                 Ok(msg) => self.handle_v2c(now, source, msg),
-                Err(e) => keep_raw(source, datagram, DiscardReason::BadBer, &e.to_string()),
+                Err(e) => keep_raw(source, datagram, DiscardReason::BadBer, &e),
             }
         }
     }
@@ -706,6 +713,16 @@ fn notification_fields(
         }
     }
     fields.insert("varbinds".into(), varbinds_json(varbinds));
+}
+
+/// Decodes untrusted bytes with `rasn`. Should the decoder ever panic on some input (a bug in
+/// it, not in the input), the datagram is kept raw as bad BER instead of taking the node down.
+fn ber_decode<T: rasn::Decode>(bytes: &[u8]) -> Result<T, String> {
+    match std::panic::catch_unwind(|| rasn::ber::decode::<T>(bytes)) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the BER decoder panicked on this input".to_owned()),
+    }
 }
 
 fn integer(i: &rasn::types::Integer) -> Json {

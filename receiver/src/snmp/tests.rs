@@ -245,9 +245,9 @@ fn config_problems_are_all_reported() {
 }
 
 /// A v3 sender built from the receiver's own encoder: a receiver whose engine is `engine`
-/// with `boots`, whose "Responses" we relabel as InformRequests. Used for what Net-SNMP's
-/// tools cannot be made to send (a stale boots value).
-fn v3_inform_from(engine: &[u8], boots: u32, user: &UsmUser, now: Millis) -> Vec<u8> {
+/// with `boots` encodes the message (authPriv for `user`). Informs are made reportable, as
+/// senders do. Used for what Net-SNMP's tools cannot be made to send (a stale boots value).
+fn v3_from(engine: &[u8], boots: u32, user: &UsmUser, now: Millis, inform: bool) -> Vec<u8> {
     let mut sender = SnmpReceiver::new(
         SnmpConfig {
             users: vec![user.clone()],
@@ -261,30 +261,89 @@ fn v3_inform_from(engine: &[u8], boots: u32, user: &UsmUser, now: Millis) -> Vec
     )
     .expect("valid");
     let keys = sender.users[0].keys(engine).expect("passphrase keys");
+    let pdu = v2::Pdu {
+        request_id: 5,
+        error_status: 0,
+        error_index: 0,
+        variable_bindings: Vec::new(),
+    };
     let scoped = ScopedPdu {
         engine_id: rasn::types::OctetString::from(engine.to_vec()),
         name: rasn::types::OctetString::from(Vec::new()),
-        data: v2::Pdus::InformRequest(v2::InformRequest(v2::Pdu {
-            request_id: 5,
-            error_status: 0,
-            error_index: 0,
-            variable_bindings: Vec::new(),
-        })),
+        data: if inform {
+            v2::Pdus::InformRequest(v2::InformRequest(pdu))
+        } else {
+            v2::Pdus::Trap(v2::Trap(pdu))
+        },
     };
     let mut bytes = sender.encode_v3(now, 99, user.name.as_bytes(), &keys, scoped);
-    // Mark it reportable (flags octet 0x03 -> 0x07): re-MAC after changing the flags.
-    let flags_at = bytes
-        .windows(3)
-        .position(|w| w == [0x04, 0x01, 0x03])
-        .expect("flags octet string")
-        + 2;
-    bytes[flags_at] |= 4;
-    let range = tlv::v3_auth_params(&bytes).expect("auth params");
-    bytes[range.clone()].fill(0);
-    let (proto, key) = keys.auth.as_ref().expect("auth");
-    let mac = proto.mac(key, &bytes);
-    bytes[range].copy_from_slice(&mac);
+    if inform {
+        // Mark it reportable (flags octet 0x03 -> 0x07): re-MAC after changing the flags.
+        let flags_at = bytes
+            .windows(3)
+            .position(|w| w == [0x04, 0x01, 0x03])
+            .expect("flags octet string")
+            + 2;
+        bytes[flags_at] |= 4;
+        let range = tlv::v3_auth_params(&bytes).expect("auth params");
+        bytes[range.clone()].fill(0);
+        let (proto, key) = keys.auth.as_ref().expect("auth");
+        let mac = proto.mac(key, &bytes);
+        bytes[range].copy_from_slice(&mac);
+    }
     bytes
+}
+
+fn v3_inform_from(engine: &[u8], boots: u32, user: &UsmUser, now: Millis) -> Vec<u8> {
+    v3_from(engine, boots, user, now, true)
+}
+
+#[test]
+fn v3_traps_from_a_remote_engine_that_went_back_in_time_are_refused_silently() {
+    // RFC 3414 §3.2 step 7b, for traps from authoritative senders.
+    let user = UsmUser {
+        name: "ops".into(),
+        auth: Some((AuthProtocol::Md5, Secret::Passphrase("auth-pass-1".into()))),
+        privacy: Some((PrivProtocol::Des, Secret::Passphrase("priv-pass-1".into()))),
+    };
+    let mut r = receiver(SnmpConfig {
+        users: vec![user.clone()],
+        ..SnmpConfig::default()
+    });
+    let remote = b"\x80\x00\x00\x00\x01remote";
+    let at = |r: &mut SnmpReceiver, ms: u64, bytes: &[u8]| {
+        r.handle_datagram(Millis(ms), UnixNanos(0), src(), bytes)
+    };
+    // Boots 5, time 10 s: first sighting, accepted.
+    let first = v3_from(remote, 5, &user, Millis(10_000), false);
+    assert!(matches!(
+        at(&mut r, 2_000, &first),
+        Outcome::Accept { reply: None, .. }
+    ));
+    // Boots went back: refused, no Report (a trap is not reportable).
+    let old_boots = v3_from(remote, 4, &user, Millis(50_000), false);
+    assert_eq!(
+        at(&mut r, 3_000, &old_boots),
+        Outcome::Discard(DiscardReason::NotInTimeWindow)
+    );
+    // Same boots, but 200 s later its time still says 10 s: a replay.
+    assert_eq!(
+        at(&mut r, 202_000, &first),
+        Outcome::Discard(DiscardReason::NotInTimeWindow)
+    );
+    // Within 150 s of its clock: fine (and a reboot with a higher boots is fine too).
+    let later = v3_from(remote, 5, &user, Millis(100_000), false);
+    assert!(matches!(
+        at(&mut r, 203_000, &later),
+        Outcome::Accept { .. }
+    ));
+    let rebooted = v3_from(remote, 6, &user, Millis(1_000), false);
+    assert!(matches!(
+        at(&mut r, 204_000, &rebooted),
+        Outcome::Accept { .. }
+    ));
+    assert_eq!(r.stats().discarded(DiscardReason::NotInTimeWindow), 2);
+    assert_eq!(r.stats().error_reports, 0);
 }
 
 #[test]

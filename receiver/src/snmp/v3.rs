@@ -281,16 +281,14 @@ impl SnmpReceiver {
         source: SocketAddr,
         datagram: &[u8],
     ) -> Outcome {
-        let msg: snmp3::Message = match rasn::ber::decode(datagram) {
+        let msg: snmp3::Message = match super::ber_decode(datagram) {
             Ok(m) => m,
-            Err(e) => {
-                return super::keep_raw(source, datagram, DiscardReason::BadBer, &e.to_string())
-            }
+            Err(e) => return super::keep_raw(source, datagram, DiscardReason::BadBer, &e),
         };
         if msg.global_data.security_model != Integer::from(3) {
             return Outcome::Discard(DiscardReason::UnsupportedSecurityModel);
         }
-        let usm: USMSecurityParameters = match rasn::ber::decode(&msg.security_parameters) {
+        let usm: USMSecurityParameters = match super::ber_decode(&msg.security_parameters) {
             Ok(u) => u,
             Err(e) => {
                 return super::keep_raw(
@@ -433,7 +431,7 @@ impl SnmpReceiver {
                 let scoped = plain.and_then(|p| {
                     // DES leaves padding after the scoped PDU.
                     let len = tlv::outer_len(&p)?;
-                    rasn::ber::decode::<ScopedPdu>(&p[..len]).ok()
+                    super::ber_decode::<ScopedPdu>(&p[..len]).ok()
                 });
                 match scoped {
                     Some(s) => s,
