@@ -6,7 +6,9 @@
 //! ([`Merger::handle_tick`], which only frees memory). Out: for each record, exactly one
 //! [`Output`]: a new [`Entry`] (published at once, never held back waiting for the peer copy)
 //! or a [`Matched`] fact (the record is the peer copy of an entry already in the stream and is
-//! suppressed).
+//! suppressed). The output is returned, not queued for a `poll_*` (STYLE §2): each record
+//! yields exactly one output, and the driver must apply it to the history before the next
+//! call, so a queue would only hide both rules.
 //!
 //! Matching rule (SPEC "De-duplication"): a record from node N matches the open entry (one
 //! copy, unmatched) from the other node with the same key and a receive time within `W` of its
