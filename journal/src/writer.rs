@@ -167,9 +167,6 @@ impl Journal {
                     seg.file
                         .set_len(tail.offset)
                         .map_err(|e| Error::io("truncate", &seg.path, e))?;
-                    seg.file
-                        .sync_data()
-                        .map_err(|e| Error::io("fsync", &seg.path, e))?;
                     tracing::warn!(
                         segment = %seg.path.display(),
                         offset = tail.offset,
@@ -181,6 +178,12 @@ impl Journal {
                     recovery.truncated_segment = Some(seg.path.clone());
                     recovery.reason = Some(tail.reason.clone());
                 }
+                // What a crashed process wrote but did not fsync is still in the page cache
+                // and passes the scan: make it durable before readers (replication) see it,
+                // or a later power loss could give its seqs to different records.
+                seg.file
+                    .sync_data()
+                    .map_err(|e| Error::io("fsync", &seg.path, e))?;
                 seg.len.store(scan.end_offset, Ordering::Release);
                 seg.end_seq.store(scan.end_seq, Ordering::Release);
                 seg.first_ts_ms.store(scan.first_ts_ms, Ordering::Release);
@@ -369,6 +372,12 @@ impl Journal {
         };
         let seg = Arc::new(segment::create_segment(&self.shared.dir, seq)?);
         write_lock(&self.shared.segments).push(seg.clone());
+        // The same point, expressed in the segment that retention never deletes.
+        self.synced = Pos {
+            seg_first: seq,
+            len: SEGMENT_HEADER_LEN,
+            next_seq: seq,
+        };
         tracing::debug!(segment = %seg.path.display(), "journal segment started");
         Ok(seg)
     }
