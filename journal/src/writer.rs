@@ -991,4 +991,37 @@ mod tests {
         assert_eq!(j.stats().segments, segments);
         assert_disk_holds(dir.path(), &j, 3);
     }
+
+    #[test]
+    fn interval_failed_fsync_after_rotation_and_retention_is_not_stuck() {
+        // Regression: the last fsynced point must never name a segment retention may delete.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let o = Options {
+            segment_bytes_max: 300,
+            fsync: FsyncPolicy::Interval { ms: 3_600_000 },
+            retention: Retention {
+                bytes_max: Some(400),
+                age_max_ms: None,
+            },
+        };
+        let (mut j, _) = Journal::open(dir.path(), o).expect("open");
+        j.append_batch(recs(1, 40))
+            .expect("append: rotates, fsyncing old segments");
+        let durable = j
+            .handle()
+            .durable_seq()
+            .expect("rotation fsyncs published")
+            .0;
+        let rep = j.enforce_retention(SystemTime::now()).expect("retention");
+        assert!(rep.segments_deleted > 0);
+        j.fail_fsyncs = 1;
+        assert!(j.sync().is_err());
+        assert_eq!(j.next_seq(), Seq(durable + 1));
+        assert!(j.repair.is_none());
+        let r = j.append_batch(recs(durable + 1, 2)).expect("append");
+        assert_eq!(r.first, Seq(durable + 1));
+        j.sync().expect("sync");
+        let v = crate::verify(dir.path()).expect("verify");
+        assert_eq!(v.last_seq, Some(Seq(durable + 2)));
+    }
 }
