@@ -679,6 +679,31 @@ mod tests {
     }
 
     #[test]
+    fn a_clock_step_back_can_cost_an_extra_event_never_a_loss() {
+        // b1 at 0; A stamps a1 at +4 s, then A's clock steps back and a2 is stamped at -4 s;
+        // b2 at +8 s. Best pairing: a2-b1, a1-b2 (2 events). Online, a1 arrives first and takes
+        // b1, the earliest candidate; a2 and b2 are then alone: 3 events, every record once.
+        let mut d = Driver::new(Config::default());
+        let (b1, a1, a2, b2) = (
+            rec(B, 1, 1, 0),
+            rec(A, 1, 1, 4_000),
+            rec(A, 2, 1, -4_000),
+            rec(B, 2, 1, 8_000),
+        );
+        assert_eq!(
+            d.feed(&[b1, a1, a2, b2]),
+            vec![
+                entry(0, b1, false),
+                matched(0, a1),
+                entry(1, a2, true),
+                entry(2, b2, false),
+            ]
+        );
+        let reference = crate::reference(&[a1, a2], &[b1, b2], 5_000);
+        assert_eq!(reference.len(), 2);
+    }
+
+    #[test]
     fn identical_messages_from_different_sources_are_different_events() {
         // Same bytes, different source IP: different keys (the receiver keys on source + bytes).
         let mut d = Driver::new(Config::default());
