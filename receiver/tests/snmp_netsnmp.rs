@@ -768,7 +768,13 @@ fn keys_ignore_request_ids_and_salts_but_not_varbinds() {
     v2c("different");
     v3();
     v3();
-    let acc = h.wait_accepted(5);
+    #[rustfmt::skip]
+    h.run_ok("snmptrap", &[
+        "-v", "3", "-e", SENDER_ENGINE, "-n", "ctx1", "-u", "ops", "-l", "authPriv",
+        "-a", "MD5", "-A", AUTH_PASS, "-x", "DES", "-X", PRIV_PASS,
+        &t, "100", TRAP_OID, VB_OID, "s", "same",
+    ]);
+    let acc = h.wait_accepted(6);
     let ids: Vec<i64> = acc[..2]
         .iter()
         .map(|(_, d)| d["request_id"].as_i64().expect("request id"))
@@ -786,6 +792,8 @@ fn keys_ignore_request_ids_and_salts_but_not_varbinds() {
         "same v3 trap, same key despite salt and msgID"
     );
     assert_ne!(acc[3].0, acc[0].0);
+    assert_eq!(acc[5].1["context_name"], "ctx1");
+    assert_ne!(acc[5].0, acc[3].0, "the context is part of a v3 key");
 }
 
 #[test]

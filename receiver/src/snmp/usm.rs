@@ -141,27 +141,47 @@ impl AuthProtocol {
         self.hash(&[ku, engine_id, ku])
     }
 
-    /// The full HMAC of `msg` under `key`, to be truncated to [`AuthProtocol::mac_len`].
-    pub fn hmac(self, key: &[u8], msg: &[u8]) -> Vec<u8> {
-        fn m<M: Mac + KeyInit>(key: &[u8], msg: &[u8]) -> Vec<u8> {
+    /// The full HMAC under `key` of the concatenation of `parts`, to be truncated to
+    /// [`AuthProtocol::mac_len`].
+    pub fn hmac(self, key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+        fn m<M: Mac + KeyInit>(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
             // HMAC accepts keys of any length.
             let mut mac = <M as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
-            mac.update(msg);
+            for p in parts {
+                mac.update(p);
+            }
             mac.finalize().into_bytes().to_vec()
         }
         match self {
-            AuthProtocol::Md5 => m::<Hmac<Md5>>(key, msg),
-            AuthProtocol::Sha1 => m::<Hmac<Sha1>>(key, msg),
-            AuthProtocol::Sha224 => m::<Hmac<Sha224>>(key, msg),
-            AuthProtocol::Sha256 => m::<Hmac<Sha256>>(key, msg),
-            AuthProtocol::Sha384 => m::<Hmac<Sha384>>(key, msg),
-            AuthProtocol::Sha512 => m::<Hmac<Sha512>>(key, msg),
+            AuthProtocol::Md5 => m::<Hmac<Md5>>(key, parts),
+            AuthProtocol::Sha1 => m::<Hmac<Sha1>>(key, parts),
+            AuthProtocol::Sha224 => m::<Hmac<Sha224>>(key, parts),
+            AuthProtocol::Sha256 => m::<Hmac<Sha256>>(key, parts),
+            AuthProtocol::Sha384 => m::<Hmac<Sha384>>(key, parts),
+            AuthProtocol::Sha512 => m::<Hmac<Sha512>>(key, parts),
         }
     }
 
     /// The truncated MAC of a whole message whose `msgAuthenticationParameters` are zeroed.
     pub fn mac(self, key: &[u8], msg_with_zeroed_params: &[u8]) -> Vec<u8> {
-        let mut full = self.hmac(key, msg_with_zeroed_params);
+        self.mac_with_params_zeroed(key, msg_with_zeroed_params, 0..0)
+    }
+
+    /// The truncated MAC of `msg` as if the bytes in `params` (the contents of
+    /// `msgAuthenticationParameters`) were zero (RFC 3414 §6.3.2 / §7.3.2), without copying it.
+    pub fn mac_with_params_zeroed(
+        self,
+        key: &[u8],
+        msg: &[u8],
+        params: std::ops::Range<usize>,
+    ) -> Vec<u8> {
+        const ZEROS: [u8; 64] = [0; 64];
+        let zeros = &ZEROS[..params.len().min(64)];
+        let (head, tail) = (
+            msg.get(..params.start).unwrap_or(msg),
+            msg.get(params.end..).unwrap_or(&[]),
+        );
+        let mut full = self.hmac(key, &[head, zeros, tail]);
         full.truncate(self.mac_len());
         full
     }

@@ -380,9 +380,7 @@ impl SnmpReceiver {
             if given.len() != proto.mac_len() || datagram[range.clone()] != given[..] {
                 return self.refuse(now, source, &report_to, DiscardReason::WrongDigest);
             }
-            let mut zeroed = datagram.to_vec();
-            zeroed[range].fill(0);
-            if !mac_eq(&proto.mac(key, &zeroed), given) {
+            if !mac_eq(&proto.mac_with_params_zeroed(key, datagram, range), given) {
                 return self.refuse(now, source, &report_to, DiscardReason::WrongDigest);
             }
             // Step 7: timeliness, for authenticated messages only.
