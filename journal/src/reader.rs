@@ -15,6 +15,9 @@ use crate::format::SegReader;
 use crate::segment::{lock, read_lock, Hint, ReaderSlot, Segment, Shared};
 use crate::{seq_opt, Error};
 
+/// What a read returns: records with their seqs, in order.
+type Records = Vec<(Seq, Vec<u8>)>;
+
 /// The segment holding `seq`: the last one starting at or before it. The table is never
 /// empty and `seq >= first_seq` is checked by the caller.
 fn segment_of(table: &[Arc<Segment>], seq: u64) -> Arc<Segment> {
@@ -58,8 +61,20 @@ impl JournalHandle {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<(Seq, Vec<u8>)>, Error> {
+        Ok(self.read_generation(from, max_records, max_bytes)?.0)
+    }
+
+    /// [`JournalHandle::read`], and the cut generation the read saw: every cut up to it
+    /// happened before the read, every later one after it.
+    fn read_generation(
+        &self,
+        from: Seq,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<(Records, u64), Error> {
         let shared = &*self.shared;
         let _gate = read_lock(&shared.gate);
+        let generation = shared.cut_generation();
         let durable_next = shared.durable_next();
         let mut seg = {
             let table = read_lock(&shared.segments);
@@ -71,7 +86,7 @@ impl JournalHandle {
                 });
             }
             if from.0 >= durable_next || max_records == 0 {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), generation));
             }
             segment_of(&table, from.0)
         };
@@ -101,7 +116,7 @@ impl JournalHandle {
                         seg_first: seg.first_seq,
                         offset,
                     });
-                    return Ok(out);
+                    return Ok((out, generation));
                 }
                 bytes += payload.len();
                 out.push((Seq(seq), payload.to_vec()));
@@ -119,7 +134,7 @@ impl JournalHandle {
             // The rest is in the following segments (durable records exist up to `last`).
             seg = segment_of(&read_lock(&shared.segments), seq);
         }
-        Ok(out)
+        Ok((out, generation))
     }
 
     /// A receiver that changes whenever [`JournalHandle::durable_seq`] changes (up on
@@ -129,8 +144,8 @@ impl JournalHandle {
     }
 
     /// Registers a reader at `from`: retention keeps every seq `>=` its position until the
-    /// guard is dropped. Move it forward with [`ReaderGuard::advance`]. A position below
-    /// `first_seq` protects nothing that is not already gone.
+    /// guard is dropped. Move it forward with [`ReaderGuard::advance`]. Seqs already deleted
+    /// do not come back: a position below `first_seq` holds back all further deletion.
     pub fn register_reader(&self, name: &str, from: Seq) -> ReaderGuard {
         let id = self.shared.reader_id_next.fetch_add(1, Ordering::Relaxed);
         let position = Arc::new(AtomicU64::new(from.0));
@@ -214,7 +229,8 @@ impl Tail {
     }
 
     /// Waits until records at or after the position are durable and returns them (at most
-    /// `max_records`, at most `max_bytes` of payload past the first), advancing the position.
+    /// `max_records`, 0 counting as 1; at most `max_bytes` of payload past the first),
+    /// advancing the position. Cancel-safe: dropping the future loses nothing.
     pub async fn next_batch(
         &mut self,
         max_records: usize,
@@ -222,14 +238,27 @@ impl Tail {
     ) -> Result<Vec<(Seq, Vec<u8>)>, Error> {
         loop {
             let durable = self.durable.borrow_and_update().map_or(0, |s| s.0);
-            self.check_cuts(durable)?;
+            if self.returned_last.is_some_and(|r| durable < r) {
+                return Err(self.truncated(durable));
+            }
             if durable >= self.position.0 {
-                let recs = self
+                let (recs, generation) =
+                    self.handle
+                        .read_generation(self.position, max_records.max(1), max_bytes)?;
+                // Cuts the read saw happened before it: they matter only if they reach back
+                // into what this tail returned earlier. Later cuts are checked next time,
+                // against what it returns now.
+                let lowest = self
                     .handle
-                    .read(self.position, max_records.max(1), max_bytes)?;
+                    .shared
+                    .cuts_between(self.cut_generation, generation);
+                if let (Some(cut), Some(returned)) = (lowest, self.returned_last) {
+                    if cut <= returned {
+                        return Err(self.truncated(durable));
+                    }
+                }
+                self.cut_generation = generation;
                 if let Some(&(last, _)) = recs.last() {
-                    // A cut may have raced the read; what was read must still be ours.
-                    self.check_cuts(self.handle.durable_seq().map_or(0, |s| s.0))?;
                     self.position = last.next();
                     self.returned_last = Some(last.0);
                     return Ok(recs);
@@ -246,20 +275,10 @@ impl Tail {
         }
     }
 
-    fn check_cuts(&mut self, durable: u64) -> Result<(), Error> {
-        let Some(returned) = self.returned_last else {
-            let (g, _) = self.handle.shared.cuts_since(self.cut_generation);
-            self.cut_generation = g;
-            return Ok(());
-        };
-        let (g, lowest) = self.handle.shared.cuts_since(self.cut_generation);
-        self.cut_generation = g;
-        if durable < returned || lowest.is_some_and(|s| s <= returned) {
-            return Err(Error::Truncated {
-                position: self.position,
-                last: seq_opt(durable),
-            });
+    fn truncated(&self, durable: u64) -> Error {
+        Error::Truncated {
+            position: self.position,
+            last: seq_opt(durable),
         }
-        Ok(())
     }
 }

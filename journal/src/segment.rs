@@ -176,26 +176,25 @@ impl Shared {
         lock(&self.cuts).generation
     }
 
-    /// The current cut generation and the lowest seq cut after generation `since` (0 when
-    /// the log no longer reaches back that far: assume everything was cut).
-    pub fn cuts_since(&self, since: u64) -> (u64, Option<u64>) {
-        let cuts = lock(&self.cuts);
-        if cuts.generation == since {
-            return (since, None);
+    /// The lowest seq cut by the cuts of generations `since + 1 ..= upto`, `None` if there
+    /// were none; 0 when the log no longer reaches back that far (assume everything was cut).
+    pub fn cuts_between(&self, since: u64, upto: u64) -> Option<u64> {
+        if upto <= since {
+            return None;
         }
+        let cuts = lock(&self.cuts);
         let covered = cuts.recent.first().is_some_and(|&(g, _)| g <= since + 1);
-        let lowest = if covered {
-            cuts.recent
-                .iter()
-                .filter(|&&(g, _)| g > since)
-                .map(|&(_, s)| s)
-                .min()
-        } else {
-            Some(0)
-        };
-        (cuts.generation, lowest)
+        if !covered {
+            return Some(0);
+        }
+        cuts.recent
+            .iter()
+            .filter(|&&(g, _)| g > since && g <= upto)
+            .map(|&(_, s)| s)
+            .min()
     }
 
+    /// One past the durable seq.
     pub fn durable_next(&self) -> u64 {
         self.durable.borrow().map_or(0, |s| s.0) + 1
     }

@@ -490,7 +490,6 @@ impl Journal {
         if single && first == next_seq.0 {
             return Ok(());
         }
-        self.shared.note_cut(0);
         self.pending_reset = Some(next_seq.0);
         self.finish_reset(next_seq.0)?;
         tracing::info!(next_seq = next_seq.0, "journal reset");
@@ -689,6 +688,7 @@ impl Journal {
         let prepared = segment::prepare_segment(&self.shared.dir, next_seq)?;
         let shared = self.shared.clone();
         let _gate = write_lock(&shared.gate);
+        self.shared.note_cut(0);
         let old: Vec<Arc<Segment>> = read_lock(&self.shared.segments).clone();
         for o in old.iter().rev() {
             match std::fs::remove_file(&o.path) {

@@ -543,3 +543,20 @@ fn reset_backwards_after_wipe() {
     let got = rt.block_on(tail.next_batch(100, 1 << 20)).expect("tail");
     assert_eq!(got.len(), 5);
 }
+
+#[tokio::test]
+async fn tail_is_unaffected_by_a_cut_above_what_it_returned() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut j, _) = Journal::open(dir.path(), opts(1000, FsyncPolicy::Batch)).expect("open");
+    append_n(&mut j, 1, 6, 6);
+    let mut tail = j.handle().tail(Seq(1));
+    let got = tail.next_batch(3, 1 << 20).await.expect("batch");
+    assert_eq!(got.last().map(|r| r.0), Some(Seq(3)));
+    j.truncate_from(Seq(5)).expect("cut above the tail");
+    j.append_batch([b"new5".as_slice()]).expect("append");
+    let got = tail
+        .next_batch(10, 1 << 20)
+        .await
+        .expect("batch after the cut");
+    assert_eq!(got, vec![(Seq(4), payload(4)), (Seq(5), b"new5".to_vec())]);
+}
