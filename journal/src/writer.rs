@@ -281,6 +281,10 @@ impl Journal {
         buf.clear();
         let result = self.append_into(records, &mut buf);
         buf.clear();
+        if buf.capacity() > 4 * WRITE_CHUNK_BYTES {
+            // A huge record passed through: do not keep its buffer (STYLE §9, bounded memory).
+            buf = Vec::new();
+        }
         self.buf = buf;
         match result {
             Ok(range) => {
