@@ -33,6 +33,8 @@ pub struct Report {
     pub missing: u64,
     pub duplicated: u64,
     pub allowed_missing: u64,
+    /// Informs that a node acknowledged but that are not in the stream (a broken promise).
+    pub acknowledged_missing: u64,
     pub missing_examples: Vec<String>,
     pub duplicated_examples: Vec<String>,
     pub entries: u64,
@@ -119,6 +121,11 @@ pub fn check<R: std::io::BufRead>(
             match seen.get(&k).copied().unwrap_or(0) {
                 0 if allowed.contains(&k) => r.allowed_missing += 1,
                 0 => {
+                    if m.protocol == crate::gen::GenProtocol::SnmpInform
+                        && !m.unacknowledged.contains(&n)
+                    {
+                        r.acknowledged_missing += 1;
+                    }
                     r.missing += 1;
                     if r.missing_examples.len() < 10 {
                         r.missing_examples.push(format!("{}:{n}", m.run_id));
@@ -188,8 +195,13 @@ pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "sent {}  present {}  missing {}  duplicated {}  (allowed missing {})",
-            report.sent, report.present, report.missing, report.duplicated, report.allowed_missing
+            "sent {}  present {}  missing {}  duplicated {}  (allowed missing {}, acknowledged informs missing {})",
+            report.sent,
+            report.present,
+            report.missing,
+            report.duplicated,
+            report.allowed_missing,
+            report.acknowledged_missing
         );
         println!(
             "stream entries {}  offsets {}..{}  offset gaps {}  epoch regressions {}",
@@ -226,6 +238,7 @@ mod tests {
             first: 0,
             count,
             attempted: count,
+            protocol: crate::gen::GenProtocol::Syslog,
             transport: crate::gen::GenTransport::Udp,
             destinations: vec![],
             rate: 0,
@@ -233,6 +246,7 @@ mod tests {
             started_at: String::new(),
             duration_ms: 0,
             send_errors: vec![],
+            unacknowledged: vec![],
         }
     }
 

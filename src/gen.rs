@@ -27,6 +27,19 @@ pub enum Format {
     Rfc3164,
 }
 
+/// What the generator sends.
+#[derive(
+    clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum GenProtocol {
+    Syslog,
+    /// SNMPv2c Trap (UDP), token in an OCTET STRING varbind.
+    SnmpTrap,
+    /// SNMPv2c InformRequest (UDP), each awaited (1 s timeout, 2 retries) before the next.
+    SnmpInform,
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TcpFraming {
     /// RFC 6587 octet counting.
@@ -40,8 +53,14 @@ pub struct GenArgs {
     /// Destination address:port. Repeat it to send every message to each destination.
     #[arg(long = "to", required = true)]
     pub to: Vec<SocketAddr>,
+    #[arg(long, value_enum, default_value_t = GenProtocol::Syslog)]
+    pub protocol: GenProtocol,
+    /// syslog transport (SNMP is always UDP).
     #[arg(long, value_enum, default_value_t = GenTransport::Udp)]
     pub transport: GenTransport,
+    /// SNMP community.
+    #[arg(long, default_value = "public")]
+    pub community: String,
     /// Messages to send.
     #[arg(long, default_value_t = 1000)]
     pub count: u64,
@@ -83,6 +102,8 @@ pub struct Manifest {
     pub count: u64,
     /// Messages actually attempted (less than `count` only when the run timed out).
     pub attempted: u64,
+    #[serde(default = "default_protocol")]
+    pub protocol: GenProtocol,
     pub transport: GenTransport,
     pub destinations: Vec<String>,
     pub rate: u64,
@@ -91,6 +112,125 @@ pub struct Manifest {
     pub duration_ms: u64,
     /// Per destination: sends that failed (refused, reset, not connected).
     pub send_errors: Vec<u64>,
+    /// Informs: numbers that no destination acknowledged (every other inform was answered,
+    /// so it must be in the stream).
+    #[serde(default)]
+    pub unacknowledged: Vec<u64>,
+}
+
+fn default_protocol() -> GenProtocol {
+    GenProtocol::Syslog
+}
+
+/// The SNMP notification OIDs the generator uses (NET-SNMP-EXAMPLES-MIB).
+pub const GEN_TRAP_OID: &str = "1.3.6.1.4.1.8072.2.3.0.1";
+pub const GEN_TOKEN_OID: &str = "1.3.6.1.4.1.8072.2.3.2.1";
+
+fn snmp_message(
+    args: &GenArgs,
+    run: &str,
+    n: u64,
+    request_id: i32,
+    uptime: u32,
+) -> anyhow::Result<Vec<u8>> {
+    use receiver::snmp::GenValue;
+    let mut text = token(run, n).into_bytes();
+    // Pad the token varbind so the datagram is about --size bytes.
+    let overhead = 90 + args.community.len();
+    text.push(b' ');
+    while text.len() + overhead < args.size {
+        text.push(b'x');
+    }
+    let vbs = [(GEN_TOKEN_OID.to_string(), GenValue::OctetString(text))];
+    let enc = match args.protocol {
+        GenProtocol::SnmpInform => receiver::snmp::encode_v2c_inform(
+            args.community.as_bytes(),
+            request_id,
+            uptime,
+            GEN_TRAP_OID,
+            &vbs,
+        ),
+        _ => receiver::snmp::encode_v2c_trap(
+            args.community.as_bytes(),
+            request_id,
+            uptime,
+            GEN_TRAP_OID,
+            &vbs,
+        ),
+    };
+    enc.map_err(|e| anyhow::anyhow!("encoding an SNMP message: {e}"))
+}
+
+/// Sends SNMP traps or informs; returns (attempted, send errors per destination, unacked).
+fn run_snmp(
+    args: &GenArgs,
+    run: &str,
+    deadline: Instant,
+) -> anyhow::Result<(u64, Vec<u64>, Vec<u64>)> {
+    let sock = UdpSocket::bind(if args.to.iter().all(|a| a.is_ipv4()) {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })
+    .context("binding the SNMP sender")?;
+    sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let started = Instant::now();
+    let mut errors = vec![0u64; args.to.len()];
+    let mut unacked = Vec::new();
+    let mut attempted = 0;
+    let mut buf = vec![0u8; 65_536];
+    for i in 0..args.count {
+        let n = args.first + i;
+        if args.rate > 0 {
+            let due = started + Duration::from_secs_f64(i as f64 / args.rate as f64);
+            let now = Instant::now();
+            if due > now + Duration::from_millis(1) {
+                std::thread::sleep(due - now);
+            }
+        }
+        if Instant::now() > deadline {
+            break;
+        }
+        // The request-id differs per message (and per destination would be allowed too); it
+        // is never part of the key.
+        let request_id = (n as i32).wrapping_mul(2_654_435_761u32 as i32) & 0x7fff_ffff;
+        let uptime = (started.elapsed().as_millis() / 10) as u32;
+        let msg = snmp_message(args, run, n, request_id, uptime)?;
+        let mut acked = vec![false; args.to.len()];
+        let tries = if args.protocol == GenProtocol::SnmpInform {
+            3
+        } else {
+            1
+        };
+        for _ in 0..tries {
+            for (d, dest) in args.to.iter().enumerate() {
+                if !acked[d] && sock.send_to(&msg, dest).is_err() {
+                    errors[d] += 1;
+                }
+            }
+            if args.protocol != GenProtocol::SnmpInform {
+                break;
+            }
+            let wait_until = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < wait_until && acked.iter().any(|a| !a) {
+                if let Ok((len, from)) = sock.recv_from(&mut buf) {
+                    if receiver::snmp::parse_response(&buf[..len]) == Some(request_id) {
+                        if let Some(d) = args.to.iter().position(|t| *t == from) {
+                            acked[d] = true;
+                        }
+                    }
+                }
+            }
+            if acked.iter().all(|a| *a) {
+                break;
+            }
+        }
+        if args.protocol == GenProtocol::SnmpInform && !acked.iter().any(|a| *a) {
+            unacked.push(n);
+        }
+        attempted += 1;
+    }
+    Ok((attempted, errors, unacked))
 }
 
 pub fn token(run: &str, n: u64) -> String {
@@ -165,6 +305,18 @@ pub fn run(args: GenArgs) -> anyhow::Result<i32> {
                 .unwrap_or(0)
         )
     });
+    if args.protocol != GenProtocol::Syslog {
+        let started = Instant::now();
+        let started_at = chrono::Utc::now().to_rfc3339();
+        let (attempted, errors, unacked) = run_snmp(
+            &args,
+            &run_id,
+            started + Duration::from_secs(args.timeout_s),
+        )?;
+        return finish(
+            &args, run_id, attempted, errors, unacked, started, started_at,
+        );
+    }
     let tls = match (args.transport, &args.tls_ca) {
         (GenTransport::Tls, Some(ca)) => Some(tls_config(ca)?),
         (GenTransport::Tls, None) => anyhow::bail!("--transport tls needs --tls-ca FILE"),
@@ -280,11 +432,32 @@ pub fn run(args: GenArgs) -> anyhow::Result<i32> {
             _ => {}
         }
     }
+    finish(
+        &args,
+        run_id,
+        attempted,
+        errors,
+        Vec::new(),
+        started,
+        started_at,
+    )
+}
+
+fn finish(
+    args: &GenArgs,
+    run_id: String,
+    attempted: u64,
+    errors: Vec<u64>,
+    unacknowledged: Vec<u64>,
+    started: Instant,
+    started_at: String,
+) -> anyhow::Result<i32> {
     let manifest = Manifest {
         run_id: run_id.clone(),
         first: args.first,
         count: args.count,
         attempted,
+        protocol: args.protocol,
         transport: args.transport,
         destinations: args.to.iter().map(|d| d.to_string()).collect(),
         rate: args.rate,
@@ -292,16 +465,22 @@ pub fn run(args: GenArgs) -> anyhow::Result<i32> {
         started_at,
         duration_ms: started.elapsed().as_millis() as u64,
         send_errors: errors.clone(),
+        unacknowledged: unacknowledged.clone(),
     };
     std::fs::write(&args.manifest, serde_json::to_vec_pretty(&manifest)?)
         .with_context(|| format!("writing {}", args.manifest.display()))?;
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     eprintln!(
-        "twinrx gen: run {run_id}: sent {attempted} of {} messages to {} destination(s) in {secs:.2}s ({:.0}/s); send errors {:?}",
+        "twinrx gen: run {run_id}: sent {attempted} of {} messages to {} destination(s) in {secs:.2}s ({:.0}/s); send errors {:?}{}",
         args.count,
         args.to.len(),
         attempted as f64 / secs,
-        errors
+        errors,
+        if args.protocol == GenProtocol::SnmpInform {
+            format!("; informs unacknowledged {}", unacknowledged.len())
+        } else {
+            String::new()
+        }
     );
     Ok(0)
 }

@@ -402,3 +402,45 @@ fn an_inform_is_answered_only_once_journaled() {
     // dropped), but never twice.
     assert!(entries_with(&stream, "while full").len() <= 1);
 }
+
+#[test]
+fn generated_traps_and_informs_are_all_in_the_stream_once() {
+    let s = Scratch::new("snmpgen");
+    let mut node = snmp_node(&s, "");
+    start(&mut node);
+    let dest = format!("{}:5162", node.ip);
+    let mut manifests = Vec::new();
+    for (proto, count) in [("snmp-trap", "3000"), ("snmp-inform", "200")] {
+        let m = s.path().join(format!("{proto}.json"));
+        run(Command::new(BIN)
+            .args([
+                "gen",
+                "--protocol",
+                proto,
+                "--to",
+                &dest,
+                "--count",
+                count,
+                "--rate",
+                "5000",
+                "--run-id",
+            ])
+            .arg(proto.replace('-', ""))
+            .arg("--manifest")
+            .arg(&m));
+        manifests.push(m);
+    }
+    node.wait_stream(3200, Duration::from_secs(20));
+    let mut check = Command::new(BIN);
+    check.args(["check", "--json", "--node", &node.admin]);
+    for m in &manifests {
+        check.arg("--manifest").arg(m);
+    }
+    let out = check.output().expect("check");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report");
+    assert_eq!(report["sent"], 3200, "{report:#}");
+    assert_eq!(report["present"], 3200, "{report:#}");
+    assert_eq!(report["duplicated"], 0, "{report:#}");
+    assert_eq!(report["acknowledged_missing"], 0, "{report:#}");
+    assert!(out.status.success());
+}
