@@ -96,10 +96,16 @@ impl JournalHandle {
         let mut seq = from.0;
         loop {
             let seg_end = seg.end_seq.load(Ordering::Acquire);
-            let mut offset = match shared.hint(seq) {
-                Some(h) if h.seg_first == seg.first_seq => h.offset,
-                _ => seg.locate(seq)?,
-            };
+            if seq < seg.first_seq {
+                // Retention deleted the segment holding `seq` while this read crossed into it.
+                if !out.is_empty() {
+                    break;
+                }
+                return Err(Error::Gone {
+                    from: Seq(seq),
+                    first: Seq(seg.first_seq),
+                });
+            }
             if seq >= seg_end {
                 // Durable seqs are on disk: only a segment missing under us gets here.
                 return Err(Error::BadSegment {
@@ -107,6 +113,10 @@ impl JournalHandle {
                     reason: format!("durable seq {seq} is not in the segment that should hold it"),
                 });
             }
+            let mut offset = match shared.hint(seq) {
+                Some(h) if h.seg_first == seg.first_seq => h.offset,
+                _ => seg.locate(seq)?,
+            };
             let mut r = SegReader::new(&seg.file, &seg.path);
             while seq <= last && seq < seg_end {
                 let (h, payload) = r.record(offset, seq)?;

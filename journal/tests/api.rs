@@ -560,3 +560,60 @@ async fn tail_is_unaffected_by_a_cut_above_what_it_returned() {
         .expect("batch after the cut");
     assert_eq!(got, vec![(Seq(4), payload(4)), (Seq(5), b"new5".to_vec())]);
 }
+
+#[test]
+fn readers_racing_retention_get_correct_records_or_gone() {
+    // On tmpfs when there is one: ~300 rotations, each with directory fsyncs.
+    let dir = match tempfile::tempdir_in("/dev/shm") {
+        Ok(d) => d,
+        Err(_) => tempfile::tempdir().expect("tempdir"),
+    };
+    let mut o = opts(600, FsyncPolicy::Never);
+    o.retention.bytes_max = Some(3000);
+    let (mut j, _) = Journal::open(dir.path(), o).expect("open");
+    let total = 20_000u64;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|k| {
+            let h = j.handle();
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut checked = 0u64;
+                let mut gone = 0u64;
+                let mut pos = 1u64 + k;
+                while !done.load(std::sync::atomic::Ordering::Acquire) {
+                    match h.read(Seq(pos), 50, 4096) {
+                        Ok(got) => {
+                            for (s, p) in &got {
+                                assert_eq!(*p, payload(s.0), "seq {s}");
+                                checked += 1;
+                            }
+                            pos = got.last().map_or(pos, |r| r.0 .0 + 1);
+                        }
+                        Err(Error::Gone { first, .. }) => {
+                            gone += 1;
+                            pos = first.0;
+                        }
+                        Err(e) => panic!("read {pos}: {e}"),
+                    }
+                    std::thread::yield_now();
+                }
+                (checked, gone)
+            })
+        })
+        .collect();
+    let mut i = 1;
+    while i <= total {
+        let n = 7.min(total - i + 1);
+        j.append_batch((i..i + n).map(payload)).expect("append");
+        j.enforce_retention(SystemTime::now()).expect("retention");
+        i += n;
+    }
+    done.store(true, std::sync::atomic::Ordering::Release);
+    for r in readers {
+        let (checked, _gone) = r.join().expect("reader");
+        assert!(checked > 0);
+    }
+    assert!(j.handle().first_seq() > Seq(total / 2));
+    assert!(j.stats().bytes <= 3000 + 600);
+}
