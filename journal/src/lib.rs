@@ -22,7 +22,9 @@
 //!   policies `batch`/`interval`, written records under `never`.
 //! - A failed append (full disk, EIO) leaves the journal as it was before the batch: the
 //!   files are cut back to their last good length, `next_seq` is unchanged, and the next
-//!   append tries again (SPEC G6).
+//!   append tries again (SPEC G6). A failed *fsync* under policy `interval` also drops the
+//!   earlier records that were waiting for it (never durable, never visible): `next_seq`
+//!   goes back to `durable_seq + 1`.
 //! - A torn tail is truncated and reported in [`Recovery`]; a corrupt record anywhere else is
 //!   [`Error::Corrupt`] naming the segment file and byte offset, never skipped (STYLE §3).
 
