@@ -356,39 +356,15 @@ fn v2_varbinds(uptime: u64, text: &str) -> Json {
 fn v1_trap_from_snmptrap_is_accepted_with_its_fields() {
     let h = Harness::start(SnmpConfig::default());
     let t = h.target();
-    h.run_ok(
-        "snmptrap",
-        &[
-            "-v",
-            "1",
-            "-c",
-            "public",
-            &t,
-            "1.3.6.1.4.1.8072.2.3",
-            "192.0.2.7",
-            "6",
-            "17",
-            "1234",
-            VB_OID,
-            "s",
-            "hello v1",
-            "1.3.6.1.4.1.8072.2.3.2.2",
-            "i",
-            "-42",
-            "1.3.6.1.4.1.8072.2.3.2.3",
-            "x",
-            "001B213A4F5E",
-            "1.3.6.1.4.1.8072.2.3.2.4",
-            "c",
-            "7",
-            "1.3.6.1.4.1.8072.2.3.2.5",
-            "a",
-            "10.1.2.3",
-            "1.3.6.1.4.1.8072.2.3.2.6",
-            "o",
-            "1.3.6.1.2.1.2",
-        ],
-    );
+    #[rustfmt::skip]
+    let args = [
+        "-v", "1", "-c", "public", &t, "1.3.6.1.4.1.8072.2.3", "192.0.2.7", "6", "17", "1234",
+        VB_OID, "s", "hello v1", "1.3.6.1.4.1.8072.2.3.2.2", "i", "-42",
+        "1.3.6.1.4.1.8072.2.3.2.3", "x", "001B213A4F5E", "1.3.6.1.4.1.8072.2.3.2.4", "c", "7",
+        "1.3.6.1.4.1.8072.2.3.2.5", "a", "10.1.2.3", "1.3.6.1.4.1.8072.2.3.2.6", "o",
+        "1.3.6.1.2.1.2",
+    ];
+    h.run_ok("snmptrap", &args);
     let acc = h.wait_accepted(1);
     assert_eq!(
         acc[0].1,
@@ -415,33 +391,14 @@ fn v1_trap_from_snmptrap_is_accepted_with_its_fields() {
 fn v2c_trap_from_snmptrap_is_accepted_with_every_value_type() {
     let h = Harness::start(SnmpConfig::default());
     let t = h.target();
-    h.run_ok(
-        "snmptrap",
-        &[
-            "-v",
-            "2c",
-            "-c",
-            "public",
-            &t,
-            "4321",
-            TRAP_OID,
-            VB_OID,
-            "s",
-            "hello v2c",
-            "1.3.6.1.4.1.8072.2.3.2.2",
-            "u",
-            "4000000000",
-            "1.3.6.1.4.1.8072.2.3.2.3",
-            "t",
-            "99",
-            "1.3.6.1.4.1.8072.2.3.2.4",
-            "C",
-            "18446744073709551615",
-            "1.3.6.1.4.1.8072.2.3.2.5",
-            "n",
-            "",
-        ],
-    );
+    #[rustfmt::skip]
+    let args = [
+        "-v", "2c", "-c", "public", &t, "4321", TRAP_OID, VB_OID, "s", "hello v2c",
+        "1.3.6.1.4.1.8072.2.3.2.2", "u", "4000000000", "1.3.6.1.4.1.8072.2.3.2.3", "t", "99",
+        "1.3.6.1.4.1.8072.2.3.2.4", "C", "18446744073709551615", "1.3.6.1.4.1.8072.2.3.2.5",
+        "n", "",
+    ];
+    h.run_ok("snmptrap", &args);
     let acc = h.wait_accepted(1);
     let d = &acc[0].1;
     assert_eq!(d["version"], "2c");
@@ -469,25 +426,12 @@ fn v2c_trap_from_snmptrap_is_accepted_with_every_value_type() {
 fn v2c_inform_from_snmpinform_gets_its_response() {
     let h = Harness::start(SnmpConfig::default());
     let t = h.target();
-    h.run_ok(
-        "snmpinform",
-        &[
-            "-v",
-            "2c",
-            "-c",
-            "public",
-            "-r",
-            "0",
-            "-t",
-            "5",
-            &t,
-            "555",
-            TRAP_OID,
-            VB_OID,
-            "s",
-            "inform v2c",
-        ],
-    );
+    #[rustfmt::skip]
+    let args = [
+        "-v", "2c", "-c", "public", "-r", "0", "-t", "5", &t, "555", TRAP_OID, VB_OID, "s",
+        "inform v2c",
+    ];
+    h.run_ok("snmpinform", &args);
     let acc = h.wait_accepted(1);
     let d = &acc[0].1;
     assert_eq!(d["pdu_type"], "inform");
@@ -572,13 +516,12 @@ fn v3_inform_after_a_clock_jump_is_refused_then_resynchronised() {
     // notInTimeWindow Report, and Net-SNMP retries with our time.
     h.jump_after_reply_ms.store(1_000_000, Ordering::Relaxed);
     let t = h.target();
-    h.run_ok(
-        "snmpinform",
-        &[
-            "-v", "3", "-r", "2", "-t", "5", "-u", "ops", "-l", "authPriv", "-a", "SHA-256", "-A",
-            AUTH_PASS, "-x", "AES", "-X", PRIV_PASS, &t, "1", TRAP_OID, VB_OID, "s", "late",
-        ],
-    );
+    #[rustfmt::skip]
+    let args = [
+        "-v", "3", "-r", "2", "-t", "5", "-u", "ops", "-l", "authPriv", "-a", "SHA-256", "-A",
+        AUTH_PASS, "-x", "AES", "-X", PRIV_PASS, &t, "1", TRAP_OID, VB_OID, "s", "late",
+    ];
+    h.run_ok("snmpinform", &args);
     h.wait_accepted(1);
     assert!(h.clock_offset_ms.load(Ordering::Relaxed) >= 1_000_000);
     assert_eq!(h.stats().discarded(DiscardReason::NotInTimeWindow), 1);
@@ -600,65 +543,31 @@ fn refusals_are_counted_and_valid_traps_still_arrive() {
     });
     let t = h.target();
     let v3 = |u: &str, a: &str, x: &str, text: &str| {
-        let out = h.run(
-            "snmptrap",
-            &[
-                "-v",
-                "3",
-                "-e",
-                SENDER_ENGINE,
-                "-u",
-                u,
-                "-l",
-                "authPriv",
-                "-a",
-                "SHA",
-                "-A",
-                a,
-                "-x",
-                "AES",
-                "-X",
-                x,
-                &t,
-                "1",
-                TRAP_OID,
-                VB_OID,
-                "s",
-                text,
-            ],
-        );
-        assert!(out.status.success(), "snmptrap failed");
+        #[rustfmt::skip]
+        let args = [
+            "-v", "3", "-e", SENDER_ENGINE, "-u", u, "-l", "authPriv", "-a", "SHA", "-A", a,
+            "-x", "AES", "-X", x, &t, "1", TRAP_OID, VB_OID, "s", text,
+        ];
+        h.run_ok("snmptrap", &args);
     };
     let good = |text: &str| {
-        h.run_ok(
-            "snmptrap",
-            &[
-                "-v", "2c", "-c", "public", &t, "1", TRAP_OID, VB_OID, "s", text,
-            ],
-        )
+        #[rustfmt::skip]
+        let args = [
+            "-v", "2c", "-c", "public", &t, "1", TRAP_OID, VB_OID, "s", text,
+        ];
+        h.run_ok("snmptrap", &args)
     };
     good("ok 1");
-    h.run_ok(
-        "snmptrap",
-        &[
-            "-v", "2c", "-c", "wrong", &t, "1", TRAP_OID, VB_OID, "s", "x",
-        ],
-    );
-    h.run_ok(
-        "snmptrap",
-        &[
-            "-v",
-            "1",
-            "-c",
-            "wrong",
-            &t,
-            "1.3.6.1.4.1.8072",
-            "",
-            "6",
-            "1",
-            "1",
-        ],
-    );
+    #[rustfmt::skip]
+    let args = [
+        "-v", "2c", "-c", "wrong", &t, "1", TRAP_OID, VB_OID, "s", "x",
+    ];
+    h.run_ok("snmptrap", &args);
+    #[rustfmt::skip]
+    let args = [
+        "-v", "1", "-c", "wrong", &t, "1.3.6.1.4.1.8072", "", "6", "1", "1",
+    ];
+    h.run_ok("snmptrap", &args);
     good("ok 2");
     v3("nobody", AUTH_PASS, PRIV_PASS, "x");
     v3("ops", "wrong-auth-pass", PRIV_PASS, "x");
@@ -727,41 +636,19 @@ fn keys_ignore_request_ids_and_salts_but_not_varbinds() {
     });
     let t = h.target();
     let v2c = |text: &str| {
-        h.run_ok(
-            "snmptrap",
-            &[
-                "-v", "2c", "-c", "public", &t, "100", TRAP_OID, VB_OID, "s", text,
-            ],
-        )
+        #[rustfmt::skip]
+        let args = [
+            "-v", "2c", "-c", "public", &t, "100", TRAP_OID, VB_OID, "s", text,
+        ];
+        h.run_ok("snmptrap", &args)
     };
     let v3 = || {
-        h.run_ok(
-            "snmptrap",
-            &[
-                "-v",
-                "3",
-                "-e",
-                SENDER_ENGINE,
-                "-u",
-                "ops",
-                "-l",
-                "authPriv",
-                "-a",
-                "MD5",
-                "-A",
-                AUTH_PASS,
-                "-x",
-                "DES",
-                "-X",
-                PRIV_PASS,
-                &t,
-                "100",
-                TRAP_OID,
-                VB_OID,
-                "s",
-                "same",
-            ],
-        )
+        #[rustfmt::skip]
+        let args = [
+            "-v", "3", "-e", SENDER_ENGINE, "-u", "ops", "-l", "authPriv", "-a", "MD5", "-A",
+            AUTH_PASS, "-x", "DES", "-X", PRIV_PASS, &t, "100", TRAP_OID, VB_OID, "s", "same",
+        ];
+        h.run_ok("snmptrap", &args)
     };
     v2c("same");
     v2c("same");
@@ -945,51 +832,23 @@ fn capture_fixtures() {
     let v3 = [
         "-u", "ops", "-l", "authPriv", "-a", "SHA", "-A", AUTH_PASS, "-x", "AES", "-X", PRIV_PASS,
     ];
-    h.run_ok(
-        "snmptrap",
-        &[
-            "-v",
-            "1",
-            "-c",
-            "public",
-            &t,
-            "1.3.6.1.4.1.8072.2.3",
-            "192.0.2.7",
-            "6",
-            "17",
-            "1234",
-            VB_OID,
-            "s",
-            "fixture v1",
-            "1.3.6.1.4.1.8072.2.3.2.2",
-            "i",
-            "-42",
-        ],
-    );
-    h.run_ok(
-        "snmptrap",
-        &[
-            "-v",
-            "2c",
-            "-c",
-            "public",
-            &t,
-            "4321",
-            TRAP_OID,
-            VB_OID,
-            "s",
-            "fixture v2c",
-            "1.3.6.1.4.1.8072.2.3.2.4",
-            "C",
-            "123456789012",
-        ],
-    );
-    h.run_ok(
-        "snmpinform",
-        &[
-            "-v", "2c", "-c", "public", &t, "555", TRAP_OID, VB_OID, "x", "00FF10",
-        ],
-    );
+    #[rustfmt::skip]
+    let args = [
+        "-v", "1", "-c", "public", &t, "1.3.6.1.4.1.8072.2.3", "192.0.2.7", "6", "17", "1234",
+        VB_OID, "s", "fixture v1", "1.3.6.1.4.1.8072.2.3.2.2", "i", "-42",
+    ];
+    h.run_ok("snmptrap", &args);
+    #[rustfmt::skip]
+    let args = [
+        "-v", "2c", "-c", "public", &t, "4321", TRAP_OID, VB_OID, "s", "fixture v2c",
+        "1.3.6.1.4.1.8072.2.3.2.4", "C", "123456789012",
+    ];
+    h.run_ok("snmptrap", &args);
+    #[rustfmt::skip]
+    let args = [
+        "-v", "2c", "-c", "public", &t, "555", TRAP_OID, VB_OID, "x", "00FF10",
+    ];
+    h.run_ok("snmpinform", &args);
     let mut trap: Vec<&str> = vec!["-v", "3", "-e", SENDER_ENGINE];
     trap.extend(v3);
     trap.extend([t.as_str(), "777", TRAP_OID, VB_OID, "s", "fixture v3 trap"]);
@@ -1038,33 +897,19 @@ fn retransmitted_informs_are_answered_but_accepted_once() {
     let t = h.target();
     // The first Response of each inform is lost: Net-SNMP retransmits after 1 s.
     h.drop_responses.store(1, Ordering::Relaxed);
-    h.run_ok(
-        "snmpinform",
-        &[
-            "-v",
-            "2c",
-            "-c",
-            "public",
-            "-r",
-            "3",
-            "-t",
-            "1",
-            &t,
-            "5",
-            TRAP_OID,
-            VB_OID,
-            "s",
-            "again v2c",
-        ],
-    );
+    #[rustfmt::skip]
+    let args = [
+        "-v", "2c", "-c", "public", "-r", "3", "-t", "1", &t, "5", TRAP_OID, VB_OID, "s",
+        "again v2c",
+    ];
+    h.run_ok("snmpinform", &args);
     h.drop_responses.store(1, Ordering::Relaxed);
-    h.run_ok(
-        "snmpinform",
-        &[
-            "-v", "3", "-r", "3", "-t", "1", "-u", "ops", "-l", "authPriv", "-a", "SHA", "-A",
-            AUTH_PASS, "-x", "DES", "-X", PRIV_PASS, &t, "5", TRAP_OID, VB_OID, "s", "again v3",
-        ],
-    );
+    #[rustfmt::skip]
+    let args = [
+        "-v", "3", "-r", "3", "-t", "1", "-u", "ops", "-l", "authPriv", "-a", "SHA", "-A",
+        AUTH_PASS, "-x", "DES", "-X", PRIV_PASS, &t, "5", TRAP_OID, VB_OID, "s", "again v3",
+    ];
+    h.run_ok("snmpinform", &args);
     let s = h.stats();
     assert_eq!(s.accepted(Accepted::V2cInform), 1);
     assert_eq!(s.accepted(Accepted::V3Inform), 1);
@@ -1083,13 +928,12 @@ fn net_snmp_understands_our_error_reports() {
     });
     let t = h.target();
     let inform = |u: &str, a: &str, x: &str| {
-        h.run(
-            "snmpinform",
-            &[
-                "-v", "3", "-r", "0", "-t", "3", "-u", u, "-l", "authPriv", "-a", "SHA", "-A", a,
-                "-x", "AES", "-X", x, &t, "5", TRAP_OID,
-            ],
-        )
+        #[rustfmt::skip]
+        let args = [
+            "-v", "3", "-r", "0", "-t", "3", "-u", u, "-l", "authPriv", "-a", "SHA", "-A", a,
+            "-x", "AES", "-X", x, &t, "5", TRAP_OID,
+        ];
+        h.run("snmpinform", &args)
     };
     let unknown = inform("nobody", AUTH_PASS, PRIV_PASS);
     let wrong_auth = inform("ops", "wrong-auth-pass", PRIV_PASS);
@@ -1131,33 +975,12 @@ fn localized_keys_work_for_the_engine_they_were_localized_for() {
     });
     let t = h.target();
     let trap = |e: &str| {
-        h.run_ok(
-            "snmptrap",
-            &[
-                "-v",
-                "3",
-                "-e",
-                e,
-                "-u",
-                "loc",
-                "-l",
-                "authPriv",
-                "-a",
-                "SHA-256",
-                "-A",
-                AUTH_PASS,
-                "-x",
-                "AES-256",
-                "-X",
-                PRIV_PASS,
-                &t,
-                "5",
-                TRAP_OID,
-                VB_OID,
-                "s",
-                "localized",
-            ],
-        )
+        #[rustfmt::skip]
+        let args = [
+            "-v", "3", "-e", e, "-u", "loc", "-l", "authPriv", "-a", "SHA-256", "-A", AUTH_PASS,
+            "-x", "AES-256", "-X", PRIV_PASS, &t, "5", TRAP_OID, VB_OID, "s", "localized",
+        ];
+        h.run_ok("snmptrap", &args)
     };
     trap(SENDER_ENGINE);
     trap("0x8000000001020305");
