@@ -41,6 +41,33 @@ pub struct TornTail {
     pub reason: String,
 }
 
+impl std::fmt::Display for VerifyReport {
+    /// One line for `twinrx journal verify`, e.g.
+    /// `ok: 3 segments, 1200 records (seqs 1..=1200), 262176 bytes`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ok: {} segments, {} records",
+            self.segments, self.records
+        )?;
+        if let (Some(a), Some(b)) = (self.first_seq, self.last_seq) {
+            write!(f, " (seqs {a}..={b})")?;
+        }
+        write!(f, ", {} bytes", self.bytes)?;
+        if let Some(t) = &self.torn_tail {
+            write!(
+                f,
+                "; torn tail in {} at offset {}: {} bytes ({}), open will truncate it",
+                t.segment.display(),
+                t.offset,
+                t.bytes,
+                t.reason
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// Scans every segment of `dir`: headers, every record's CRC and seq, seqs contiguous from
 /// segment to segment. Returns [`Error::Corrupt`] / [`Error::BadSegment`] for damage that
 /// open would refuse (naming file and offset), a report otherwise.

@@ -327,6 +327,18 @@ fn verify_reports_a_torn_tail_without_changing_it() {
     let last_start = offsets(5)[4];
     assert_eq!(v.records, 4);
     assert_eq!((v.first_seq, v.last_seq), (Some(Seq(1)), Some(Seq(4))));
+    let line = v.to_string();
+    assert!(
+        line.starts_with("ok: 1 segments, 4 records (seqs 1..=4), "),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!(
+            "torn tail in {} at offset {last_start}",
+            files[0].display()
+        )),
+        "{line}"
+    );
     let t = v.torn_tail.expect("torn tail reported");
     assert_eq!(
         (t.segment, t.offset, t.bytes),
