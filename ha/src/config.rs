@@ -168,6 +168,9 @@ pub struct WitnessConfig {
 impl Default for WitnessConfig {
     fn default() -> Self {
         let c = Config::new(NodeId::A);
-        WitnessConfig { lease_ms: c.lease_ms, lease_margin_ms: c.lease_margin_ms }
+        WitnessConfig {
+            lease_ms: c.lease_ms,
+            lease_margin_ms: c.lease_margin_ms,
+        }
     }
 }

@@ -116,12 +116,27 @@ pub enum HaMsg {
     /// Standby → active: "I follow you in `epoch`; I will not vote before my promise expires".
     HeartbeatAck { epoch: Epoch, echo: Millis },
     /// Follower → active: my stream's runs and end, to find where it diverges from yours.
-    SyncRequest { epoch: Epoch, end: Offset, runs: Vec<Run> },
+    SyncRequest {
+        epoch: Epoch,
+        end: Offset,
+        runs: Vec<Run>,
+    },
     /// Active → follower: truncate to `truncate_to` (never below the commit point), then
     /// append until you hold `target`.
-    SyncReply { epoch: Epoch, truncate_to: Offset, target: Offset, commit_end: Offset },
+    SyncReply {
+        epoch: Epoch,
+        truncate_to: Offset,
+        target: Offset,
+        commit_end: Offset,
+    },
     /// Active → follower: entries `[from, upto)` all written in `entry_epoch`.
-    Append { epoch: Epoch, from: Offset, upto: Offset, entry_epoch: Epoch, commit_end: Offset },
+    Append {
+        epoch: Epoch,
+        from: Offset,
+        upto: Offset,
+        entry_epoch: Epoch,
+        commit_end: Offset,
+    },
     /// Follower → active: my stream is durable up to `end` (exclusive) in `epoch`.
     AppendAck { epoch: Epoch, end: Offset },
     /// Active → standby: I stopped publishing at `end`, all acked; take over now.
@@ -129,14 +144,36 @@ pub enum HaMsg {
     /// Standby → active: I am shutting down; go solo now.
     Leaving { epoch: Epoch },
     /// Candidate → node or witness.
-    VoteRequest { epoch: Epoch, candidate: NodeId, log: LogPos, sent_at: Millis },
+    VoteRequest {
+        epoch: Epoch,
+        candidate: NodeId,
+        log: LogPos,
+        sent_at: Millis,
+    },
     /// Voter → candidate. On refusal, `voter_epoch` is the voter's epoch and `wait_ms` how long
     /// its promise to the current lease holder still runs.
-    VoteReply { epoch: Epoch, granted: bool, voter_epoch: Epoch, wait_ms: u64, echo: Millis },
+    VoteReply {
+        epoch: Epoch,
+        granted: bool,
+        voter_epoch: Epoch,
+        wait_ms: u64,
+        echo: Millis,
+    },
     /// Active → witness, every heartbeat: renew my lease, record `record` as committed.
-    LeaseRequest { epoch: Epoch, node: NodeId, sent_at: Millis, record: LogPos },
+    LeaseRequest {
+        epoch: Epoch,
+        node: NodeId,
+        sent_at: Millis,
+        record: LogPos,
+    },
     /// Witness → active. `recorded` is the highest committed position the witness has persisted.
-    LeaseReply { epoch: Epoch, granted: bool, voted: Epoch, recorded: LogPos, echo: Millis },
+    LeaseReply {
+        epoch: Epoch,
+        granted: bool,
+        voted: Epoch,
+        recorded: LogPos,
+        echo: Millis,
+    },
     /// Active → witness: I stopped publishing in `epoch` (handover); release your promise.
     LeaseRelease { epoch: Epoch, node: NodeId },
 }

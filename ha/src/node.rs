@@ -84,12 +84,20 @@ pub enum StopReason {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Send `msg`; `link: Some(l)` on that link (heartbeats go on each), `None` on any that is up.
-    Send { to: Party, link: Option<LinkId>, msg: HaMsg },
+    Send {
+        to: Party,
+        link: Option<LinkId>,
+        msg: HaMsg,
+    },
     /// Write and fsync the epoch file, then report `EpochPersisted`.
     PersistEpoch(EpochState),
     /// Start (or resume) publishing: the merger appends entries stamped `epoch` at offsets from
     /// `from_offset`, while `now < lease_until`.
-    StartPublishing { epoch: Epoch, from_offset: Offset, lease_until: Millis },
+    StartPublishing {
+        epoch: Epoch,
+        from_offset: Offset,
+        lease_until: Millis,
+    },
     /// The lease now runs until `lease_until`.
     ExtendLease { lease_until: Millis },
     /// Stop publishing now (stop the merger and sinks' writes).
@@ -98,7 +106,11 @@ pub enum Action {
     TruncateStream { from: Offset },
     /// Store the entries `[from, upto)`, all of `entry_epoch`, carried by the `Append` just
     /// handled; report `StreamAppended` when durable.
-    AcceptEntries { from: Offset, upto: Offset, entry_epoch: Epoch },
+    AcceptEntries {
+        from: Offset,
+        upto: Offset,
+        entry_epoch: Epoch,
+    },
     /// Entries below `upto` are committed (held by both nodes, or recorded by the witness).
     Committed { upto: Offset },
     /// Catch up the journals with the peer (`twinrx resync`); report `ResyncDone`.
@@ -168,9 +180,13 @@ struct PeerView {
 enum Sync {
     /// Not following anyone yet (or waiting for the adopted epoch to be durable).
     Idle,
-    Requested { at: Millis },
+    Requested {
+        at: Millis,
+    },
     /// Truncated; appending until the stream reaches `target`.
-    Appending { target: Offset },
+    Appending {
+        target: Offset,
+    },
     /// Reached the target; `log_epoch = epoch` is being persisted.
     Persisting,
     CaughtUp,
@@ -182,7 +198,9 @@ enum Phase {
     Fencing,
     Pinging,
     /// Won; persisting the epoch. `echo` dates the first lease.
-    Won { echo: Millis },
+    Won {
+        echo: Millis,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -268,6 +286,8 @@ pub struct HaCore {
     /// Vote replies waiting for the epoch they promise to be durable.
     pending_votes: Vec<(Party, Epoch, Millis)>,
     shutting_down: bool,
+    /// The epoch we last published in (its late local appends may still land).
+    published_epoch: Option<Epoch>,
     actions: VecDeque<Action>,
     stats: Stats,
 }
@@ -315,6 +335,7 @@ impl HaCore {
             next_heartbeat: now,
             pending_votes: Vec::new(),
             shutting_down: false,
+            published_epoch: None,
             actions: VecDeque::new(),
             stats: Stats::default(),
             cfg,
@@ -388,8 +409,8 @@ impl HaCore {
                 if f.hold_until > self.now {
                     d = min_opt(d, f.hold_until);
                 }
-                if let Some(c) = f.campaign {
-                    d = min_opt(d, c.retry_at);
+                if let Some(c) = f.campaign.filter(|c| c.phase == Phase::Voting) {
+                    d = min_opt(d, c.retry_at.max(self.now));
                 }
             }
             State::Stopped => {}
@@ -431,7 +452,10 @@ impl HaCore {
 
     /// This node's stream position as used in votes.
     pub fn log_pos(&self) -> LogPos {
-        LogPos { log_epoch: self.durable.log_epoch, end: self.pending_end }
+        LogPos {
+            log_epoch: self.durable.log_epoch,
+            end: self.pending_end,
+        }
     }
 
     pub fn status(&self) -> Status {
@@ -444,7 +468,12 @@ impl HaCore {
             commit_end: self.commit_end,
             publishing: matches!(&self.state, State::Leader(l) if l.publishing),
             peer_reachable: !self.peer_suspected(),
-            links_up: self.peer_view.link_heard.iter().map(|t| recent(*t)).collect(),
+            links_up: self
+                .peer_view
+                .link_heard
+                .iter()
+                .map(|t| recent(*t))
+                .collect(),
             witness_reachable: recent(self.witness_heard),
             healthy: self.healthy(),
             peer_role: self.peer_view.role,
@@ -458,7 +487,11 @@ impl HaCore {
     }
 
     fn send(&mut self, to: Party, msg: HaMsg) {
-        self.push(Action::Send { to, link: None, msg });
+        self.push(Action::Send {
+            to,
+            link: None,
+            msg,
+        });
     }
 
     fn send_peer(&mut self, msg: HaMsg) {
@@ -481,7 +514,11 @@ impl HaCore {
     }
 
     fn suspect_at(&self) -> Millis {
-        let base = self.peer_view.last_heard.unwrap_or(self.started_at).max(self.started_at);
+        let base = self
+            .peer_view
+            .last_heard
+            .unwrap_or(self.started_at)
+            .max(self.started_at);
         base.saturating_add(self.c().failover_after_ms)
     }
 
@@ -552,7 +589,8 @@ impl HaCore {
             if l.publishing && now >= l.lease_until {
                 l.publishing = false;
                 self.stats.leases_expired_total += 1;
-                self.actions.push_back(Action::StopPublishing(StopReason::LeaseExpired));
+                self.actions
+                    .push_back(Action::StopPublishing(StopReason::LeaseExpired));
             }
         }
         if now >= self.next_heartbeat {
@@ -580,7 +618,11 @@ impl HaCore {
         };
         for link in 0..self.c().links {
             let to = Party::Node(self.peer);
-            self.push(Action::Send { to, link: Some(link), msg: hb.clone() });
+            self.push(Action::Send {
+                to,
+                link: Some(link),
+                msg: hb.clone(),
+            });
         }
         let solo = match &self.state {
             State::Leader(l) => Some(self.is_solo(l)),
@@ -594,10 +636,18 @@ impl HaCore {
                 if !hand && self.c().policy == Policy::Witness {
                     let record = LogPos {
                         log_epoch: self.epoch,
-                        end: if solo == Some(true) { self.end } else { self.commit_end },
+                        end: if solo == Some(true) {
+                            self.end
+                        } else {
+                            self.commit_end
+                        },
                     };
-                    let msg =
-                        HaMsg::LeaseRequest { epoch: self.epoch, node: self.me, sent_at: now, record };
+                    let msg = HaMsg::LeaseRequest {
+                        epoch: self.epoch,
+                        node: self.me,
+                        sent_at: now,
+                        record,
+                    };
                     self.send(Party::Witness, msg);
                 }
                 self.send_appends();
@@ -626,7 +676,9 @@ impl HaCore {
     fn send_appends(&mut self) {
         let batch = self.c().append_batch_max;
         let suspected = self.peer_suspected();
-        let State::Leader(l) = &mut self.state else { return };
+        let State::Leader(l) = &mut self.state else {
+            return;
+        };
         if !l.f_synced || suspected {
             return;
         }
@@ -636,7 +688,10 @@ impl HaCore {
             // One run per message: entries of one epoch.
             let idx = self.runs.partition_point(|r| r.start <= from);
             let entry_epoch = idx.checked_sub(1).map_or(Epoch(0), |i| self.runs[i].epoch);
-            let run_end = self.runs.get(idx).map_or(self.end, |r| r.start.min(self.end));
+            let run_end = self
+                .runs
+                .get(idx)
+                .map_or(self.end, |r| r.start.min(self.end));
             let upto = Offset(run_end.0.min(from.0.saturating_add(batch)));
             out.push(HaMsg::Append {
                 epoch: self.epoch,
@@ -662,7 +717,9 @@ impl HaCore {
             && self.peer_view.epoch == self.epoch;
         let suspected = self.peer_suspected();
         let handover_timeout = self.c().handover_timeout_ms;
-        let State::Leader(l) = &mut self.state else { return };
+        let State::Leader(l) = &mut self.state else {
+            return;
+        };
         if let Some((reason, started)) = l.handover {
             if l.f_match >= self.end && l.f_synced && !suspected {
                 self.finish_handover(reason);
@@ -712,17 +769,26 @@ impl HaCore {
         let now = self.now;
         let epoch = self.epoch;
         let end = self.pending_end;
-        let State::Leader(l) = &mut self.state else { return };
+        let State::Leader(l) = &mut self.state else {
+            return;
+        };
         if l.handover.is_none() && !l.publishing && l.lease_until > now && !self.shutting_down {
             l.publishing = true;
             let lease_until = l.lease_until;
-            self.push(Action::StartPublishing { epoch, from_offset: end, lease_until });
+            self.published_epoch = Some(epoch);
+            self.push(Action::StartPublishing {
+                epoch,
+                from_offset: end,
+                lease_until,
+            });
             // `end` is `pending_end`: the merger continues after every entry we hold.
         }
     }
 
     fn extend_lease(&mut self, until: Millis) {
-        let State::Leader(l) = &mut self.state else { return };
+        let State::Leader(l) = &mut self.state else {
+            return;
+        };
         if until > l.lease_until {
             l.lease_until = until;
             if l.publishing {
@@ -772,7 +838,13 @@ impl HaCore {
         self.advance_commit(end);
         self.send_peer(HaMsg::Handover { epoch, end });
         if self.uses_witness() {
-            self.send(Party::Witness, HaMsg::LeaseRelease { epoch, node: self.me });
+            self.send(
+                Party::Witness,
+                HaMsg::LeaseRelease {
+                    epoch,
+                    node: self.me,
+                },
+            );
         }
         let mut f = Follower::new(self.now);
         f.hold_until = self.now.saturating_add(self.c().handover_timeout_ms);
@@ -810,7 +882,11 @@ impl HaCore {
                 let epoch = self.epoch;
                 for link in 0..self.c().links {
                     let to = Party::Node(self.peer);
-                    self.push(Action::Send { to, link: Some(link), msg: HaMsg::Leaving { epoch } });
+                    self.push(Action::Send {
+                        to,
+                        link: Some(link),
+                        msg: HaMsg::Leaving { epoch },
+                    });
                 }
                 self.state = State::Stopped;
                 self.push(Action::ShutdownReady);
@@ -820,7 +896,9 @@ impl HaCore {
     }
 
     fn maybe_finish_shutdown(&mut self) {
-        let State::Follower(f) = &self.state else { return };
+        let State::Follower(f) = &self.state else {
+            return;
+        };
         if self.peer_active_live() || self.now >= f.hold_until {
             self.state = State::Stopped;
             self.push(Action::ShutdownReady);
@@ -832,12 +910,18 @@ impl HaCore {
     fn follower_sync(&mut self) {
         let now = self.now;
         let durable_epoch = self.durable.epoch;
-        let State::Follower(f) = &mut self.state else { return };
+        let State::Follower(f) = &mut self.state else {
+            return;
+        };
         let Some(leader) = f.leader else { return };
         if f.sync == Sync::Idle && durable_epoch == leader && leader == self.epoch {
             f.sync = Sync::Requested { at: now };
             f.resync_done = false;
-            let msg = HaMsg::SyncRequest { epoch: leader, end: self.pending_end, runs: self.runs.clone() };
+            let msg = HaMsg::SyncRequest {
+                epoch: leader,
+                end: self.pending_end,
+                runs: self.runs.clone(),
+            };
             self.push(Action::StartResync);
             self.send_peer(msg);
         }
@@ -849,13 +933,16 @@ impl HaCore {
         let suspected = self.peer_suspected();
         let active_live = self.peer_active_live();
         let my_log = self.log_pos();
+        let my_role = self.role();
         let peer = self.peer_view.clone();
         let policy = self.c().policy;
         let hb = self.c().heartbeat_interval_ms;
         if self.shutting_down {
             return;
         }
-        let State::Follower(f) = &mut self.state else { return };
+        let State::Follower(f) = &mut self.state else {
+            return;
+        };
         if let Some(c) = f.campaign {
             if matches!(c.phase, Phase::Won { .. } | Phase::Fencing | Phase::Pinging) {
                 return;
@@ -867,7 +954,10 @@ impl HaCore {
             }
             if now >= c.retry_at {
                 let epoch = c.epoch;
-                f.campaign = Some(Campaign { retry_at: now.saturating_add(hb), ..c });
+                f.campaign = Some(Campaign {
+                    retry_at: now.saturating_add(hb),
+                    ..c
+                });
                 self.request_votes(epoch);
             }
             return;
@@ -880,7 +970,11 @@ impl HaCore {
             if !suspected {
                 // Both alive, neither active (cold start, after a handover): the better stream
                 // campaigns; on a tie the lower node id.
-                let better = my_log > peer.log || (my_log == peer.log && self.me < self.peer);
+                // A standby that held the stream goes before a restarted (syncing) peer.
+                let rank = |r: Option<Role>| u8::from(r == Some(Role::Standby));
+                let (mine, theirs) = (rank(Some(my_role)), rank(peer.role));
+                let better = my_log > peer.log
+                    || (my_log == peer.log && (mine > theirs || (mine == theirs && self.me < self.peer)));
                 if !(better || !peer.healthy) {
                     return;
                 }
@@ -900,7 +994,11 @@ impl HaCore {
             (Policy::FenceCommand, false) => Phase::Fencing,
             (Policy::PingTargets, false) => Phase::Pinging,
         };
-        f.campaign = Some(Campaign { epoch, phase, retry_at: now.saturating_add(hb) });
+        f.campaign = Some(Campaign {
+            epoch,
+            phase,
+            retry_at: now.saturating_add(hb),
+        });
         match phase {
             Phase::Voting => self.request_votes(epoch),
             Phase::Fencing => self.push(Action::RunFenceCommand),
@@ -923,7 +1021,9 @@ impl HaCore {
     }
 
     fn won(&mut self, epoch: Epoch, echo: Millis) {
-        let State::Follower(f) = &mut self.state else { return };
+        let State::Follower(f) = &mut self.state else {
+            return;
+        };
         let Some(c) = &mut f.campaign else { return };
         if c.epoch != epoch || matches!(c.phase, Phase::Won { .. }) {
             return;
@@ -936,8 +1036,17 @@ impl HaCore {
     }
 
     fn maybe_promote(&mut self) {
-        let State::Follower(f) = &self.state else { return };
-        let Some(Campaign { epoch, phase: Phase::Won { echo }, .. }) = f.campaign else { return };
+        let State::Follower(f) = &self.state else {
+            return;
+        };
+        let Some(Campaign {
+            epoch,
+            phase: Phase::Won { echo },
+            ..
+        }) = f.campaign
+        else {
+            return;
+        };
         if self.durable.epoch < epoch || self.durable.log_epoch < epoch {
             return;
         }
@@ -948,8 +1057,11 @@ impl HaCore {
             // Fenced or targets seen: licensed until the next check.
             _ => now.saturating_add(c.lease_ms),
         };
-        let solo_license_until =
-            if c.policy == Policy::Witness { Millis(0) } else { now.saturating_add(c.lease_ms) };
+        let solo_license_until = if c.policy == Policy::Witness {
+            Millis(0)
+        } else {
+            now.saturating_add(c.lease_ms)
+        };
         self.stats.promotions_total += 1;
         let l = Leader {
             since: now,
@@ -1020,11 +1132,21 @@ impl HaCore {
         };
         // Votes promised in durable epochs may go out now.
         let durable = self.durable.epoch;
-        let ready: Vec<_> =
-            self.pending_votes.iter().copied().filter(|(_, e, _)| *e <= durable).collect();
+        let ready: Vec<_> = self
+            .pending_votes
+            .iter()
+            .copied()
+            .filter(|(_, e, _)| *e <= durable)
+            .collect();
         self.pending_votes.retain(|(_, e, _)| *e > durable);
         for (to, epoch, echo) in ready {
-            let msg = HaMsg::VoteReply { epoch, granted: true, voter_epoch: epoch, wait_ms: 0, echo };
+            let msg = HaMsg::VoteReply {
+                epoch,
+                granted: true,
+                voter_epoch: epoch,
+                wait_ms: 0,
+                echo,
+            };
             self.send(to, msg);
         }
         if let State::Follower(f) = &mut self.state {
@@ -1048,7 +1170,10 @@ impl HaCore {
                         // below `pending_end` were accepted before we were promoted).
                         let from = self.pending_end;
                         if self.runs.last().is_none_or(|r| r.epoch != self.epoch) {
-                            self.runs.push(Run { epoch: self.epoch, start: from });
+                            self.runs.push(Run {
+                                epoch: self.epoch,
+                                start: from,
+                            });
                         }
                         self.pending_end = upto;
                     }
@@ -1063,13 +1188,29 @@ impl HaCore {
                 }
             }
             State::Follower(f) => {
-                let upto = upto.min(self.pending_end);
+                if upto > self.pending_end {
+                    // Local appends still in flight when we stopped publishing landed now:
+                    // they are entries of the epoch we published in, and make any sync stale.
+                    let start = self.pending_end;
+                    if let Some(e) = self.published_epoch {
+                        if self.runs.last().is_none_or(|r| r.epoch != e) {
+                            self.runs.push(Run { epoch: e, start });
+                        }
+                    }
+                    self.pending_end = upto;
+                    if f.sync != Sync::Idle {
+                        f.sync = Sync::Idle;
+                    }
+                }
                 if upto <= self.end {
                     return;
                 }
                 self.end = upto;
                 if let Some(epoch) = f.leader {
-                    if matches!(f.sync, Sync::Appending { .. } | Sync::CaughtUp | Sync::Persisting) {
+                    if matches!(
+                        f.sync,
+                        Sync::Appending { .. } | Sync::CaughtUp | Sync::Persisting
+                    ) {
                         if let Sync::Appending { target } = f.sync {
                             if upto >= target {
                                 f.sync = Sync::Persisting;
@@ -1091,17 +1232,26 @@ impl HaCore {
 
     fn on_witness(&mut self, msg: HaMsg) {
         self.witness_heard = Some(self.now);
-        if msg.epoch() > self.epoch_seen {
-            self.epoch_seen = msg.epoch();
-        }
         match msg {
-            HaMsg::VoteReply { epoch, granted, voter_epoch, wait_ms, echo } => {
-                self.on_vote_reply(epoch, granted, voter_epoch, wait_ms, echo)
-            }
-            HaMsg::LeaseReply { epoch, granted, voted, recorded, echo } => {
+            HaMsg::VoteReply {
+                epoch,
+                granted,
+                voter_epoch,
+                wait_ms,
+                echo,
+            } => self.on_vote_reply(epoch, granted, voter_epoch, wait_ms, echo),
+            HaMsg::LeaseReply {
+                epoch,
+                granted,
+                voted,
+                recorded,
+                echo,
+            } => {
                 self.epoch_seen = self.epoch_seen.max(voted);
                 let lease = self.c().lease_ms;
-                let State::Leader(l) = &mut self.state else { return };
+                let State::Leader(l) = &mut self.state else {
+                    return;
+                };
                 if epoch != self.epoch || !granted || echo < l.since || l.handover.is_some() {
                     return;
                 }
@@ -1116,10 +1266,19 @@ impl HaCore {
         }
     }
 
-    fn on_vote_reply(&mut self, epoch: Epoch, granted: bool, voter_epoch: Epoch, wait_ms: u64, echo: Millis) {
+    fn on_vote_reply(
+        &mut self,
+        epoch: Epoch,
+        granted: bool,
+        voter_epoch: Epoch,
+        wait_ms: u64,
+        echo: Millis,
+    ) {
         let now = self.now;
         let hb = self.c().heartbeat_interval_ms;
-        let State::Follower(f) = &mut self.state else { return };
+        let State::Follower(f) = &mut self.state else {
+            return;
+        };
         let Some(c) = &mut f.campaign else { return };
         if c.epoch != epoch || c.phase != Phase::Voting {
             return;
@@ -1143,10 +1302,20 @@ impl HaCore {
         }
         self.peer_view.last_heard = Some(now);
         self.peer_view.left = false;
-        let e = msg.epoch();
-        self.epoch_seen = self.epoch_seen.max(e);
+        if !matches!(msg, HaMsg::VoteReply { .. }) {
+            // (A reply carries our own campaign's epoch: not a sign of a higher one.)
+            self.epoch_seen = self.epoch_seen.max(msg.epoch());
+        }
         match msg {
-            HaMsg::Heartbeat { epoch, role, log, commit_end, healthy, sent_at, .. } => {
+            HaMsg::Heartbeat {
+                epoch,
+                role,
+                log,
+                commit_end,
+                healthy,
+                sent_at,
+                ..
+            } => {
                 self.peer_view.role = Some(role);
                 self.peer_view.epoch = epoch;
                 self.peer_view.log = log;
@@ -1162,14 +1331,23 @@ impl HaCore {
                 }
             }
             HaMsg::SyncRequest { epoch, end, runs } => self.on_sync_request(epoch, end, &runs),
-            HaMsg::SyncReply { epoch, truncate_to, target, commit_end } => {
-                self.on_sync_reply(epoch, truncate_to, target, commit_end)
-            }
-            HaMsg::Append { epoch, from, upto, entry_epoch, commit_end } => {
-                self.on_append(epoch, from, upto, entry_epoch, commit_end)
-            }
+            HaMsg::SyncReply {
+                epoch,
+                truncate_to,
+                target,
+                commit_end,
+            } => self.on_sync_reply(epoch, truncate_to, target, commit_end),
+            HaMsg::Append {
+                epoch,
+                from,
+                upto,
+                entry_epoch,
+                commit_end,
+            } => self.on_append(epoch, from, upto, entry_epoch, commit_end),
             HaMsg::AppendAck { epoch, end } => {
-                let State::Leader(l) = &mut self.state else { return };
+                let State::Leader(l) = &mut self.state else {
+                    return;
+                };
                 if epoch != self.epoch {
                     self.stats.stale_messages_total += 1;
                     return;
@@ -1190,9 +1368,17 @@ impl HaCore {
                 self.leader_checks();
             }
             HaMsg::Handover { epoch, end } => {
-                let State::Follower(f) = &mut self.state else { return };
-                if epoch == self.epoch && f.leader == Some(epoch) && self.pending_end >= end && f.campaign.is_none() {
+                let State::Follower(f) = &mut self.state else {
+                    return;
+                };
+                if epoch == self.epoch
+                    && f.leader == Some(epoch)
+                    && self.pending_end >= end
+                    && f.campaign.is_none()
+                {
                     f.took_handover = true;
+                    // The active stopped publishing and released its lease.
+                    self.peer_view.role = Some(Role::Standby);
                     self.promise_until = now;
                     self.maybe_campaign();
                 }
@@ -1201,19 +1387,33 @@ impl HaCore {
                 self.peer_view.left = true;
                 self.peer_view.role = Some(Role::Stopped);
             }
-            HaMsg::VoteRequest { epoch, candidate, log, sent_at } => {
-                self.on_vote_request(Party::Node(candidate), epoch, log, sent_at)
-            }
-            HaMsg::VoteReply { epoch, granted, voter_epoch, wait_ms, echo } => {
-                self.on_vote_reply(epoch, granted, voter_epoch, wait_ms, echo)
-            }
+            HaMsg::VoteRequest {
+                epoch,
+                candidate,
+                log,
+                sent_at,
+            } => self.on_vote_request(Party::Node(candidate), epoch, log, sent_at),
+            HaMsg::VoteReply {
+                epoch,
+                granted,
+                voter_epoch,
+                wait_ms,
+                echo,
+            } => self.on_vote_reply(epoch, granted, voter_epoch, wait_ms, echo),
             HaMsg::LeaseRequest { .. } | HaMsg::LeaseReply { .. } | HaMsg::LeaseRelease { .. } => {
                 self.stats.stale_messages_total += 1;
             }
         }
     }
 
-    fn on_heartbeat(&mut self, link: LinkId, epoch: Epoch, role: Role, commit: Offset, sent_at: Millis) {
+    fn on_heartbeat(
+        &mut self,
+        link: LinkId,
+        epoch: Epoch,
+        role: Role,
+        commit: Offset,
+        sent_at: Millis,
+    ) {
         let now = self.now;
         if !role.is_active() {
             return;
@@ -1234,7 +1434,9 @@ impl HaCore {
             self.persist(epoch, Epoch(0));
             self.into_follower(Some(epoch));
         }
-        let State::Follower(f) = &mut self.state else { return };
+        let State::Follower(f) = &mut self.state else {
+            return;
+        };
         if f.leader != Some(epoch) {
             f.leader = Some(epoch);
             f.sync = Sync::Idle;
@@ -1252,14 +1454,24 @@ impl HaCore {
         if f.handing_over.is_some() {
             f.handing_over = None;
         }
-        if matches!(f.sync, Sync::Appending { .. } | Sync::CaughtUp | Sync::Persisting) {
+        if matches!(
+            f.sync,
+            Sync::Appending { .. } | Sync::CaughtUp | Sync::Persisting
+        ) {
             let c = commit.min(self.end);
             self.advance_commit(c);
         }
         if self.durable.epoch >= epoch && !self.shutting_down {
             self.promise_until = self.promise_until.max(now.saturating_add(promise));
             let to = Party::Node(self.peer);
-            self.push(Action::Send { to, link: Some(link), msg: HaMsg::HeartbeatAck { epoch, echo: sent_at } });
+            self.push(Action::Send {
+                to,
+                link: Some(link),
+                msg: HaMsg::HeartbeatAck {
+                    epoch,
+                    echo: sent_at,
+                },
+            });
         }
         self.follower_sync();
     }
@@ -1272,7 +1484,8 @@ impl HaCore {
             State::Follower(f) => f.campaign.map(|c| c.epoch),
             _ => None,
         };
-        let leader_valid = matches!(&self.state, State::Leader(l) if l.publishing || l.lease_until > now);
+        let leader_valid =
+            matches!(&self.state, State::Leader(l) if l.publishing || l.lease_until > now);
         let mut refuse_wait = 0;
         let ok_epoch = epoch > self.epoch && campaigning.is_none_or(|c| epoch > c);
         let ok_log = log >= my_log;
@@ -1308,7 +1521,13 @@ impl HaCore {
         self.promise_until = now.saturating_add(promise);
         self.persist(epoch, Epoch(0));
         if self.durable.epoch >= epoch {
-            let msg = HaMsg::VoteReply { epoch, granted: true, voter_epoch: epoch, wait_ms: 0, echo: sent_at };
+            let msg = HaMsg::VoteReply {
+                epoch,
+                granted: true,
+                voter_epoch: epoch,
+                wait_ms: 0,
+                echo: sent_at,
+            };
             self.send(from, msg);
         } else {
             self.pending_votes.push((from, epoch, sent_at));
@@ -1316,7 +1535,9 @@ impl HaCore {
     }
 
     fn on_sync_request(&mut self, epoch: Epoch, end: Offset, runs: &[Run]) {
-        let State::Leader(l) = &mut self.state else { return };
+        let State::Leader(l) = &mut self.state else {
+            return;
+        };
         if epoch != self.epoch {
             self.stats.stale_messages_total += 1;
             return;
@@ -1325,13 +1546,23 @@ impl HaCore {
         l.f_synced = false;
         l.f_match = l.f_match.min(d);
         l.f_next = d;
-        let msg = HaMsg::SyncReply { epoch, truncate_to: d, target: self.end, commit_end: self.commit_end };
+        let msg = HaMsg::SyncReply {
+            epoch,
+            truncate_to: d,
+            target: self.end,
+            commit_end: self.commit_end,
+        };
         self.send_peer(msg);
     }
 
     fn on_sync_reply(&mut self, epoch: Epoch, truncate_to: Offset, target: Offset, commit: Offset) {
-        let State::Follower(f) = &mut self.state else { return };
-        if epoch != self.epoch || f.leader != Some(epoch) || !matches!(f.sync, Sync::Requested { .. }) {
+        let State::Follower(f) = &mut self.state else {
+            return;
+        };
+        if epoch != self.epoch
+            || f.leader != Some(epoch)
+            || !matches!(f.sync, Sync::Requested { .. })
+        {
             self.stats.stale_messages_total += 1;
             return;
         }
@@ -1358,8 +1589,12 @@ impl HaCore {
 
     fn on_appended_check_target(&mut self) {
         let end = self.end;
-        let State::Follower(f) = &mut self.state else { return };
-        let (Some(epoch), Sync::Appending { target }) = (f.leader, f.sync) else { return };
+        let State::Follower(f) = &mut self.state else {
+            return;
+        };
+        let (Some(epoch), Sync::Appending { target }) = (f.leader, f.sync) else {
+            return;
+        };
         if end >= target {
             f.sync = Sync::Persisting;
             self.persist(epoch, epoch);
@@ -1371,22 +1606,38 @@ impl HaCore {
         }
     }
 
-    fn on_append(&mut self, epoch: Epoch, from: Offset, upto: Offset, entry_epoch: Epoch, commit: Offset) {
+    fn on_append(
+        &mut self,
+        epoch: Epoch,
+        from: Offset,
+        upto: Offset,
+        entry_epoch: Epoch,
+        commit: Offset,
+    ) {
         if epoch < self.epoch {
             self.stats.stale_messages_total += 1;
             return;
         }
-        let State::Follower(f) = &mut self.state else { return };
+        let State::Follower(f) = &mut self.state else {
+            return;
+        };
         if epoch > self.epoch || f.leader != Some(epoch) {
             // Heartbeats will make us follow this epoch first.
             return;
         }
-        if !matches!(f.sync, Sync::Appending { .. } | Sync::CaughtUp | Sync::Persisting) {
+        if !matches!(
+            f.sync,
+            Sync::Appending { .. } | Sync::CaughtUp | Sync::Persisting
+        ) {
             return;
         }
         if from <= self.pending_end && self.pending_end < upto {
             let start = self.pending_end;
-            self.push(Action::AcceptEntries { from: start, upto, entry_epoch });
+            self.push(Action::AcceptEntries {
+                from: start,
+                upto,
+                entry_epoch,
+            });
             self.push_run(entry_epoch, start);
             self.pending_end = upto;
         } else if from > self.pending_end {
@@ -1421,7 +1672,12 @@ pub fn common_prefix(a: &[Run], a_end: Offset, b: &[Run], b_end: Offset) -> Offs
         let i = runs.partition_point(|r| r.start <= o);
         i.checked_sub(1).map(|i| runs[i].epoch)
     };
-    let mut bounds: Vec<Offset> = a.iter().chain(b.iter()).map(|r| r.start).filter(|s| *s < limit).collect();
+    let mut bounds: Vec<Offset> = a
+        .iter()
+        .chain(b.iter())
+        .map(|r| r.start)
+        .filter(|s| *s < limit)
+        .collect();
     bounds.push(Offset(0));
     bounds.sort_unstable();
     bounds.dedup();

@@ -37,7 +37,10 @@ impl WitnessState {
 pub enum WitnessAction {
     /// Write and fsync the state file, then call `handle_persisted`.
     Persist(WitnessState),
-    Send { to: NodeId, msg: HaMsg },
+    Send {
+        to: NodeId,
+        msg: HaMsg,
+    },
 }
 
 /// Counters for metrics.
@@ -63,6 +66,7 @@ pub struct Witness {
     waiting: Vec<(WitnessState, NodeId, HaMsg)>,
     actions: VecDeque<WitnessAction>,
     stats: WitnessStats,
+    blind: bool,
 }
 
 impl Witness {
@@ -77,7 +81,15 @@ impl Witness {
             waiting: Vec::new(),
             actions: VecDeque::new(),
             stats: WitnessStats::default(),
+            blind: false,
         }
+    }
+
+    /// Breaks the witness on purpose: it votes ignoring its promise and the candidate's stream.
+    /// Only for the simulator's self-test (`Broken::WitnessVotesBlindly`).
+    #[doc(hidden)]
+    pub fn break_for_checker_self_test(&mut self) {
+        self.blind = true;
     }
 
     pub fn state(&self) -> WitnessState {
@@ -110,7 +122,10 @@ impl Witness {
     }
 
     fn send(&mut self, now: Millis, to: NodeId, msg: HaMsg) {
-        if matches!(msg, HaMsg::LeaseReply { granted: true, .. } | HaMsg::VoteReply { granted: true, .. }) {
+        if matches!(
+            msg,
+            HaMsg::LeaseReply { granted: true, .. } | HaMsg::VoteReply { granted: true, .. }
+        ) {
             // The promise runs from the moment the grant leaves.
             self.promise_until = self.promise_until.max(now.saturating_add(self.promise()));
         }
@@ -123,8 +138,9 @@ impl Witness {
             record: self.durable.record.max(st.record),
         };
         let durable = self.durable;
-        let (ready, rest): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.waiting).into_iter().partition(|(s, _, _)| durable.covers(s));
+        let (ready, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|(s, _, _)| durable.covers(s));
         self.waiting = rest;
         for (_, to, msg) in ready {
             self.send(now, to, msg);
@@ -133,8 +149,15 @@ impl Witness {
 
     pub fn handle_input(&mut self, now: Millis, from: NodeId, msg: HaMsg) {
         match msg {
-            HaMsg::VoteRequest { epoch, candidate, log, sent_at } => {
-                let ok = epoch > self.state.voted && log >= self.state.record && now >= self.promise_until;
+            HaMsg::VoteRequest {
+                epoch,
+                candidate,
+                log,
+                sent_at,
+            } => {
+                let ok = epoch > self.state.voted
+                    && log >= self.state.record
+                    && now >= self.promise_until;
                 if !ok {
                     self.stats.votes_refused_total += 1;
                     let wait_ms = if now < self.promise_until {
@@ -148,7 +171,13 @@ impl Witness {
                     } else {
                         self.state.voted
                     };
-                    let msg = HaMsg::VoteReply { epoch, granted: false, voter_epoch, wait_ms, echo: sent_at };
+                    let msg = HaMsg::VoteReply {
+                        epoch,
+                        granted: false,
+                        voter_epoch,
+                        wait_ms,
+                        echo: sent_at,
+                    };
                     self.send(now, candidate, msg);
                     return;
                 }
@@ -157,10 +186,21 @@ impl Witness {
                 self.released = None;
                 // Promise now already: no second vote while the grant is being persisted.
                 self.promise_until = self.promise_until.max(now.saturating_add(self.promise()));
-                let msg = HaMsg::VoteReply { epoch, granted: true, voter_epoch: epoch, wait_ms: 0, echo: sent_at };
+                let msg = HaMsg::VoteReply {
+                    epoch,
+                    granted: true,
+                    voter_epoch: epoch,
+                    wait_ms: 0,
+                    echo: sent_at,
+                };
                 self.reply(now, candidate, msg);
             }
-            HaMsg::LeaseRequest { epoch, node, sent_at, record } => {
+            HaMsg::LeaseRequest {
+                epoch,
+                node,
+                sent_at,
+                record,
+            } => {
                 let ok = epoch >= self.state.voted && self.released.is_none_or(|r| epoch > r);
                 if !ok {
                     self.stats.leases_refused_total += 1;
