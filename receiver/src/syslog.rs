@@ -300,7 +300,11 @@ pub enum ParseError {
 /// Parses one message (framing already removed). `received_year` supplies the year that
 /// RFC 3164 timestamps lack (taken from the receive time, not the local clock, so the result
 /// does not depend on when the entry is built).
-pub fn parse(raw: &[u8], received_year: i32, received_month: u32) -> Result<SyslogFields, ParseError> {
+pub fn parse(
+    raw: &[u8],
+    received_year: i32,
+    received_month: u32,
+) -> Result<SyslogFields, ParseError> {
     let trimmed = crate::key::trim_trailer(raw);
     if trimmed.is_empty() {
         return Err(ParseError::Empty);
@@ -374,7 +378,11 @@ fn split_pri(b: &[u8]) -> Result<(u32, &[u8]), ParseError> {
     if b.first() != Some(&b'<') {
         return Err(ParseError::NoPri);
     }
-    let digits = b[1..].iter().take(4).take_while(|c| c.is_ascii_digit()).count();
+    let digits = b[1..]
+        .iter()
+        .take(4)
+        .take_while(|c| c.is_ascii_digit())
+        .count();
     if digits == 0 || digits > 3 || b.get(1 + digits) != Some(&b'>') {
         return Err(ParseError::NoPri);
     }
@@ -558,7 +566,10 @@ mod tests {
         assert_eq!(f.next_frame(), None);
         let mut f = TcpFramer::new(100);
         f.extend(b"99999999999999 x");
-        assert_eq!(frames(&mut f), vec![Frame::BadFraming("expected MSG-LEN SP")]);
+        assert_eq!(
+            frames(&mut f),
+            vec![Frame::BadFraming("expected MSG-LEN SP")]
+        );
     }
 
     #[test]
@@ -602,14 +613,18 @@ mod tests {
 
     #[test]
     fn parses_cisco_ios_form() {
-        let raw = b"<189>123: *Mar  1 18:46:11.123: %SYS-5-CONFIG_I: Configured from console by vty0";
+        let raw =
+            b"<189>123: *Mar  1 18:46:11.123: %SYS-5-CONFIG_I: Configured from console by vty0";
         let p = parse(raw, 2026, 11).expect("valid");
         assert_eq!(p.format, "cisco");
         assert_eq!((p.facility, p.severity), (23, 5));
         assert_eq!(p.sequence, Some(123));
         assert_eq!(p.timestamp.as_deref(), Some("2026-03-01T18:46:11.123Z"));
         assert_eq!(p.app_name.as_deref(), Some("SYS-5-CONFIG_I"));
-        assert_eq!(p.message, "%SYS-5-CONFIG_I: Configured from console by vty0");
+        assert_eq!(
+            p.message,
+            "%SYS-5-CONFIG_I: Configured from console by vty0"
+        );
         let p = parse(
             b"<187>45: router1: Nov 20 10:00:00 UTC: %LINK-3-UPDOWN: Interface Gi0/1, changed state to down",
             2026,
