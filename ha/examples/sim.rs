@@ -26,7 +26,10 @@ fn main() -> ExitCode {
             "--trace" => opts.trace = true,
             "--pattern" => {
                 let name = val();
-                match Pattern::ALL.iter().find(|p| format!("{p:?}").eq_ignore_ascii_case(&name)) {
+                match Pattern::ALL
+                    .iter()
+                    .find(|p| format!("{p:?}").eq_ignore_ascii_case(&name))
+                {
                     Some(p) => opts.patterns = vec![*p],
                     None => {
                         eprintln!("unknown --pattern {name}; one of {:?}", Pattern::ALL);
@@ -68,8 +71,15 @@ fn main() -> ExitCode {
         for v in &o.violations {
             eprintln!("  {v}");
         }
-        let pat = if opts.patterns.len() == 1 { format!(" --pattern {:?}", o.pattern) } else { String::new() };
-        eprintln!("  replay: cargo run --release -p ha --example sim -- --schedules 1 --seed {}{pat}", o.seed);
+        let pat = if opts.patterns.len() == 1 {
+            format!(" --pattern {:?}", o.pattern)
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "  replay: cargo run --release -p ha --example sim -- --schedules 1 --seed {}{pat}",
+            o.seed
+        );
     }
     if verbose {
         for (p, v) in &summary.per_pattern {

@@ -285,6 +285,8 @@ pub struct HaCore {
     next_heartbeat: Millis,
     /// Vote replies waiting for the epoch they promise to be durable.
     pending_votes: Vec<(Party, Epoch, Millis)>,
+    /// The vote we granted last (in memory: after a restart we refuse rather than re-grant).
+    voted_for: Option<(Epoch, Party)>,
     shutting_down: bool,
     /// The epoch we last published in (its late local appends may still land).
     published_epoch: Option<Epoch>,
@@ -334,6 +336,7 @@ impl HaCore {
             health: None,
             next_heartbeat: now,
             pending_votes: Vec::new(),
+            voted_for: None,
             shutting_down: false,
             published_epoch: None,
             actions: VecDeque::new(),
@@ -730,6 +733,10 @@ impl HaCore {
                 l.handover = None;
                 if reason == HandoverReason::Shutdown {
                     self.shutting_down = true;
+                    if self.cfg.get().policy == Policy::Witness {
+                        let (epoch, node) = (self.epoch, self.me);
+                        self.send(Party::Witness, HaMsg::LeaseRelease { epoch, node });
+                    }
                     self.state = State::Stopped;
                     self.push(Action::ShutdownReady);
                     return;
@@ -974,7 +981,8 @@ impl HaCore {
                 let rank = |r: Option<Role>| u8::from(r == Some(Role::Standby));
                 let (mine, theirs) = (rank(Some(my_role)), rank(peer.role));
                 let better = my_log > peer.log
-                    || (my_log == peer.log && (mine > theirs || (mine == theirs && self.me < self.peer)));
+                    || (my_log == peer.log
+                        && (mine > theirs || (mine == theirs && self.me < self.peer)));
                 if !(better || !peer.healthy) {
                     return;
                 }
@@ -1487,6 +1495,23 @@ impl HaCore {
         let leader_valid =
             matches!(&self.state, State::Leader(l) if l.publishing || l.lease_until > now);
         let mut refuse_wait = 0;
+        if self.voted_for == Some((epoch, from)) && self.epoch == epoch {
+            // A retry of a request we granted (our reply may be lost): grant again, once the
+            // vote is durable.
+            if self.durable.epoch >= epoch {
+                let msg = HaMsg::VoteReply {
+                    epoch,
+                    granted: true,
+                    voter_epoch: epoch,
+                    wait_ms: 0,
+                    echo: sent_at,
+                };
+                self.send(from, msg);
+            } else {
+                self.pending_votes.push((from, epoch, sent_at));
+            }
+            return;
+        }
         let ok_epoch = epoch > self.epoch && campaigning.is_none_or(|c| epoch > c);
         let ok_log = log >= my_log;
         let ok_promise = now >= self.promise_until;
@@ -1519,6 +1544,7 @@ impl HaCore {
         }
         self.epoch = epoch;
         self.promise_until = now.saturating_add(promise);
+        self.voted_for = Some((epoch, from));
         self.persist(epoch, Epoch(0));
         if self.durable.epoch >= epoch {
             let msg = HaMsg::VoteReply {
@@ -1640,6 +1666,10 @@ impl HaCore {
             });
             self.push_run(entry_epoch, start);
             self.pending_end = upto;
+        } else if upto <= self.pending_end {
+            // A retransmission: our ack may have been lost.
+            let end = self.end;
+            self.send_peer(HaMsg::AppendAck { epoch, end });
         } else if from > self.pending_end {
             let end = self.end;
             self.send_peer(HaMsg::AppendAck { epoch, end });

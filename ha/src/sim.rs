@@ -129,7 +129,10 @@ impl Pattern {
     pub fn forbids_failover(self) -> bool {
         matches!(
             self,
-            Pattern::F6OneLink | Pattern::F10StandbyDown | Pattern::F12Partition | Pattern::F13WitnessDown
+            Pattern::F6OneLink
+                | Pattern::F10StandbyDown
+                | Pattern::F12Partition
+                | Pattern::F13WitnessDown
         )
     }
 }
@@ -199,17 +202,41 @@ enum Who {
 #[derive(Clone, Debug)]
 enum DiskOp {
     Epoch(EpochState),
-    Write { from: u64, entries: Vec<(Epoch, u64)>, replicated: bool },
+    Write {
+        from: u64,
+        entries: Vec<(Epoch, u64)>,
+        replicated: bool,
+    },
     Witness(WitnessState),
 }
 
 #[derive(Clone, Debug)]
 enum Ev {
-    Deliver { to: Who, from: Who, link: u8, msg: HaMsg, payload: Vec<(Epoch, u64)> },
-    Timer { node: usize, inc: u32 },
-    Disk { who: Who, inc: u32, seq: u64 },
-    AppTick { node: usize, inc: u32 },
-    Later { node: usize, inc: u32, input: Input },
+    Deliver {
+        to: Who,
+        from: Who,
+        link: u8,
+        msg: HaMsg,
+        payload: Vec<(Epoch, u64)>,
+    },
+    Timer {
+        node: usize,
+        inc: u32,
+    },
+    Disk {
+        who: Who,
+        inc: u32,
+        seq: u64,
+    },
+    AppTick {
+        node: usize,
+        inc: u32,
+    },
+    Later {
+        node: usize,
+        inc: u32,
+        input: Input,
+    },
     Fault(Fault),
 }
 
@@ -246,7 +273,8 @@ impl Clock {
     }
     fn global_of(&self, local: Millis) -> u64 {
         let l = local.0 as i128 * 1000 - self.offset_us as i128;
-        let g = (l * 1_000_000 + (1_000_000 + self.ppm as i128) - 1) / (1_000_000 + self.ppm as i128);
+        let g =
+            (l * 1_000_000 + (1_000_000 + self.ppm as i128) - 1) / (1_000_000 + self.ppm as i128);
         g.max(0) as u64
     }
 }
@@ -406,7 +434,8 @@ impl Sim {
 
     fn violation(&mut self, what: String) {
         if self.violations.len() < 8 {
-            self.violations.push(format!("t={}ms: {what}", self.now / US));
+            self.violations
+                .push(format!("t={}ms: {what}", self.now / US));
         }
     }
 
@@ -464,10 +493,17 @@ impl Sim {
         let mut runs: Vec<Run> = Vec::new();
         for (o, (e, _)) in n.stream.iter().enumerate() {
             if runs.last().is_none_or(|r| r.epoch != *e) {
-                runs.push(Run { epoch: *e, start: Offset(o as u64) });
+                runs.push(Run {
+                    epoch: *e,
+                    start: Offset(o as u64),
+                });
             }
         }
-        let restored = Restored { state: n.epoch_state, end: Offset(n.stream.len() as u64), runs };
+        let restored = Restored {
+            state: n.epoch_state,
+            end: Offset(n.stream.len() as u64),
+            runs,
+        };
         let now = n.clock.local_ms(self.now);
         n.core = Some(HaCore::new(cfg, now, restored));
         let inc = n.inc;
@@ -496,7 +532,14 @@ impl Sim {
         }
     }
 
-    fn transmit(&mut self, from: Who, to: Who, link: Option<u8>, msg: HaMsg, payload: Vec<(Epoch, u64)>) {
+    fn transmit(
+        &mut self,
+        from: Who,
+        to: Who,
+        link: Option<u8>,
+        msg: HaMsg,
+        payload: Vec<(Epoch, u64)>,
+    ) {
         let link = match (link, to) {
             (Some(l), _) => l,
             (None, Who::Node(_)) => {
@@ -517,7 +560,13 @@ impl Sim {
             if self.rng.chance(self.spike_ppm) {
                 delay += self.rng.range(50_000, 300_000);
             }
-            let ev = Ev::Deliver { to, from, link, msg: msg.clone(), payload: payload.clone() };
+            let ev = Ev::Deliver {
+                to,
+                from,
+                link,
+                msg: msg.clone(),
+                payload: payload.clone(),
+            };
             self.push(self.now + delay, ev);
         }
     }
@@ -569,11 +618,17 @@ impl Sim {
         if inc != cur_inc || disk.failed {
             return;
         }
-        let Some(pos) = disk.queue.iter().position(|(s, _)| *s == seq) else { return };
+        let Some(pos) = disk.queue.iter().position(|(s, _)| *s == seq) else {
+            return;
+        };
         // FIFO: everything before completes too (it was scheduled earlier).
         let done: Vec<DiskOp> = disk.queue.drain(..=pos).map(|(_, op)| op).collect();
         if let Who::Node(i) = who {
-            self.nodes[i].pending_since = if self.nodes[i].disk.queue.is_empty() { None } else { Some(self.now) };
+            self.nodes[i].pending_since = if self.nodes[i].disk.queue.is_empty() {
+                None
+            } else {
+                Some(self.now)
+            };
         }
         for op in done {
             match (who, op) {
@@ -585,11 +640,20 @@ impl Sim {
                     self.nodes[i].epoch_state = st;
                     self.node_input(i, Input::EpochPersisted(st));
                 }
-                (Who::Node(i), DiskOp::Write { from, entries, replicated }) => {
+                (
+                    Who::Node(i),
+                    DiskOp::Write {
+                        from,
+                        entries,
+                        replicated,
+                    },
+                ) => {
                     let n = &mut self.nodes[i];
                     let len = n.stream.len() as u64;
                     if from > len {
-                        self.violation(format!("node {i} write at {from} leaves a gap after {len}"));
+                        self.violation(format!(
+                            "node {i} write at {from} leaves a gap after {len}"
+                        ));
                         continue;
                     }
                     for (k, e) in entries.into_iter().enumerate() {
@@ -602,7 +666,9 @@ impl Sim {
                         }
                         if let Some(c) = self.committed.get(o as usize).filter(|_| replicated) {
                             if *c != e {
-                                self.violation(format!("node {i} overwrote committed offset {o}: {c:?} with {e:?}"));
+                                self.violation(format!(
+                                    "node {i} overwrote committed offset {o}: {c:?} with {e:?}"
+                                ));
                             }
                         }
                     }
@@ -610,7 +676,8 @@ impl Sim {
                     self.node_input(i, Input::StreamAppended { upto });
                 }
                 (Who::Witness, DiskOp::Witness(st)) => {
-                    if st.voted < self.witness_state.voted || st.record < self.witness_state.record {
+                    if st.voted < self.witness_state.voted || st.record < self.witness_state.record
+                    {
                         self.violation("witness state went backwards".into());
                     }
                     self.witness_state = st;
@@ -632,18 +699,24 @@ impl Sim {
         if self.opts.trace && !matches!(input, Input::Health(_)) {
             eprintln!("{:>8.3} n{i} <- {input:?}", self.now as f64 / 1e6);
         }
-        let Some(core) = &mut self.nodes[i].core else { return };
+        let Some(core) = &mut self.nodes[i].core else {
+            return;
+        };
         core.handle_input(now, input);
         self.after_node(i);
     }
 
     fn after_node(&mut self, i: usize) {
         loop {
-            let Some(core) = &mut self.nodes[i].core else { return };
+            let Some(core) = &mut self.nodes[i].core else {
+                return;
+            };
             let Some(a) = core.poll_action() else { break };
             self.do_action(i, a);
         }
-        let Some(core) = &self.nodes[i].core else { return };
+        let Some(core) = &self.nodes[i].core else {
+            return;
+        };
         if let Some(d) = core.poll_deadline() {
             let g = self.nodes[i].clock.global_of(d).max(self.now);
             if self.nodes[i].timer_at.is_none_or(|t| g < t || t < self.now) {
@@ -674,17 +747,26 @@ impl Sim {
                     }
                     _ => Vec::new(),
                 };
-                if to == Who::Witness && self.witness.is_none() && self.opts.policy != Policy::Witness {
+                if to == Who::Witness
+                    && self.witness.is_none()
+                    && self.opts.policy != Policy::Witness
+                {
                     return;
                 }
                 self.transmit(Who::Node(i), to, link, msg, payload);
             }
             Action::PersistEpoch(st) => self.disk_submit(Who::Node(i), DiskOp::Epoch(st)),
-            Action::StartPublishing { epoch, from_offset, lease_until } => {
+            Action::StartPublishing {
+                epoch,
+                from_offset,
+                lease_until,
+            } => {
                 let n = &self.nodes[i];
                 if from_offset.0 != n.pending_len {
                     let pl = n.pending_len;
-                    self.violation(format!("node {i} publishes from {from_offset} but holds {pl}"));
+                    self.violation(format!(
+                        "node {i} publishes from {from_offset} but holds {pl}"
+                    ));
                 }
                 if let Some(owner) = self.epoch_owner.get(&epoch) {
                     if *owner != i {
@@ -693,14 +775,19 @@ impl Sim {
                 }
                 self.epoch_owner.insert(epoch, i);
                 let held = self.nodes[i].stream.len();
-                if held < self.committed.len() || self.nodes[i].stream[..self.committed.len()] != self.committed[..] {
+                if held < self.committed.len()
+                    || self.nodes[i].stream[..self.committed.len()] != self.committed[..]
+                {
                     let c = self.committed.len();
                     self.violation(format!("node {i} promoted in epoch {epoch} lacking committed entries ({held} < {c})"));
                 }
                 let n = &mut self.nodes[i];
                 n.publishing = Some(epoch);
                 n.lease_until = lease_until;
-                if self.fault_at.is_some() && self.faulted.is_some_and(|f| f != i) && self.failover_at.is_none() {
+                if self.fault_at.is_some()
+                    && self.faulted.is_some_and(|f| f != i)
+                    && self.failover_at.is_none()
+                {
                     self.failover_at = Some(self.now);
                 }
                 if self.fault_at.is_some() && self.faulted.is_some_and(|f| f != i) {
@@ -715,20 +802,29 @@ impl Sim {
                 // at offsets that the history has committed with other entries since).
                 if from < self.nodes[i].commit {
                     let c = self.nodes[i].commit;
-                    self.violation(format!("node {i} truncates committed entries from {from} (its commit {c})"));
+                    self.violation(format!(
+                        "node {i} truncates committed entries from {from} (its commit {c})"
+                    ));
                 }
                 let n = &mut self.nodes[i];
                 n.stream.truncate(from as usize);
                 n.verified = n.verified.min(from);
                 for (_, op) in n.disk.queue.iter_mut() {
-                    if let DiskOp::Write { from: f, entries, .. } = op {
+                    if let DiskOp::Write {
+                        from: f, entries, ..
+                    } = op
+                    {
                         let keep = from.saturating_sub(*f) as usize;
                         entries.truncate(keep);
                     }
                 }
                 n.pending_len = n.pending_len.min(from);
             }
-            Action::AcceptEntries { from, upto, entry_epoch } => {
+            Action::AcceptEntries {
+                from,
+                upto,
+                entry_epoch,
+            } => {
                 let Some(p) = self.cur_payload.clone() else {
                     self.violation(format!("node {i} accepts entries without an Append"));
                     return;
@@ -736,15 +832,26 @@ impl Sim {
                 let lo = from.0.saturating_sub(self.cur_payload_from) as usize;
                 let hi = upto.0.saturating_sub(self.cur_payload_from) as usize;
                 if hi > p.len() || lo > hi || from.0 != self.nodes[i].pending_len {
-                    self.violation(format!("node {i} accepts [{from}, {upto}) not carried by the Append"));
+                    self.violation(format!(
+                        "node {i} accepts [{from}, {upto}) not carried by the Append"
+                    ));
                     return;
                 }
                 let entries = p[lo..hi].to_vec();
                 if entries.iter().any(|(e, _)| *e != entry_epoch) {
-                    self.violation(format!("node {i} accepts entries of another epoch than {entry_epoch}"));
+                    self.violation(format!(
+                        "node {i} accepts entries of another epoch than {entry_epoch}"
+                    ));
                 }
                 self.nodes[i].pending_len = upto.0;
-                self.disk_submit(Who::Node(i), DiskOp::Write { from: from.0, entries, replicated: true });
+                self.disk_submit(
+                    Who::Node(i),
+                    DiskOp::Write {
+                        from: from.0,
+                        entries,
+                        replicated: true,
+                    },
+                );
             }
             Action::Committed { upto } => {
                 let upto = upto.0;
@@ -760,7 +867,9 @@ impl Sim {
                     match self.committed.get(o as usize) {
                         Some(c) if *c != e => {
                             let c = *c;
-                            self.violation(format!("node {i} committed {e:?} at {o}, history has {c:?}"));
+                            self.violation(format!(
+                                "node {i} committed {e:?} at {o}, history has {c:?}"
+                            ));
                         }
                         Some(_) => {}
                         None => self.committed.push(e),
@@ -773,18 +882,40 @@ impl Sim {
             Action::StartResync => {
                 let inc = self.nodes[i].inc;
                 let at = self.now + self.rng.range(10_000, 200_000);
-                self.push(at, Ev::Later { node: i, inc, input: Input::ResyncDone });
+                self.push(
+                    at,
+                    Ev::Later {
+                        node: i,
+                        inc,
+                        input: Input::ResyncDone,
+                    },
+                );
             }
             Action::RunFenceCommand => {
                 let inc = self.nodes[i].inc;
                 let at = self.now + self.rng.range(50_000, 400_000);
-                self.push(at, Ev::Later { node: i, inc, input: Input::FenceResult { ok: true } });
+                self.push(
+                    at,
+                    Ev::Later {
+                        node: i,
+                        inc,
+                        input: Input::FenceResult { ok: true },
+                    },
+                );
             }
             Action::Ping => {
                 let inc = self.nodes[i].inc;
                 let at = self.now + self.rng.range(5_000, 50_000);
-                let reachable = !self.node_link_down[i].iter().all(|d| *d) || !self.witness_link_down[i][0];
-                self.push(at, Ev::Later { node: i, inc, input: Input::PingResult { reachable } });
+                let reachable =
+                    !self.node_link_down[i].iter().all(|d| *d) || !self.witness_link_down[i][0];
+                self.push(
+                    at,
+                    Ev::Later {
+                        node: i,
+                        inc,
+                        input: Input::PingResult { reachable },
+                    },
+                );
             }
             Action::ShutdownReady => {
                 self.crash_node(i);
@@ -803,9 +934,13 @@ impl Sim {
                     }
                     self.disk_submit(Who::Witness, DiskOp::Witness(st))
                 }
-                WitnessAction::Send { to, msg } => {
-                    self.transmit(Who::Witness, Who::Node(usize::from(to.0)), None, msg, Vec::new())
-                }
+                WitnessAction::Send { to, msg } => self.transmit(
+                    Who::Witness,
+                    Who::Node(usize::from(to.0)),
+                    None,
+                    msg,
+                    Vec::new(),
+                ),
             }
         }
     }
@@ -826,7 +961,14 @@ impl Sim {
                         self.next_id += 1;
                     }
                     self.nodes[i].pending_len += k;
-                    self.disk_submit(Who::Node(i), DiskOp::Write { from, entries, replicated: false });
+                    self.disk_submit(
+                        Who::Node(i),
+                        DiskOp::Write {
+                            from,
+                            entries,
+                            replicated: false,
+                        },
+                    );
                 }
             }
             self.sink_deliver(i, epoch);
@@ -841,7 +983,9 @@ impl Sim {
         };
         self.node_input(i, Input::Health(health));
         let inc = self.nodes[i].inc;
-        let next = self.nodes[i].clock.global_of(Millis(now_local.0 + APP_TICK_MS));
+        let next = self.nodes[i]
+            .clock
+            .global_of(Millis(now_local.0 + APP_TICK_MS));
         self.push(next.max(self.now + 1), Ev::AppTick { node: i, inc });
     }
 
@@ -860,7 +1004,9 @@ impl Sim {
             let o = self.sink.len();
             let e = self.nodes[i].stream[o];
             if self.committed.get(o) != Some(&e) {
-                self.violation(format!("node {i} publishes uncommitted or wrong entry at {o}"));
+                self.violation(format!(
+                    "node {i} publishes uncommitted or wrong entry at {o}"
+                ));
                 return;
             }
             self.sink.push(e);
@@ -916,7 +1062,9 @@ impl Sim {
                 }
             }
             Fault::WitnessLink(i, down) => self.witness_link_down[i] = [down, down],
-            Fault::Stall(i, on) => self.nodes[i].stalled_since = if on { Some(self.now) } else { None },
+            Fault::Stall(i, on) => {
+                self.nodes[i].stalled_since = if on { Some(self.now) } else { None }
+            }
             Fault::AddrLost(i, on) => self.nodes[i].addr_lost = on,
             Fault::DiskFail(who, on) => {
                 let disk = match who {
@@ -990,8 +1138,14 @@ impl Sim {
         let standby = active.map(other);
         let ready = match (active, standby) {
             (Some(a), Some(s)) => {
-                self.nodes[s].core.as_ref().is_some_and(|c| c.role() == crate::msg::Role::Standby)
-                    && self.nodes[a].core.as_ref().is_some_and(|c| c.role() == crate::msg::Role::Active)
+                self.nodes[s]
+                    .core
+                    .as_ref()
+                    .is_some_and(|c| c.role() == crate::msg::Role::Standby)
+                    && self.nodes[a]
+                        .core
+                        .as_ref()
+                        .is_some_and(|c| c.role() == crate::msg::Role::Active)
             }
             _ => false,
         };
@@ -1022,13 +1176,11 @@ impl Sim {
             }
             Pattern::F7AddressLost => self.apply(Fault::AddrLost(a, true)),
             Pattern::F8PipelineStall => self.apply(Fault::Stall(a, true)),
-            Pattern::F10StandbyDown => {
-                match self.rng.range(0, 2) {
-                    0 => self.apply(Fault::Crash(s)),
-                    1 => self.apply(Fault::Pause(s, FAULT_US)),
-                    _ => self.apply(Fault::CutAll(s, true)),
-                }
-            }
+            Pattern::F10StandbyDown => match self.rng.range(0, 2) {
+                0 => self.apply(Fault::Crash(s)),
+                1 => self.apply(Fault::Pause(s, FAULT_US)),
+                _ => self.apply(Fault::CutAll(s, true)),
+            },
             Pattern::F11DiskFails => self.apply(Fault::DiskFail(Who::Node(a), true)),
             Pattern::F12Partition => {
                 for l in 0..8 {
@@ -1073,11 +1225,15 @@ impl Sim {
             if t > self.deadline {
                 break;
             }
-            let Some(ev) = self.events.remove(&seq) else { continue };
+            let Some(ev) = self.events.remove(&seq) else {
+                continue;
+            };
             self.now = t;
             self.event_count += 1;
             if self.event_count > EVENTS_MAX {
-                self.violation(format!("more than {EVENTS_MAX} events: a busy loop (last {ev:?})"));
+                self.violation(format!(
+                    "more than {EVENTS_MAX} events: a busy loop (last {ev:?})"
+                ));
                 break;
             }
             if let Some((pt, p)) = self.fault_plan {
@@ -1088,11 +1244,15 @@ impl Sim {
             }
             // A paused process handles nothing until it resumes (its clock keeps running).
             let target = match &ev {
-                Ev::Deliver { to: Who::Node(i), .. }
+                Ev::Deliver {
+                    to: Who::Node(i), ..
+                }
                 | Ev::Timer { node: i, .. }
                 | Ev::AppTick { node: i, .. }
                 | Ev::Later { node: i, .. } => Some(*i),
-                Ev::Disk { who: Who::Node(i), .. } => Some(*i),
+                Ev::Disk {
+                    who: Who::Node(i), ..
+                } => Some(*i),
                 _ => None,
             };
             if let Some(i) = target {
@@ -1109,7 +1269,13 @@ impl Sim {
 
     fn handle(&mut self, ev: Ev) {
         match ev {
-            Ev::Deliver { to, from, link, msg, payload } => match to {
+            Ev::Deliver {
+                to,
+                from,
+                link,
+                msg,
+                payload,
+            } => match to {
                 Who::Node(i) => {
                     let from_from = match &msg {
                         HaMsg::Append { from, .. } => from.0,
@@ -1181,14 +1347,19 @@ impl Sim {
         if self.measure && pattern.expects_failover() {
             match failover_ms {
                 Some(ms) if ms <= limit => {}
-                Some(ms) => self.violation(format!("{pattern:?}: failover took {ms} ms > {limit} ms")),
+                Some(ms) => {
+                    self.violation(format!("{pattern:?}: failover took {ms} ms > {limit} ms"))
+                }
                 None => self.violation(format!("{pattern:?}: no failover within {limit} ms")),
             }
         }
         if self.measure && pattern.forbids_failover() {
             if let (Some(f), Some(p)) = (self.fault_at, self.failover_at) {
                 if p < self.heal_at {
-                    self.violation(format!("{pattern:?}: false failover after {} ms", (p - f) / US));
+                    self.violation(format!(
+                        "{pattern:?}: false failover after {} ms",
+                        (p - f) / US
+                    ));
                 }
             }
             if !self.commit_progress {

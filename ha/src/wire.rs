@@ -72,7 +72,15 @@ pub fn encode(msg: &HaMsg, out: &mut Vec<u8>) {
     let mut w = W(out);
     w.u8(VERSION);
     match msg {
-        HaMsg::Heartbeat { epoch, role, log, commit_end, health, healthy, sent_at } => {
+        HaMsg::Heartbeat {
+            epoch,
+            role,
+            log,
+            commit_end,
+            health,
+            healthy,
+            sent_at,
+        } => {
             w.u8(1);
             w.e(*epoch);
             w.u8(match role {
@@ -109,14 +117,25 @@ pub fn encode(msg: &HaMsg, out: &mut Vec<u8>) {
                 w.o(r.start);
             }
         }
-        HaMsg::SyncReply { epoch, truncate_to, target, commit_end } => {
+        HaMsg::SyncReply {
+            epoch,
+            truncate_to,
+            target,
+            commit_end,
+        } => {
             w.u8(4);
             w.e(*epoch);
             w.o(*truncate_to);
             w.o(*target);
             w.o(*commit_end);
         }
-        HaMsg::Append { epoch, from, upto, entry_epoch, commit_end } => {
+        HaMsg::Append {
+            epoch,
+            from,
+            upto,
+            entry_epoch,
+            commit_end,
+        } => {
             w.u8(5);
             w.e(*epoch);
             w.o(*from);
@@ -138,14 +157,25 @@ pub fn encode(msg: &HaMsg, out: &mut Vec<u8>) {
             w.u8(8);
             w.e(*epoch);
         }
-        HaMsg::VoteRequest { epoch, candidate, log, sent_at } => {
+        HaMsg::VoteRequest {
+            epoch,
+            candidate,
+            log,
+            sent_at,
+        } => {
             w.u8(9);
             w.e(*epoch);
             w.u8(candidate.0);
             w.log(*log);
             w.t(*sent_at);
         }
-        HaMsg::VoteReply { epoch, granted, voter_epoch, wait_ms, echo } => {
+        HaMsg::VoteReply {
+            epoch,
+            granted,
+            voter_epoch,
+            wait_ms,
+            echo,
+        } => {
             w.u8(10);
             w.e(*epoch);
             w.bool(*granted);
@@ -153,14 +183,25 @@ pub fn encode(msg: &HaMsg, out: &mut Vec<u8>) {
             w.u64(*wait_ms);
             w.t(*echo);
         }
-        HaMsg::LeaseRequest { epoch, node, sent_at, record } => {
+        HaMsg::LeaseRequest {
+            epoch,
+            node,
+            sent_at,
+            record,
+        } => {
             w.u8(11);
             w.e(*epoch);
             w.u8(node.0);
             w.t(*sent_at);
             w.log(*record);
         }
-        HaMsg::LeaseReply { epoch, granted, voted, recorded, echo } => {
+        HaMsg::LeaseReply {
+            epoch,
+            granted,
+            voted,
+            recorded,
+            echo,
+        } => {
             w.u8(12);
             w.e(*epoch);
             w.bool(*granted);
@@ -183,7 +224,10 @@ struct R<'a> {
 
 impl R<'_> {
     fn take<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
-        let s = self.b.get(self.at..self.at + N).ok_or(DecodeError::Truncated { at: self.b.len() })?;
+        let s = self
+            .b
+            .get(self.at..self.at + N)
+            .ok_or(DecodeError::Truncated { at: self.b.len() })?;
         self.at += N;
         let mut a = [0u8; N];
         a.copy_from_slice(s);
@@ -202,7 +246,10 @@ impl R<'_> {
         match self.u8()? {
             0 => Ok(false),
             1 => Ok(true),
-            v => Err(DecodeError::Value { field, value: u64::from(v) }),
+            v => Err(DecodeError::Value {
+                field,
+                value: u64::from(v),
+            }),
         }
     }
     fn e(&mut self) -> Result<Epoch, DecodeError> {
@@ -217,11 +264,17 @@ impl R<'_> {
     fn node(&mut self) -> Result<NodeId, DecodeError> {
         match self.u8()? {
             v @ (0 | 1) => Ok(NodeId(v)),
-            v => Err(DecodeError::Value { field: "node", value: u64::from(v) }),
+            v => Err(DecodeError::Value {
+                field: "node",
+                value: u64::from(v),
+            }),
         }
     }
     fn log(&mut self) -> Result<LogPos, DecodeError> {
-        Ok(LogPos { log_epoch: self.e()?, end: self.o()? })
+        Ok(LogPos {
+            log_epoch: self.e()?,
+            end: self.o()?,
+        })
     }
 }
 
@@ -241,7 +294,12 @@ pub fn decode(bytes: &[u8]) -> Result<HaMsg, DecodeError> {
                 2 => Role::Standby,
                 3 => Role::Syncing,
                 4 => Role::Stopped,
-                v => return Err(DecodeError::Value { field: "role", value: u64::from(v) }),
+                v => {
+                    return Err(DecodeError::Value {
+                        field: "role",
+                        value: u64::from(v),
+                    })
+                }
             },
             log: r.log()?,
             commit_end: r.o()?,
@@ -256,21 +314,35 @@ pub fn decode(bytes: &[u8]) -> Result<HaMsg, DecodeError> {
             healthy: r.bool("healthy")?,
             sent_at: r.t()?,
         },
-        2 => HaMsg::HeartbeatAck { epoch: r.e()?, echo: r.t()? },
+        2 => HaMsg::HeartbeatAck {
+            epoch: r.e()?,
+            echo: r.t()?,
+        },
         3 => {
             let epoch = r.e()?;
             let end = r.o()?;
             let n = r.u32()?;
             if n > RUNS_MAX {
-                return Err(DecodeError::Value { field: "runs", value: u64::from(n) });
+                return Err(DecodeError::Value {
+                    field: "runs",
+                    value: u64::from(n),
+                });
             }
             let mut runs = Vec::with_capacity((n as usize).min(1024));
             for _ in 0..n {
-                runs.push(Run { epoch: r.e()?, start: r.o()? });
+                runs.push(Run {
+                    epoch: r.e()?,
+                    start: r.o()?,
+                });
             }
             HaMsg::SyncRequest { epoch, end, runs }
         }
-        4 => HaMsg::SyncReply { epoch: r.e()?, truncate_to: r.o()?, target: r.o()?, commit_end: r.o()? },
+        4 => HaMsg::SyncReply {
+            epoch: r.e()?,
+            truncate_to: r.o()?,
+            target: r.o()?,
+            commit_end: r.o()?,
+        },
         5 => HaMsg::Append {
             epoch: r.e()?,
             from: r.o()?,
@@ -278,10 +350,21 @@ pub fn decode(bytes: &[u8]) -> Result<HaMsg, DecodeError> {
             entry_epoch: r.e()?,
             commit_end: r.o()?,
         },
-        6 => HaMsg::AppendAck { epoch: r.e()?, end: r.o()? },
-        7 => HaMsg::Handover { epoch: r.e()?, end: r.o()? },
+        6 => HaMsg::AppendAck {
+            epoch: r.e()?,
+            end: r.o()?,
+        },
+        7 => HaMsg::Handover {
+            epoch: r.e()?,
+            end: r.o()?,
+        },
         8 => HaMsg::Leaving { epoch: r.e()? },
-        9 => HaMsg::VoteRequest { epoch: r.e()?, candidate: r.node()?, log: r.log()?, sent_at: r.t()? },
+        9 => HaMsg::VoteRequest {
+            epoch: r.e()?,
+            candidate: r.node()?,
+            log: r.log()?,
+            sent_at: r.t()?,
+        },
         10 => HaMsg::VoteReply {
             epoch: r.e()?,
             granted: r.bool("granted")?,
@@ -289,7 +372,12 @@ pub fn decode(bytes: &[u8]) -> Result<HaMsg, DecodeError> {
             wait_ms: r.u64()?,
             echo: r.t()?,
         },
-        11 => HaMsg::LeaseRequest { epoch: r.e()?, node: r.node()?, sent_at: r.t()?, record: r.log()? },
+        11 => HaMsg::LeaseRequest {
+            epoch: r.e()?,
+            node: r.node()?,
+            sent_at: r.t()?,
+            record: r.log()?,
+        },
         12 => HaMsg::LeaseReply {
             epoch: r.e()?,
             granted: r.bool("granted")?,
@@ -297,7 +385,10 @@ pub fn decode(bytes: &[u8]) -> Result<HaMsg, DecodeError> {
             recorded: r.log()?,
             echo: r.t()?,
         },
-        13 => HaMsg::LeaseRelease { epoch: r.e()?, node: r.node()? },
+        13 => HaMsg::LeaseRelease {
+            epoch: r.e()?,
+            node: r.node()?,
+        },
         t => return Err(DecodeError::Tag(t)),
     };
     if r.at != bytes.len() {

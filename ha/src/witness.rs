@@ -67,6 +67,8 @@ pub struct Witness {
     actions: VecDeque<WitnessAction>,
     stats: WitnessStats,
     blind: bool,
+    /// The candidate of the last vote (in memory only: after a restart it refuses a retry).
+    voted_for: Option<(Epoch, NodeId)>,
 }
 
 impl Witness {
@@ -82,6 +84,7 @@ impl Witness {
             actions: VecDeque::new(),
             stats: WitnessStats::default(),
             blind: false,
+            voted_for: None,
         }
     }
 
@@ -155,9 +158,20 @@ impl Witness {
                 log,
                 sent_at,
             } => {
+                if self.voted_for == Some((epoch, candidate)) && self.state.voted == epoch {
+                    // A retry of the request we granted (our reply may be lost).
+                    let msg = HaMsg::VoteReply {
+                        epoch,
+                        granted: true,
+                        voter_epoch: epoch,
+                        wait_ms: 0,
+                        echo: sent_at,
+                    };
+                    self.reply(now, candidate, msg);
+                    return;
+                }
                 let ok = epoch > self.state.voted
-                    && log >= self.state.record
-                    && now >= self.promise_until;
+                    && (self.blind || (log >= self.state.record && now >= self.promise_until));
                 if !ok {
                     self.stats.votes_refused_total += 1;
                     let wait_ms = if now < self.promise_until {
@@ -183,6 +197,7 @@ impl Witness {
                 }
                 self.stats.votes_granted_total += 1;
                 self.state.voted = epoch;
+                self.voted_for = Some((epoch, candidate));
                 self.released = None;
                 // Promise now already: no second vote while the grant is being persisted.
                 self.promise_until = self.promise_until.max(now.saturating_add(self.promise()));
