@@ -197,9 +197,11 @@ enum Phase {
     Voting,
     Fencing,
     Pinging,
-    /// Won; persisting the epoch. `echo` dates the first lease.
+    /// Won; persisting the epoch. `echo` dates the first lease; `licensed`: won by fencing
+    /// or reachability (two-node policies) rather than by a vote.
     Won {
         echo: Millis,
+        licensed: bool,
     },
 }
 
@@ -988,16 +990,17 @@ impl HaCore {
                 }
             }
         }
-        if policy != Policy::Witness && !forced {
-            // Without a witness a node promotes only after fencing or seeing the ping targets,
-            // and only if it was an in-sync standby (a restarted or stale node never does).
-            if !suspected || f.sync != Sync::CaughtUp || f.leader.is_none() {
+        if policy != Policy::Witness && suspected && !forced {
+            // Without a witness a node promotes alone only after fencing or seeing the ping
+            // targets, and only if it was an in-sync standby (a restarted or stale node never
+            // does). With the peer in sight, the peer's vote is the agreement of both.
+            if f.sync != Sync::CaughtUp || f.leader.is_none() {
                 return;
             }
         }
         let epoch = Epoch(self.epoch.max(self.epoch_seen).0 + 1);
         self.stats.campaigns_total += 1;
-        let phase = match (policy, forced) {
+        let phase = match (policy, forced || !suspected) {
             (Policy::Witness, _) | (_, true) => Phase::Voting,
             (Policy::FenceCommand, false) => Phase::Fencing,
             (Policy::PingTargets, false) => Phase::Pinging,
@@ -1028,7 +1031,7 @@ impl HaCore {
         self.send_peer(msg);
     }
 
-    fn won(&mut self, epoch: Epoch, echo: Millis) {
+    fn won(&mut self, epoch: Epoch, echo: Millis, licensed: bool) {
         let State::Follower(f) = &mut self.state else {
             return;
         };
@@ -1036,7 +1039,7 @@ impl HaCore {
         if c.epoch != epoch || matches!(c.phase, Phase::Won { .. }) {
             return;
         }
-        c.phase = Phase::Won { echo };
+        c.phase = Phase::Won { echo, licensed };
         self.epoch = self.epoch.max(epoch);
         self.epoch_seen = self.epoch_seen.max(epoch);
         self.persist(epoch, epoch);
@@ -1049,7 +1052,7 @@ impl HaCore {
         };
         let Some(Campaign {
             epoch,
-            phase: Phase::Won { echo },
+            phase: Phase::Won { echo, licensed },
             ..
         }) = f.campaign
         else {
@@ -1060,15 +1063,12 @@ impl HaCore {
         }
         let now = self.now;
         let c = self.c();
-        let lease_until = match c.policy {
-            Policy::Witness => echo.saturating_add(c.lease_ms),
-            // Fenced or targets seen: licensed until the next check.
-            _ => now.saturating_add(c.lease_ms),
-        };
-        let solo_license_until = if c.policy == Policy::Witness {
-            Millis(0)
-        } else {
-            now.saturating_add(c.lease_ms)
+        let lease_until = echo.saturating_add(c.lease_ms);
+        // Fenced: the peer is off until heard again; targets seen: until the next check.
+        let solo_license_until = match (licensed, c.policy) {
+            (false, _) | (true, Policy::Witness) => Millis(0),
+            (true, Policy::FenceCommand) => NEVER,
+            (true, Policy::PingTargets) => now.saturating_add(c.lease_ms),
         };
         self.stats.promotions_total += 1;
         let l = Leader {
@@ -1107,7 +1107,7 @@ impl HaCore {
                     return;
                 }
                 if ok {
-                    self.won(c.epoch, now);
+                    self.won(c.epoch, now, true);
                 } else {
                     f.campaign = None;
                 }
@@ -1292,7 +1292,7 @@ impl HaCore {
             return;
         }
         if granted {
-            self.won(epoch, echo);
+            self.won(epoch, echo, false);
         } else if voter_epoch >= c.epoch {
             // Someone promised a higher epoch: start over above it at the next retry.
             self.epoch_seen = self.epoch_seen.max(voter_epoch);
