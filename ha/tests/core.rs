@@ -1,0 +1,331 @@
+//! Unit-level tests of the node core and the witness: exact action lists for the key
+//! transitions (openraft style) and the vote rules as tables.
+
+use ha::node::common_prefix;
+use ha::*;
+use twinrx_types::{Epoch, Millis, NodeId, Offset};
+
+fn core(node: NodeId, now: u64, restored: Restored) -> HaCore {
+    let cfg = Config::new(node).validate().expect("defaults are valid");
+    HaCore::new(cfg, Millis(now), restored)
+}
+
+/// A core that has sent its first heartbeats (due at start).
+fn started(node: NodeId, now: u64, restored: Restored) -> HaCore {
+    let mut c = core(node, now, restored);
+    c.handle_timeout(Millis(now));
+    drain(&mut c);
+    c
+}
+
+fn drain(c: &mut HaCore) -> Vec<Action> {
+    std::iter::from_fn(|| c.poll_action()).collect()
+}
+
+fn hb(epoch: u64, role: Role, log: LogPos, sent_at: u64) -> HaMsg {
+    HaMsg::Heartbeat {
+        epoch: Epoch(epoch),
+        role,
+        log,
+        commit_end: Offset(0),
+        health: Health::default(),
+        healthy: true,
+        sent_at: Millis(sent_at),
+    }
+}
+
+fn to_b(link: Option<u8>, msg: HaMsg) -> Action {
+    Action::Send { to: Party::Node(NodeId::B), link, msg }
+}
+
+/// Cold start of A with a witness: heartbeats, then (after the start-up promise and the
+/// suspicion time) a campaign, the witness's grant, persist, publish.
+#[test]
+fn cold_start_elects_with_the_witness_vote() {
+    let mut a = core(NodeId::A, 1000, Restored::default());
+    a.handle_timeout(Millis(1000));
+    let log0 = LogPos::default();
+    assert_eq!(
+        drain(&mut a),
+        vec![
+            to_b(Some(0), hb(0, Role::Syncing, log0, 1000)),
+            to_b(Some(1), hb(0, Role::Syncing, log0, 1000)),
+        ]
+    );
+    // Promise after start: lease 800 + margin 100 → 1900 (suspicion at 1800 already).
+    assert_eq!(a.poll_deadline(), Some(Millis(1200)));
+    a.handle_timeout(Millis(1900));
+    let vote = HaMsg::VoteRequest { epoch: Epoch(1), candidate: NodeId::A, log: log0, sent_at: Millis(1900) };
+    assert_eq!(
+        drain(&mut a),
+        vec![
+            to_b(Some(0), hb(0, Role::Syncing, log0, 1900)),
+            to_b(Some(1), hb(0, Role::Syncing, log0, 1900)),
+            Action::Send { to: Party::Witness, link: None, msg: vote.clone() },
+            to_b(None, vote),
+        ]
+    );
+    let grant =
+        HaMsg::VoteReply { epoch: Epoch(1), granted: true, voter_epoch: Epoch(1), wait_ms: 0, echo: Millis(1900) };
+    a.handle_input(Millis(1903), Input::Witness(grant));
+    let st = EpochState { epoch: Epoch(1), log_epoch: Epoch(1) };
+    assert_eq!(drain(&mut a), vec![Action::PersistEpoch(st)]);
+    a.handle_input(Millis(1905), Input::EpochPersisted(st));
+    assert_eq!(
+        drain(&mut a),
+        vec![Action::StartPublishing { epoch: Epoch(1), from_offset: Offset(0), lease_until: Millis(2700) }]
+    );
+    assert_eq!(a.role(), Role::Solo, "no standby yet");
+    // Without renewal the lease lapses: self-fencing, exactly at lease_until.
+    assert_eq!(a.poll_deadline(), Some(Millis(2100)));
+    for t in [2100, 2300, 2500] {
+        a.handle_timeout(Millis(t));
+        drain(&mut a);
+    }
+    a.handle_timeout(Millis(2700));
+    let acts = drain(&mut a);
+    assert!(acts.contains(&Action::StopPublishing(StopReason::LeaseExpired)), "{acts:?}");
+}
+
+/// A standby that hears an active of a higher epoch adopts it (persist first), then asks to
+/// sync, and acks heartbeats (renewing the active's lease) only once the epoch is durable.
+#[test]
+fn follower_adopts_higher_epoch_then_syncs_and_acks() {
+    let restored = Restored {
+        state: EpochState { epoch: Epoch(3), log_epoch: Epoch(3) },
+        end: Offset(10),
+        runs: vec![Run { epoch: Epoch(3), start: Offset(0) }],
+    };
+    let mut b = started(NodeId::B, 0, restored);
+    let log = LogPos { log_epoch: Epoch(4), end: Offset(12) };
+    b.handle_input(Millis(10), Input::Peer { link: 1, msg: hb(4, Role::Active, log, 500) });
+    let st = EpochState { epoch: Epoch(4), log_epoch: Epoch(3) };
+    assert_eq!(drain(&mut b), vec![Action::PersistEpoch(st)]);
+    b.handle_input(Millis(12), Input::EpochPersisted(st));
+    let a = Party::Node(NodeId::A);
+    assert_eq!(
+        drain(&mut b),
+        vec![
+            Action::StartResync,
+            Action::Send {
+                to: a,
+                link: None,
+                msg: HaMsg::SyncRequest {
+                    epoch: Epoch(4),
+                    end: Offset(10),
+                    runs: vec![Run { epoch: Epoch(3), start: Offset(0) }]
+                }
+            },
+        ]
+    );
+    b.handle_input(Millis(20), Input::Peer { link: 0, msg: hb(4, Role::Active, log, 700) });
+    assert_eq!(
+        drain(&mut b),
+        vec![Action::Send {
+            to: a,
+            link: Some(0),
+            msg: HaMsg::HeartbeatAck { epoch: Epoch(4), echo: Millis(700) }
+        }]
+    );
+    // The active says: keep 8, catch up to 12.
+    let reply = HaMsg::SyncReply { epoch: Epoch(4), truncate_to: Offset(8), target: Offset(12), commit_end: Offset(8) };
+    b.handle_input(Millis(21), Input::Peer { link: 0, msg: reply });
+    assert_eq!(
+        drain(&mut b),
+        vec![
+            Action::TruncateStream { from: Offset(8) },
+            Action::Committed { upto: Offset(8) },
+            Action::Send { to: a, link: None, msg: HaMsg::AppendAck { epoch: Epoch(4), end: Offset(8) } },
+        ]
+    );
+    let append = HaMsg::Append {
+        epoch: Epoch(4),
+        from: Offset(8),
+        upto: Offset(12),
+        entry_epoch: Epoch(4),
+        commit_end: Offset(8),
+    };
+    b.handle_input(Millis(22), Input::Peer { link: 0, msg: append });
+    assert_eq!(
+        drain(&mut b),
+        vec![Action::AcceptEntries { from: Offset(8), upto: Offset(12), entry_epoch: Epoch(4) }]
+    );
+    b.handle_input(Millis(25), Input::StreamAppended { upto: Offset(12) });
+    let caught_up = EpochState { epoch: Epoch(4), log_epoch: Epoch(4) };
+    assert_eq!(
+        drain(&mut b),
+        vec![
+            Action::PersistEpoch(caught_up),
+            Action::Send { to: a, link: None, msg: HaMsg::AppendAck { epoch: Epoch(4), end: Offset(12) } },
+        ]
+    );
+    b.handle_input(Millis(26), Input::EpochPersisted(caught_up));
+    b.handle_input(Millis(27), Input::ResyncDone);
+    assert_eq!(b.role(), Role::Standby);
+    assert_eq!(b.log_pos(), LogPos { log_epoch: Epoch(4), end: Offset(12) });
+}
+
+/// A stale message (lower epoch) is dropped and counted, never acted on.
+#[test]
+fn lower_epoch_messages_are_rejected() {
+    let restored = Restored { state: EpochState { epoch: Epoch(5), log_epoch: Epoch(5) }, ..Restored::default() };
+    let mut b = started(NodeId::B, 0, restored);
+    b.handle_input(Millis(1), Input::Peer { link: 0, msg: hb(4, Role::Active, LogPos::default(), 1) });
+    let append =
+        HaMsg::Append { epoch: Epoch(4), from: Offset(0), upto: Offset(3), entry_epoch: Epoch(4), commit_end: Offset(0) };
+    b.handle_input(Millis(2), Input::Peer { link: 0, msg: append });
+    assert_eq!(drain(&mut b), vec![]);
+    assert_eq!(b.stats().stale_messages_total, 2);
+    assert_eq!(b.epoch(), Epoch(5));
+}
+
+/// Vote rules of a node, as a table: (voter epoch, voter log end, request epoch, candidate
+/// log end, after the promise?) → granted.
+#[test]
+fn node_vote_rules_table() {
+    let rows: &[(u64, u64, u64, u64, bool, bool)] = &[
+        // voter e, voter end, req e, cand end, promise over, granted
+        (1, 10, 2, 10, true, true),   // equal stream, higher epoch
+        (1, 10, 2, 11, true, true),   // candidate ahead
+        (1, 10, 2, 9, true, false),   // candidate lacks entries
+        (2, 10, 2, 10, true, false),  // one vote per epoch
+        (3, 10, 2, 10, true, false),  // lower epoch
+        (1, 10, 2, 10, false, false), // promise to the active's lease still runs
+    ];
+    for &(ve, vend, re, cend, over, granted) in rows {
+        let restored = Restored {
+            state: EpochState { epoch: Epoch(ve), log_epoch: Epoch(1) },
+            end: Offset(vend),
+            runs: vec![Run { epoch: Epoch(1), start: Offset(0) }],
+        };
+        let mut b = started(NodeId::B, 0, restored);
+        // The start-up promise runs until 900.
+        let now = if over { 900 } else { 899 };
+        let log = LogPos { log_epoch: Epoch(1), end: Offset(cend) };
+        let req = HaMsg::VoteRequest { epoch: Epoch(re), candidate: NodeId::A, log, sent_at: Millis(7) };
+        b.handle_input(Millis(now), Input::Peer { link: 0, msg: req });
+        let acts = drain(&mut b);
+        let persisted = acts.iter().any(|a| matches!(a, Action::PersistEpoch(_)));
+        let refused = acts
+            .iter()
+            .any(|a| matches!(a, Action::Send { msg: HaMsg::VoteReply { granted: false, .. }, .. }));
+        assert_eq!(persisted, granted, "row {ve} {vend} {re} {cend} {over}: {acts:?}");
+        assert_eq!(refused, !granted, "row {ve} {vend} {re} {cend} {over}: {acts:?}");
+        if granted {
+            // The reply leaves only once the vote is durable.
+            b.handle_input(Millis(now), Input::EpochPersisted(EpochState { epoch: Epoch(re), log_epoch: Epoch(1) }));
+            let acts = drain(&mut b);
+            assert!(
+                acts.iter().any(|a| matches!(a, Action::Send { msg: HaMsg::VoteReply { granted: true, .. }, .. })),
+                "{acts:?}"
+            );
+        }
+    }
+}
+
+fn witness_drain(w: &mut Witness) -> Vec<WitnessAction> {
+    std::iter::from_fn(|| w.poll_action()).collect()
+}
+
+/// Witness rules as a table: (voted, record end, request, candidate end, now) → granted.
+#[test]
+fn witness_vote_rules_table() {
+    let rows: &[(u64, u64, u64, u64, u64, bool)] = &[
+        (1, 10, 2, 10, 900, true),  // up to date, promise over
+        (1, 10, 2, 9, 900, false),  // stale node: lacks committed entries
+        (1, 10, 1, 10, 900, false), // already voted in this epoch
+        (1, 10, 2, 10, 899, false), // promise after restart still runs
+        (0, 0, 1, 0, 900, true),    // fresh pair
+    ];
+    for &(voted, rec, e, cend, now, granted) in rows {
+        let st = WitnessState { voted: Epoch(voted), record: LogPos { log_epoch: Epoch(1), end: Offset(rec) } };
+        let mut w = Witness::new(WitnessConfig::default(), Millis(0), st);
+        let log = LogPos { log_epoch: Epoch(1), end: Offset(cend) };
+        w.handle_input(Millis(now), NodeId::B, HaMsg::VoteRequest { epoch: Epoch(e), candidate: NodeId::B, log, sent_at: Millis(3) });
+        let acts = witness_drain(&mut w);
+        if granted {
+            let want = WitnessState { voted: Epoch(e), ..st };
+            assert_eq!(acts, vec![WitnessAction::Persist(want)], "row {voted} {rec} {e} {cend} {now}");
+            w.handle_persisted(Millis(now + 1), want);
+            assert_eq!(
+                witness_drain(&mut w),
+                vec![WitnessAction::Send {
+                    to: NodeId::B,
+                    msg: HaMsg::VoteReply { epoch: Epoch(e), granted: true, voter_epoch: Epoch(e), wait_ms: 0, echo: Millis(3) }
+                }]
+            );
+        } else {
+            assert!(
+                matches!(&acts[..], [WitnessAction::Send { msg: HaMsg::VoteReply { granted: false, .. }, .. }]),
+                "row {voted} {rec} {e} {cend} {now}: {acts:?}"
+            );
+        }
+    }
+}
+
+/// A lease grant records the solo active's stream (that record commits it), is persisted
+/// before the reply, and then blocks votes for lease + margin.
+#[test]
+fn witness_records_before_granting_and_then_blocks_votes() {
+    let mut w = Witness::new(WitnessConfig::default(), Millis(0), WitnessState::default());
+    let record = LogPos { log_epoch: Epoch(1), end: Offset(40) };
+    w.handle_input(Millis(1000), NodeId::A, HaMsg::LeaseRequest { epoch: Epoch(1), node: NodeId::A, sent_at: Millis(9), record });
+    let st = WitnessState { voted: Epoch(1), record };
+    assert_eq!(witness_drain(&mut w), vec![WitnessAction::Persist(st)]);
+    w.handle_persisted(Millis(1002), st);
+    assert_eq!(
+        witness_drain(&mut w),
+        vec![WitnessAction::Send {
+            to: NodeId::A,
+            msg: HaMsg::LeaseReply { epoch: Epoch(1), granted: true, voted: Epoch(1), recorded: record, echo: Millis(9) }
+        }]
+    );
+    let req = |end| HaMsg::VoteRequest {
+        epoch: Epoch(2),
+        candidate: NodeId::B,
+        log: LogPos { log_epoch: Epoch(1), end: Offset(end) },
+        sent_at: Millis(5),
+    };
+    w.handle_input(Millis(1500), NodeId::B, req(40));
+    assert_eq!(
+        witness_drain(&mut w),
+        vec![WitnessAction::Send {
+            to: NodeId::B,
+            msg: HaMsg::VoteReply { epoch: Epoch(2), granted: false, voter_epoch: Epoch(1), wait_ms: 402, echo: Millis(5) }
+        }]
+    );
+    // After the promise: a stale candidate is still refused, an up-to-date one granted.
+    w.handle_input(Millis(1902), NodeId::B, req(39));
+    assert!(matches!(&witness_drain(&mut w)[..], [WitnessAction::Send { msg: HaMsg::VoteReply { granted: false, .. }, .. }]));
+    w.handle_input(Millis(1902), NodeId::B, req(40));
+    assert!(matches!(&witness_drain(&mut w)[..], [WitnessAction::Persist(_)]));
+    // The deposed active's lease requests are now refused.
+    w.handle_input(Millis(1903), NodeId::A, HaMsg::LeaseRequest { epoch: Epoch(1), node: NodeId::A, sent_at: Millis(10), record });
+    assert!(matches!(&witness_drain(&mut w)[..], [WitnessAction::Send { msg: HaMsg::LeaseReply { granted: false, .. }, .. }]));
+}
+
+#[test]
+fn common_prefix_table() {
+    let r = |v: &[(u64, u64)]| v.iter().map(|&(e, s)| Run { epoch: Epoch(e), start: Offset(s) }).collect::<Vec<_>>();
+    let rows: &[(&[(u64, u64)], u64, &[(u64, u64)], u64, u64)] = &[
+        (&[(1, 0)], 10, &[(1, 0)], 7, 7),                 // prefix
+        (&[(1, 0), (2, 5)], 9, &[(1, 0)], 8, 5),          // diverged at the new epoch's start
+        (&[(1, 0), (3, 6)], 9, &[(1, 0), (2, 4)], 8, 4),  // both moved on differently
+        (&[], 0, &[(1, 0)], 4, 0),                        // empty
+        (&[(1, 0), (2, 5)], 9, &[(1, 0), (2, 5)], 12, 9), // same history, other is longer
+    ];
+    for (a, ae, b, be, want) in rows {
+        assert_eq!(common_prefix(&r(a), Offset(*ae), &r(b), Offset(*be)), Offset(*want), "{a:?} {b:?}");
+    }
+}
+
+#[test]
+fn config_validation_reports_every_problem() {
+    let mut c = Config::new(NodeId::A);
+    c.links = 0;
+    c.lease_ms = 100;
+    c.failover_after_ms = 300;
+    let err = c.validate().expect_err("three problems");
+    assert_eq!(err.problems.len(), 3, "{err}");
+    assert!(err.to_string().contains("ha.links = 0"), "{err}");
+}
