@@ -35,7 +35,11 @@ fn hb(epoch: u64, role: Role, log: LogPos, sent_at: u64) -> HaMsg {
 }
 
 fn to_b(link: Option<u8>, msg: HaMsg) -> Action {
-    Action::Send { to: Party::Node(NodeId::B), link, msg }
+    Action::Send {
+        to: Party::Node(NodeId::B),
+        link,
+        msg,
+    }
 }
 
 /// Cold start of A with a witness: heartbeats, then (after the start-up promise and the
@@ -55,25 +59,46 @@ fn cold_start_elects_with_the_witness_vote() {
     // Promise after start: lease 800 + margin 100 → 1900 (suspicion at 1800 already).
     assert_eq!(a.poll_deadline(), Some(Millis(1200)));
     a.handle_timeout(Millis(1900));
-    let vote = HaMsg::VoteRequest { epoch: Epoch(1), candidate: NodeId::A, log: log0, sent_at: Millis(1900) };
+    let vote = HaMsg::VoteRequest {
+        epoch: Epoch(1),
+        candidate: NodeId::A,
+        log: log0,
+        sent_at: Millis(1900),
+    };
     assert_eq!(
         drain(&mut a),
         vec![
             to_b(Some(0), hb(0, Role::Syncing, log0, 1900)),
             to_b(Some(1), hb(0, Role::Syncing, log0, 1900)),
-            Action::Send { to: Party::Witness, link: None, msg: vote.clone() },
+            Action::Send {
+                to: Party::Witness,
+                link: None,
+                msg: vote.clone()
+            },
             to_b(None, vote),
         ]
     );
-    let grant =
-        HaMsg::VoteReply { epoch: Epoch(1), granted: true, voter_epoch: Epoch(1), wait_ms: 0, echo: Millis(1900) };
+    let grant = HaMsg::VoteReply {
+        epoch: Epoch(1),
+        granted: true,
+        voter_epoch: Epoch(1),
+        wait_ms: 0,
+        echo: Millis(1900),
+    };
     a.handle_input(Millis(1903), Input::Witness(grant));
-    let st = EpochState { epoch: Epoch(1), log_epoch: Epoch(1) };
+    let st = EpochState {
+        epoch: Epoch(1),
+        log_epoch: Epoch(1),
+    };
     assert_eq!(drain(&mut a), vec![Action::PersistEpoch(st)]);
     a.handle_input(Millis(1905), Input::EpochPersisted(st));
     assert_eq!(
         drain(&mut a),
-        vec![Action::StartPublishing { epoch: Epoch(1), from_offset: Offset(0), lease_until: Millis(2700) }]
+        vec![Action::StartPublishing {
+            epoch: Epoch(1),
+            from_offset: Offset(0),
+            lease_until: Millis(2700)
+        }]
     );
     assert_eq!(a.role(), Role::Solo, "no standby yet");
     // Without renewal the lease lapses: self-fencing, exactly at lease_until.
@@ -84,7 +109,10 @@ fn cold_start_elects_with_the_witness_vote() {
     }
     a.handle_timeout(Millis(2700));
     let acts = drain(&mut a);
-    assert!(acts.contains(&Action::StopPublishing(StopReason::LeaseExpired)), "{acts:?}");
+    assert!(
+        acts.contains(&Action::StopPublishing(StopReason::LeaseExpired)),
+        "{acts:?}"
+    );
 }
 
 /// A standby that hears an active of a higher epoch adopts it (persist first), then asks to
@@ -92,14 +120,32 @@ fn cold_start_elects_with_the_witness_vote() {
 #[test]
 fn follower_adopts_higher_epoch_then_syncs_and_acks() {
     let restored = Restored {
-        state: EpochState { epoch: Epoch(3), log_epoch: Epoch(3) },
+        state: EpochState {
+            epoch: Epoch(3),
+            log_epoch: Epoch(3),
+        },
         end: Offset(10),
-        runs: vec![Run { epoch: Epoch(3), start: Offset(0) }],
+        runs: vec![Run {
+            epoch: Epoch(3),
+            start: Offset(0),
+        }],
     };
     let mut b = started(NodeId::B, 0, restored);
-    let log = LogPos { log_epoch: Epoch(4), end: Offset(12) };
-    b.handle_input(Millis(10), Input::Peer { link: 1, msg: hb(4, Role::Active, log, 500) });
-    let st = EpochState { epoch: Epoch(4), log_epoch: Epoch(3) };
+    let log = LogPos {
+        log_epoch: Epoch(4),
+        end: Offset(12),
+    };
+    b.handle_input(
+        Millis(10),
+        Input::Peer {
+            link: 1,
+            msg: hb(4, Role::Active, log, 500),
+        },
+    );
+    let st = EpochState {
+        epoch: Epoch(4),
+        log_epoch: Epoch(3),
+    };
     assert_eq!(drain(&mut b), vec![Action::PersistEpoch(st)]);
     b.handle_input(Millis(12), Input::EpochPersisted(st));
     let a = Party::Node(NodeId::A);
@@ -113,29 +159,59 @@ fn follower_adopts_higher_epoch_then_syncs_and_acks() {
                 msg: HaMsg::SyncRequest {
                     epoch: Epoch(4),
                     end: Offset(10),
-                    runs: vec![Run { epoch: Epoch(3), start: Offset(0) }]
+                    runs: vec![Run {
+                        epoch: Epoch(3),
+                        start: Offset(0)
+                    }]
                 }
             },
         ]
     );
-    b.handle_input(Millis(20), Input::Peer { link: 0, msg: hb(4, Role::Active, log, 700) });
+    b.handle_input(
+        Millis(20),
+        Input::Peer {
+            link: 0,
+            msg: hb(4, Role::Active, log, 700),
+        },
+    );
     assert_eq!(
         drain(&mut b),
         vec![Action::Send {
             to: a,
             link: Some(0),
-            msg: HaMsg::HeartbeatAck { epoch: Epoch(4), echo: Millis(700) }
+            msg: HaMsg::HeartbeatAck {
+                epoch: Epoch(4),
+                echo: Millis(700)
+            }
         }]
     );
     // The active says: keep 8, catch up to 12.
-    let reply = HaMsg::SyncReply { epoch: Epoch(4), truncate_to: Offset(8), target: Offset(12), commit_end: Offset(8) };
-    b.handle_input(Millis(21), Input::Peer { link: 0, msg: reply });
+    let reply = HaMsg::SyncReply {
+        epoch: Epoch(4),
+        truncate_to: Offset(8),
+        target: Offset(12),
+        commit_end: Offset(8),
+    };
+    b.handle_input(
+        Millis(21),
+        Input::Peer {
+            link: 0,
+            msg: reply,
+        },
+    );
     assert_eq!(
         drain(&mut b),
         vec![
             Action::TruncateStream { from: Offset(8) },
             Action::Committed { upto: Offset(8) },
-            Action::Send { to: a, link: None, msg: HaMsg::AppendAck { epoch: Epoch(4), end: Offset(8) } },
+            Action::Send {
+                to: a,
+                link: None,
+                msg: HaMsg::AppendAck {
+                    epoch: Epoch(4),
+                    end: Offset(8)
+                }
+            },
         ]
     );
     let append = HaMsg::Append {
@@ -145,35 +221,84 @@ fn follower_adopts_higher_epoch_then_syncs_and_acks() {
         entry_epoch: Epoch(4),
         commit_end: Offset(8),
     };
-    b.handle_input(Millis(22), Input::Peer { link: 0, msg: append });
+    b.handle_input(
+        Millis(22),
+        Input::Peer {
+            link: 0,
+            msg: append,
+        },
+    );
     assert_eq!(
         drain(&mut b),
-        vec![Action::AcceptEntries { from: Offset(8), upto: Offset(12), entry_epoch: Epoch(4) }]
+        vec![Action::AcceptEntries {
+            from: Offset(8),
+            upto: Offset(12),
+            entry_epoch: Epoch(4)
+        }]
     );
     b.handle_input(Millis(25), Input::StreamAppended { upto: Offset(12) });
-    let caught_up = EpochState { epoch: Epoch(4), log_epoch: Epoch(4) };
+    let caught_up = EpochState {
+        epoch: Epoch(4),
+        log_epoch: Epoch(4),
+    };
     assert_eq!(
         drain(&mut b),
         vec![
             Action::PersistEpoch(caught_up),
-            Action::Send { to: a, link: None, msg: HaMsg::AppendAck { epoch: Epoch(4), end: Offset(12) } },
+            Action::Send {
+                to: a,
+                link: None,
+                msg: HaMsg::AppendAck {
+                    epoch: Epoch(4),
+                    end: Offset(12)
+                }
+            },
         ]
     );
     b.handle_input(Millis(26), Input::EpochPersisted(caught_up));
     b.handle_input(Millis(27), Input::ResyncDone);
     assert_eq!(b.role(), Role::Standby);
-    assert_eq!(b.log_pos(), LogPos { log_epoch: Epoch(4), end: Offset(12) });
+    assert_eq!(
+        b.log_pos(),
+        LogPos {
+            log_epoch: Epoch(4),
+            end: Offset(12)
+        }
+    );
 }
 
 /// A stale message (lower epoch) is dropped and counted, never acted on.
 #[test]
 fn lower_epoch_messages_are_rejected() {
-    let restored = Restored { state: EpochState { epoch: Epoch(5), log_epoch: Epoch(5) }, ..Restored::default() };
+    let restored = Restored {
+        state: EpochState {
+            epoch: Epoch(5),
+            log_epoch: Epoch(5),
+        },
+        ..Restored::default()
+    };
     let mut b = started(NodeId::B, 0, restored);
-    b.handle_input(Millis(1), Input::Peer { link: 0, msg: hb(4, Role::Active, LogPos::default(), 1) });
-    let append =
-        HaMsg::Append { epoch: Epoch(4), from: Offset(0), upto: Offset(3), entry_epoch: Epoch(4), commit_end: Offset(0) };
-    b.handle_input(Millis(2), Input::Peer { link: 0, msg: append });
+    b.handle_input(
+        Millis(1),
+        Input::Peer {
+            link: 0,
+            msg: hb(4, Role::Active, LogPos::default(), 1),
+        },
+    );
+    let append = HaMsg::Append {
+        epoch: Epoch(4),
+        from: Offset(0),
+        upto: Offset(3),
+        entry_epoch: Epoch(4),
+        commit_end: Offset(0),
+    };
+    b.handle_input(
+        Millis(2),
+        Input::Peer {
+            link: 0,
+            msg: append,
+        },
+    );
     assert_eq!(drain(&mut b), vec![]);
     assert_eq!(b.stats().stale_messages_total, 2);
     assert_eq!(b.epoch(), Epoch(5));
@@ -194,29 +319,67 @@ fn node_vote_rules_table() {
     ];
     for &(ve, vend, re, cend, over, granted) in rows {
         let restored = Restored {
-            state: EpochState { epoch: Epoch(ve), log_epoch: Epoch(1) },
+            state: EpochState {
+                epoch: Epoch(ve),
+                log_epoch: Epoch(1),
+            },
             end: Offset(vend),
-            runs: vec![Run { epoch: Epoch(1), start: Offset(0) }],
+            runs: vec![Run {
+                epoch: Epoch(1),
+                start: Offset(0),
+            }],
         };
         let mut b = started(NodeId::B, 0, restored);
         // The start-up promise runs until 900.
         let now = if over { 900 } else { 899 };
-        let log = LogPos { log_epoch: Epoch(1), end: Offset(cend) };
-        let req = HaMsg::VoteRequest { epoch: Epoch(re), candidate: NodeId::A, log, sent_at: Millis(7) };
+        let log = LogPos {
+            log_epoch: Epoch(1),
+            end: Offset(cend),
+        };
+        let req = HaMsg::VoteRequest {
+            epoch: Epoch(re),
+            candidate: NodeId::A,
+            log,
+            sent_at: Millis(7),
+        };
         b.handle_input(Millis(now), Input::Peer { link: 0, msg: req });
         let acts = drain(&mut b);
         let persisted = acts.iter().any(|a| matches!(a, Action::PersistEpoch(_)));
-        let refused = acts
-            .iter()
-            .any(|a| matches!(a, Action::Send { msg: HaMsg::VoteReply { granted: false, .. }, .. }));
-        assert_eq!(persisted, granted, "row {ve} {vend} {re} {cend} {over}: {acts:?}");
-        assert_eq!(refused, !granted, "row {ve} {vend} {re} {cend} {over}: {acts:?}");
+        let refused = acts.iter().any(|a| {
+            matches!(
+                a,
+                Action::Send {
+                    msg: HaMsg::VoteReply { granted: false, .. },
+                    ..
+                }
+            )
+        });
+        assert_eq!(
+            persisted, granted,
+            "row {ve} {vend} {re} {cend} {over}: {acts:?}"
+        );
+        assert_eq!(
+            refused, !granted,
+            "row {ve} {vend} {re} {cend} {over}: {acts:?}"
+        );
         if granted {
             // The reply leaves only once the vote is durable.
-            b.handle_input(Millis(now), Input::EpochPersisted(EpochState { epoch: Epoch(re), log_epoch: Epoch(1) }));
+            b.handle_input(
+                Millis(now),
+                Input::EpochPersisted(EpochState {
+                    epoch: Epoch(re),
+                    log_epoch: Epoch(1),
+                }),
+            );
             let acts = drain(&mut b);
             assert!(
-                acts.iter().any(|a| matches!(a, Action::Send { msg: HaMsg::VoteReply { granted: true, .. }, .. })),
+                acts.iter().any(|a| matches!(
+                    a,
+                    Action::Send {
+                        msg: HaMsg::VoteReply { granted: true, .. },
+                        ..
+                    }
+                )),
                 "{acts:?}"
             );
         }
@@ -238,25 +401,62 @@ fn witness_vote_rules_table() {
         (0, 0, 1, 0, 900, true),    // fresh pair
     ];
     for &(voted, rec, e, cend, now, granted) in rows {
-        let st = WitnessState { voted: Epoch(voted), record: LogPos { log_epoch: Epoch(1), end: Offset(rec) } };
+        let st = WitnessState {
+            voted: Epoch(voted),
+            record: LogPos {
+                log_epoch: Epoch(1),
+                end: Offset(rec),
+            },
+        };
         let mut w = Witness::new(WitnessConfig::default(), Millis(0), st);
-        let log = LogPos { log_epoch: Epoch(1), end: Offset(cend) };
-        w.handle_input(Millis(now), NodeId::B, HaMsg::VoteRequest { epoch: Epoch(e), candidate: NodeId::B, log, sent_at: Millis(3) });
+        let log = LogPos {
+            log_epoch: Epoch(1),
+            end: Offset(cend),
+        };
+        w.handle_input(
+            Millis(now),
+            NodeId::B,
+            HaMsg::VoteRequest {
+                epoch: Epoch(e),
+                candidate: NodeId::B,
+                log,
+                sent_at: Millis(3),
+            },
+        );
         let acts = witness_drain(&mut w);
         if granted {
-            let want = WitnessState { voted: Epoch(e), ..st };
-            assert_eq!(acts, vec![WitnessAction::Persist(want)], "row {voted} {rec} {e} {cend} {now}");
+            let want = WitnessState {
+                voted: Epoch(e),
+                ..st
+            };
+            assert_eq!(
+                acts,
+                vec![WitnessAction::Persist(want)],
+                "row {voted} {rec} {e} {cend} {now}"
+            );
             w.handle_persisted(Millis(now + 1), want);
             assert_eq!(
                 witness_drain(&mut w),
                 vec![WitnessAction::Send {
                     to: NodeId::B,
-                    msg: HaMsg::VoteReply { epoch: Epoch(e), granted: true, voter_epoch: Epoch(e), wait_ms: 0, echo: Millis(3) }
+                    msg: HaMsg::VoteReply {
+                        epoch: Epoch(e),
+                        granted: true,
+                        voter_epoch: Epoch(e),
+                        wait_ms: 0,
+                        echo: Millis(3)
+                    }
                 }]
             );
         } else {
             assert!(
-                matches!(&acts[..], [WitnessAction::Send { msg: HaMsg::VoteReply { granted: false, .. }, .. }]),
+                matches!(
+                    &acts[..],
+                    [WitnessAction::Send {
+                        msg: HaMsg::VoteReply { granted: false, .. },
+                        ..
+                    }]
+                ),
                 "row {voted} {rec} {e} {cend} {now}: {acts:?}"
             );
         }
@@ -268,22 +468,46 @@ fn witness_vote_rules_table() {
 #[test]
 fn witness_records_before_granting_and_then_blocks_votes() {
     let mut w = Witness::new(WitnessConfig::default(), Millis(0), WitnessState::default());
-    let record = LogPos { log_epoch: Epoch(1), end: Offset(40) };
-    w.handle_input(Millis(1000), NodeId::A, HaMsg::LeaseRequest { epoch: Epoch(1), node: NodeId::A, sent_at: Millis(9), record });
-    let st = WitnessState { voted: Epoch(1), record };
+    let record = LogPos {
+        log_epoch: Epoch(1),
+        end: Offset(40),
+    };
+    w.handle_input(
+        Millis(1000),
+        NodeId::A,
+        HaMsg::LeaseRequest {
+            epoch: Epoch(1),
+            node: NodeId::A,
+            sent_at: Millis(9),
+            record,
+        },
+    );
+    let st = WitnessState {
+        voted: Epoch(1),
+        record,
+    };
     assert_eq!(witness_drain(&mut w), vec![WitnessAction::Persist(st)]);
     w.handle_persisted(Millis(1002), st);
     assert_eq!(
         witness_drain(&mut w),
         vec![WitnessAction::Send {
             to: NodeId::A,
-            msg: HaMsg::LeaseReply { epoch: Epoch(1), granted: true, voted: Epoch(1), recorded: record, echo: Millis(9) }
+            msg: HaMsg::LeaseReply {
+                epoch: Epoch(1),
+                granted: true,
+                voted: Epoch(1),
+                recorded: record,
+                echo: Millis(9)
+            }
         }]
     );
     let req = |end| HaMsg::VoteRequest {
         epoch: Epoch(2),
         candidate: NodeId::B,
-        log: LogPos { log_epoch: Epoch(1), end: Offset(end) },
+        log: LogPos {
+            log_epoch: Epoch(1),
+            end: Offset(end),
+        },
         sent_at: Millis(5),
     };
     w.handle_input(Millis(1500), NodeId::B, req(40));
@@ -291,22 +515,59 @@ fn witness_records_before_granting_and_then_blocks_votes() {
         witness_drain(&mut w),
         vec![WitnessAction::Send {
             to: NodeId::B,
-            msg: HaMsg::VoteReply { epoch: Epoch(2), granted: false, voter_epoch: Epoch(1), wait_ms: 402, echo: Millis(5) }
+            msg: HaMsg::VoteReply {
+                epoch: Epoch(2),
+                granted: false,
+                voter_epoch: Epoch(1),
+                wait_ms: 402,
+                echo: Millis(5)
+            }
         }]
     );
     // After the promise: a stale candidate is still refused, an up-to-date one granted.
     w.handle_input(Millis(1902), NodeId::B, req(39));
-    assert!(matches!(&witness_drain(&mut w)[..], [WitnessAction::Send { msg: HaMsg::VoteReply { granted: false, .. }, .. }]));
+    assert!(matches!(
+        &witness_drain(&mut w)[..],
+        [WitnessAction::Send {
+            msg: HaMsg::VoteReply { granted: false, .. },
+            ..
+        }]
+    ));
     w.handle_input(Millis(1902), NodeId::B, req(40));
-    assert!(matches!(&witness_drain(&mut w)[..], [WitnessAction::Persist(_)]));
+    assert!(matches!(
+        &witness_drain(&mut w)[..],
+        [WitnessAction::Persist(_)]
+    ));
     // The deposed active's lease requests are now refused.
-    w.handle_input(Millis(1903), NodeId::A, HaMsg::LeaseRequest { epoch: Epoch(1), node: NodeId::A, sent_at: Millis(10), record });
-    assert!(matches!(&witness_drain(&mut w)[..], [WitnessAction::Send { msg: HaMsg::LeaseReply { granted: false, .. }, .. }]));
+    w.handle_input(
+        Millis(1903),
+        NodeId::A,
+        HaMsg::LeaseRequest {
+            epoch: Epoch(1),
+            node: NodeId::A,
+            sent_at: Millis(10),
+            record,
+        },
+    );
+    assert!(matches!(
+        &witness_drain(&mut w)[..],
+        [WitnessAction::Send {
+            msg: HaMsg::LeaseReply { granted: false, .. },
+            ..
+        }]
+    ));
 }
 
 #[test]
 fn common_prefix_table() {
-    let r = |v: &[(u64, u64)]| v.iter().map(|&(e, s)| Run { epoch: Epoch(e), start: Offset(s) }).collect::<Vec<_>>();
+    let r = |v: &[(u64, u64)]| {
+        v.iter()
+            .map(|&(e, s)| Run {
+                epoch: Epoch(e),
+                start: Offset(s),
+            })
+            .collect::<Vec<_>>()
+    };
     let rows: &[(&[(u64, u64)], u64, &[(u64, u64)], u64, u64)] = &[
         (&[(1, 0)], 10, &[(1, 0)], 7, 7),                 // prefix
         (&[(1, 0), (2, 5)], 9, &[(1, 0)], 8, 5),          // diverged at the new epoch's start
@@ -315,7 +576,11 @@ fn common_prefix_table() {
         (&[(1, 0), (2, 5)], 9, &[(1, 0), (2, 5)], 12, 9), // same history, other is longer
     ];
     for (a, ae, b, be, want) in rows {
-        assert_eq!(common_prefix(&r(a), Offset(*ae), &r(b), Offset(*be)), Offset(*want), "{a:?} {b:?}");
+        assert_eq!(
+            common_prefix(&r(a), Offset(*ae), &r(b), Offset(*be)),
+            Offset(*want),
+            "{a:?} {b:?}"
+        );
     }
 }
 

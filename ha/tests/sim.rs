@@ -7,8 +7,14 @@ use ha::Policy;
 fn campaign(first: u64, n: u64, opts: &SimOptions) -> Summary {
     let half = n / 2;
     let (a, b) = std::thread::scope(|s| {
-        let h = s.spawn(|| (first..first + half).map(|k| run_schedule(k, opts)).collect::<Vec<_>>());
-        let b: Vec<Outcome> = (first + half..first + n).map(|k| run_schedule(k, opts)).collect();
+        let h = s.spawn(|| {
+            (first..first + half)
+                .map(|k| run_schedule(k, opts))
+                .collect::<Vec<_>>()
+        });
+        let b: Vec<Outcome> = (first + half..first + n)
+            .map(|k| run_schedule(k, opts))
+            .collect();
         (h.join().expect("simulator thread panicked"), b)
     });
     let mut s = Summary::default();
@@ -40,7 +46,11 @@ fn ten_thousand_schedules_hold_every_invariant() {
         println!("{p:?}: {:?}", percentiles(&mut v));
     }
     assert!(s.failed.is_empty(), "{}", report(&s));
-    assert!(s.measured > 8_000, "too few schedules reached a redundant pair: {}", s.measured);
+    assert!(
+        s.measured > 8_000,
+        "too few schedules reached a redundant pair: {}",
+        s.measured
+    );
     // G4 target with default settings where a quorum remains: p99 ≤ 1.5 s.
     for (p, v) in &s.per_pattern {
         let mut v = v.clone();
@@ -56,7 +66,10 @@ fn a_seed_replays_exactly() {
     for seed in [7, 4242, 99_991] {
         let a = run_schedule(seed, &opts);
         let b = run_schedule(seed, &opts);
-        assert_eq!((a.pattern, a.events, a.failover_ms, a.violations), (b.pattern, b.events, b.failover_ms, b.violations));
+        assert_eq!(
+            (a.pattern, a.events, a.failover_ms, a.violations),
+            (b.pattern, b.events, b.failover_ms, b.violations)
+        );
     }
 }
 
@@ -66,11 +79,17 @@ fn a_seed_replays_exactly() {
 fn broken_witness_is_caught_within_200_seeds() {
     let opts = SimOptions {
         broken: Some(Broken::WitnessVotesBlindly),
-        patterns: vec![Pattern::F12Partition, Pattern::F10StandbyDown, Pattern::Chaos],
+        patterns: vec![
+            Pattern::F12Partition,
+            Pattern::F10StandbyDown,
+            Pattern::Chaos,
+        ],
         ..SimOptions::default()
     };
     let caught = (1..=200).map(|seed| run_schedule(seed, &opts)).find(|o| {
-        o.violations.iter().any(|v| v.contains("two publishers") || v.contains("lacking committed"))
+        o.violations
+            .iter()
+            .any(|v| v.contains("two publishers") || v.contains("lacking committed"))
     });
     let o = caught.expect("the broken witness was not caught in 200 seeds");
     println!("caught at seed {}: {:?}", o.seed, o.violations);
@@ -99,7 +118,10 @@ fn safety_violations(s: &Summary) -> Vec<(u64, String)> {
 /// README "Policies"), so only safety is asserted.
 #[test]
 fn fence_policy_is_safe() {
-    let opts = SimOptions { policy: Policy::FenceCommand, ..SimOptions::default() };
+    let opts = SimOptions {
+        policy: Policy::FenceCommand,
+        ..SimOptions::default()
+    };
     let s = campaign(1, 1000, &opts);
     let v = safety_violations(&s);
     assert!(v.is_empty(), "{v:?}");
@@ -109,8 +131,15 @@ fn fence_policy_is_safe() {
 /// reach the targets, both publish. This test keeps the README honest.
 #[test]
 fn ping_policy_split_brain_under_symmetric_partition() {
-    let opts = SimOptions { policy: Policy::PingTargets, patterns: vec![Pattern::F12Partition], ..SimOptions::default() };
+    let opts = SimOptions {
+        policy: Policy::PingTargets,
+        patterns: vec![Pattern::F12Partition],
+        ..SimOptions::default()
+    };
     let s = campaign(1, 50, &opts);
     let v = safety_violations(&s);
-    assert!(v.iter().any(|(_, v)| v.contains("two publishers")), "expected split brain: {v:?}");
+    assert!(
+        v.iter().any(|(_, v)| v.contains("two publishers")),
+        "expected split brain: {v:?}"
+    );
 }
