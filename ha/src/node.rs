@@ -575,7 +575,7 @@ impl HaCore {
         }
     }
 
-    fn into_follower(&mut self, leader: Option<Epoch>) {
+    fn become_follower(&mut self, leader: Option<Epoch>) {
         if let State::Leader(l) = &self.state {
             if l.publishing {
                 self.push(Action::StopPublishing(StopReason::Deposed));
@@ -985,7 +985,7 @@ impl HaCore {
                 let better = my_log > peer.log
                     || (my_log == peer.log
                         && (mine > theirs || (mine == theirs && self.me < self.peer)));
-                if !(better || !peer.healthy) {
+                if !better && peer.healthy {
                     return;
                 }
             }
@@ -1440,7 +1440,7 @@ impl HaCore {
             // A higher epoch is established: follow it.
             self.epoch = epoch;
             self.persist(epoch, Epoch(0));
-            self.into_follower(Some(epoch));
+            self.become_follower(Some(epoch));
         }
         let State::Follower(f) = &mut self.state else {
             return;
@@ -1535,7 +1535,7 @@ impl HaCore {
         }
         self.stats.votes_granted_total += 1;
         if matches!(&self.state, State::Leader(_)) {
-            self.into_follower(None);
+            self.become_follower(None);
         }
         if let State::Follower(f) = &mut self.state {
             f.campaign = None;

@@ -568,7 +568,8 @@ fn common_prefix_table() {
             })
             .collect::<Vec<_>>()
     };
-    let rows: &[(&[(u64, u64)], u64, &[(u64, u64)], u64, u64)] = &[
+    type Runs = &'static [(u64, u64)];
+    let rows: &[(Runs, u64, Runs, u64, u64)] = &[
         (&[(1, 0)], 10, &[(1, 0)], 7, 7),                 // prefix
         (&[(1, 0), (2, 5)], 9, &[(1, 0)], 8, 5),          // diverged at the new epoch's start
         (&[(1, 0), (3, 6)], 9, &[(1, 0), (2, 4)], 8, 4),  // both moved on differently
