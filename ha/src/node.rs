@@ -250,6 +250,8 @@ struct Leader {
     /// Two-node policies: fencing / reachability licensed solo operation until this time.
     solo_license_until: Millis,
     solo_check: Option<Millis>,
+    /// When the last `LeaseRequest` left (requests go faster while the lease runs low).
+    lease_request_at: Millis,
 }
 
 #[derive(Clone, Debug)]
@@ -402,6 +404,9 @@ impl HaCore {
             State::Leader(l) => {
                 if l.publishing {
                     d = min_opt(d, l.lease_until);
+                }
+                if let Some(t) = self.fast_renewal_at(l) {
+                    d = min_opt(d, t.max(self.now));
                 }
                 if l.solo_license_until > self.now && l.solo_license_until != NEVER {
                     d = min_opt(d, l.solo_license_until);
@@ -638,21 +643,9 @@ impl HaCore {
                 // Go-back-N: resend everything not acknowledged.
                 l.f_next = l.f_match;
                 let hand = l.handover.is_some();
-                if !hand && self.c().policy == Policy::Witness {
-                    let record = LogPos {
-                        log_epoch: self.epoch,
-                        end: if solo == Some(true) {
-                            self.end
-                        } else {
-                            self.commit_end
-                        },
-                    };
-                    let msg = HaMsg::LeaseRequest {
-                        epoch: self.epoch,
-                        node: self.me,
-                        sent_at: now,
-                        record,
-                    };
+                if !hand && self.cfg.get().policy == Policy::Witness {
+                    l.lease_request_at = now;
+                    let msg = self.lease_request(solo == Some(true));
                     self.send(Party::Witness, msg);
                 }
                 self.send_appends();
@@ -714,6 +707,15 @@ impl HaCore {
 
     fn leader_checks(&mut self) {
         let now = self.now;
+        if let State::Leader(l) = &self.state {
+            if self.fast_renewal_at(l).is_some_and(|t| now >= t) {
+                let msg = self.lease_request(self.is_solo(l));
+                if let State::Leader(l) = &mut self.state {
+                    l.lease_request_at = now;
+                }
+                self.send(Party::Witness, msg);
+            }
+        }
         let healthy = self.healthy();
         let policy = self.c().policy;
         let peer_ready = !self.peer_suspected()
@@ -772,6 +774,29 @@ impl HaCore {
                 });
             }
         }
+    }
+
+    fn lease_request(&self, solo: bool) -> HaMsg {
+        let record = LogPos {
+            log_epoch: self.epoch,
+            end: if solo { self.end } else { self.commit_end },
+        };
+        HaMsg::LeaseRequest {
+            epoch: self.epoch,
+            node: self.me,
+            sent_at: self.now,
+            record,
+        }
+    }
+
+    /// While the lease runs low (renewals lost), ask the witness four times per heartbeat.
+    fn fast_renewal_at(&self, l: &Leader) -> Option<Millis> {
+        let c = self.c();
+        let low = l.lease_until.saturating_sub(self.now) < c.lease_ms / 2;
+        (c.policy == Policy::Witness && l.handover.is_none() && low).then(|| {
+            l.lease_request_at
+                .saturating_add(c.heartbeat_interval_ms / 4)
+        })
     }
 
     fn maybe_resume_publishing(&mut self) {
@@ -1083,6 +1108,7 @@ impl HaCore {
             handover: None,
             solo_license_until,
             solo_check: None,
+            lease_request_at: now,
         };
         self.state = State::Leader(l);
         self.maybe_resume_publishing();
