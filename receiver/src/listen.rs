@@ -252,14 +252,22 @@ fn syslog_record(transport: Transport, source: SocketAddr, at: UnixNanos, msg: V
     }
 }
 
-/// Binds a UDP socket asking for a receive buffer of `rcvbuf_bytes` (SO_RCVBUF; the kernel
-/// caps it at `net.core.rmem_max`). Returns the socket and the size obtained, which the node
+/// Binds a UDP socket asking for a receive buffer of `rcvbuf_bytes` (SO_RCVBUFFORCE when
+/// privileged, else SO_RCVBUF, which the kernel caps at `net.core.rmem_max`). Returns the socket and the size obtained, which the node
 /// reports when it is below what was asked.
 pub fn bind_udp(addr: SocketAddr, rcvbuf_bytes: usize) -> io::Result<(UdpSocket, usize)> {
     use socket2::{Domain, Protocol as SockProto, Socket, Type};
     let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(SockProto::UDP))?;
-    if rcvbuf_bytes > 0 && sock.set_recv_buffer_size(rcvbuf_bytes).is_err() {
-        tracing::debug!(rcvbuf_bytes, "SO_RCVBUF refused");
+    if rcvbuf_bytes > 0 {
+        // As root, SO_RCVBUFFORCE ignores net.core.rmem_max; otherwise SO_RCVBUF is capped.
+        let forced = nix::sys::socket::setsockopt(
+            &sock,
+            nix::sys::socket::sockopt::RcvBufForce,
+            &rcvbuf_bytes,
+        );
+        if forced.is_err() && sock.set_recv_buffer_size(rcvbuf_bytes).is_err() {
+            tracing::debug!(rcvbuf_bytes, "SO_RCVBUF refused");
+        }
     }
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
@@ -284,6 +292,57 @@ pub fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(std)
 }
 
+/// Datagrams read per recvmmsg(2) call.
+const RECVMMSG_SLOTS: usize = 32;
+
+/// Reads up to `slots.len()` datagrams with one recvmmsg(2); appends (source, bytes) to
+/// `out`. Returns how many were read, or the error (WouldBlock when none is waiting).
+fn recv_many(
+    sock: &UdpSocket,
+    slots: &mut [Vec<u8>],
+    out: &mut Vec<(SocketAddr, Vec<u8>)>,
+) -> io::Result<usize> {
+    use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+    use std::io::IoSliceMut;
+    use std::os::fd::AsRawFd;
+    let n_slots = slots.len();
+    let lens: Vec<(Option<SocketAddr>, usize)> = {
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(n_slots, None);
+        let mut iovs: Vec<[IoSliceMut<'_>; 1]> = slots
+            .iter_mut()
+            .map(|s| [IoSliceMut::new(&mut s[..])])
+            .collect();
+        let results = recvmmsg(
+            sock.as_raw_fd(),
+            &mut headers,
+            iovs.iter_mut(),
+            MsgFlags::MSG_DONTWAIT,
+            None,
+        )
+        .map_err(io::Error::from)?;
+        results
+            .map(|r| {
+                let addr = r.address.and_then(|a| {
+                    a.as_sockaddr_in()
+                        .map(|v4| SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
+                        .or_else(|| {
+                            a.as_sockaddr_in6()
+                                .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
+                        })
+                });
+                (addr, r.bytes)
+            })
+            .collect()
+    };
+    let n = lens.len();
+    for (i, (addr, len)) in lens.into_iter().enumerate() {
+        if let Some(addr) = addr {
+            out.push((addr, slots[i][..len].to_vec()));
+        }
+    }
+    Ok(n)
+}
+
 /// Receives syslog datagrams until `shutdown` turns true.
 pub async fn run_udp(
     sock: UdpSocket,
@@ -292,8 +351,10 @@ pub async fn run_udp(
     stats: Arc<SyslogStats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    // One byte more than the limit: a datagram that fills it is over the limit.
-    let mut buf = vec![0u8; opts.message_bytes_max.saturating_add(1).min(65_536)];
+    // One byte more than the limit: a datagram that fills its slot is over the limit.
+    let slot_bytes = opts.message_bytes_max.saturating_add(1).min(65_536);
+    let mut slots: Vec<Vec<u8>> = (0..RECVMMSG_SLOTS).map(|_| vec![0u8; slot_bytes]).collect();
+    let mut batch_raw: Vec<(SocketAddr, Vec<u8>)> = Vec::with_capacity(RECVMMSG_SLOTS);
     let mut limiter = TokenBuckets::new(opts.rate, opts.rate_sources_max);
     loop {
         tokio::select! {
@@ -304,34 +365,38 @@ pub async fn run_udp(
             _ = shutdown.changed() => return,
         }
         let mut batch = Vec::new();
-        while batch.len() < BATCH_RECORDS_MAX {
-            match sock.try_recv_from(&mut buf) {
-                Ok((n, src)) => {
-                    if n > opts.message_bytes_max {
-                        stats.oversize.fetch_add(1, Relaxed);
-                        continue;
-                    }
-                    if n == 0 {
-                        continue;
-                    }
-                    if !limiter.allow(src.ip(), Instant::now()) {
-                        stats.rate_limited.fetch_add(1, Relaxed);
-                        continue;
-                    }
-                    stats.bytes.fetch_add(n as u64, Relaxed);
-                    batch.push(syslog_record(
-                        Transport::Udp,
-                        src,
-                        now_unix_nanos(),
-                        buf[..n].to_vec(),
-                    ));
-                }
+        loop {
+            let got = sock.try_io(tokio::io::Interest::READABLE, || {
+                recv_many(&sock, &mut slots, &mut batch_raw)
+            });
+            match got {
+                Ok(0) => break,
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     // ICMP errors and the like: the socket stays usable.
                     tracing::debug!(error = %e, "syslog udp recv error");
                     break;
                 }
+            }
+            let at = now_unix_nanos();
+            for (src, msg) in batch_raw.drain(..) {
+                if msg.len() > opts.message_bytes_max {
+                    stats.oversize.fetch_add(1, Relaxed);
+                    continue;
+                }
+                if msg.is_empty() {
+                    continue;
+                }
+                if !limiter.allow(src.ip(), Instant::now()) {
+                    stats.rate_limited.fetch_add(1, Relaxed);
+                    continue;
+                }
+                stats.bytes.fetch_add(msg.len() as u64, Relaxed);
+                batch.push(syslog_record(Transport::Udp, src, at, msg));
+            }
+            if batch.len() >= BATCH_RECORDS_MAX {
+                break;
             }
         }
         if batch.is_empty() {
