@@ -24,6 +24,9 @@ pub struct RawConfig {
     pub admin: RawAdmin,
     #[serde(default)]
     pub stream: RawStream,
+    /// `[[sink]]` tables: forwarders of the merged stream (`crate::sink::config`).
+    #[serde(default)]
+    pub sink: Vec<crate::sink::config::RawSink>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -388,6 +391,7 @@ pub struct NodeConfig {
     pub connections_max: usize,
     pub snmp: SnmpSettings,
     pub admin_listen: SocketAddr,
+    pub sinks: Vec<crate::sink::SinkConfig>,
 }
 
 /// Largest message size a config may set: records keep lengths in u32 and a UDP datagram
@@ -631,6 +635,7 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<NodeConfig, Vec<String>> 
     if rate.per_second > 0 && rate.burst == 0 {
         problems.push("syslog.rate_burst = 0: must be at least 1 when a rate is set".into());
     }
+    let sinks = crate::sink::config::validate(&raw.sink, &resolve, &mut problems);
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -659,6 +664,7 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<NodeConfig, Vec<String>> 
         connections_max: raw.syslog.connections_max,
         snmp,
         admin_listen,
+        sinks,
     })
 }
 

@@ -8,6 +8,7 @@ mod config;
 mod gen;
 mod metrics;
 mod node;
+mod sink;
 mod snmp;
 mod status;
 mod stream;

@@ -241,6 +241,15 @@ impl Collector for NodeCollector {
             }
             m.encode_histogram::<NoLabelSet>(sum, count, &b, None)?;
         }
+        let stream_next = n.stream.durable_seq().map(|q| q.0).unwrap_or(0);
+        for (name, help, counter, items) in crate::sink::metric_families(&n.sinks, stream_next) {
+            let items: Vec<(Labels<'_>, u64)> = items
+                .into_iter()
+                .map(|(sink, kind, v)| (vec![("sink", sink), ("type", kind)], v))
+                .collect();
+            let kind = if counter { Counter } else { Gauge };
+            family(&mut enc, name, help, kind, &items)?;
+        }
         if let Some(free) = crate::status::disk_free_bytes(&n.cfg.data_dir) {
             family(
                 &mut enc,

@@ -117,6 +117,8 @@ pub struct Node {
     pub snmp: Option<crate::snmp::SharedReceiver>,
     pub snmp_listener: Arc<crate::snmp::ListenerStats>,
     pub shutdown: watch::Receiver<bool>,
+    /// One per `[[sink]]`, in config order.
+    pub sinks: Vec<Arc<crate::sink::SinkStats>>,
 }
 
 pub fn run(cfg: NodeConfig) -> anyhow::Result<()> {
@@ -268,6 +270,13 @@ async fn run_async(cfg: NodeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot bind admin.listen {}", cfg.admin_listen))?;
     let intake_gauge = tx.gauge();
     drop(tx);
+    // Sinks read committed stream entries on threads of their own: never on the receive path.
+    let sinks = crate::sink::start(
+        &cfg.sinks,
+        stream_j.handle(),
+        tokio::runtime::Handle::current(),
+        shutdown.clone(),
+    )?;
 
     let node = Arc::new(Node {
         journal: journal.handle(),
@@ -281,6 +290,7 @@ async fn run_async(cfg: NodeConfig) -> anyhow::Result<()> {
         snmp: snmp_core,
         snmp_listener: snmp_stats,
         shutdown: shutdown.clone(),
+        sinks: sinks.stats.clone(),
     });
 
     let rt = tokio::runtime::Handle::current();
@@ -330,6 +340,9 @@ async fn run_async(cfg: NodeConfig) -> anyhow::Result<()> {
     let builder_result = tokio::task::spawn_blocking(move || builder.join())
         .await
         .context("joining the stream builder")?;
+    tokio::task::spawn_blocking(move || sinks.join())
+        .await
+        .context("joining the sinks")?;
     admin.abort();
     match (writer_result, builder_result) {
         (Ok(Ok(())), Ok(Ok(()))) => {

@@ -30,6 +30,9 @@ pub fn status_json(node: &Node) -> Value {
     if let Some(e) = &stream_error {
         problems.push(format!("stream builder: {e}"));
     }
+    let sink_problems = crate::sink::problems(&node.sinks, stream_next);
+    let sink_trouble = !sink_problems.is_empty();
+    problems.extend(sink_problems);
     let next_step = if journal_failing {
         format!(
             "free space or fix the disk under {}; the node resumes by itself",
@@ -37,6 +40,8 @@ pub fn status_json(node: &Node) -> Value {
         )
     } else if stream_error.is_some() {
         "check the node's log for the stream error".to_string()
+    } else if sink_trouble {
+        "check the sinks' targets (see problems); entries wait on disk and are delivered once they recover".to_string()
     } else {
         "nothing to do: the node is receiving and publishing".to_string()
     };
@@ -70,6 +75,7 @@ pub fn status_json(node: &Node) -> Value {
             "latency_us_p99": s.stream_latency.quantile_us(0.99),
             "last_error": stream_error,
         },
+        "sinks": crate::sink::status_json(&node.sinks, stream_next),
         "receivers": {
             "syslog": {
                 "udp": node.cfg.syslog_udp.iter().map(|a| a.to_string()).collect::<Vec<_>>(),

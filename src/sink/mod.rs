@@ -1,0 +1,698 @@
+//! Sinks: forwarders from the merged stream to Kafka, files and stdout (SPEC "Data flow").
+//!
+//! Each configured `[[sink]]` runs on an OS thread of its own ([`start`]). It reads only
+//! committed entries of the stream journal (`JournalHandle::read` never returns anything
+//! beyond the durable seq), so it never sees an entry a restart could take back, and it never
+//! blocks the receive path: the stream builder does not wait for any sink, and a sink that
+//! falls behind (its target down, F14) only leaves entries on disk, held there by the sink's
+//! registered reader.
+//!
+//! The contract of a [`Sink`] (the target-specific part):
+//! - [`Sink::open`] (re)connects and reads back what the target already holds: the last
+//!   delivered entry's offset and epoch. The driver resumes at the offset after it, so
+//!   nothing is re-sent and nothing skipped, whatever happened before (a crash mid-batch
+//!   included: the target must make a batch visible all or nothing, or let the read-back find
+//!   a torn end and cut it).
+//! - [`Sink::deliver`] delivers one batch of consecutive entries.
+//! - Errors are [`SinkError::Retry`] (the driver backs off exponentially, capped, then calls
+//!   `open` again, which re-reads the target) or [`SinkError::Fenced`] (another forwarder
+//!   took over the target: the driver logs, counts and stops delivering for good).
+//!
+//! Epoch fencing groundwork (SPEC "Epochs"): the driver refuses (logs, counts, does not
+//! deliver) an entry whose epoch is lower than the highest epoch the target already holds.
+
+pub mod config;
+mod file;
+mod kafka;
+mod stdout;
+
+pub use config::{SinkConfig, SinkKind};
+
+use journal::{JournalHandle, ReaderGuard};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use twinrx_types::Seq;
+
+/// One stream entry handed to a sink: its offset, epoch and JSON line (no trailing LF).
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub offset: u64,
+    pub epoch: u64,
+    pub line: Vec<u8>,
+}
+
+/// The last entry a target holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    pub offset: u64,
+    pub epoch: u64,
+}
+
+/// What [`Sink::open`] found in the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// The target holds entries; resume after this one.
+    After(Delivered),
+    /// The target holds none: start at the stream's first offset.
+    Empty,
+    /// Nothing can be read back (stdout to a pipe): start at this offset.
+    At(u64),
+}
+
+#[derive(Debug)]
+pub enum SinkError {
+    /// Transient (target down, timeout, I/O error): back off, re-open, re-read the target.
+    Retry(String),
+    /// Another forwarder owns the target now; deliver nothing more.
+    Fenced(String),
+}
+
+impl std::fmt::Display for SinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SinkError::Retry(e) => f.write_str(e),
+            SinkError::Fenced(e) => write!(f, "fenced: {e}"),
+        }
+    }
+}
+
+/// A target the driver forwards the stream to. See the module docs for the contract.
+pub trait Sink: Send {
+    /// (Re)connects and reads back the last entry the target holds.
+    fn open(&mut self) -> Result<Resume, SinkError>;
+    /// Delivers consecutive entries (never empty).
+    fn deliver(&mut self, batch: &[Entry]) -> Result<(), SinkError>;
+}
+
+/// What a sink is doing, as shown by `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkState {
+    Starting,
+    /// Connected; delivering or waiting for new entries.
+    Delivering,
+    /// The last open or delivery failed; retrying with backoff.
+    Retrying,
+    /// Fenced by a newer forwarder of the same target: delivers nothing more.
+    Fenced,
+    /// The next entry has a lower epoch than the target holds: not delivered.
+    EpochRefused,
+    Stopped,
+}
+
+impl SinkState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkState::Starting => "starting",
+            SinkState::Delivering => "delivering",
+            SinkState::Retrying => "retrying",
+            SinkState::Fenced => "fenced",
+            SinkState::EpochRefused => "epoch_refused",
+            SinkState::Stopped => "stopped",
+        }
+    }
+}
+
+/// Counters and state of one sink, read by `/status` and `/metrics`.
+#[derive(Debug)]
+pub struct SinkStats {
+    pub name: String,
+    pub kind: &'static str,
+    pub target: String,
+    /// The next stream offset to deliver (valid once `positioned`).
+    pub next_offset: AtomicU64,
+    pub positioned: AtomicBool,
+    /// Highest epoch the target holds (read back or delivered).
+    pub epoch: AtomicU64,
+    pub delivered_entries: AtomicU64,
+    pub batches: AtomicU64,
+    pub errors: AtomicU64,
+    pub opens: AtomicU64,
+    pub fenced: AtomicU64,
+    pub epoch_refused: AtomicU64,
+    state: Mutex<(SinkState, Option<String>)>,
+}
+
+impl SinkStats {
+    fn new(cfg: &SinkConfig) -> SinkStats {
+        let target = match &cfg.kind {
+            SinkKind::Kafka(k) => format!("{}/{}", k.brokers, k.topic),
+            SinkKind::File(f) => f.path.display().to_string(),
+            SinkKind::Stdout(_) => "stdout".into(),
+        };
+        SinkStats {
+            name: cfg.name.clone(),
+            kind: cfg.kind.as_str(),
+            target,
+            next_offset: AtomicU64::new(0),
+            positioned: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
+            delivered_entries: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            opens: AtomicU64::new(0),
+            fenced: AtomicU64::new(0),
+            epoch_refused: AtomicU64::new(0),
+            state: Mutex::new((SinkState::Starting, None)),
+        }
+    }
+
+    pub fn state(&self) -> (SinkState, Option<String>) {
+        self.state
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or((SinkState::Stopped, Some("state lock poisoned".into())))
+    }
+
+    fn set_state(&self, st: SinkState, error: Option<String>) {
+        if let Ok(mut s) = self.state.lock() {
+            s.0 = st;
+            if error.is_some() || st == SinkState::Delivering {
+                s.1 = error;
+            }
+        }
+    }
+
+    /// Entries committed in the stream and not yet delivered; `stream_next` is the stream's
+    /// next offset (its entry count).
+    pub fn lag(&self, stream_next: u64) -> u64 {
+        stream_next.saturating_sub(self.next_offset.load(Relaxed))
+    }
+
+    /// The last delivered offset, if any.
+    pub fn delivered_offset(&self) -> Option<u64> {
+        if !self.positioned.load(Relaxed) {
+            return None;
+        }
+        self.next_offset.load(Relaxed).checked_sub(1)
+    }
+}
+
+/// The running sinks.
+pub struct Sinks {
+    pub stats: Vec<Arc<SinkStats>>,
+    threads: Vec<(String, std::thread::JoinHandle<()>)>,
+}
+
+impl Sinks {
+    /// Waits for every sink thread to stop (they stop at the next batch boundary once the
+    /// shutdown signal is set; a Kafka call in progress ends within its `timeout_ms`).
+    pub fn join(self) {
+        for (name, t) in self.threads {
+            if t.join().is_err() {
+                tracing::error!(sink = %name, "sink thread panicked");
+            }
+        }
+    }
+}
+
+/// Starts one thread per configured sink, reading the stream journal `stream`.
+pub fn start(
+    cfgs: &[SinkConfig],
+    stream: JournalHandle,
+    rt: tokio::runtime::Handle,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Sinks> {
+    use anyhow::Context as _;
+    let mut out = Sinks {
+        stats: Vec::new(),
+        threads: Vec::new(),
+    };
+    for cfg in cfgs {
+        let stats = Arc::new(SinkStats::new(cfg));
+        let sink: Box<dyn Sink> = match &cfg.kind {
+            SinkKind::Kafka(k) => Box::new(kafka::KafkaSink::new(
+                &cfg.name,
+                k.clone(),
+                cfg.batch_records_max,
+                rt.clone(),
+            )),
+            SinkKind::File(f) => Box::new(file::FileSink::new(&cfg.name, f.clone())),
+            SinkKind::Stdout(s) => Box::new(stdout::StdoutSink::new(s.clone(), stream.clone())),
+        };
+        let driver = Driver {
+            cfg: cfg.clone(),
+            stream: stream.clone(),
+            stats: stats.clone(),
+            rt: rt.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let t = std::thread::Builder::new()
+            .name(format!("sink-{}", cfg.name))
+            .spawn(move || driver.run(sink))
+            .with_context(|| format!("cannot start the thread of sink {}", cfg.name))?;
+        tracing::info!(sink = %cfg.name, kind = stats.kind, target = %stats.target, "sink started");
+        out.stats.push(stats);
+        out.threads.push((cfg.name.clone(), t));
+    }
+    Ok(out)
+}
+
+/// Bytes of entries read from the stream per batch at most (past the first entry).
+const BATCH_BYTES_MAX: usize = 8 << 20;
+
+struct Driver {
+    cfg: SinkConfig,
+    stream: JournalHandle,
+    stats: Arc<SinkStats>,
+    rt: tokio::runtime::Handle,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Why the inner delivery loop ended.
+enum Stop {
+    Shutdown,
+    Reopen,
+    Fenced,
+}
+
+/// The stream fields a sink needs from each entry.
+#[derive(serde::Deserialize)]
+struct Head {
+    offset: u64,
+    epoch: u64,
+}
+
+/// Offset and epoch of an entry line (what every sink writes and reads back).
+pub fn parse_head(line: &[u8]) -> Option<Delivered> {
+    let h: Head = serde_json::from_slice(line).ok()?;
+    Some(Delivered {
+        offset: h.offset,
+        epoch: h.epoch,
+    })
+}
+
+impl Driver {
+    fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Sleeps `d`, or less if the node is stopping. Returns true when stopping.
+    fn pause(&self, d: Duration) -> bool {
+        let mut sd = self.shutdown.clone();
+        self.rt.block_on(async {
+            tokio::select! {
+                r = sd.wait_for(|s| *s) => r.is_ok(),
+                _ = tokio::time::sleep(d) => false,
+            }
+        }) || self.stopping()
+    }
+
+    fn note_error(&self, st: SinkState, e: &SinkError) {
+        self.stats.errors.fetch_add(1, Relaxed);
+        self.stats.set_state(st, Some(e.to_string()));
+    }
+
+    fn run(self, mut sink: Box<dyn Sink>) {
+        let name = self.cfg.name.clone();
+        let mut backoff = self.cfg.backoff_min;
+        let mut guard: Option<ReaderGuard> = None;
+        loop {
+            if self.stopping() {
+                break;
+            }
+            self.stats.opens.fetch_add(1, Relaxed);
+            let resume = match sink.open() {
+                Ok(r) => r,
+                Err(SinkError::Fenced(e)) => {
+                    self.fenced(&e);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(sink = %name, error = %e, retry_in_ms = backoff.as_millis() as u64, "sink cannot open its target; retrying");
+                    self.note_error(SinkState::Retrying, &e);
+                    if self.pause(backoff) {
+                        break;
+                    }
+                    backoff = (backoff * 2).min(self.cfg.backoff_max);
+                    continue;
+                }
+            };
+            let (next, epoch) = match resume {
+                Resume::After(d) => (d.offset + 1, d.epoch),
+                Resume::Empty => (self.stream.first_seq().0.saturating_sub(1), 0),
+                Resume::At(o) => (o, 0),
+            };
+            tracing::info!(sink = %name, next_offset = next, target_epoch = epoch, resume = ?resume, "sink resumes");
+            self.stats.next_offset.store(next, Relaxed);
+            self.stats.positioned.store(true, Relaxed);
+            self.stats.epoch.fetch_max(epoch, Relaxed);
+            self.stats.set_state(SinkState::Delivering, None);
+            match &guard {
+                Some(g) => g.advance(Seq(next + 1)),
+                None => {
+                    guard = Some(
+                        self.stream
+                            .register_reader(&format!("sink {name}"), Seq(next + 1)),
+                    )
+                }
+            }
+            let g = guard.as_ref().expect("registered above");
+            match self.deliver_loop(&mut *sink, next, epoch, g, &mut backoff) {
+                Stop::Shutdown => break,
+                Stop::Fenced => break,
+                Stop::Reopen => {
+                    if self.pause(backoff) {
+                        break;
+                    }
+                    backoff = (backoff * 2).min(self.cfg.backoff_max);
+                }
+            }
+        }
+        let (st, _) = self.stats.state();
+        if st != SinkState::Fenced {
+            self.stats.set_state(SinkState::Stopped, None);
+        }
+        tracing::info!(sink = %name, next_offset = self.stats.next_offset.load(Relaxed), "sink stopped");
+    }
+
+    fn fenced(&self, e: &str) {
+        self.stats.fenced.fetch_add(1, Relaxed);
+        self.stats.errors.fetch_add(1, Relaxed);
+        self.stats
+            .set_state(SinkState::Fenced, Some(format!("fenced: {e}")));
+        tracing::error!(
+            sink = %self.cfg.name,
+            error = %e,
+            "sink fenced: another forwarder with the same transactional id took over; delivering nothing more (restart the node to take it back)"
+        );
+    }
+
+    fn deliver_loop(
+        &self,
+        sink: &mut dyn Sink,
+        mut next: u64,
+        mut epoch: u64,
+        guard: &ReaderGuard,
+        backoff: &mut Duration,
+    ) -> Stop {
+        let name = &self.cfg.name;
+        let mut sub = self.stream.subscribe();
+        loop {
+            if self.stopping() {
+                return Stop::Shutdown;
+            }
+            let committed = self.stream.durable_seq().map(|s| s.0).unwrap_or(0);
+            if committed <= next {
+                let mut sd = self.shutdown.clone();
+                self.rt.block_on(async {
+                    tokio::select! {
+                        _ = sub.changed() => {},
+                        _ = sd.wait_for(|s| *s) => {},
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {},
+                    }
+                });
+                continue;
+            }
+            let recs = match self.stream.read(
+                Seq(next + 1),
+                self.cfg.batch_records_max,
+                BATCH_BYTES_MAX,
+            ) {
+                Ok(r) => r,
+                Err(e) => {
+                    let e = SinkError::Retry(format!(
+                        "cannot read stream offset {next}: {e}{}",
+                        if matches!(e, journal::Error::Gone { .. }) {
+                            " (retention removed entries this sink never delivered)"
+                        } else {
+                            ""
+                        }
+                    ));
+                    tracing::error!(sink = %name, offset = next, error = %e, "sink cannot read the stream");
+                    self.note_error(SinkState::Retrying, &e);
+                    return Stop::Reopen;
+                }
+            };
+            let mut batch = Vec::with_capacity(recs.len());
+            for (seq, line) in recs {
+                let want = seq.0 - 1;
+                match parse_head(&line) {
+                    Some(h) if h.offset == want => batch.push(Entry {
+                        offset: h.offset,
+                        epoch: h.epoch,
+                        line,
+                    }),
+                    other => {
+                        let e = SinkError::Retry(format!(
+                            "stream entry at offset {want} is not a valid entry (head {other:?})"
+                        ));
+                        tracing::error!(sink = %name, offset = want, "sink found a stream entry it cannot read");
+                        self.note_error(SinkState::Retrying, &e);
+                        return Stop::Reopen;
+                    }
+                }
+            }
+            // SPEC "Epochs": anything from a lower epoch than the target holds is rejected.
+            if let Some(i) = batch.iter().position(|e| e.epoch < epoch) {
+                if i == 0 {
+                    let e = &batch[0];
+                    self.stats.epoch_refused.fetch_add(1, Relaxed);
+                    let msg = format!(
+                        "entry {} has epoch {}, below epoch {epoch} already in the target: not delivered",
+                        e.offset, e.epoch
+                    );
+                    tracing::error!(sink = %name, offset = e.offset, entry_epoch = e.epoch, target_epoch = epoch, "sink refuses an entry from an older epoch");
+                    self.stats.set_state(SinkState::EpochRefused, Some(msg));
+                    *backoff = self.cfg.backoff_max;
+                    return Stop::Reopen;
+                }
+                batch.truncate(i);
+            }
+            match sink.deliver(&batch) {
+                Ok(()) => {
+                    let last = batch.last().expect("a read returns at least one entry");
+                    next = last.offset + 1;
+                    epoch = epoch.max(last.epoch);
+                    self.stats.next_offset.store(next, Relaxed);
+                    self.stats.epoch.fetch_max(epoch, Relaxed);
+                    self.stats
+                        .delivered_entries
+                        .fetch_add(batch.len() as u64, Relaxed);
+                    self.stats.batches.fetch_add(1, Relaxed);
+                    if self.stats.state().0 != SinkState::Delivering {
+                        tracing::info!(sink = %name, next_offset = next, "sink delivering again");
+                        self.stats.set_state(SinkState::Delivering, None);
+                    }
+                    guard.advance(Seq(next + 1));
+                    *backoff = self.cfg.backoff_min;
+                }
+                Err(SinkError::Fenced(e)) => {
+                    self.fenced(&e);
+                    return Stop::Fenced;
+                }
+                Err(e) => {
+                    tracing::warn!(sink = %name, offset = next, entries = batch.len(), error = %e, retry_in_ms = backoff.as_millis() as u64, "sink delivery failed; will re-open and re-read the target");
+                    self.note_error(SinkState::Retrying, &e);
+                    return Stop::Reopen;
+                }
+            }
+        }
+    }
+}
+
+/// The `sinks` array of the status document; `stream_next` is the stream's next offset.
+pub fn status_json(sinks: &[Arc<SinkStats>], stream_next: u64) -> Value {
+    Value::Array(
+        sinks
+            .iter()
+            .map(|s| {
+                let (state, last_error) = s.state();
+                json!({
+                    "name": s.name,
+                    "type": s.kind,
+                    "target": s.target,
+                    "state": state.as_str(),
+                    "delivered_offset": s.delivered_offset(),
+                    "next_offset": s.next_offset.load(Relaxed),
+                    "lag_entries": s.lag(stream_next),
+                    "epoch": s.epoch.load(Relaxed),
+                    "delivered": s.delivered_entries.load(Relaxed),
+                    "batches": s.batches.load(Relaxed),
+                    "errors": s.errors.load(Relaxed),
+                    "fenced": s.fenced.load(Relaxed),
+                    "epoch_refused": s.epoch_refused.load(Relaxed),
+                    "last_error": last_error,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Problems of the sinks in plain words, for the status page.
+pub fn problems(sinks: &[Arc<SinkStats>], stream_next: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in sinks {
+        let (state, err) = s.state();
+        let err = err.unwrap_or_default();
+        let lag = s.lag(stream_next);
+        match state {
+            SinkState::Retrying => out.push(format!(
+                "sink {}: {err}; {lag} entries waiting on disk, delivered in order once it recovers",
+                s.name
+            )),
+            SinkState::Fenced => out.push(format!(
+                "sink {}: {err}; this node delivers nothing more to {}",
+                s.name, s.target
+            )),
+            SinkState::EpochRefused => out.push(format!("sink {}: {err}", s.name)),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Metric families of the sinks: (name, help, is_counter, [(sink, type, value)]).
+pub type Family<'a> = (
+    &'static str,
+    &'static str,
+    bool,
+    Vec<(&'a str, &'a str, u64)>,
+);
+
+pub fn metric_families(sinks: &[Arc<SinkStats>], stream_next: u64) -> Vec<Family<'_>> {
+    let per = |f: &dyn Fn(&SinkStats) -> u64| -> Vec<(&str, &str, u64)> {
+        sinks
+            .iter()
+            .map(|s| (s.name.as_str(), s.kind, f(s)))
+            .collect()
+    };
+    vec![
+        (
+            "twinrx_sink_delivered_entries",
+            "Stream entries delivered by the sink since start",
+            true,
+            per(&|s| s.delivered_entries.load(Relaxed)),
+        ),
+        (
+            "twinrx_sink_batches",
+            "Batches (Kafka transactions, file writes) delivered",
+            true,
+            per(&|s| s.batches.load(Relaxed)),
+        ),
+        (
+            "twinrx_sink_errors",
+            "Failed opens and deliveries (each retried with backoff)",
+            true,
+            per(&|s| s.errors.load(Relaxed)),
+        ),
+        (
+            "twinrx_sink_fenced",
+            "Times the sink was fenced by a newer forwarder of the same target",
+            true,
+            per(&|s| s.fenced.load(Relaxed)),
+        ),
+        (
+            "twinrx_sink_epoch_refused",
+            "Times an entry was refused for an epoch below the target's",
+            true,
+            per(&|s| s.epoch_refused.load(Relaxed)),
+        ),
+        (
+            "twinrx_sink_next_offset",
+            "Next stream offset the sink delivers",
+            false,
+            per(&|s| s.next_offset.load(Relaxed)),
+        ),
+        (
+            "twinrx_sink_lag_entries",
+            "Committed stream entries not yet delivered",
+            false,
+            per(&|s| s.lag(stream_next)),
+        ),
+        (
+            "twinrx_sink_up",
+            "1 while the sink is connected and delivering",
+            false,
+            per(&|s| u64::from(s.state().0 == SinkState::Delivering)),
+        ),
+    ]
+}
+
+/// Reads the last complete line of `f` (ending at `end`, which is just past a LF), scanning
+/// backwards in chunks. Lines are entries: at most a few hundred KiB.
+pub(crate) fn last_line_before(f: &std::fs::File, end: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::os::unix::fs::FileExt;
+    if end == 0 {
+        return Ok(None);
+    }
+    // `end - 1` is the LF ending the last line; look for the LF before it.
+    let line_end = end - 1;
+    let mut pos = line_end;
+    let mut chunk = vec![0u8; 64 * 1024];
+    while pos > 0 {
+        let n = chunk.len().min(pos as usize);
+        let from = pos - n as u64;
+        f.read_exact_at(&mut chunk[..n], from)?;
+        if let Some(i) = chunk[..n].iter().rposition(|b| *b == b'\n') {
+            let start = from + i as u64 + 1;
+            return read_range(f, start, line_end).map(Some);
+        }
+        pos = from;
+    }
+    read_range(f, 0, line_end).map(Some)
+}
+
+fn read_range(f: &std::fs::File, from: u64, to: u64) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; (to - from) as usize];
+    f.read_exact_at(&mut buf, from)?;
+    Ok(buf)
+}
+
+/// The length of `f` up to and including its last LF: what remains after cutting a torn
+/// last line (a write cut short by a crash).
+pub(crate) fn complete_len(f: &std::fs::File, len: u64) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut pos = len;
+    let mut chunk = vec![0u8; 64 * 1024];
+    while pos > 0 {
+        let n = chunk.len().min(pos as usize);
+        let from = pos - n as u64;
+        f.read_exact_at(&mut chunk[..n], from)?;
+        if let Some(i) = chunk[..n].iter().rposition(|b| *b == b'\n') {
+            return Ok(from + i as u64 + 1);
+        }
+        pos = from;
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    #[test]
+    fn last_line_and_torn_tail() {
+        let dir = std::env::temp_dir().join(format!("twinrx-sink-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let p = dir.join("f");
+        let mut f = std::fs::File::create(&p).expect("create");
+        let long = "x".repeat(100_000);
+        write!(
+            f,
+            "{{\"offset\":0,\"epoch\":0}}\n{{\"offset\":1,\"epoch\":2,\"p\":\"{long}\"}}\n{{\"offs"
+        )
+        .expect("write");
+        drop(f);
+        let f = std::fs::File::open(&p).expect("open");
+        let len = f.metadata().expect("meta").len();
+        let end = complete_len(&f, len).expect("scan");
+        assert_eq!(len - end, 6);
+        let last = last_line_before(&f, end).expect("read").expect("a line");
+        assert_eq!(
+            parse_head(&last),
+            Some(Delivered {
+                offset: 1,
+                epoch: 2
+            })
+        );
+        let first = last_line_before(&f, 23).expect("read").expect("a line");
+        assert_eq!(parse_head(&first).map(|d| d.offset), Some(0));
+        assert_eq!(last_line_before(&f, 0).expect("read"), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
