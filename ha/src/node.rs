@@ -723,6 +723,9 @@ impl HaCore {
             && self.peer_view.role == Some(Role::Standby)
             && self.peer_view.epoch == self.epoch;
         let suspected = self.peer_suspected();
+        // The active defers its fence by one lease so that, in a race, the standby (which can
+        // take over) wins; a standby that really died is fenced a lease later.
+        let fence_after = self.suspect_at().saturating_add(self.c().lease_ms);
         let handover_timeout = self.c().handover_timeout_ms;
         let State::Leader(l) = &mut self.state else {
             return;
@@ -766,6 +769,7 @@ impl HaCore {
                 self.extend_lease(now.saturating_add(lease));
             } else if l.solo_check.is_none()
                 && l.solo_license_until.saturating_add(hb) < now.saturating_add(lease)
+                && (policy != Policy::FenceCommand || now >= fence_after)
             {
                 l.solo_check = Some(now);
                 self.push(match policy {
@@ -1539,7 +1543,16 @@ impl HaCore {
             return;
         }
         let ok_epoch = epoch > self.epoch && campaigning.is_none_or(|c| epoch > c);
-        let ok_log = log >= my_log;
+        // After handing over, our appends that landed late (after we stopped publishing) are
+        // uncommitted and will be truncated: the handover end is what counts.
+        let handed = match &self.state {
+            State::Follower(f) => f.handing_over.map(|(_, end)| LogPos {
+                log_epoch: my_log.log_epoch,
+                end,
+            }),
+            _ => None,
+        };
+        let ok_log = log >= my_log || handed.is_some_and(|h| log >= h);
         let ok_promise = now >= self.promise_until;
         if !ok_promise {
             refuse_wait = self.promise_until.saturating_sub(now);
