@@ -1467,10 +1467,10 @@ impl HaCore {
                 self.stats.stale_messages_total += 1;
                 return;
             }
-            // A higher epoch is established: follow it.
+            // A higher epoch is established: stop publishing first, then follow it.
+            self.become_follower(Some(epoch));
             self.epoch = epoch;
             self.persist(epoch, Epoch(0));
-            self.become_follower(Some(epoch));
         }
         let State::Follower(f) = &mut self.state else {
             return;

@@ -595,3 +595,173 @@ fn config_validation_reports_every_problem() {
     assert_eq!(err.problems.len(), 3, "{err}");
     assert!(err.to_string().contains("ha.links = 0"), "{err}");
 }
+
+/// Builds A as the active of epoch 1 (won with the witness's vote at t=1900, publishing), with
+/// B heard as an in-sync standby that holds the stream up to `end`.
+fn active_with_standby(end: u64) -> HaCore {
+    let mut a = core(NodeId::A, 1000, Restored::default());
+    a.handle_timeout(Millis(1000));
+    a.handle_timeout(Millis(1900));
+    let grant = HaMsg::VoteReply {
+        epoch: Epoch(1),
+        granted: true,
+        voter_epoch: Epoch(1),
+        wait_ms: 0,
+        echo: Millis(1900),
+    };
+    a.handle_input(Millis(1901), Input::Witness(grant));
+    a.handle_input(
+        Millis(1902),
+        Input::EpochPersisted(EpochState {
+            epoch: Epoch(1),
+            log_epoch: Epoch(1),
+        }),
+    );
+    a.handle_input(Millis(1950), Input::StreamAppended { upto: Offset(end) });
+    let sync = HaMsg::SyncRequest {
+        epoch: Epoch(1),
+        end: Offset(0),
+        runs: vec![],
+    };
+    a.handle_input(Millis(1960), Input::Peer { link: 0, msg: sync });
+    a.handle_input(
+        Millis(1961),
+        Input::Peer {
+            link: 0,
+            msg: HaMsg::AppendAck {
+                epoch: Epoch(1),
+                end: Offset(end),
+            },
+        },
+    );
+    let log = LogPos {
+        log_epoch: Epoch(1),
+        end: Offset(end),
+    };
+    a.handle_input(
+        Millis(1962),
+        Input::Peer {
+            link: 0,
+            msg: hb(1, Role::Standby, log, 50),
+        },
+    );
+    drain(&mut a);
+    assert_eq!(a.role(), Role::Active);
+    assert_eq!(a.commit_end(), Offset(end));
+    a
+}
+
+/// Planned switchover: stop publishing at once, hand over at the end both hold, release the
+/// lease at the witness; no timeout is waited for.
+#[test]
+fn switchover_hands_over_at_once() {
+    let mut a = active_with_standby(5);
+    a.handle_input(Millis(2000), Input::Switchover);
+    assert_eq!(
+        drain(&mut a),
+        vec![
+            Action::StopPublishing(StopReason::Handover),
+            to_b(
+                None,
+                HaMsg::Handover {
+                    epoch: Epoch(1),
+                    end: Offset(5)
+                }
+            ),
+            Action::Send {
+                to: Party::Witness,
+                link: None,
+                msg: HaMsg::LeaseRelease {
+                    epoch: Epoch(1),
+                    node: NodeId::A
+                }
+            },
+        ]
+    );
+    // The standby's vote request is granted at once (no promise to wait for).
+    let log = LogPos {
+        log_epoch: Epoch(1),
+        end: Offset(5),
+    };
+    let req = HaMsg::VoteRequest {
+        epoch: Epoch(2),
+        candidate: NodeId::B,
+        log,
+        sent_at: Millis(77),
+    };
+    a.handle_input(Millis(2001), Input::Peer { link: 0, msg: req });
+    let st = EpochState {
+        epoch: Epoch(2),
+        log_epoch: Epoch(1),
+    };
+    assert_eq!(drain(&mut a), vec![Action::PersistEpoch(st)]);
+    a.handle_input(Millis(2002), Input::EpochPersisted(st));
+    assert_eq!(
+        drain(&mut a),
+        vec![to_b(
+            None,
+            HaMsg::VoteReply {
+                epoch: Epoch(2),
+                granted: true,
+                voter_epoch: Epoch(2),
+                wait_ms: 0,
+                echo: Millis(77)
+            }
+        )]
+    );
+}
+
+/// An active that hears an active of a higher epoch stops publishing before anything else.
+#[test]
+fn deposed_active_stops_first() {
+    let mut a = active_with_standby(3);
+    let log = LogPos {
+        log_epoch: Epoch(2),
+        end: Offset(3),
+    };
+    a.handle_input(
+        Millis(2050),
+        Input::Peer {
+            link: 1,
+            msg: hb(2, Role::Active, log, 9),
+        },
+    );
+    assert_eq!(
+        drain(&mut a),
+        vec![
+            Action::StopPublishing(StopReason::Deposed),
+            Action::PersistEpoch(EpochState {
+                epoch: Epoch(2),
+                log_epoch: Epoch(1)
+            }),
+        ]
+    );
+    assert_eq!(a.role(), Role::Syncing);
+}
+
+/// An unhealthy active hands over to a healthy in-sync standby.
+#[test]
+fn unhealthy_active_hands_over() {
+    let mut a = active_with_standby(4);
+    let stalled = Health {
+        merger_stall_ms: 900,
+        ..Health::default()
+    };
+    a.handle_input(Millis(2050), Input::Health(stalled));
+    let acts = drain(&mut a);
+    assert_eq!(
+        acts[0],
+        Action::StopPublishing(StopReason::Handover),
+        "{acts:?}"
+    );
+    assert_eq!(
+        acts[1],
+        to_b(
+            None,
+            HaMsg::Handover {
+                epoch: Epoch(1),
+                end: Offset(4)
+            }
+        )
+    );
+}
