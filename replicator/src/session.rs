@@ -1,0 +1,631 @@
+//! Authenticated sessions over one TCP connection: [`connect`], [`Listener`], [`Session`].
+//!
+//! After the handshake (`auth.rs`) a session runs two tasks:
+//! - the **writer** drains two queues, *control first* (`biased` select): the control lane
+//!   carries application messages (the HA core's heartbeats and votes) and the small
+//!   shipping messages (request, ack, errors); the bulk lane carries journal batches, at most
+//!   [`BULK_QUEUE_FRAMES`] of them, each capped by `ShipConfig::batch_bytes_max`. So a
+//!   control message waits at most for the bulk frame being written, never behind a backlog.
+//!   It sends a keepalive when it had nothing to send for `keepalive_interval`.
+//! - the **reader** verifies each frame (MAC with the implicit counter) and routes it: control
+//!   messages to [`Session::recv`], shipping messages to the [`ShipPort`] / [`CopyPort`]. It
+//!   never waits on a consumer, so a slow journal copy cannot delay a heartbeat: batches are
+//!   queued for the copier, bounded by the window the copier granted (a peer that exceeds it
+//!   is closed), control messages in a bounded queue that drops (and counts) when full.
+//!
+//! Any failure closes the whole session with one [`CloseReason`] that every part sees.
+//! One session per configured link: several sessions (e.g. over two NICs) are independent;
+//! the caller sends heartbeats on each and runs shipping on one.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::{sleep_until, timeout, Instant};
+use twinrx_types::{NodeId, Seq};
+
+use crate::auth::{self, Established, Opener, Sealer};
+use crate::config::LinkConfig;
+use crate::frame::{self, read_frame, ty, Batch, ErrorMsg, ReadError, ShipRequest, TAG_LEN};
+use crate::stats::{AuthFailure, LinkStats};
+use crate::{CloseReason, Error};
+
+/// Bulk frames queued for the writer at most (each ≤ `batch_bytes_max` of records).
+pub(crate) const BULK_QUEUE_FRAMES: usize = 2;
+/// Control-lane frames queued for the writer at most.
+const CONTROL_QUEUE_FRAMES: usize = 256;
+/// Read buffer of a session's socket.
+const READ_BUFFER_BYTES: usize = 256 << 10;
+
+/// A frame to send: type and payload; the writer adds length and tag.
+pub(crate) struct Out {
+    pub frame_type: u8,
+    pub payload: Vec<u8>,
+}
+
+/// What the reader hands to the shipper.
+pub(crate) enum ShipIn {
+    Request(ShipRequest),
+    Ack(Seq),
+    PeerError(ErrorMsg),
+}
+
+/// What the reader hands to the copier.
+pub(crate) enum CopyIn {
+    Batch(Batch),
+    PeerError(ErrorMsg),
+}
+
+/// What [`Session::recv`] returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// An application message from the peer, as the peer passed it to `send_control`.
+    Control(Vec<u8>),
+    /// The session is over; nothing more will come.
+    Closed(CloseReason),
+}
+
+/// State shared by the parts of one session.
+pub(crate) struct Shared {
+    pub stats: Arc<LinkStats>,
+    closed: watch::Sender<Option<CloseReason>>,
+}
+
+impl Shared {
+    /// Records the first reason the session ends for; later ones are ignored.
+    pub(crate) fn close(&self, reason: CloseReason) {
+        self.closed.send_if_modified(|r| {
+            if r.is_none() {
+                tracing::info!(reason = %reason, "cluster link session closed");
+                *r = Some(reason);
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// Waits until the session is closed and returns why.
+pub(crate) async fn closed(rx: &mut watch::Receiver<Option<CloseReason>>) -> CloseReason {
+    match rx.wait_for(Option::is_some).await {
+        Ok(r) => r.clone().unwrap_or(CloseReason::LocalClose),
+        // The sender lives in `Shared`, owned by the session's tasks: gone means closed.
+        Err(_) => CloseReason::LocalClose,
+    }
+}
+
+/// The shipping side of a session, for [`crate::JournalShipper::run`]: requests and acks
+/// from the peer's copier come in, batches go out on the bulk lane.
+pub struct ShipPort {
+    pub(crate) rx: mpsc::UnboundedReceiver<ShipIn>,
+    pub(crate) control: mpsc::Sender<Out>,
+    pub(crate) bulk: mpsc::Sender<Out>,
+    pub(crate) closed: watch::Receiver<Option<CloseReason>>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) peer: NodeId,
+    pub(crate) frame_bytes_max: u32,
+}
+
+/// The copying side of a session, for [`crate::JournalCopier::run`]: batches of the peer's
+/// journal come in, requests and acks go out on the control lane.
+pub struct CopyPort {
+    pub(crate) rx: mpsc::UnboundedReceiver<CopyIn>,
+    pub(crate) control: mpsc::Sender<Out>,
+    pub(crate) closed: watch::Receiver<Option<CloseReason>>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) peer: NodeId,
+    /// Payload bytes the reader queued and the copier has not taken yet.
+    pub(crate) queued: Arc<AtomicU64>,
+    /// The window the copier granted (the reader enforces it).
+    pub(crate) window: Arc<AtomicU64>,
+}
+
+/// An authenticated session with the peer. Dropping it closes the connection (the ports
+/// taken from it then end with [`Error::Closed`]).
+pub struct Session {
+    peer: NodeId,
+    version: u16,
+    peer_addr: SocketAddr,
+    control: mpsc::Sender<Out>,
+    events: mpsc::Receiver<Vec<u8>>,
+    closed: watch::Receiver<Option<CloseReason>>,
+    shared: Arc<Shared>,
+    control_bytes_max: usize,
+    ship_port: Option<ShipPort>,
+    copy_port: Option<CopyPort>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Session {
+    fn start(stream: TcpStream, est: Established, cfg: &LinkConfig) -> Result<Session, Error> {
+        let peer_addr = stream
+            .peer_addr()
+            .map_err(|source| Error::Io { op: "get peer address", source })?;
+        stream
+            .set_nodelay(true)
+            .map_err(|source| Error::Io { op: "set TCP_NODELAY", source })?;
+        let (rd, wr) = stream.into_split();
+        let (closed_tx, closed_rx) = watch::channel(None);
+        let shared = Arc::new(Shared {
+            stats: cfg.stats.clone(),
+            closed: closed_tx,
+        });
+        LinkStats::add(&cfg.stats.sessions_established, 1);
+        let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE_FRAMES);
+        let (bulk_tx, bulk_rx) = mpsc::channel(BULK_QUEUE_FRAMES);
+        let (events_tx, events_rx) = mpsc::channel(cfg.control_queue_max);
+        let (ship_tx, ship_rx) = mpsc::unbounded_channel();
+        let (copy_tx, copy_rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicU64::new(0));
+        let window = Arc::new(AtomicU64::new(0));
+        let reader = Reader {
+            rd: BufReader::with_capacity(READ_BUFFER_BYTES, rd),
+            opener: est.opener,
+            frame_bytes_max: cfg.frame_bytes_max,
+            idle_timeout: cfg.idle_timeout,
+            events: events_tx,
+            ship: ship_tx,
+            copy: copy_tx,
+            queued: queued.clone(),
+            window: window.clone(),
+            shared: shared.clone(),
+        };
+        let writer = Writer {
+            wr,
+            sealer: est.sealer,
+            control: control_rx,
+            bulk: bulk_rx,
+            keepalive: cfg.keepalive_interval,
+            shared: shared.clone(),
+        };
+        let tasks = vec![
+            tokio::spawn(reader.run(closed_rx.clone())),
+            tokio::spawn(writer.run(closed_rx.clone())),
+        ];
+        tracing::info!(peer = %NodeId(est.peer.0), %peer_addr, version = est.version, "cluster link session established");
+        Ok(Session {
+            peer: est.peer,
+            version: est.version,
+            peer_addr,
+            control: control_tx.clone(),
+            events: events_rx,
+            closed: closed_rx.clone(),
+            shared: shared.clone(),
+            control_bytes_max: (cfg.frame_bytes_max as usize).saturating_sub(1 + TAG_LEN),
+            ship_port: Some(ShipPort {
+                rx: ship_rx,
+                control: control_tx.clone(),
+                bulk: bulk_tx,
+                closed: closed_rx.clone(),
+                shared: shared.clone(),
+                peer: est.peer,
+                frame_bytes_max: cfg.frame_bytes_max,
+            }),
+            copy_port: Some(CopyPort {
+                rx: copy_rx,
+                control: control_tx,
+                closed: closed_rx,
+                shared,
+                peer: est.peer,
+                queued,
+                window,
+            }),
+            tasks,
+        })
+    }
+
+    /// The authenticated peer.
+    pub fn peer(&self) -> NodeId {
+        self.peer
+    }
+
+    /// The negotiated protocol version.
+    pub fn version(&self) -> u16 {
+        self.version
+    }
+
+    /// The peer's socket address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    /// The counters of this session's link.
+    pub fn stats(&self) -> Arc<LinkStats> {
+        self.shared.stats.clone()
+    }
+
+    /// Why the session ended, or `None` while it runs.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.closed.borrow().clone()
+    }
+
+    /// Takes the shipping port (once; `None` afterwards). Run shipping on one session only.
+    pub fn take_ship_port(&mut self) -> Option<ShipPort> {
+        self.ship_port.take()
+    }
+
+    /// Takes the copying port (once; `None` afterwards).
+    pub fn take_copy_port(&mut self) -> Option<CopyPort> {
+        self.copy_port.take()
+    }
+
+    fn check_control(&self, msg: &[u8]) -> Result<(), Error> {
+        if let Some(r) = self.close_reason() {
+            return Err(Error::Closed(r));
+        }
+        if msg.len() > self.control_bytes_max {
+            return Err(Error::Config(format!(
+                "control message of {} bytes exceeds the frame limit of {}",
+                msg.len(),
+                self.control_bytes_max
+            )));
+        }
+        Ok(())
+    }
+
+    /// Queues an application message ahead of any journal data, waiting while the control
+    /// queue is full.
+    pub async fn send_control(&self, msg: Vec<u8>) -> Result<(), Error> {
+        self.check_control(&msg)?;
+        let out = Out {
+            frame_type: ty::CONTROL,
+            payload: msg,
+        };
+        match self.control.send(out).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(self.closed_error()),
+        }
+    }
+
+    /// Like [`Session::send_control`] but never waits: `Ok(false)` if the control queue is
+    /// full (the message was not queued). For drivers that must not block, e.g. the HA tick.
+    pub fn try_send_control(&self, msg: Vec<u8>) -> Result<bool, Error> {
+        self.check_control(&msg)?;
+        let out = Out {
+            frame_type: ty::CONTROL,
+            payload: msg,
+        };
+        match self.control.try_send(out) {
+            Ok(()) => Ok(true),
+            Err(mpsc::error::TrySendError::Full(_)) => Ok(false),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(self.closed_error()),
+        }
+    }
+
+    fn closed_error(&self) -> Error {
+        Error::Closed(self.close_reason().unwrap_or(CloseReason::LocalClose))
+    }
+
+    /// The next event: a control message from the peer, or the end of the session (then
+    /// again on every later call). Messages received before the end are delivered first.
+    pub async fn recv(&mut self) -> Event {
+        if let Ok(m) = self.events.try_recv() {
+            return Event::Control(m);
+        }
+        tokio::select! {
+            biased;
+            m = self.events.recv() => match m {
+                Some(m) => Event::Control(m),
+                None => Event::Closed(closed(&mut self.closed).await),
+            },
+            r = closed(&mut self.closed) => match self.events.try_recv() {
+                Ok(m) => Event::Control(m),
+                Err(_) => Event::Closed(r),
+            },
+        }
+    }
+
+    /// Closes the session now.
+    pub fn close(&self) {
+        self.shared.close(CloseReason::LocalClose);
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.shared.close(CloseReason::LocalClose);
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+struct Writer {
+    wr: OwnedWriteHalf,
+    sealer: Sealer,
+    control: mpsc::Receiver<Out>,
+    bulk: mpsc::Receiver<Out>,
+    keepalive: Duration,
+    shared: Arc<Shared>,
+}
+
+impl Writer {
+    async fn run(mut self, mut closed_rx: watch::Receiver<Option<CloseReason>>) {
+        let stats = self.shared.stats.clone();
+        let mut last_send = Instant::now();
+        let mut bulk_open = true;
+        loop {
+            let out = tokio::select! {
+                biased;
+                _ = closed(&mut closed_rx) => break,
+                m = self.control.recv() => match m {
+                    Some(m) => m,
+                    None => break,
+                },
+                m = self.bulk.recv(), if bulk_open => match m {
+                    Some(m) => m,
+                    None => {
+                        // The shipper is gone; control frames still flow.
+                        bulk_open = false;
+                        continue;
+                    }
+                },
+                _ = sleep_until(last_send + self.keepalive) => Out { frame_type: ty::PING, payload: Vec::new() },
+            };
+            let frame = self.sealer.seal(out.frame_type, &out.payload);
+            drop(out);
+            if let Err(e) = self.wr.write_all(&frame).await {
+                self.shared.close(CloseReason::Io(e.to_string()));
+                break;
+            }
+            LinkStats::add(&stats.bytes_sent, frame.len() as u64);
+            LinkStats::add(&stats.frames_sent, 1);
+            if frame.get(4) == Some(&ty::CONTROL) {
+                LinkStats::add(&stats.control_sent, 1);
+            }
+            last_send = Instant::now();
+        }
+        if let Err(e) = self.wr.shutdown().await {
+            tracing::debug!(error = %e, "cluster link: shutdown of the write side failed");
+        }
+    }
+}
+
+struct Reader {
+    rd: BufReader<OwnedReadHalf>,
+    opener: Opener,
+    frame_bytes_max: u32,
+    idle_timeout: Duration,
+    events: mpsc::Sender<Vec<u8>>,
+    ship: mpsc::UnboundedSender<ShipIn>,
+    copy: mpsc::UnboundedSender<CopyIn>,
+    queued: Arc<AtomicU64>,
+    window: Arc<AtomicU64>,
+    shared: Arc<Shared>,
+}
+
+impl Reader {
+    async fn run(mut self, mut closed_rx: watch::Receiver<Option<CloseReason>>) {
+        loop {
+            // read_frame is not cancel-safe, which is fine: after either other branch the
+            // session is over and the half-read frame is of no use.
+            let read = tokio::select! {
+                r = timeout(self.idle_timeout, read_frame(&mut self.rd, 1 + TAG_LEN as u32, self.frame_bytes_max)) => r,
+                _ = closed(&mut closed_rx) => return,
+            };
+            let reason = match read {
+                Err(_) => CloseReason::IdleTimeout {
+                    ms: self.idle_timeout.as_millis() as u64,
+                },
+                Ok(Err(ReadError::Eof)) => CloseReason::PeerClosed,
+                Ok(Err(ReadError::Io(e))) => CloseReason::Io(e.to_string()),
+                Ok(Err(ReadError::TooLarge { len, max })) => CloseReason::FrameTooLarge { len, max },
+                Ok(Err(ReadError::TooShort { len })) => {
+                    CloseReason::Protocol(format!("frame length {len} is shorter than a tag"))
+                }
+                Ok(Ok(body)) => match self.handle(body) {
+                    Ok(()) => continue,
+                    Err(reason) => reason,
+                },
+            };
+            self.shared.close(reason);
+            return;
+        }
+    }
+
+    fn handle(&mut self, body: Vec<u8>) -> Result<(), CloseReason> {
+        let stats = &self.shared.stats;
+        LinkStats::add(&stats.bytes_received, 4 + body.len() as u64);
+        let (frame_type, payload) = match self.opener.open(body) {
+            Ok(x) => x,
+            Err(counter) => {
+                stats.auth_failure(AuthFailure::FrameMac);
+                tracing::warn!(counter, "cluster link frame failed its MAC check; closing");
+                return Err(CloseReason::BadFrameMac { counter });
+            }
+        };
+        LinkStats::add(&stats.frames_received, 1);
+        let protocol = CloseReason::Protocol;
+        match frame_type {
+            ty::CONTROL => {
+                LinkStats::add(&stats.control_received, 1);
+                match self.events.try_send(payload) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        LinkStats::add(&stats.control_dropped, 1);
+                        tracing::warn!("cluster link control message dropped: the application is not reading");
+                    }
+                    // The session handle is gone; the session is closing.
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            }
+            ty::PING => {}
+            ty::SHIP_REQUEST => {
+                let r = ShipRequest::decode(&payload).map_err(protocol)?;
+                self.route_ship(ShipIn::Request(r));
+            }
+            ty::SHIP_ACK => {
+                let s = frame::decode_ack(&payload).map_err(protocol)?;
+                self.route_ship(ShipIn::Ack(s));
+            }
+            ty::COPY_ERROR => {
+                let m = ErrorMsg::decode(&payload).map_err(protocol)?;
+                self.route_ship(ShipIn::PeerError(m));
+            }
+            ty::SHIP_BATCH => {
+                let b = frame::decode_batch(&payload).map_err(protocol)?;
+                drop(payload);
+                let queued = self.queued.fetch_add(b.payload_bytes, Ordering::AcqRel) + b.payload_bytes;
+                // The shipper keeps at most `window` unacknowledged bytes in flight, or one
+                // larger record alone: anything beyond is a peer ignoring flow control.
+                let allowed = self.window.load(Ordering::Acquire) + u64::from(self.frame_bytes_max);
+                if queued > allowed {
+                    return Err(protocol(format!(
+                        "peer sent {queued} bytes of journal beyond the window of {allowed}"
+                    )));
+                }
+                if let Err(mpsc::error::SendError(CopyIn::Batch(b))) = self.copy.send(CopyIn::Batch(b)) {
+                    // No copier: nothing will take these bytes out of the count.
+                    self.queued.fetch_sub(b.payload_bytes, Ordering::AcqRel);
+                }
+            }
+            ty::SHIP_ERROR => {
+                let m = ErrorMsg::decode(&payload).map_err(protocol)?;
+                if self.copy.send(CopyIn::PeerError(m)).is_err() {
+                    tracing::debug!("shipping error from the peer with no copier running");
+                }
+            }
+            other => return Err(protocol(format!("unknown frame type {other:#04x}"))),
+        }
+        Ok(())
+    }
+
+    fn route_ship(&self, m: ShipIn) {
+        if self.ship.send(m).is_err() {
+            tracing::debug!("shipping message from the peer with no shipper running");
+        }
+    }
+}
+
+/// Connects to the peer's listener at `addr` and authenticates. The whole of it (TCP
+/// connect included) is bounded by `cfg.handshake_timeout`.
+pub async fn connect(addr: SocketAddr, cfg: &LinkConfig) -> Result<Session, Error> {
+    cfg.validate()?;
+    let attempt = async {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| Error::Io { op: "connect", source })?;
+        let est = auth::client(&mut stream, cfg).await?;
+        Ok::<_, Error>((stream, est))
+    };
+    match timeout(cfg.handshake_timeout, attempt).await {
+        Ok(Ok((stream, est))) => Session::start(stream, est, cfg),
+        Ok(Err(e)) => Err(e),
+        Err(_) => {
+            cfg.stats.auth_failure(AuthFailure::Timeout);
+            Err(Error::Auth {
+                reason: AuthFailure::Timeout,
+                detail: format!("no session with {addr} within {:?}", cfg.handshake_timeout),
+            })
+        }
+    }
+}
+
+/// Accepts connections from the peer. Each connection is authenticated in its own task (at
+/// most `pending_handshakes_max` at once, each within `handshake_timeout`); strangers are
+/// refused and counted, and only authenticated sessions come out of [`Listener::accept`].
+/// Dropping the listener stops accepting and aborts pending handshakes.
+pub struct Listener {
+    local_addr: SocketAddr,
+    sessions: mpsc::Receiver<Session>,
+    task: JoinHandle<()>,
+    stats: Arc<LinkStats>,
+}
+
+impl Listener {
+    /// Binds `addr` and starts accepting.
+    pub async fn bind(addr: SocketAddr, cfg: LinkConfig) -> Result<Listener, Error> {
+        cfg.validate()?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Io { op: "bind", source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| Error::Io { op: "get local address", source })?;
+        let (tx, rx) = mpsc::channel(4);
+        let stats = cfg.stats.clone();
+        let task = tokio::spawn(accept_loop(listener, cfg, tx));
+        Ok(Listener {
+            local_addr,
+            sessions: rx,
+            task,
+            stats,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The counters of this listener's link.
+    pub fn stats(&self) -> Arc<LinkStats> {
+        self.stats.clone()
+    }
+
+    /// The next authenticated session.
+    pub async fn accept(&mut self) -> Result<Session, Error> {
+        self.sessions.recv().await.ok_or(Error::ListenerClosed)
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, cfg: LinkConfig, tx: mpsc::Sender<Session>) {
+    let cfg = Arc::new(cfg);
+    let pending = Arc::new(Semaphore::new(cfg.pending_handshakes_max));
+    let mut handshakes = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            Some(_) = handshakes.join_next() => continue,
+        };
+        let (mut stream, from) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off a little instead of spinning.
+                tracing::warn!(error = %e, "cluster link accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            cfg.stats.auth_failure(AuthFailure::TooManyPending);
+            tracing::warn!(%from, "cluster link: too many pending handshakes; connection closed");
+            continue;
+        };
+        let cfg = cfg.clone();
+        let tx = tx.clone();
+        handshakes.spawn(async move {
+            let _permit = permit;
+            let session = match timeout(cfg.handshake_timeout, auth::server(&mut stream, &cfg)).await {
+                Ok(Ok(est)) => Session::start(stream, est, &cfg),
+                Ok(Err(e)) => Err(e),
+                Err(_) => {
+                    cfg.stats.auth_failure(AuthFailure::Timeout);
+                    tracing::warn!(%from, "cluster link handshake timed out");
+                    return;
+                }
+            };
+            match session {
+                Ok(s) => {
+                    if tx.send(s).await.is_err() {
+                        tracing::debug!("listener dropped while a session was being handed over");
+                    }
+                }
+                Err(e) => tracing::debug!(%from, error = %e, "cluster link connection refused"),
+            }
+        });
+    }
+}

@@ -1,0 +1,570 @@
+//! Journal shipping: [`JournalShipper`] serves this node's journal to the peer;
+//! [`JournalCopier`] keeps this node's copy of the peer's journal, with the peer's seqs.
+//!
+//! The copier drives (PROTOCOL.md "Journal shipping"): on each session it sends
+//! `SHIP_REQUEST { from = copy.next_seq, window, copy_empty, check }`, where `check` is the
+//! copy's last record and a digest of it. The shipper
+//! - reports **divergence** if its journal ends before that record or holds a different one
+//!   there (its data directory was wiped or replaced, SPEC F15), and a **gap** if retention
+//!   deleted `from` and the copy is not empty; both end shipping, with a typed error on both
+//!   sides, and nothing is appended;
+//! - otherwise streams `SHIP_BATCH`es from `from` (or from its first seq, for an empty copy,
+//!   which then does `reset_to`), woken by the journal's durable-seq watch, keeping at most
+//!   `window` payload bytes unacknowledged (a single larger record goes alone).
+//!
+//! The copier appends each batch (with the copy's fsync policy, on a blocking thread) and
+//! then acknowledges the copy's **durable** seq. After any disconnect the next session
+//! resumes from the copy's `next_seq`: no gap, no duplicate, because the copy's own seqs are
+//! the resume point and batches must continue them exactly.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::time::Instant as StdInstant;
+
+use journal::{Journal, JournalHandle};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use twinrx_types::{NodeId, Seq};
+
+use crate::config::{CopyConfig, ShipConfig};
+use crate::frame::{
+    copy_error, encode_batch, ship_error, ty, Batch, ErrorMsg, ShipRequest, BATCH_HEADER_LEN,
+    BATCH_RECORD_OVERHEAD, TAG_LEN,
+};
+use crate::session::{closed, CopyIn, CopyPort, Out, ShipIn, ShipPort};
+use crate::stats::LinkStats;
+use crate::{CloseReason, Error};
+
+/// Digest of one record for divergence checks: SHA-256(seq u64 BE ‖ payload), first 16 bytes.
+pub(crate) fn record_digest(seq: Seq, payload: &[u8]) -> [u8; 16] {
+    let mut h = Sha256::new();
+    h.update(seq.0.to_be_bytes());
+    h.update(payload);
+    let full = h.finalize();
+    let mut d = [0u8; 16];
+    d.copy_from_slice(&full[..16]);
+    d
+}
+
+async fn send_control(
+    tx: &mpsc::Sender<Out>,
+    frame_type: u8,
+    payload: Vec<u8>,
+    closed_rx: &mut tokio::sync::watch::Receiver<Option<CloseReason>>,
+) -> Result<(), Error> {
+    match tx.send(Out { frame_type, payload }).await {
+        Ok(()) => Ok(()),
+        Err(_) => Err(Error::Closed(closed(closed_rx).await)),
+    }
+}
+
+/// Serves the local journal to the peer's copier, one session at a time.
+pub struct JournalShipper {
+    handle: JournalHandle,
+    cfg: ShipConfig,
+}
+
+/// How one request's service ended.
+enum Served {
+    /// The copier asked again (e.g. after restarting): serve the new request.
+    Restart(ShipRequest),
+}
+
+impl JournalShipper {
+    /// A shipper of the journal behind `handle` (this node's own journal).
+    pub fn new(handle: JournalHandle, cfg: ShipConfig) -> JournalShipper {
+        JournalShipper { handle, cfg }
+    }
+
+    /// Serves the peer over `port` until the session ends or shipping fails, and returns
+    /// why: [`Error::Closed`] for a session that ended (reconnect and call again),
+    /// [`Error::Diverged`] / [`Error::Gap`] when the peer's copy cannot continue from this
+    /// journal (also reported to the peer), [`Error::PeerError`] when the peer's copier
+    /// failed, [`Error::Journal`] when this journal cannot be read.
+    pub async fn run(&mut self, mut port: ShipPort) -> Error {
+        let mut request = loop {
+            tokio::select! {
+                m = port.rx.recv() => match m {
+                    Some(ShipIn::Request(r)) => break r,
+                    // An ack from an earlier request: nothing to do with it.
+                    Some(ShipIn::Ack(_)) => {}
+                    Some(ShipIn::PeerError(m)) => return peer_error(m),
+                    None => return Error::Closed(closed(&mut port.closed).await),
+                },
+                r = closed(&mut port.closed) => return Error::Closed(r),
+            }
+        };
+        loop {
+            match self.serve(&mut port, request).await {
+                Ok(Served::Restart(r)) => request = r,
+                Err(e) => return e,
+            }
+        }
+    }
+
+    async fn fail(&self, port: &mut ShipPort, code: u8, seq: Seq, seq2: Seq, err: Error) -> Error {
+        let stats = &port.shared.stats;
+        match &err {
+            Error::Diverged { .. } => LinkStats::add(&stats.divergences, 1),
+            Error::Gap { .. } => LinkStats::add(&stats.gaps, 1),
+            _ => {}
+        }
+        tracing::warn!(peer = %port.peer, error = %err, "journal shipping stopped");
+        let msg = ErrorMsg {
+            code,
+            seq,
+            seq2,
+            detail: err.to_string(),
+        };
+        if let Err(e) = send_control(&port.control, ty::SHIP_ERROR, msg.encode(), &mut port.closed).await {
+            tracing::debug!(error = %e, "could not report the shipping error to the peer");
+        }
+        err
+    }
+
+    /// Where to start for `req`, or why not.
+    async fn start(&self, port: &mut ShipPort, req: &ShipRequest) -> Result<u64, Error> {
+        let node = port.peer.peer();
+        let first = self.handle.first_seq().0;
+        let durable = self.handle.durable_seq().map_or(0, |s| s.0);
+        let copy_last = req.from.0 - 1;
+        if req.copy_empty {
+            // An empty copy can start anywhere (it resets to the first batch's seq).
+            return Ok(if req.from.0 < first || req.from.0 > durable + 1 {
+                first
+            } else {
+                req.from.0
+            });
+        }
+        if copy_last > durable {
+            let err = Error::Diverged {
+                node,
+                seq: Seq(copy_last),
+                detail: format!(
+                    "the journal ends at seq {durable} but its copy holds seq {copy_last}: the journal lost records (data directory wiped or replaced?)"
+                ),
+            };
+            return Err(self.fail(port, ship_error::DIVERGED, Seq(copy_last), Seq(durable), err).await);
+        }
+        if let Some((seq, digest)) = req.check {
+            match self.handle.read(seq, 1, 0) {
+                Ok(recs) => match recs.first() {
+                    Some((s, payload)) if *s == seq => {
+                        if record_digest(seq, payload) != digest {
+                            let err = Error::Diverged {
+                                node,
+                                seq,
+                                detail: "the record at this seq differs from the copy's".into(),
+                            };
+                            return Err(self.fail(port, ship_error::DIVERGED, seq, seq, err).await);
+                        }
+                    }
+                    _ => {
+                        let err = Error::Journal(journal::Error::OutOfRange {
+                            seq,
+                            first: Seq(first),
+                            next: Seq(durable + 1),
+                        });
+                        return Err(self.fail(port, ship_error::JOURNAL, seq, seq, err).await);
+                    }
+                },
+                Err(journal::Error::Gone { .. }) => {
+                    // Retention deleted the record to compare with: the check cannot be
+                    // made; continuity (below) still is.
+                    tracing::info!(%seq, "divergence check skipped: record deleted by retention");
+                }
+                Err(e) => {
+                    return Err(self.fail(port, ship_error::JOURNAL, seq, seq, Error::Journal(e)).await)
+                }
+            }
+        }
+        if req.from.0 < first {
+            let err = Error::Gap {
+                node,
+                copy_next: req.from,
+                peer_first: Seq(first),
+            };
+            return Err(self.fail(port, ship_error::GAP, req.from, Seq(first), err).await);
+        }
+        Ok(req.from.0)
+    }
+
+    async fn serve(&mut self, port: &mut ShipPort, req: ShipRequest) -> Result<Served, Error> {
+        let stats = port.shared.stats.clone();
+        let mut next = self.start(port, &req).await?;
+        let window = u64::from(req.window_bytes).min(self.cfg.window_bytes_max).max(1);
+        LinkStats::set(&stats.window_bytes, window);
+        // Payload bytes that fit in a frame of the negotiated maximum, after headers.
+        let frame_room = (port.frame_bytes_max as usize).saturating_sub(1 + TAG_LEN + BATCH_HEADER_LEN);
+        let guard = self.handle.register_reader("replicator-ship", Seq(next));
+        let mut durable_rx = self.handle.subscribe();
+        // Unacknowledged batches: (last seq, payload bytes).
+        let mut in_flight: VecDeque<(u64, u64)> = VecDeque::new();
+        let mut in_flight_bytes = 0u64;
+        LinkStats::set(&stats.in_flight_bytes, 0);
+        tracing::info!(peer = %port.peer, from = next, window, "journal shipping started");
+        loop {
+            // Take everything the peer sent without waiting.
+            loop {
+                match port.rx.try_recv() {
+                    Ok(ShipIn::Ack(acked)) => {
+                        ack(&stats, &guard, &mut in_flight, &mut in_flight_bytes, acked);
+                    }
+                    Ok(ShipIn::Request(r)) => return Ok(Served::Restart(r)),
+                    Ok(ShipIn::PeerError(m)) => return Err(peer_error(m)),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        return Err(Error::Closed(closed(&mut port.closed).await))
+                    }
+                }
+            }
+            let durable = (*durable_rx.borrow_and_update()).map_or(0, |s| s.0);
+            LinkStats::set(&stats.ship_source_durable_seq, durable);
+            if next <= durable && in_flight_bytes < window {
+                let room = window - in_flight_bytes;
+                let max_bytes = (room as usize).min(self.cfg.batch_bytes_max);
+                let recs = match self.handle.read(Seq(next), self.cfg.batch_records_max, max_bytes) {
+                    Ok(r) => r,
+                    Err(journal::Error::Gone { first, .. }) => {
+                        let err = Error::Gap {
+                            node: port.peer.peer(),
+                            copy_next: Seq(next),
+                            peer_first: first,
+                        };
+                        return Err(self.fail(port, ship_error::GAP, Seq(next), first, err).await);
+                    }
+                    Err(e) => {
+                        return Err(self.fail(port, ship_error::JOURNAL, Seq(next), Seq(next), Error::Journal(e)).await)
+                    }
+                };
+                let bytes: u64 = recs.iter().map(|(_, r)| r.len() as u64).sum();
+                // A single record larger than what the window has left goes only when
+                // nothing else is in flight: the window holds exactly, except for one
+                // record larger than the window itself.
+                let fits = bytes <= room || in_flight_bytes == 0;
+                if let (Some(&(last, _)), true) = (recs.last(), fits) {
+                    let wire: usize = recs.iter().map(|(_, r)| r.len() + BATCH_RECORD_OVERHEAD).sum();
+                    if wire > frame_room {
+                        let err = Error::Config(format!(
+                            "record {next} needs a frame of {wire} bytes, above frame_bytes_max {}",
+                            port.frame_bytes_max
+                        ));
+                        return Err(self.fail(port, ship_error::JOURNAL, Seq(next), Seq(next), err).await);
+                    }
+                    let count = recs.len() as u64;
+                    let payload = encode_batch(&recs);
+                    drop(recs);
+                    let out = Out {
+                        frame_type: ty::SHIP_BATCH,
+                        payload,
+                    };
+                    tokio::select! {
+                        r = port.bulk.send(out) => if r.is_err() {
+                            return Err(Error::Closed(closed(&mut port.closed).await));
+                        },
+                        r = closed(&mut port.closed) => return Err(Error::Closed(r)),
+                    }
+                    in_flight.push_back((last.0, bytes));
+                    in_flight_bytes += bytes;
+                    next = last.0 + 1;
+                    LinkStats::set(&stats.in_flight_bytes, in_flight_bytes);
+                    stats.in_flight_bytes_max.fetch_max(in_flight_bytes, Ordering::Relaxed);
+                    LinkStats::set(&stats.ship_sent_seq, last.0);
+                    LinkStats::add(&stats.records_shipped, count);
+                    LinkStats::add(&stats.record_bytes_shipped, bytes);
+                    continue;
+                }
+            }
+            tokio::select! {
+                m = port.rx.recv() => match m {
+                    Some(ShipIn::Ack(acked)) => ack(&stats, &guard, &mut in_flight, &mut in_flight_bytes, acked),
+                    Some(ShipIn::Request(r)) => return Ok(Served::Restart(r)),
+                    Some(ShipIn::PeerError(m)) => return Err(peer_error(m)),
+                    None => return Err(Error::Closed(closed(&mut port.closed).await)),
+                },
+                r = durable_rx.changed() => if r.is_err() {
+                    // The journal writer was dropped: this node is shutting down.
+                    return Err(Error::Journal(journal::Error::Closed));
+                },
+                r = closed(&mut port.closed) => return Err(Error::Closed(r)),
+            }
+        }
+    }
+}
+
+/// The peer's copy made `acked` durable: release what it covers.
+fn ack(
+    stats: &LinkStats,
+    guard: &journal::ReaderGuard,
+    in_flight: &mut VecDeque<(u64, u64)>,
+    in_flight_bytes: &mut u64,
+    acked: Seq,
+) {
+    while let Some(&(last, bytes)) = in_flight.front() {
+        if last > acked.0 {
+            break;
+        }
+        in_flight.pop_front();
+        *in_flight_bytes -= bytes;
+    }
+    guard.advance(acked.next());
+    stats.ship_acked_seq.fetch_max(acked.0, Ordering::Relaxed);
+    LinkStats::set(&stats.in_flight_bytes, *in_flight_bytes);
+}
+
+fn peer_error(m: ErrorMsg) -> Error {
+    Error::PeerError {
+        code: m.code,
+        seq: m.seq,
+        detail: m.detail,
+    }
+}
+
+/// Keeps the local copy of the peer's journal. Owns the copy's [`Journal`] across sessions.
+///
+/// [`JournalCopier::run`] appends on a blocking thread that owns the journal meanwhile; do
+/// not drop its future mid-way (end it by closing the session instead), or the journal is
+/// closed with the dropped append and [`JournalCopier::run`] fails from then on.
+pub struct JournalCopier {
+    journal: Option<Journal>,
+    handle: JournalHandle,
+    cfg: CopyConfig,
+}
+
+impl JournalCopier {
+    /// A copier appending to `copy`, the copy of the peer's journal (same seqs as the peer's).
+    pub fn new(copy: Journal, cfg: CopyConfig) -> JournalCopier {
+        let handle = copy.handle();
+        JournalCopier {
+            journal: Some(copy),
+            handle,
+            cfg,
+        }
+    }
+
+    /// Read access to the copy (for the merger).
+    pub fn handle(&self) -> JournalHandle {
+        self.handle.clone()
+    }
+
+    /// The copy's journal back (e.g. for `resync` to rebuild it); `None` if an append was
+    /// abandoned mid-way.
+    pub fn into_journal(self) -> Option<Journal> {
+        self.journal
+    }
+
+    /// Runs `f` on the journal on a blocking thread (appends fsync).
+    async fn with_journal<T, F>(&mut self, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Journal) -> T + Send + 'static,
+    {
+        let Some(mut j) = self.journal.take() else {
+            return Err(Error::Config(
+                "the copy journal was lost with an abandoned append; reopen it".into(),
+            ));
+        };
+        match tokio::task::spawn_blocking(move || {
+            let out = f(&mut j);
+            (j, out)
+        })
+        .await
+        {
+            Ok((j, out)) => {
+                self.journal = Some(j);
+                Ok(out)
+            }
+            Err(e) => Err(Error::Config(format!("copy journal task failed: {e}"))),
+        }
+    }
+
+    /// Copies the peer's journal over `port` until the session ends or copying fails, and
+    /// returns why: [`Error::Closed`] (reconnect and call again: it resumes from the copy's
+    /// next seq), [`Error::Diverged`] / [`Error::Gap`] (the copy must be rebuilt),
+    /// [`Error::Journal`] (the copy cannot append: full disk; also reported to the peer).
+    pub async fn run(&mut self, mut port: CopyPort) -> Error {
+        match self.copy(&mut port).await {
+            Ok(never) => match never {},
+            Err(e) => {
+                match &e {
+                    Error::Closed(_) => {}
+                    other => tracing::warn!(peer = %port.peer, error = %other, "journal copy stopped"),
+                }
+                e
+            }
+        }
+    }
+
+    async fn copy(&mut self, port: &mut CopyPort) -> Result<std::convert::Infallible, Error> {
+        let stats = port.shared.stats.clone();
+        let node = port.peer;
+        // Everything appended is made durable, so the resume point is what the copy holds.
+        self.with_journal(|j| j.sync()).await??;
+        let next = self
+            .journal
+            .as_ref()
+            .expect("with_journal put the journal back")
+            .next_seq();
+        let empty = self.handle.first_seq() == next;
+        let check = if empty {
+            None
+        } else {
+            let last = Seq(next.0 - 1);
+            let recs = self.handle.read(last, 1, 0)?;
+            match recs.first() {
+                Some((s, payload)) if *s == last => Some((last, record_digest(last, payload))),
+                _ => {
+                    return Err(Error::Journal(journal::Error::OutOfRange {
+                        seq: last,
+                        first: self.handle.first_seq(),
+                        next,
+                    }))
+                }
+            }
+        };
+        port.window
+            .store(u64::from(self.cfg.window_bytes), Ordering::Release);
+        let req = ShipRequest {
+            from: next,
+            window_bytes: self.cfg.window_bytes,
+            copy_empty: empty,
+            check,
+        };
+        send_control(&port.control, ty::SHIP_REQUEST, req.encode(), &mut port.closed).await?;
+        tracing::info!(peer = %node, from = %next, "journal copy requested");
+        let mut acked = self.handle.durable_seq().map_or(0, |s| s.0);
+        LinkStats::set(&stats.copy_durable_seq, acked);
+        let mut tick = tokio::time::interval(self.cfg.sync_tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let pending_sync = {
+                let j = self.journal.as_ref().expect("journal present between appends");
+                j.next_seq().0 > acked + 1
+            };
+            tokio::select! {
+                m = port.rx.recv() => match m {
+                    Some(CopyIn::Batch(b)) => {
+                        port.queued.fetch_sub(b.payload_bytes, Ordering::AcqRel);
+                        self.append(port, node, b, &stats).await?;
+                    }
+                    Some(CopyIn::PeerError(m)) => return Err(self.peer_failed(node, m, &stats)),
+                    None => return Err(Error::Closed(closed(&mut port.closed).await)),
+                },
+                _ = tick.tick(), if pending_sync => {
+                    // Policy `interval`: records become durable (and acknowledgeable) here.
+                    self.with_journal(|j| j.sync_if_due(std::time::Instant::now())).await??;
+                }
+                r = closed(&mut port.closed) => return Err(Error::Closed(r)),
+            }
+            let durable = self.handle.durable_seq().map_or(0, |s| s.0);
+            if durable > acked {
+                acked = durable;
+                LinkStats::set(&stats.copy_durable_seq, acked);
+                // Only what the copy made durable is acknowledged (STYLE §9).
+                send_control(&port.control, ty::SHIP_ACK, acked.to_be_bytes().to_vec(), &mut port.closed).await?;
+            }
+        }
+    }
+
+    async fn append(
+        &mut self,
+        port: &mut CopyPort,
+        node: NodeId,
+        b: Batch,
+        stats: &LinkStats,
+    ) -> Result<(), Error> {
+        let j = self.journal.as_ref().expect("journal present between appends");
+        let next = j.next_seq();
+        let empty = self.handle.first_seq() == next;
+        let reset = if b.first == next {
+            None
+        } else if empty {
+            // The peer's journal starts later (retention) or elsewhere: the copy follows it.
+            Some(b.first)
+        } else {
+            let err = Error::Gap {
+                node,
+                copy_next: next,
+                peer_first: b.first,
+            };
+            LinkStats::add(&stats.gaps, 1);
+            self.report(port, copy_error::GAP, next, b.first, &err).await;
+            return Err(err);
+        };
+        if let Some(d) = self.cfg.append_delay {
+            tokio::time::sleep(d).await;
+        }
+        let count = b.records.len() as u64;
+        let bytes = b.payload_bytes;
+        let records = b.records;
+        let started = StdInstant::now();
+        let result = self
+            .with_journal(move |j| {
+                if let Some(first) = reset {
+                    j.reset_to(first)?;
+                }
+                j.append_batch(&records)
+            })
+            .await?;
+        match result {
+            Ok(range) => {
+                tracing::trace!(first = %range.first, last = %range.last, us = started.elapsed().as_micros() as u64, "copy appended");
+                LinkStats::add(&stats.records_copied, count);
+                LinkStats::add(&stats.record_bytes_copied, bytes);
+                Ok(())
+            }
+            Err(e) => {
+                let err = Error::Journal(e);
+                self.report(port, copy_error::JOURNAL, next, next, &err).await;
+                Err(err)
+            }
+        }
+    }
+
+    async fn report(&self, port: &mut CopyPort, code: u8, seq: Seq, seq2: Seq, err: &Error) {
+        let msg = ErrorMsg {
+            code,
+            seq,
+            seq2,
+            detail: err.to_string(),
+        };
+        if let Err(e) = send_control(&port.control, ty::COPY_ERROR, msg.encode(), &mut port.closed).await {
+            tracing::debug!(error = %e, "could not report the copy error to the peer");
+        }
+    }
+
+    fn peer_failed(&self, node: NodeId, m: ErrorMsg, stats: &LinkStats) -> Error {
+        match m.code {
+            ship_error::DIVERGED => {
+                LinkStats::add(&stats.divergences, 1);
+                Error::Diverged {
+                    node,
+                    seq: m.seq,
+                    detail: m.detail,
+                }
+            }
+            ship_error::GAP => {
+                LinkStats::add(&stats.gaps, 1);
+                Error::Gap {
+                    node,
+                    copy_next: m.seq,
+                    peer_first: m.seq2,
+                }
+            }
+            _ => peer_error(m),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_binds_seq_and_payload() {
+        let d = record_digest(Seq(5), b"abc");
+        assert_eq!(d, record_digest(Seq(5), b"abc"));
+        assert_ne!(d, record_digest(Seq(6), b"abc"));
+        assert_ne!(d, record_digest(Seq(5), b"abd"));
+    }
+}
