@@ -466,3 +466,51 @@ fn per_source_rate_limit_drops_and_counts_udp_and_slows_tcp_without_loss() {
         t0.elapsed()
     );
 }
+
+#[test]
+fn tail_follow_prints_entries_as_they_are_committed() {
+    use std::io::BufRead as _;
+    let s = Scratch::new("follow");
+    let mut node = TestNode::new(s.path(), "", "");
+    node.start();
+    let mut tail = Command::new(BIN)
+        .args(["tail", "--follow", "--from", "0", "--node", &node.admin])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tail");
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = tail.stdout.take().expect("stdout");
+    let _guard = KillOnDrop(tail);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let udp = std::net::UdpSocket::bind((node.ip, 0)).expect("udp");
+    for n in 0..3 {
+        udp.send_to(
+            format!("<13>1 - h app - - - follow {n}").as_bytes(),
+            (node.ip, 5514),
+        )
+        .expect("send");
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("tail printed the entry");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+        assert_eq!(v["offset"], n);
+        assert_eq!(v["syslog"]["message"], format!("follow {n}"));
+    }
+}
