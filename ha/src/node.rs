@@ -299,6 +299,8 @@ pub struct HaCore {
 }
 
 const NEVER: Millis = Millis(u64::MAX);
+/// Most vote replies waiting for the epoch file (TIGER_STYLE: a limit on everything).
+const PENDING_VOTES_MAX: usize = 16;
 
 fn min_opt(a: Option<Millis>, b: Millis) -> Option<Millis> {
     Some(a.map_or(b, |a| a.min(b)))
@@ -560,6 +562,15 @@ impl HaCore {
             self.wanted = st;
             self.push(Action::PersistEpoch(st));
         }
+    }
+
+    /// Queues a granted vote until its epoch is durable. Bounded: a retry replaces nothing but
+    /// the oldest entry beyond `PENDING_VOTES_MAX` is dropped (the candidate retries).
+    fn queue_vote(&mut self, to: Party, epoch: Epoch, echo: Millis) {
+        if self.pending_votes.len() >= PENDING_VOTES_MAX {
+            self.pending_votes.remove(0);
+        }
+        self.pending_votes.push((to, epoch, echo));
     }
 
     fn advance_commit(&mut self, upto: Offset) {
@@ -1538,7 +1549,7 @@ impl HaCore {
                 };
                 self.send(from, msg);
             } else {
-                self.pending_votes.push((from, epoch, sent_at));
+                self.queue_vote(from, epoch, sent_at);
             }
             return;
         }
@@ -1595,7 +1606,7 @@ impl HaCore {
             };
             self.send(from, msg);
         } else {
-            self.pending_votes.push((from, epoch, sent_at));
+            self.queue_vote(from, epoch, sent_at);
         }
     }
 
