@@ -8,6 +8,9 @@
 //! - Actions are carried out in the order polled. `PersistEpoch`, `AcceptEntries` and local
 //!   appends are reported back as `EpochPersisted` / `StreamAppended` once durable (fsync);
 //!   `TruncateStream` is applied (durably) before any later action is carried out.
+//! - Disk work is one FIFO: every local append issued before a `PersistEpoch` is reported
+//!   (`StreamAppended`) before that `EpochPersisted`, so appends still in flight when a node
+//!   stops publishing are labelled with the epoch they were written in.
 //! - `AcceptEntries` refers to the payload of the `Append` message handled just before.
 //! - While publishing, the binary appends entries only while `now < lease_until` (its own
 //!   clock) and stamps them with the publishing epoch; it stops at `StopPublishing`.
