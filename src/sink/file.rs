@@ -107,6 +107,11 @@ impl FileSink {
         let first = self.rotated(1);
         std::fs::rename(&self.cfg.path, &first)
             .map_err(|e| self.io("rename", &self.cfg.path.clone(), e))?;
+        // Files beyond keep_files left by an earlier, larger setting.
+        let mut i = self.cfg.keep_files + 1;
+        while std::fs::remove_file(self.rotated(i)).is_ok() {
+            i += 1;
+        }
         self.sync_dir()?;
         tracing::info!(sink = %self.name, file = %first.display(), "rotated");
         self.open_current()

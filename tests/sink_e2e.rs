@@ -1,0 +1,702 @@
+//! End-to-end sinks: the built `twinrx` and a real Kafka-protocol broker (`noida-db`, installed
+//! by `deploy/install-test-peers.sh`) on 127.0.0.1 with an ephemeral port and a fresh data dir
+//! per test. The topic is read with rdkafka's consumer in `read_committed` mode, as the
+//! monitoring pipeline would. Real signals: SIGKILL mid-batch, SIGSTOP/SIGCONT for fencing,
+//! the broker stopped and restarted under load (F14).
+//!
+//! `bench_kafka_sink_vs_idempotent_producer` (ignored) is the benchmark of
+//! docs/PERFORMANCE.md "Kafka sink".
+
+mod common;
+
+use common::*;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers as _, Message as _};
+use rdkafka::{Offset, TopicPartitionList};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The noida-db server binary: `NOIDA_DB_BIN`, else the one inside the pip package (run
+/// directly, not through its Python wrapper, so that signals reach the broker itself).
+fn noida_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("NOIDA_DB_BIN") {
+        return PathBuf::from(p);
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import noida_db, os; print(os.path.join(os.path.dirname(noida_db.__file__), 'noida-db'))",
+        ])
+        .output()
+        .expect("python3 (to locate noida-db)");
+    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(
+        out.status.success() && p.is_file(),
+        "noida-db is not installed: run deploy/install-test-peers.sh (pip install noida-db==0.2.3)"
+    );
+    p
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the broker).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("ephemeral port")
+        .port()
+}
+
+/// A broker process we started; killed by PID on drop, even when the test fails.
+struct Broker {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Broker {
+    fn start(scratch: &Path) -> Broker {
+        let mut b = Broker {
+            child: None,
+            port: free_port(),
+            dir: scratch.join("broker"),
+            log: scratch.join("broker.log"),
+        };
+        std::fs::create_dir_all(&b.dir).expect("broker dir");
+        b.spawn();
+        b
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("broker log");
+        let child = Command::new(noida_bin())
+            .arg("start")
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(["--host", "127.0.0.1", "--only", "kafka", "--kafka-port"])
+            .arg(self.port.to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn noida-db");
+        self.child = Some(child);
+        let addr = self.addr();
+        wait_for("the broker's port", Duration::from_secs(30), || {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!(
+                    "broker exited at start ({st}): {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            TcpStream::connect(&addr).ok()
+        });
+    }
+
+    /// Stops the broker gracefully (SIGTERM; SIGKILL after 20 s) and waits for it.
+    fn stop(&mut self) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One record of the topic as a consumer sees it.
+#[derive(Debug, Clone)]
+struct Rec {
+    header_offset: u64,
+    header_epoch: u64,
+    body: serde_json::Value,
+}
+
+/// Every committed record of `topic` (partitions `0..partitions`), read with
+/// `read_committed` up to the end. Empty while the topic does not exist.
+fn topic_records(brokers: &str, topic: &str, partitions: i32) -> Vec<Rec> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "twinrx-test-reader")
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .expect("test consumer");
+    let mut out = Vec::new();
+    for p in 0..partitions {
+        let Ok((low, high)) = consumer.fetch_watermarks(topic, p, Duration::from_secs(5)) else {
+            return Vec::new();
+        };
+        if high <= low {
+            continue;
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("tpl");
+        consumer.assign(&tpl).expect("assign");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(Instant::now() < deadline, "reading {topic}/{p} timed out");
+            match consumer.poll(Duration::from_millis(200)) {
+                None => continue,
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => panic!("consumer error: {e}"),
+                Some(Ok(m)) => {
+                    let h = m.headers().expect("record headers");
+                    let get = |k: &str| -> u64 {
+                        h.iter()
+                            .find(|x| x.key == k)
+                            .and_then(|x| x.value)
+                            .and_then(|v| std::str::from_utf8(v).ok())
+                            .and_then(|s| s.parse().ok())
+                            .unwrap_or_else(|| panic!("header {k} missing"))
+                    };
+                    out.push(Rec {
+                        header_offset: get("twinrx-offset"),
+                        header_epoch: get("twinrx-epoch"),
+                        body: serde_json::from_slice(m.payload().expect("payload"))
+                            .expect("record body is a JSON entry"),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Asserts the records are offsets 0..n, each once, in order, headers matching bodies.
+fn assert_exactly_once_in_order(recs: &[Rec], n: usize) {
+    let offsets: Vec<u64> = recs.iter().map(|r| r.header_offset).collect();
+    let mut dup = offsets.clone();
+    dup.sort_unstable();
+    dup.dedup();
+    assert_eq!(
+        dup.len(),
+        offsets.len(),
+        "duplicate offsets in the topic ({} records, {} distinct)",
+        offsets.len(),
+        dup.len()
+    );
+    assert_eq!(
+        offsets,
+        (0..n as u64).collect::<Vec<_>>(),
+        "topic offsets are not 0..{n} in order"
+    );
+    for r in recs {
+        assert_eq!(r.body["offset"].as_u64(), Some(r.header_offset), "{r:?}");
+        assert_eq!(r.body["epoch"].as_u64(), Some(r.header_epoch), "{r:?}");
+        assert_eq!(r.header_epoch, 0, "single node: epoch 0");
+    }
+}
+
+fn kafka_sink_toml(brokers: &str, topic: &str, extra: &str) -> String {
+    format!(
+        "[[sink]]\nname = \"kafka\"\ntype = \"kafka\"\nbrokers = \"{brokers}\"\ntopic = \"{topic}\"\n\
+         timeout_ms = 5000\nretry_backoff_ms_min = 100\nretry_backoff_ms_max = 1000\n{extra}\n"
+    )
+}
+
+fn sink_status(node: &TestNode, name: &str) -> serde_json::Value {
+    let st = node.status();
+    st["sinks"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("no sink {name} in status: {st}"))
+}
+
+fn stream_len(node: &TestNode) -> u64 {
+    node.status()["stream"]["next_offset"]
+        .as_u64()
+        .expect("stream.next_offset")
+}
+
+/// The stream's length once it stops growing (the generator has finished; messages sent
+/// while the node was down are lost on TCP, which these tests do not count).
+fn settled_len(node: &TestNode) -> u64 {
+    wait_for("the stream to settle", Duration::from_secs(30), || {
+        let a = stream_len(node);
+        std::thread::sleep(Duration::from_millis(300));
+        (a == stream_len(node) && a > 0).then_some(a)
+    })
+}
+
+fn gen(node: &TestNode, manifest: &Path, count: u64, rate: u64, run_id: &str) -> Child {
+    Command::new(BIN)
+        .args(["gen", "--transport", "tcp", "--run-id", run_id])
+        .args(["--count", &count.to_string(), "--rate", &rate.to_string()])
+        .args(["--to", &format!("{}:5514", node.ip)])
+        .arg("--manifest")
+        .arg(manifest)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn twinrx gen")
+}
+
+fn wait_child(c: &mut Child, what: &str, timeout: Duration) {
+    let st = wait_for(what, timeout, || c.try_wait().ok().flatten());
+    assert!(st.success(), "{what}: {st}");
+}
+
+/// Waits until the sink has delivered the whole stream and the stream holds `n` entries.
+fn wait_drained(node: &TestNode, n: u64, timeout: Duration) {
+    wait_for(
+        &format!("the sink to deliver all {n} entries"),
+        timeout,
+        || {
+            let s = sink_status(node, "kafka");
+            (stream_len(node) == n && s["next_offset"].as_u64() == Some(n)).then_some(())
+        },
+    );
+}
+
+#[test]
+fn kafka_single_node_delivers_every_entry_once_in_order() {
+    let s = Scratch::new("ksingle");
+    let broker = Broker::start(s.path());
+    let mut node = TestNode::new(
+        &s.path().join("a"),
+        "",
+        &kafka_sink_toml(&broker.addr(), "twinrx", ""),
+    );
+    node.start();
+    let n = 3000;
+    let mut g = gen(&node, &s.path().join("m.json"), n, 5000, "single");
+    wait_child(&mut g, "gen", Duration::from_secs(60));
+    wait_drained(&node, n, Duration::from_secs(60));
+    let recs = wait_for("all records in the topic", Duration::from_secs(30), || {
+        let r = topic_records(&broker.addr(), "twinrx", 1);
+        (r.len() >= n as usize).then_some(r)
+    });
+    assert_exactly_once_in_order(&recs, n as usize);
+    // The record body is the stream entry itself.
+    let stream = node.stream();
+    for (r, e) in recs.iter().zip(&stream) {
+        assert_eq!(&r.body, e);
+    }
+    let st = sink_status(&node, "kafka");
+    assert_eq!(st["state"], "delivering", "{st}");
+    assert_eq!(st["lag_entries"], 0, "{st}");
+    assert_eq!(st["delivered_offset"], n - 1, "{st}");
+    let metrics = get_text(&format!("{}/metrics", node.admin)).expect("metrics");
+    assert!(
+        metrics.contains("twinrx_sink_lag_entries{sink=\"kafka\",type=\"kafka\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "twinrx_sink_delivered_entries_total{{sink=\"kafka\",type=\"kafka\"}} {n}"
+        )),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn kafka_forwarder_sigkilled_mid_batch_then_restarted_delivers_each_offset_exactly_once() {
+    let s = Scratch::new("kkill");
+    let broker = Broker::start(s.path());
+    let mut node = TestNode::new(
+        &s.path().join("a"),
+        "",
+        &kafka_sink_toml(
+            &broker.addr(),
+            "twinrx",
+            "batch_records_max = 500\nlinger_ms = 20",
+        ),
+    );
+    node.start();
+    let n = 20_000;
+    let mut g = gen(&node, &s.path().join("m.json"), n, 8000, "kill");
+    // Kill twice while the sink is delivering (transactions open most of the time).
+    for (i, at) in [2000u64, 8000].into_iter().enumerate() {
+        wait_for(
+            &format!("{at} entries delivered before kill {i}"),
+            Duration::from_secs(60),
+            || {
+                let s = sink_status(&node, "kafka");
+                (s["next_offset"].as_u64() >= Some(at)).then_some(())
+            },
+        );
+        node.kill9();
+        node.start();
+    }
+    wait_child(&mut g, "gen", Duration::from_secs(120));
+    let total = settled_len(&node);
+    wait_drained(&node, total, Duration::from_secs(120));
+    let recs = topic_records(&broker.addr(), "twinrx", 1);
+    assert_exactly_once_in_order(&recs, total as usize);
+    let log = node.log_text();
+    assert!(
+        log.matches("sink resumes").count() >= 3,
+        "expected a resume per start:\n{log}"
+    );
+}
+
+#[test]
+fn kafka_broker_stopped_under_load_then_restarted_catches_up_exactly_once_in_order() {
+    let s = Scratch::new("kdown");
+    let mut broker = Broker::start(s.path());
+    let mut node = TestNode::new(
+        &s.path().join("a"),
+        "",
+        &kafka_sink_toml(&broker.addr(), "twinrx", "batch_records_max = 1000"),
+    );
+    node.start();
+    let n = 24_000;
+    let mut g = gen(&node, &s.path().join("m.json"), n, 3000, "down");
+    wait_for("2000 delivered", Duration::from_secs(60), || {
+        (sink_status(&node, "kafka")["next_offset"].as_u64() >= Some(2000)).then_some(())
+    });
+    broker.stop();
+    // F14: the stream keeps growing on disk; the sink reports its lag and retries.
+    let lagging = wait_for(
+        "the sink to retry with a lag of 6000+",
+        Duration::from_secs(60),
+        || {
+            let st = node.status();
+            let sink = sink_status(&node, "kafka");
+            (sink["state"] == "retrying" && sink["lag_entries"].as_u64() >= Some(6000))
+                .then_some((st, sink))
+        },
+    );
+    assert_eq!(lagging.0["healthy"], false, "{}", lagging.0);
+    assert!(
+        lagging.0["problems"].as_array().is_some_and(|p| p
+            .iter()
+            .any(|x| x.as_str().is_some_and(|t| t.contains("sink kafka")))),
+        "{}",
+        lagging.0
+    );
+    assert!(lagging.1["errors"].as_u64() >= Some(1), "{}", lagging.1);
+    let metrics = get_text(&format!("{}/metrics", node.admin)).expect("metrics");
+    assert!(
+        metrics.contains("twinrx_sink_up{sink=\"kafka\",type=\"kafka\"} 0"),
+        "{metrics}"
+    );
+    broker.spawn();
+    wait_child(&mut g, "gen", Duration::from_secs(120));
+    assert_eq!(
+        stream_len(&node),
+        n,
+        "every generated message is in the stream"
+    );
+    wait_drained(&node, n, Duration::from_secs(120));
+    let sink = sink_status(&node, "kafka");
+    assert_eq!(sink["lag_entries"], 0, "{sink}");
+    assert_eq!(sink["state"], "delivering", "{sink}");
+    let recs = topic_records(&broker.addr(), "twinrx", 1);
+    assert_exactly_once_in_order(&recs, n as usize);
+}
+
+#[test]
+fn kafka_fencing_paused_older_forwarder_is_rejected_and_the_topic_has_no_duplicate() {
+    let s = Scratch::new("kfence");
+    let broker = Broker::start(s.path());
+    // Same sink config (same pair and sink name, so the same transactional.id) on two nodes.
+    let sink = kafka_sink_toml(
+        &broker.addr(),
+        "twinrx",
+        "batch_records_max = 100\nlinger_ms = 20",
+    );
+    let mut old = TestNode::new(&s.path().join("old"), "", &sink);
+    let mut new = TestNode::new(&s.path().join("new"), "", &sink);
+    old.start();
+    let mut g_old = gen(&old, &s.path().join("old.json"), 4000, 2000, "old");
+    wait_for(
+        "the old forwarder delivering",
+        Duration::from_secs(60),
+        || (sink_status(&old, "kafka")["next_offset"].as_u64() >= Some(500)).then_some(()),
+    );
+    // F4: the old forwarder hangs, maybe mid-transaction.
+    old.signal(nix::sys::signal::Signal::SIGSTOP);
+    let held = topic_records(&broker.addr(), "twinrx", 1).len() as u64;
+    new.start();
+    let total = held + 3000;
+    let mut g_new = gen(&new, &s.path().join("new.json"), total + 500, 5000, "new");
+    wait_child(&mut g_new, "gen to the new node", Duration::from_secs(120));
+    let new_len = stream_len(&new);
+    wait_for(
+        "the new forwarder to catch up",
+        Duration::from_secs(120),
+        || (sink_status(&new, "kafka")["next_offset"].as_u64() == Some(new_len)).then_some(()),
+    );
+    // The old one wakes up with entries to deliver: the broker rejects it.
+    old.signal(nix::sys::signal::Signal::SIGCONT);
+    wait_child(&mut g_old, "gen to the old node", Duration::from_secs(120));
+    let st = wait_for(
+        "the old forwarder to notice it is fenced",
+        Duration::from_secs(60),
+        || {
+            let s = sink_status(&old, "kafka");
+            (s["state"] == "fenced").then_some(s)
+        },
+    );
+    eprintln!("old forwarder after SIGCONT: {st}");
+    assert!(st["fenced"].as_u64() >= Some(1), "{st}");
+    assert!(old.log_text().contains("sink fenced"), "{}", old.log_text());
+    let old_status = old.status();
+    assert_eq!(old_status["healthy"], false, "{old_status}");
+    let metrics = get_text(&format!("{}/metrics", old.admin)).expect("metrics");
+    assert!(
+        metrics.contains("twinrx_sink_fenced_total{sink=\"kafka\",type=\"kafka\"} 1"),
+        "{metrics}"
+    );
+    // The old node keeps receiving; whatever it has, the topic gets none of it.
+    let old_stream = old.stream();
+    let new_stream = new.stream();
+    assert!(
+        old_stream.len() as u64
+            > sink_status(&old, "kafka")["next_offset"]
+                .as_u64()
+                .unwrap_or(0)
+    );
+    let recs = topic_records(&broker.addr(), "twinrx", 1);
+    assert_exactly_once_in_order(&recs, new_stream.len());
+    // A prefix from the old forwarder, then only the new one's entries.
+    let cut = recs
+        .iter()
+        .position(|r| old_stream.get(r.header_offset as usize) != Some(&r.body))
+        .unwrap_or(recs.len());
+    assert!(
+        cut as u64 >= held,
+        "the old forwarder's committed records stay"
+    );
+    for r in &recs[cut..] {
+        assert_eq!(
+            Some(&r.body),
+            new_stream.get(r.header_offset as usize),
+            "record {} is not the new forwarder's",
+            r.header_offset
+        );
+    }
+    assert!(
+        recs.len() > cut,
+        "the new forwarder delivered after the old one"
+    );
+}
+
+fn file_lines(path: &Path, keep: usize) -> (Vec<serde_json::Value>, usize) {
+    let mut files: Vec<PathBuf> = (1..=keep)
+        .rev()
+        .map(|i| PathBuf::from(format!("{}.{i}", path.display())))
+        .filter(|p| p.exists())
+        .collect();
+    let rotated = files.len();
+    files.push(path.to_path_buf());
+    let mut out = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        for l in text.lines() {
+            out.push(serde_json::from_str(l).expect("file line is a JSON entry"));
+        }
+    }
+    (out, rotated)
+}
+
+#[test]
+fn file_sink_delivers_once_in_order_resumes_after_sigkill_and_rotates() {
+    let s = Scratch::new("file");
+    let out = s.path().join("out").join("stream.ndjson");
+    let mut node = TestNode::new(
+        &s.path().join("a"),
+        "",
+        &format!(
+            "[[sink]]\nname = \"file\"\ntype = \"file\"\npath = \"{}\"\nrotate_bytes_max = 200000\nkeep_files = 1000\nbatch_records_max = 200\n",
+            out.display()
+        ),
+    );
+    node.start();
+    let n = 12_000;
+    let mut g = gen(&node, &s.path().join("m.json"), n, 6000, "file");
+    wait_for("2000 lines written", Duration::from_secs(60), || {
+        (sink_status(&node, "file")["next_offset"].as_u64() >= Some(2000)).then_some(())
+    });
+    node.kill9();
+    // A write cut short by the crash: a torn last line, cut on restart.
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&out)
+            .expect("sink file");
+        f.write_all(b"{\"v\":1,\"offset\":").expect("torn line");
+    }
+    node.start();
+    wait_child(&mut g, "gen", Duration::from_secs(120));
+    let n = settled_len(&node);
+    wait_for("the file sink to drain", Duration::from_secs(60), || {
+        let st = sink_status(&node, "file");
+        (st["next_offset"].as_u64() == Some(n)).then_some(())
+    });
+    assert!(node.log_text().contains("torn last line truncated"));
+    let (lines, rotated) = file_lines(&out, 1000);
+    let offsets: Vec<u64> = lines
+        .iter()
+        .map(|l| l["offset"].as_u64().expect("offset"))
+        .collect();
+    assert_eq!(
+        offsets,
+        (0..n).collect::<Vec<_>>(),
+        "file offsets are not 0..{n} once each in order"
+    );
+    assert_eq!(
+        lines,
+        node.stream(),
+        "the files hold the stream entries as they are"
+    );
+    assert!(
+        rotated >= 5,
+        "expected rotations, got {rotated} rotated files"
+    );
+    for i in 1..=rotated {
+        let len = std::fs::metadata(format!("{}.{i}", out.display()))
+            .expect("rotated")
+            .len();
+        assert!(
+            len >= 200_000 && len < 400_000,
+            "rotated file {i} has {len} bytes"
+        );
+    }
+    // keep_files bounds the rotated files: restart with keep_files = 2 and rotate once more.
+    node.kill9();
+    let cfg = std::fs::read_to_string(&node.config).expect("config");
+    std::fs::write(
+        &node.config,
+        cfg.replace("keep_files = 1000", "keep_files = 2"),
+    )
+    .expect("config");
+    node.start();
+    let mut g = gen(&node, &s.path().join("m2.json"), 2000, 5000, "file2");
+    wait_child(&mut g, "gen", Duration::from_secs(60));
+    wait_for(
+        "rotation with keep_files = 2",
+        Duration::from_secs(60),
+        || {
+            let st = sink_status(&node, "file");
+            let n = stream_len(&node);
+            (st["next_offset"].as_u64() == Some(n)
+                && !Path::new(&format!("{}.3", out.display())).exists())
+            .then_some(())
+        },
+    );
+}
+
+/// Benchmark (docs/PERFORMANCE.md "Kafka sink"): records/s from the stream into the broker
+/// through the sink (transactions of `batch_records_max`), against rdkafka's idempotent
+/// producer writing the same entry lines straight to the same broker in the same run.
+/// `cargo test --release --test sink_e2e -- --ignored --nocapture bench_kafka_sink`
+#[test]
+#[ignore]
+fn bench_kafka_sink_vs_idempotent_producer() {
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
+    let n: u64 = std::env::var("BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let s = Scratch::new("kbench");
+    let broker = Broker::start(s.path());
+    // 1. Fill the stream with the sink off.
+    let mut node = TestNode::new(&s.path().join("a"), "", "");
+    node.start();
+    let mut g = gen(&node, &s.path().join("m.json"), n, 50_000, "bench");
+    wait_child(&mut g, "gen", Duration::from_secs(600));
+    wait_for(
+        "the stream to hold every message",
+        Duration::from_secs(120),
+        || (stream_len(&node) == n).then_some(()),
+    );
+    let lines: Vec<Vec<u8>> = get_text(&format!("{}/stream?from=0", node.admin))
+        .expect("stream")
+        .lines()
+        .map(|l| l.as_bytes().to_vec())
+        .collect();
+    let bytes: usize = lines.iter().map(|l| l.len()).sum();
+    node.kill9();
+    // 2. Baseline: rdkafka's idempotent producer, same lines, same headers, no transactions.
+    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker.addr())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let t0 = Instant::now();
+    for (i, l) in lines.iter().enumerate() {
+        let off = i.to_string();
+        let h = rdkafka::message::OwnedHeaders::new()
+            .insert(rdkafka::message::Header {
+                key: "twinrx-offset",
+                value: Some(off.as_str()),
+            })
+            .insert(rdkafka::message::Header {
+                key: "twinrx-epoch",
+                value: Some("0"),
+            });
+        let mut rec = BaseRecord::to("baseline")
+            .partition(0)
+            .key(off.as_str())
+            .payload(l.as_slice())
+            .headers(h);
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    p.poll(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(120)).expect("flush");
+    let base_s = t0.elapsed().as_secs_f64();
+    // 3. The sink: restart the node with a Kafka sink and time the drain.
+    let cfg = std::fs::read_to_string(&node.config).expect("config");
+    std::fs::write(
+        &node.config,
+        format!("{cfg}\n{}", kafka_sink_toml(&broker.addr(), "twinrx", "")),
+    )
+    .expect("config");
+    node.start();
+    let t0 = Instant::now();
+    wait_for("the sink to drain", Duration::from_secs(600), || {
+        (sink_status(&node, "kafka")["next_offset"].as_u64() == Some(n)).then_some(())
+    });
+    let sink_s = t0.elapsed().as_secs_f64();
+    let recs = topic_records(&broker.addr(), "twinrx", 1);
+    assert_exactly_once_in_order(&recs, n as usize);
+    println!(
+        "BENCH records={n} avg_entry_bytes={} idempotent_producer={:.0}/s ({base_s:.2}s) sink_transactional={:.0}/s ({sink_s:.2}s, batch_records_max=1000, includes node start and read-back) ratio={:.2}",
+        bytes / n as usize,
+        n as f64 / base_s,
+        n as f64 / sink_s,
+        base_s / sink_s
+    );
+}
