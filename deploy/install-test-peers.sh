@@ -2,7 +2,8 @@
 # Installs the real peers twinrx is tested against (Debian packages):
 #   logger (util-linux/bsdutils), rsyslog + rsyslog-gnutls (forwarding over TCP and TLS),
 #   Net-SNMP's snmptrap/snmpinform (snmp) and snmptrapd (the baseline), openssl (test
-#   certificates, s_client), iproute2 (network namespaces for fault tests).
+#   certificates, s_client), iproute2 (network namespaces for fault tests); and, from PyPI,
+#   noida-db (a Kafka-protocol broker for the sink tests).
 # Run as root. Safe to run again.
 set -euo pipefail
 pkgs=(bsdutils util-linux rsyslog rsyslog-gnutls snmp snmptrapd openssl iproute2 procps)
@@ -22,4 +23,13 @@ fi
 for t in logger rsyslogd snmptrap snmpinform snmptrapd openssl ip; do
   command -v "$t" >/dev/null || { echo "missing $t after install" >&2; exit 1; }
 done
-echo "test peers installed: ${pkgs[*]}"
+# A Kafka-protocol broker for the sink tests (tests/sink_e2e.rs): noida-db from PyPI (there is
+# no Kafka in Debian). The tests run its server binary directly (found through the package).
+# rdkafka's bundled librdkafka builds with gcc/make/perl alone: no cmake or -dev package.
+noida_version=0.2.3
+if ! python3 -c "import importlib.metadata as m, sys; sys.exit(m.version('noida-db') != '$noida_version')" 2>/dev/null; then
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore "noida-db==$noida_version"
+fi
+python3 -c "import noida_db, os; p = os.path.join(os.path.dirname(noida_db.__file__), 'noida-db'); assert os.access(p, os.X_OK), p" \
+  || { echo "noida-db installed without its server binary" >&2; exit 1; }
+echo "test peers installed: ${pkgs[*]} noida-db==$noida_version"
