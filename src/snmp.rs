@@ -25,9 +25,7 @@ struct EngineFile {
     boots: u32,
 }
 
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+pub use receiver::hex;
 
 pub fn parse_hex(s: &str) -> Option<Vec<u8>> {
     let s = s.trim().trim_start_matches("0x");

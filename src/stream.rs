@@ -45,14 +45,7 @@ pub enum Parsed {
     KeptRaw,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
+use receiver::hex;
 
 /// Builds the JSON line (without the trailing LF) of the entry at `offset`.
 pub fn entry_json(

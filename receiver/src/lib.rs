@@ -12,3 +12,14 @@ pub mod listen;
 pub mod record;
 pub mod snmp;
 pub mod syslog;
+
+/// Lowercase hex without separators (stream fields, engine IDs, raw bytes).
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
+}

@@ -127,15 +127,7 @@ pub(crate) fn octets_json(b: &[u8]) -> Json {
     }
 }
 
-/// Lowercase hex without separators.
-pub(crate) fn hex(b: &[u8]) -> String {
-    let mut s = String::with_capacity(b.len() * 2);
-    for byte in b {
-        // Writing to a String cannot fail.
-        let _ = write!(s, "{byte:02x}");
-    }
-    s
-}
+pub(crate) use crate::hex;
 
 impl VarBind {
     pub fn to_json(&self) -> Json {
