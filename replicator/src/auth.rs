@@ -14,11 +14,16 @@
 //! by reason in [`LinkStats`].
 //!
 //! Session keys: HKDF-SHA256 (RFC 5869) with salt Nc ‖ Ns and the PSK as input key
-//! material, one 32-byte key per direction (info = direction label ‖ T). Every later frame
-//! carries HMAC-SHA256(key of its direction, counter ‖ type ‖ payload) truncated to 16 bytes,
-//! where `counter` (u64 BE) counts the frames of that direction from 0 and is never sent:
-//! an injected, altered, replayed, reordered, dropped-then-continued or reflected frame fails
-//! its check. Tags are compared in constant time (`Mac::verify_truncated_left`).
+//! material, one 32-byte key per direction and *lane* (info = label ‖ T). A session has two
+//! lanes: **bulk** (`SHIP_BATCH` frames only) and **control** (every other frame). Every frame
+//! after the handshake carries HMAC-SHA256(key of its direction and lane, counter ‖ type ‖
+//! payload) truncated to 16 bytes, where `counter` (u64 BE) counts the frames of that
+//! direction and lane from 0 and is never sent: an injected, altered, replayed, reordered
+//! (within a lane), dropped-then-continued, reflected or lane-swapped frame fails its check.
+//! Lanes have separate counters so that a control frame may overtake queued bulk frames
+//! (heartbeats never wait behind journal data) and so that bulk frames can be sealed by the
+//! shipper and verified by the copier, off the socket tasks. Tags are compared in constant
+//! time (`Mac::verify_truncated_left`).
 
 use hkdf::Hkdf;
 use hmac::{Hmac, KeyInit, Mac};
@@ -38,8 +43,10 @@ type HmacSha256 = Hmac<Sha256>;
 
 const LABEL_CLIENT_PROOF: &[u8] = b"twinrx-link v1 client proof";
 const LABEL_SERVER_PROOF: &[u8] = b"twinrx-link v1 server proof";
-const LABEL_KEY_C2S: &[u8] = b"twinrx-link v1 key client->server";
-const LABEL_KEY_S2C: &[u8] = b"twinrx-link v1 key server->client";
+const LABEL_KEY_C2S_CONTROL: &[u8] = b"twinrx-link v1 key client->server control";
+const LABEL_KEY_S2C_CONTROL: &[u8] = b"twinrx-link v1 key server->client control";
+const LABEL_KEY_C2S_BULK: &[u8] = b"twinrx-link v1 key client->server bulk";
+const LABEL_KEY_S2C_BULK: &[u8] = b"twinrx-link v1 key server->client bulk";
 const PROOF_LEN: usize = 32;
 
 /// What both proofs and both keys are bound to.
@@ -64,36 +71,54 @@ impl Transcript {
     }
 
     fn keyed(psk: &Psk, label: &[u8], t: &Transcript) -> HmacSha256 {
-        let mut mac =
-            <HmacSha256 as KeyInit>::new_from_slice(psk.bytes()).expect("HMAC takes any key length");
+        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(psk.bytes())
+            .expect("HMAC takes any key length");
         mac.update(label);
         mac.update(&t.bytes());
         mac
     }
 
     fn proof(&self, psk: &Psk, label: &[u8]) -> [u8; PROOF_LEN] {
-        Transcript::keyed(psk, label, self).finalize().into_bytes().into()
+        Transcript::keyed(psk, label, self)
+            .finalize()
+            .into_bytes()
+            .into()
     }
 
     fn verify(&self, psk: &Psk, label: &[u8], got: &[u8]) -> bool {
-        Transcript::keyed(psk, label, self).verify_slice(got).is_ok()
+        Transcript::keyed(psk, label, self)
+            .verify_slice(got)
+            .is_ok()
     }
 
-    /// (client → server key, server → client key).
-    fn session_keys(&self, psk: &Psk) -> ([u8; 32], [u8; 32]) {
+    /// The four session keys: one per direction and lane.
+    fn session_keys(&self, psk: &Psk) -> Keys {
         let mut salt = [0u8; 64];
         salt[..32].copy_from_slice(&self.nonce_c);
         salt[32..].copy_from_slice(&self.nonce_s);
         let hk = Hkdf::<Sha256>::new(Some(&salt), psk.bytes());
         let t = self.bytes();
-        let mut c2s = [0u8; 32];
-        let mut s2c = [0u8; 32];
-        hk.expand_multi_info(&[LABEL_KEY_C2S, &t], &mut c2s)
-            .expect("32 bytes is a valid HKDF-SHA256 output length");
-        hk.expand_multi_info(&[LABEL_KEY_S2C, &t], &mut s2c)
-            .expect("32 bytes is a valid HKDF-SHA256 output length");
-        (c2s, s2c)
+        let key = |label: &[u8]| {
+            let mut k = [0u8; 32];
+            hk.expand_multi_info(&[label, &t], &mut k)
+                .expect("32 bytes is a valid HKDF-SHA256 output length");
+            k
+        };
+        Keys {
+            c2s_control: key(LABEL_KEY_C2S_CONTROL),
+            s2c_control: key(LABEL_KEY_S2C_CONTROL),
+            c2s_bulk: key(LABEL_KEY_C2S_BULK),
+            s2c_bulk: key(LABEL_KEY_S2C_BULK),
+        }
     }
+}
+
+/// Session keys, one per direction and lane.
+struct Keys {
+    c2s_control: [u8; 32],
+    s2c_control: [u8; 32],
+    c2s_bulk: [u8; 32],
+    s2c_bulk: [u8; 32],
 }
 
 /// MACs outgoing frames of one direction.
@@ -171,12 +196,14 @@ impl Opener {
     }
 }
 
-/// A completed handshake.
+/// A completed handshake: the peer, and sealers/openers for both lanes.
 pub(crate) struct Established {
     pub version: u16,
     pub peer: NodeId,
-    pub sealer: Sealer,
-    pub opener: Opener,
+    pub control_sealer: Sealer,
+    pub control_opener: Opener,
+    pub bulk_sealer: Sealer,
+    pub bulk_opener: Opener,
 }
 
 fn nonce() -> Result<[u8; 32], Error> {
@@ -192,8 +219,13 @@ fn fail(cfg: &LinkConfig, reason: AuthFailure, detail: impl Into<String>) -> Err
     Error::Auth { reason, detail }
 }
 
-async fn send<S: AsyncWrite + Unpin>(s: &mut S, frame_type: u8, payload: &[u8]) -> std::io::Result<()> {
-    s.write_all(&frame::handshake_frame(frame_type, payload)).await?;
+async fn send<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    frame_type: u8,
+    payload: &[u8],
+) -> std::io::Result<()> {
+    s.write_all(&frame::handshake_frame(frame_type, payload))
+        .await?;
     s.flush().await
 }
 
@@ -258,7 +290,9 @@ fn refused(cfg: &LinkConfig, payload: &[u8]) -> Error {
             fail(
                 cfg,
                 AuthFailure::Version,
-                format!("peer speaks versions {range}, we {PROTOCOL_VERSION_MIN}..={PROTOCOL_VERSION}"),
+                format!(
+                    "peer speaks versions {range}, we {PROTOCOL_VERSION_MIN}..={PROTOCOL_VERSION}"
+                ),
             )
         }
         refuse::WRONG_NODE => fail(
@@ -291,13 +325,18 @@ pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
         node: cfg.node.0,
         nonce: nonce_c,
     };
-    send(s, ty::HELLO, &hello.encode())
-        .await
-        .map_err(|e| fail(cfg, AuthFailure::RejectedByPeer, format!("sending hello: {e}")))?;
+    send(s, ty::HELLO, &hello.encode()).await.map_err(|e| {
+        fail(
+            cfg,
+            AuthFailure::RejectedByPeer,
+            format!("sending hello: {e}"),
+        )
+    })?;
     let (frame_type, payload) = recv(s, cfg, AuthFailure::RejectedByPeer, "hello reply").await?;
     let reply = match frame_type {
-        ty::HELLO_REPLY => HelloReply::decode(&payload)
-            .map_err(|e| fail(cfg, AuthFailure::Malformed, e))?,
+        ty::HELLO_REPLY => {
+            HelloReply::decode(&payload).map_err(|e| fail(cfg, AuthFailure::Malformed, e))?
+        }
         ty::REFUSE => return Err(refused(cfg, &payload)),
         other => {
             return Err(fail(
@@ -318,7 +357,11 @@ pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
         return Err(fail(
             cfg,
             AuthFailure::WrongNode,
-            format!("peer says it is node {}, expected {}", NodeId(reply.node), cfg.node.peer()),
+            format!(
+                "peer says it is node {}, expected {}",
+                NodeId(reply.node),
+                cfg.node.peer()
+            ),
         ));
     }
     if reply.nonce == nonce_c {
@@ -333,7 +376,13 @@ pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
     };
     send(s, ty::CLIENT_PROOF, &t.proof(&cfg.psk, LABEL_CLIENT_PROOF))
         .await
-        .map_err(|e| fail(cfg, AuthFailure::RejectedByPeer, format!("sending proof: {e}")))?;
+        .map_err(|e| {
+            fail(
+                cfg,
+                AuthFailure::RejectedByPeer,
+                format!("sending proof: {e}"),
+            )
+        })?;
     let (frame_type, payload) = recv(s, cfg, AuthFailure::RejectedByPeer, "server proof").await?;
     match frame_type {
         ty::SERVER_PROOF => {}
@@ -353,12 +402,14 @@ pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
             "the listener's proof does not verify: it does not hold our pre-shared key",
         ));
     }
-    let (c2s, s2c) = t.session_keys(&cfg.psk);
+    let k = t.session_keys(&cfg.psk);
     Ok(Established {
         version: t.version,
         peer: NodeId(reply.node),
-        sealer: Sealer::new(&c2s),
-        opener: Opener::new(&s2c),
+        control_sealer: Sealer::new(&k.c2s_control),
+        control_opener: Opener::new(&k.s2c_control),
+        bulk_sealer: Sealer::new(&k.c2s_bulk),
+        bulk_opener: Opener::new(&k.s2c_bulk),
     })
 }
 
@@ -410,7 +461,13 @@ pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
     };
     send(s, ty::HELLO_REPLY, &reply.encode())
         .await
-        .map_err(|e| fail(cfg, AuthFailure::Malformed, format!("sending hello reply: {e}")))?;
+        .map_err(|e| {
+            fail(
+                cfg,
+                AuthFailure::Malformed,
+                format!("sending hello reply: {e}"),
+            )
+        })?;
     let (frame_type, payload) = recv(s, cfg, AuthFailure::Malformed, "client proof").await?;
     if frame_type != ty::CLIENT_PROOF {
         return Err(refuse_and_fail(
@@ -441,13 +498,21 @@ pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
     }
     send(s, ty::SERVER_PROOF, &t.proof(&cfg.psk, LABEL_SERVER_PROOF))
         .await
-        .map_err(|e| fail(cfg, AuthFailure::RejectedByPeer, format!("sending proof: {e}")))?;
-    let (c2s, s2c) = t.session_keys(&cfg.psk);
+        .map_err(|e| {
+            fail(
+                cfg,
+                AuthFailure::RejectedByPeer,
+                format!("sending proof: {e}"),
+            )
+        })?;
+    let k = t.session_keys(&cfg.psk);
     Ok(Established {
         version,
         peer: NodeId(hello.node),
-        sealer: Sealer::new(&s2c),
-        opener: Opener::new(&c2s),
+        control_sealer: Sealer::new(&k.s2c_control),
+        control_opener: Opener::new(&k.c2s_control),
+        bulk_sealer: Sealer::new(&k.s2c_bulk),
+        bulk_opener: Opener::new(&k.c2s_bulk),
     })
 }
 
@@ -464,8 +529,8 @@ mod tests {
             nonce_s: [2; 32],
         };
         let psk = Psk::new(vec![7u8; 32]).expect("long enough");
-        let (c2s, _) = t.session_keys(&psk);
-        (Sealer::new(&c2s), Opener::new(&c2s))
+        let k = t.session_keys(&psk);
+        (Sealer::new(&k.c2s_control), Opener::new(&k.c2s_control))
     }
 
     fn body(frame: &[u8]) -> Vec<u8> {
@@ -504,7 +569,7 @@ mod tests {
     }
 
     #[test]
-    fn directions_have_different_keys_so_frames_cannot_be_reflected() {
+    fn directions_and_lanes_have_different_keys_so_frames_cannot_be_reflected_or_moved() {
         let t = Transcript {
             version: 1,
             client: 0,
@@ -513,12 +578,19 @@ mod tests {
             nonce_s: [2; 32],
         };
         let psk = Psk::new(vec![7u8; 32]).expect("long enough");
-        let (c2s, s2c) = t.session_keys(&psk);
-        assert_ne!(c2s, s2c);
-        let mut client_out = Sealer::new(&c2s);
-        let mut client_in = Opener::new(&s2c);
+        let k = t.session_keys(&psk);
+        let all = [k.c2s_control, k.s2c_control, k.c2s_bulk, k.s2c_bulk];
+        for (i, a) in all.iter().enumerate() {
+            for b in &all[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        let mut client_out = Sealer::new(&k.c2s_control);
         let f = client_out.seal(0x10, b"hb");
-        assert_eq!(client_in.open(body(&f)), Err(0));
+        // Reflected back to the client, or moved into the bulk lane: both fail.
+        assert_eq!(Opener::new(&k.s2c_control).open(body(&f)), Err(0));
+        assert_eq!(Opener::new(&k.c2s_bulk).open(body(&f)), Err(0));
+        assert!(Opener::new(&k.c2s_control).open(body(&f)).is_ok());
     }
 
     #[test]

@@ -44,7 +44,7 @@ use twinrx_types::{NodeId, Seq};
 
 pub use config::{CopyConfig, LinkConfig, Psk, ShipConfig};
 pub use frame::{FRAME_BYTES_MAX_DEFAULT, PROTOCOL_VERSION};
-pub use session::{connect, Event, Listener, Session, ShipPort, CopyPort};
+pub use session::{connect, CopyPort, Event, Listener, Session, ShipPort};
 pub use ship::{JournalCopier, JournalShipper};
 pub use stats::{AuthFailure, LinkStats, LinkStatsSnapshot};
 
@@ -84,7 +84,10 @@ impl fmt::Display for CloseReason {
             CloseReason::PeerClosed => f.write_str("peer closed the connection"),
             CloseReason::LocalClose => f.write_str("closed locally"),
             CloseReason::BadFrameMac { counter } => {
-                write!(f, "frame {counter} failed its MAC check (tampered, injected or replayed)")
+                write!(
+                    f,
+                    "frame {counter} failed its MAC check (tampered, injected or replayed)"
+                )
             }
             CloseReason::FrameTooLarge { len, max } => {
                 write!(f, "frame of {len} bytes exceeds the maximum of {max}")
@@ -129,7 +132,9 @@ pub enum Error {
     /// The peer's journal does not match the copy of it held here: the peer's data directory
     /// was wiped or replaced (SPEC F15), or it lost records it had made durable. The copy
     /// must be rebuilt (`twinrx resync`); nothing was appended.
-    #[error("journal of node {node} diverged from its copy at seq {seq}: {detail}; run `twinrx resync`")]
+    #[error(
+        "journal of node {node} diverged from its copy at seq {seq}: {detail}; run `twinrx resync`"
+    )]
     Diverged {
         /// The node whose journal is shipped.
         node: NodeId,

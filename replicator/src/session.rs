@@ -1,17 +1,21 @@
 //! Authenticated sessions over one TCP connection: [`connect`], [`Listener`], [`Session`].
 //!
-//! After the handshake (`auth.rs`) a session runs two tasks:
+//! After the handshake (`auth.rs`) a session runs two tasks over two *lanes* (each with its
+//! own keys and frame counters, see `auth.rs`):
 //! - the **writer** drains two queues, *control first* (`biased` select): the control lane
 //!   carries application messages (the HA core's heartbeats and votes) and the small
-//!   shipping messages (request, ack, errors); the bulk lane carries journal batches, at most
-//!   [`BULK_QUEUE_FRAMES`] of them, each capped by `ShipConfig::batch_bytes_max`. So a
-//!   control message waits at most for the bulk frame being written, never behind a backlog.
-//!   It sends a keepalive when it had nothing to send for `keepalive_interval`.
-//! - the **reader** verifies each frame (MAC with the implicit counter) and routes it: control
-//!   messages to [`Session::recv`], shipping messages to the [`ShipPort`] / [`CopyPort`]. It
-//!   never waits on a consumer, so a slow journal copy cannot delay a heartbeat: batches are
-//!   queued for the copier, bounded by the window the copier granted (a peer that exceeds it
-//!   is closed), control messages in a bounded queue that drops (and counts) when full.
+//!   shipping messages (request, ack, errors), sealed here; the bulk lane carries journal
+//!   batches already sealed by the shipper, at most [`BULK_QUEUE_FRAMES`] of them, each capped
+//!   by `ShipConfig::batch_bytes_max`. So a control message waits at most for the bulk frame
+//!   being written, never behind a backlog. It sends a keepalive when it had nothing to send
+//!   for `keepalive_interval`.
+//! - the **reader** verifies each control-lane frame and routes it: control messages to
+//!   [`Session::recv`], shipping messages to the [`ShipPort`]. Bulk frames are handed to the
+//!   [`CopyPort`] as read; the copier verifies them (bulk counter) before looking inside. So
+//!   the reader only moves bytes for bulk data and never waits on a consumer: a slow copy or
+//!   slow MAC computation cannot delay a heartbeat. Bulk frames queue for the copier bounded
+//!   by the window the copier granted (a peer that exceeds it is closed); control messages
+//!   queue in a bounded queue that drops (and counts) when full.
 //!
 //! Any failure closes the whole session with one [`CloseReason`] that every part sees.
 //! One session per configured link: several sessions (e.g. over two NICs) are independent;
@@ -32,7 +36,7 @@ use twinrx_types::{NodeId, Seq};
 
 use crate::auth::{self, Established, Opener, Sealer};
 use crate::config::LinkConfig;
-use crate::frame::{self, read_frame, ty, Batch, ErrorMsg, ReadError, ShipRequest, TAG_LEN};
+use crate::frame::{self, read_frame, ty, ErrorMsg, ReadError, ShipRequest, TAG_LEN};
 use crate::stats::{AuthFailure, LinkStats};
 use crate::{CloseReason, Error};
 
@@ -43,7 +47,7 @@ const CONTROL_QUEUE_FRAMES: usize = 256;
 /// Read buffer of a session's socket.
 const READ_BUFFER_BYTES: usize = 256 << 10;
 
-/// A frame to send: type and payload; the writer adds length and tag.
+/// A control-lane frame to send: type and payload; the writer adds length and tag.
 pub(crate) struct Out {
     pub frame_type: u8,
     pub payload: Vec<u8>,
@@ -58,7 +62,8 @@ pub(crate) enum ShipIn {
 
 /// What the reader hands to the copier.
 pub(crate) enum CopyIn {
-    Batch(Batch),
+    /// A bulk-lane frame body (`type ‖ payload ‖ tag`), not yet verified.
+    Batch(Vec<u8>),
     PeerError(ErrorMsg),
 }
 
@@ -106,7 +111,9 @@ pub(crate) async fn closed(rx: &mut watch::Receiver<Option<CloseReason>>) -> Clo
 pub struct ShipPort {
     pub(crate) rx: mpsc::UnboundedReceiver<ShipIn>,
     pub(crate) control: mpsc::Sender<Out>,
-    pub(crate) bulk: mpsc::Sender<Out>,
+    /// Sealed bulk-lane frames.
+    pub(crate) bulk: mpsc::Sender<Vec<u8>>,
+    pub(crate) sealer: Sealer,
     pub(crate) closed: watch::Receiver<Option<CloseReason>>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) peer: NodeId,
@@ -118,10 +125,11 @@ pub struct ShipPort {
 pub struct CopyPort {
     pub(crate) rx: mpsc::UnboundedReceiver<CopyIn>,
     pub(crate) control: mpsc::Sender<Out>,
+    pub(crate) opener: Opener,
     pub(crate) closed: watch::Receiver<Option<CloseReason>>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) peer: NodeId,
-    /// Payload bytes the reader queued and the copier has not taken yet.
+    /// Bulk frame bytes the reader queued and the copier has not taken yet.
     pub(crate) queued: Arc<AtomicU64>,
     /// The window the copier granted (the reader enforces it).
     pub(crate) window: Arc<AtomicU64>,
@@ -145,12 +153,14 @@ pub struct Session {
 
 impl Session {
     fn start(stream: TcpStream, est: Established, cfg: &LinkConfig) -> Result<Session, Error> {
-        let peer_addr = stream
-            .peer_addr()
-            .map_err(|source| Error::Io { op: "get peer address", source })?;
-        stream
-            .set_nodelay(true)
-            .map_err(|source| Error::Io { op: "set TCP_NODELAY", source })?;
+        let peer_addr = stream.peer_addr().map_err(|source| Error::Io {
+            op: "get peer address",
+            source,
+        })?;
+        stream.set_nodelay(true).map_err(|source| Error::Io {
+            op: "set TCP_NODELAY",
+            source,
+        })?;
         let (rd, wr) = stream.into_split();
         let (closed_tx, closed_rx) = watch::channel(None);
         let shared = Arc::new(Shared {
@@ -167,7 +177,7 @@ impl Session {
         let window = Arc::new(AtomicU64::new(0));
         let reader = Reader {
             rd: BufReader::with_capacity(READ_BUFFER_BYTES, rd),
-            opener: est.opener,
+            opener: est.control_opener,
             frame_bytes_max: cfg.frame_bytes_max,
             idle_timeout: cfg.idle_timeout,
             events: events_tx,
@@ -179,7 +189,7 @@ impl Session {
         };
         let writer = Writer {
             wr,
-            sealer: est.sealer,
+            sealer: est.control_sealer,
             control: control_rx,
             bulk: bulk_rx,
             keepalive: cfg.keepalive_interval,
@@ -203,6 +213,7 @@ impl Session {
                 rx: ship_rx,
                 control: control_tx.clone(),
                 bulk: bulk_tx,
+                sealer: est.bulk_sealer,
                 closed: closed_rx.clone(),
                 shared: shared.clone(),
                 peer: est.peer,
@@ -211,6 +222,7 @@ impl Session {
             copy_port: Some(CopyPort {
                 rx: copy_rx,
                 control: control_tx,
+                opener: est.bulk_opener,
                 closed: closed_rx,
                 shared,
                 peer: est.peer,
@@ -341,7 +353,7 @@ struct Writer {
     wr: OwnedWriteHalf,
     sealer: Sealer,
     control: mpsc::Receiver<Out>,
-    bulk: mpsc::Receiver<Out>,
+    bulk: mpsc::Receiver<Vec<u8>>,
     keepalive: Duration,
     shared: Arc<Shared>,
 }
@@ -352,25 +364,24 @@ impl Writer {
         let mut last_send = Instant::now();
         let mut bulk_open = true;
         loop {
-            let out = tokio::select! {
+            let frame = tokio::select! {
                 biased;
                 _ = closed(&mut closed_rx) => break,
                 m = self.control.recv() => match m {
-                    Some(m) => m,
+                    Some(m) => self.sealer.seal(m.frame_type, &m.payload),
                     None => break,
                 },
                 m = self.bulk.recv(), if bulk_open => match m {
-                    Some(m) => m,
+                    // Sealed by the shipper in the bulk lane.
+                    Some(frame) => frame,
                     None => {
                         // The shipper is gone; control frames still flow.
                         bulk_open = false;
                         continue;
                     }
                 },
-                _ = sleep_until(last_send + self.keepalive) => Out { frame_type: ty::PING, payload: Vec::new() },
+                _ = sleep_until(last_send + self.keepalive) => self.sealer.seal(ty::PING, &[]),
             };
-            let frame = self.sealer.seal(out.frame_type, &out.payload);
-            drop(out);
             if let Err(e) = self.wr.write_all(&frame).await {
                 self.shared.close(CloseReason::Io(e.to_string()));
                 break;
@@ -416,7 +427,9 @@ impl Reader {
                 },
                 Ok(Err(ReadError::Eof)) => CloseReason::PeerClosed,
                 Ok(Err(ReadError::Io(e))) => CloseReason::Io(e.to_string()),
-                Ok(Err(ReadError::TooLarge { len, max })) => CloseReason::FrameTooLarge { len, max },
+                Ok(Err(ReadError::TooLarge { len, max })) => {
+                    CloseReason::FrameTooLarge { len, max }
+                }
                 Ok(Err(ReadError::TooShort { len })) => {
                     CloseReason::Protocol(format!("frame length {len} is shorter than a tag"))
                 }
@@ -433,6 +446,26 @@ impl Reader {
     fn handle(&mut self, body: Vec<u8>) -> Result<(), CloseReason> {
         let stats = &self.shared.stats;
         LinkStats::add(&stats.bytes_received, 4 + body.len() as u64);
+        if body.first() == Some(&ty::SHIP_BATCH) {
+            // Bulk lane: verified and decoded by the copier, off this task.
+            let len = body.len() as u64;
+            let queued = self.queued.fetch_add(len, Ordering::AcqRel) + len;
+            // The shipper keeps at most `window` unacknowledged bulk bytes in flight, or one
+            // larger frame alone: anything beyond is a peer ignoring flow control.
+            let allowed = self.window.load(Ordering::Acquire) + u64::from(self.frame_bytes_max);
+            if queued > allowed {
+                return Err(CloseReason::Protocol(format!(
+                    "peer sent {queued} bytes of journal beyond the window of {allowed}"
+                )));
+            }
+            if let Err(mpsc::error::SendError(CopyIn::Batch(b))) =
+                self.copy.send(CopyIn::Batch(body))
+            {
+                // No copier: nothing will take these bytes out of the count.
+                self.queued.fetch_sub(b.len() as u64, Ordering::AcqRel);
+            }
+            return Ok(());
+        }
         let (frame_type, payload) = match self.opener.open(body) {
             Ok(x) => x,
             Err(counter) => {
@@ -450,7 +483,9 @@ impl Reader {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         LinkStats::add(&stats.control_dropped, 1);
-                        tracing::warn!("cluster link control message dropped: the application is not reading");
+                        tracing::warn!(
+                            "cluster link control message dropped: the application is not reading"
+                        );
                     }
                     // The session handle is gone; the session is closing.
                     Err(mpsc::error::TrySendError::Closed(_)) => {}
@@ -468,23 +503,6 @@ impl Reader {
             ty::COPY_ERROR => {
                 let m = ErrorMsg::decode(&payload).map_err(protocol)?;
                 self.route_ship(ShipIn::PeerError(m));
-            }
-            ty::SHIP_BATCH => {
-                let b = frame::decode_batch(&payload).map_err(protocol)?;
-                drop(payload);
-                let queued = self.queued.fetch_add(b.payload_bytes, Ordering::AcqRel) + b.payload_bytes;
-                // The shipper keeps at most `window` unacknowledged bytes in flight, or one
-                // larger record alone: anything beyond is a peer ignoring flow control.
-                let allowed = self.window.load(Ordering::Acquire) + u64::from(self.frame_bytes_max);
-                if queued > allowed {
-                    return Err(protocol(format!(
-                        "peer sent {queued} bytes of journal beyond the window of {allowed}"
-                    )));
-                }
-                if let Err(mpsc::error::SendError(CopyIn::Batch(b))) = self.copy.send(CopyIn::Batch(b)) {
-                    // No copier: nothing will take these bytes out of the count.
-                    self.queued.fetch_sub(b.payload_bytes, Ordering::AcqRel);
-                }
             }
             ty::SHIP_ERROR => {
                 let m = ErrorMsg::decode(&payload).map_err(protocol)?;
@@ -509,9 +527,10 @@ impl Reader {
 pub async fn connect(addr: SocketAddr, cfg: &LinkConfig) -> Result<Session, Error> {
     cfg.validate()?;
     let attempt = async {
-        let mut stream = TcpStream::connect(addr)
-            .await
-            .map_err(|source| Error::Io { op: "connect", source })?;
+        let mut stream = TcpStream::connect(addr).await.map_err(|source| Error::Io {
+            op: "connect",
+            source,
+        })?;
         let est = auth::client(&mut stream, cfg).await?;
         Ok::<_, Error>((stream, est))
     };
@@ -546,9 +565,10 @@ impl Listener {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| Error::Io { op: "bind", source })?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|source| Error::Io { op: "get local address", source })?;
+        let local_addr = listener.local_addr().map_err(|source| Error::Io {
+            op: "get local address",
+            source,
+        })?;
         let (tx, rx) = mpsc::channel(4);
         let stats = cfg.stats.clone();
         let task = tokio::spawn(accept_loop(listener, cfg, tx));
@@ -609,15 +629,16 @@ async fn accept_loop(listener: TcpListener, cfg: LinkConfig, tx: mpsc::Sender<Se
         let tx = tx.clone();
         handshakes.spawn(async move {
             let _permit = permit;
-            let session = match timeout(cfg.handshake_timeout, auth::server(&mut stream, &cfg)).await {
-                Ok(Ok(est)) => Session::start(stream, est, &cfg),
-                Ok(Err(e)) => Err(e),
-                Err(_) => {
-                    cfg.stats.auth_failure(AuthFailure::Timeout);
-                    tracing::warn!(%from, "cluster link handshake timed out");
-                    return;
-                }
-            };
+            let session =
+                match timeout(cfg.handshake_timeout, auth::server(&mut stream, &cfg)).await {
+                    Ok(Ok(est)) => Session::start(stream, est, &cfg),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => {
+                        cfg.stats.auth_failure(AuthFailure::Timeout);
+                        tracing::warn!(%from, "cluster link handshake timed out");
+                        return;
+                    }
+                };
             match session {
                 Ok(s) => {
                     if tx.send(s).await.is_err() {

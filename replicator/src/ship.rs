@@ -28,10 +28,11 @@ use twinrx_types::{NodeId, Seq};
 
 use crate::config::{CopyConfig, ShipConfig};
 use crate::frame::{
-    copy_error, encode_batch, ship_error, ty, Batch, ErrorMsg, ShipRequest, BATCH_HEADER_LEN,
-    BATCH_RECORD_OVERHEAD, TAG_LEN,
+    copy_error, decode_batch, encode_batch, ship_error, ty, Batch, ErrorMsg, ShipRequest,
+    BATCH_HEADER_LEN, BATCH_RECORD_OVERHEAD, TAG_LEN,
 };
 use crate::session::{closed, CopyIn, CopyPort, Out, ShipIn, ShipPort};
+use crate::stats::AuthFailure;
 use crate::stats::LinkStats;
 use crate::{CloseReason, Error};
 
@@ -52,10 +53,45 @@ async fn send_control(
     payload: Vec<u8>,
     closed_rx: &mut tokio::sync::watch::Receiver<Option<CloseReason>>,
 ) -> Result<(), Error> {
-    match tx.send(Out { frame_type, payload }).await {
+    match tx
+        .send(Out {
+            frame_type,
+            payload,
+        })
+        .await
+    {
         Ok(()) => Ok(()),
         Err(_) => Err(Error::Closed(closed(closed_rx).await)),
     }
+}
+
+/// Payload bytes the copier appends with one fsync at most (group commit of the batches it
+/// has already received).
+const GROUP_BYTES_MAX: u64 = 4 << 20;
+
+/// Verifies (bulk lane) and decodes one `SHIP_BATCH` frame body; a failure closes the session.
+fn open_batch(port: &mut CopyPort, raw: Vec<u8>) -> Result<Batch, Error> {
+    port.queued.fetch_sub(raw.len() as u64, Ordering::AcqRel);
+    let stats = &port.shared.stats;
+    let reason = match port.opener.open(raw) {
+        Ok((ty::SHIP_BATCH, payload)) => match decode_batch(&payload) {
+            Ok(b) => return Ok(b),
+            Err(e) => CloseReason::Protocol(e),
+        },
+        Ok((other, _)) => {
+            CloseReason::Protocol(format!("frame type {other:#04x} in the bulk lane"))
+        }
+        Err(counter) => {
+            stats.auth_failure(AuthFailure::FrameMac);
+            tracing::warn!(
+                counter,
+                "cluster link bulk frame failed its MAC check; closing"
+            );
+            CloseReason::BadFrameMac { counter }
+        }
+    };
+    port.shared.close(reason.clone());
+    Err(Error::Closed(reason))
 }
 
 /// Serves the local journal to the peer's copier, one session at a time.
@@ -116,7 +152,14 @@ impl JournalShipper {
             seq2,
             detail: err.to_string(),
         };
-        if let Err(e) = send_control(&port.control, ty::SHIP_ERROR, msg.encode(), &mut port.closed).await {
+        if let Err(e) = send_control(
+            &port.control,
+            ty::SHIP_ERROR,
+            msg.encode(),
+            &mut port.closed,
+        )
+        .await
+        {
             tracing::debug!(error = %e, "could not report the shipping error to the peer");
         }
         err
@@ -144,7 +187,15 @@ impl JournalShipper {
                     "the journal ends at seq {durable} but its copy holds seq {copy_last}: the journal lost records (data directory wiped or replaced?)"
                 ),
             };
-            return Err(self.fail(port, ship_error::DIVERGED, Seq(copy_last), Seq(durable), err).await);
+            return Err(self
+                .fail(
+                    port,
+                    ship_error::DIVERGED,
+                    Seq(copy_last),
+                    Seq(durable),
+                    err,
+                )
+                .await);
         }
         if let Some((seq, digest)) = req.check {
             match self.handle.read(seq, 1, 0) {
@@ -174,7 +225,9 @@ impl JournalShipper {
                     tracing::info!(%seq, "divergence check skipped: record deleted by retention");
                 }
                 Err(e) => {
-                    return Err(self.fail(port, ship_error::JOURNAL, seq, seq, Error::Journal(e)).await)
+                    return Err(self
+                        .fail(port, ship_error::JOURNAL, seq, seq, Error::Journal(e))
+                        .await)
                 }
             }
         }
@@ -184,7 +237,9 @@ impl JournalShipper {
                 copy_next: req.from,
                 peer_first: Seq(first),
             };
-            return Err(self.fail(port, ship_error::GAP, req.from, Seq(first), err).await);
+            return Err(self
+                .fail(port, ship_error::GAP, req.from, Seq(first), err)
+                .await);
         }
         Ok(req.from.0)
     }
@@ -192,13 +247,13 @@ impl JournalShipper {
     async fn serve(&mut self, port: &mut ShipPort, req: ShipRequest) -> Result<Served, Error> {
         let stats = port.shared.stats.clone();
         let mut next = self.start(port, &req).await?;
-        let window = u64::from(req.window_bytes).min(self.cfg.window_bytes_max).max(1);
+        let window = u64::from(req.window_bytes)
+            .min(self.cfg.window_bytes_max)
+            .max(1);
         LinkStats::set(&stats.window_bytes, window);
-        // Payload bytes that fit in a frame of the negotiated maximum, after headers.
-        let frame_room = (port.frame_bytes_max as usize).saturating_sub(1 + TAG_LEN + BATCH_HEADER_LEN);
         let guard = self.handle.register_reader("replicator-ship", Seq(next));
         let mut durable_rx = self.handle.subscribe();
-        // Unacknowledged batches: (last seq, payload bytes).
+        // Unacknowledged batches: (last seq, frame bytes after the length field).
         let mut in_flight: VecDeque<(u64, u64)> = VecDeque::new();
         let mut in_flight_bytes = 0u64;
         LinkStats::set(&stats.in_flight_bytes, 0);
@@ -223,55 +278,76 @@ impl JournalShipper {
             if next <= durable && in_flight_bytes < window {
                 let room = window - in_flight_bytes;
                 let max_bytes = (room as usize).min(self.cfg.batch_bytes_max);
-                let recs = match self.handle.read(Seq(next), self.cfg.batch_records_max, max_bytes) {
-                    Ok(r) => r,
-                    Err(journal::Error::Gone { first, .. }) => {
-                        let err = Error::Gap {
-                            node: port.peer.peer(),
-                            copy_next: Seq(next),
-                            peer_first: first,
-                        };
-                        return Err(self.fail(port, ship_error::GAP, Seq(next), first, err).await);
-                    }
-                    Err(e) => {
-                        return Err(self.fail(port, ship_error::JOURNAL, Seq(next), Seq(next), Error::Journal(e)).await)
-                    }
-                };
-                let bytes: u64 = recs.iter().map(|(_, r)| r.len() as u64).sum();
-                // A single record larger than what the window has left goes only when
-                // nothing else is in flight: the window holds exactly, except for one
-                // record larger than the window itself.
-                let fits = bytes <= room || in_flight_bytes == 0;
-                if let (Some(&(last, _)), true) = (recs.last(), fits) {
-                    let wire: usize = recs.iter().map(|(_, r)| r.len() + BATCH_RECORD_OVERHEAD).sum();
-                    if wire > frame_room {
+                let mut recs =
+                    match self
+                        .handle
+                        .read(Seq(next), self.cfg.batch_records_max, max_bytes)
+                    {
+                        Ok(r) => r,
+                        Err(journal::Error::Gone { first, .. }) => {
+                            let err = Error::Gap {
+                                node: port.peer.peer(),
+                                copy_next: Seq(next),
+                                peer_first: first,
+                            };
+                            return Err(self
+                                .fail(port, ship_error::GAP, Seq(next), first, err)
+                                .await);
+                        }
+                        Err(e) => {
+                            return Err(self
+                                .fail(
+                                    port,
+                                    ship_error::JOURNAL,
+                                    Seq(next),
+                                    Seq(next),
+                                    Error::Journal(e),
+                                )
+                                .await)
+                        }
+                    };
+                // The window counts frame bytes (what the peer's reader queues). A batch that
+                // does not fit what is left is cut; a single record larger than the whole
+                // window goes alone, when nothing else is in flight.
+                let mut wire = batch_frame_len(&recs);
+                while wire > room && in_flight_bytes > 0 {
+                    let Some((_, r)) = recs.pop() else { break };
+                    wire -= (r.len() + BATCH_RECORD_OVERHEAD) as u64;
+                }
+                if let Some(&(last, _)) = recs.last() {
+                    if wire > u64::from(port.frame_bytes_max) {
                         let err = Error::Config(format!(
                             "record {next} needs a frame of {wire} bytes, above frame_bytes_max {}",
                             port.frame_bytes_max
                         ));
-                        return Err(self.fail(port, ship_error::JOURNAL, Seq(next), Seq(next), err).await);
+                        return Err(self
+                            .fail(port, ship_error::JOURNAL, Seq(next), Seq(next), err)
+                            .await);
                     }
                     let count = recs.len() as u64;
+                    let payload_bytes: u64 = recs.iter().map(|(_, r)| r.len() as u64).sum();
                     let payload = encode_batch(&recs);
                     drop(recs);
-                    let out = Out {
-                        frame_type: ty::SHIP_BATCH,
-                        payload,
-                    };
+                    // Sealed here, in the bulk lane, so the socket writer only copies bytes.
+                    let frame = port.sealer.seal(ty::SHIP_BATCH, &payload);
+                    drop(payload);
+                    debug_assert_eq!(frame.len() as u64, 4 + wire);
                     tokio::select! {
-                        r = port.bulk.send(out) => if r.is_err() {
+                        r = port.bulk.send(frame) => if r.is_err() {
                             return Err(Error::Closed(closed(&mut port.closed).await));
                         },
                         r = closed(&mut port.closed) => return Err(Error::Closed(r)),
                     }
-                    in_flight.push_back((last.0, bytes));
-                    in_flight_bytes += bytes;
+                    in_flight.push_back((last.0, wire));
+                    in_flight_bytes += wire;
                     next = last.0 + 1;
                     LinkStats::set(&stats.in_flight_bytes, in_flight_bytes);
-                    stats.in_flight_bytes_max.fetch_max(in_flight_bytes, Ordering::Relaxed);
+                    stats
+                        .in_flight_bytes_max
+                        .fetch_max(in_flight_bytes, Ordering::Relaxed);
                     LinkStats::set(&stats.ship_sent_seq, last.0);
                     LinkStats::add(&stats.records_shipped, count);
-                    LinkStats::add(&stats.record_bytes_shipped, bytes);
+                    LinkStats::add(&stats.record_bytes_shipped, payload_bytes);
                     continue;
                 }
             }
@@ -290,6 +366,15 @@ impl JournalShipper {
             }
         }
     }
+}
+
+/// Bytes of the `SHIP_BATCH` frame for `recs` after its length field (type, payload, tag).
+fn batch_frame_len(recs: &[(Seq, Vec<u8>)]) -> u64 {
+    let records: usize = recs
+        .iter()
+        .map(|(_, r)| r.len() + BATCH_RECORD_OVERHEAD)
+        .sum();
+    (1 + BATCH_HEADER_LEN + records + TAG_LEN) as u64
 }
 
 /// The peer's copy made `acked` durable: release what it covers.
@@ -388,7 +473,9 @@ impl JournalCopier {
             Err(e) => {
                 match &e {
                     Error::Closed(_) => {}
-                    other => tracing::warn!(peer = %port.peer, error = %other, "journal copy stopped"),
+                    other => {
+                        tracing::warn!(peer = %port.peer, error = %other, "journal copy stopped")
+                    }
                 }
                 e
             }
@@ -430,7 +517,13 @@ impl JournalCopier {
             copy_empty: empty,
             check,
         };
-        send_control(&port.control, ty::SHIP_REQUEST, req.encode(), &mut port.closed).await?;
+        send_control(
+            &port.control,
+            ty::SHIP_REQUEST,
+            req.encode(),
+            &mut port.closed,
+        )
+        .await?;
         tracing::info!(peer = %node, from = %next, "journal copy requested");
         let mut acked = self.handle.durable_seq().map_or(0, |s| s.0);
         LinkStats::set(&stats.copy_durable_seq, acked);
@@ -438,14 +531,38 @@ impl JournalCopier {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let pending_sync = {
-                let j = self.journal.as_ref().expect("journal present between appends");
+                let j = self
+                    .journal
+                    .as_ref()
+                    .expect("journal present between appends");
                 j.next_seq().0 > acked + 1
             };
             tokio::select! {
                 m = port.rx.recv() => match m {
-                    Some(CopyIn::Batch(b)) => {
-                        port.queued.fetch_sub(b.payload_bytes, Ordering::AcqRel);
-                        self.append(port, node, b, &stats).await?;
+                    Some(CopyIn::Batch(raw)) => {
+                        // Group commit: take every batch already received (up to a bound)
+                        // and append them with one fsync.
+                        let mut batches = vec![open_batch(port, raw)?];
+                        let mut bytes = batches[0].payload_bytes;
+                        let mut deferred = None;
+                        while bytes < GROUP_BYTES_MAX {
+                            match port.rx.try_recv() {
+                                Ok(CopyIn::Batch(raw)) => {
+                                    let b = open_batch(port, raw)?;
+                                    bytes += b.payload_bytes;
+                                    batches.push(b);
+                                }
+                                Ok(other) => {
+                                    deferred = Some(other);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        self.append(port, node, batches, &stats).await?;
+                        if let Some(CopyIn::PeerError(m)) = deferred {
+                            return Err(self.peer_failed(node, m, &stats));
+                        }
                     }
                     Some(CopyIn::PeerError(m)) => return Err(self.peer_failed(node, m, &stats)),
                     None => return Err(Error::Closed(closed(&mut port.closed).await)),
@@ -461,7 +578,13 @@ impl JournalCopier {
                 acked = durable;
                 LinkStats::set(&stats.copy_durable_seq, acked);
                 // Only what the copy made durable is acknowledged (STYLE §9).
-                send_control(&port.control, ty::SHIP_ACK, acked.to_be_bytes().to_vec(), &mut port.closed).await?;
+                send_control(
+                    &port.control,
+                    ty::SHIP_ACK,
+                    acked.to_be_bytes().to_vec(),
+                    &mut port.closed,
+                )
+                .await?;
             }
         }
     }
@@ -470,33 +593,52 @@ impl JournalCopier {
         &mut self,
         port: &mut CopyPort,
         node: NodeId,
-        b: Batch,
+        batches: Vec<Batch>,
         stats: &LinkStats,
     ) -> Result<(), Error> {
-        let j = self.journal.as_ref().expect("journal present between appends");
+        let j = self
+            .journal
+            .as_ref()
+            .expect("journal present between appends");
         let next = j.next_seq();
         let empty = self.handle.first_seq() == next;
-        let reset = if b.first == next {
+        let first = batches[0].first;
+        let reset = if first == next {
             None
         } else if empty {
             // The peer's journal starts later (retention) or elsewhere: the copy follows it.
-            Some(b.first)
+            Some(first)
         } else {
             let err = Error::Gap {
                 node,
                 copy_next: next,
-                peer_first: b.first,
+                peer_first: first,
             };
             LinkStats::add(&stats.gaps, 1);
-            self.report(port, copy_error::GAP, next, b.first, &err).await;
+            self.report(port, copy_error::GAP, next, first, &err).await;
             return Err(err);
         };
+        // Batches of one request are contiguous; anything else is a broken peer.
+        let mut expect = first.0;
+        let mut records = Vec::new();
+        let mut bytes = 0;
+        for b in batches {
+            if b.first.0 != expect {
+                let reason = CloseReason::Protocol(format!(
+                    "batch starts at seq {}, expected {expect}",
+                    b.first
+                ));
+                port.shared.close(reason.clone());
+                return Err(Error::Closed(reason));
+            }
+            expect += b.records.len() as u64;
+            bytes += b.payload_bytes;
+            records.extend(b.records);
+        }
         if let Some(d) = self.cfg.append_delay {
             tokio::time::sleep(d).await;
         }
-        let count = b.records.len() as u64;
-        let bytes = b.payload_bytes;
-        let records = b.records;
+        let count = records.len() as u64;
         let started = StdInstant::now();
         let result = self
             .with_journal(move |j| {
@@ -515,7 +657,8 @@ impl JournalCopier {
             }
             Err(e) => {
                 let err = Error::Journal(e);
-                self.report(port, copy_error::JOURNAL, next, next, &err).await;
+                self.report(port, copy_error::JOURNAL, next, next, &err)
+                    .await;
                 Err(err)
             }
         }
@@ -528,7 +671,14 @@ impl JournalCopier {
             seq2,
             detail: err.to_string(),
         };
-        if let Err(e) = send_control(&port.control, ty::COPY_ERROR, msg.encode(), &mut port.closed).await {
+        if let Err(e) = send_control(
+            &port.control,
+            ty::COPY_ERROR,
+            msg.encode(),
+            &mut port.closed,
+        )
+        .await
+        {
             tracing::debug!(error = %e, "could not report the copy error to the peer");
         }
     }

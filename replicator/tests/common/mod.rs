@@ -35,7 +35,8 @@ pub fn localhost() -> SocketAddr {
 /// The payload of record `seq` in a test journal of flavour `tag`: ~`len` bytes, different
 /// for every seq and flavour.
 pub fn payload(tag: &str, seq: u64, len: usize) -> Vec<u8> {
-    let mut p = format!("<134>1 2026-11-25T02:00:00Z host app - - - {tag} record {seq} ").into_bytes();
+    let mut p =
+        format!("<134>1 2026-11-25T02:00:00Z host app - - - {tag} record {seq} ").into_bytes();
     let mut x = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ tag.len() as u64;
     while p.len() < len {
         x ^= x << 13;
@@ -88,7 +89,10 @@ pub fn assert_same(source: &JournalHandle, copy: &JournalHandle, first: u64, las
 pub async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
@@ -99,9 +103,14 @@ pub async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> b
 pub enum Mutation {
     None,
     /// Flip one bit of the frame's last byte (its tag) — or, with `byte`, of that body byte.
-    Tamper { frame: u64, byte: Option<usize> },
+    Tamper {
+        frame: u64,
+        byte: Option<usize>,
+    },
     /// Send the frame twice.
-    Replay { frame: u64 },
+    Replay {
+        frame: u64,
+    },
 }
 
 /// A TCP proxy between a client and `target`, parsing the client's frames so that it can
@@ -122,8 +131,12 @@ impl Proxy {
         let conns = connections.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((client, _)) = listener.accept().await else { return };
-                let Ok(server) = TcpStream::connect(target).await else { return };
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(server) = TcpStream::connect(target).await else {
+                    return;
+                };
                 conns.fetch_add(1, Ordering::Relaxed);
                 let mut cut_rx = cut_rx.clone();
                 cut_rx.borrow_and_update();
@@ -151,7 +164,9 @@ impl Proxy {
                                 _ => {}
                             }
                             for _ in 0..times {
-                                if sw.write_all(&len).await.is_err() || sw.write_all(&body).await.is_err() {
+                                if sw.write_all(&len).await.is_err()
+                                    || sw.write_all(&body).await.is_err()
+                                {
                                     return;
                                 }
                             }

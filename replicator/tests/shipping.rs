@@ -1,0 +1,490 @@
+//! Journal shipping over real TCP on 127.0.0.1 between real journals in temp dirs.
+//!
+//! Node A listens and keeps the copy of node B's journal (copier); node B connects and ships
+//! its journal (shipper) — the direction does not matter to the protocol.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{assert_same, cfg, fill, localhost, open, payload, wait_until, Mutation, Proxy};
+use journal::{FsyncPolicy, JournalHandle};
+use replicator::{
+    connect, CopyConfig, Error, Event, JournalCopier, JournalShipper, LinkConfig, Listener,
+    Session, ShipConfig,
+};
+use tokio::task::JoinHandle;
+use twinrx_types::{NodeId, Seq};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// One session with a shipper and a copier running over it.
+struct Running {
+    copier: JoinHandle<(JournalCopier, Error)>,
+    shipper: JoinHandle<(JournalShipper, Error)>,
+    /// A's session (copier side), B's session (shipper side); dropping them closes the link.
+    a: Session,
+    b: Session,
+}
+
+async fn start(
+    listener: &mut Listener,
+    via: Option<SocketAddr>,
+    b_cfg: &LinkConfig,
+    mut shipper: JournalShipper,
+    mut copier: JournalCopier,
+) -> Running {
+    let mut b = connect(via.unwrap_or(listener.local_addr()), b_cfg)
+        .await
+        .expect("connect");
+    let mut a = listener.accept().await.expect("accept");
+    let ship_port = b.take_ship_port().expect("ship port");
+    let copy_port = a.take_copy_port().expect("copy port");
+    let shipper = tokio::spawn(async move {
+        let e = shipper.run(ship_port).await;
+        (shipper, e)
+    });
+    let copier = tokio::spawn(async move {
+        let e = copier.run(copy_port).await;
+        (copier, e)
+    });
+    Running {
+        copier,
+        shipper,
+        a,
+        b,
+    }
+}
+
+impl Running {
+    /// Closes the link and returns both ends with why they stopped.
+    async fn stop(self) -> (JournalShipper, Error, JournalCopier, Error) {
+        let Running {
+            copier,
+            shipper,
+            a,
+            b,
+        } = self;
+        drop((a, b));
+        Running::join(shipper, copier).await
+    }
+
+    /// Waits for both ends to stop by themselves (the sessions stay open meanwhile).
+    async fn finish(self) -> (JournalShipper, Error, JournalCopier, Error) {
+        let Running {
+            copier,
+            shipper,
+            a,
+            b,
+        } = self;
+        let out = Running::join(shipper, copier).await;
+        drop((a, b));
+        out
+    }
+
+    async fn join(
+        shipper: JoinHandle<(JournalShipper, Error)>,
+        copier: JoinHandle<(JournalCopier, Error)>,
+    ) -> (JournalShipper, Error, JournalCopier, Error) {
+        let (s, se) = tokio::time::timeout(LIMIT, shipper)
+            .await
+            .expect("shipper ends")
+            .expect("shipper task");
+        let (c, ce) = tokio::time::timeout(LIMIT, copier)
+            .await
+            .expect("copier ends")
+            .expect("copier task");
+        (s, se, c, ce)
+    }
+}
+
+fn durable(h: &JournalHandle) -> u64 {
+    h.durable_seq().map_or(0, |s| s.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ships_100k_records_with_identical_seqs_and_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut source = open(&dir.path().join("b"), FsyncPolicy::Never);
+    const N: u64 = 100_000;
+    const LEN: usize = 200;
+    fill(&mut source, "b", N, LEN);
+    let copy = open(&dir.path().join("copy-of-b"), FsyncPolicy::Batch);
+    let copy_handle = copy.handle();
+
+    let a_cfg = cfg(NodeId::A);
+    let b_cfg = cfg(NodeId::B);
+    let mut listener = Listener::bind(localhost(), a_cfg.clone())
+        .await
+        .expect("bind");
+    let started = Instant::now();
+    let run = start(
+        &mut listener,
+        None,
+        &b_cfg,
+        JournalShipper::new(source.handle(), ShipConfig::default()),
+        JournalCopier::new(copy, CopyConfig::default()),
+    )
+    .await;
+    wait_until("all records copied", Duration::from_secs(60), || {
+        durable(&copy_handle) == N
+    })
+    .await;
+    let elapsed = started.elapsed();
+    let b_stats = b_cfg.stats.clone();
+    wait_until("all records acknowledged", LIMIT, || {
+        b_stats.snapshot().ship_acked_seq == N
+    })
+    .await;
+    let mb = (N as f64 * LEN as f64) / 1e6;
+    println!(
+        "shipped {N} records of {LEN} B in {:.3} s: {:.0} records/s, {:.1} MB/s of payload (this build's profile)",
+        elapsed.as_secs_f64(),
+        N as f64 / elapsed.as_secs_f64(),
+        mb / elapsed.as_secs_f64()
+    );
+    assert_same(&source.handle(), &copy_handle, 1, N);
+    let b = b_stats.snapshot();
+    let a = a_cfg.stats.snapshot();
+    assert_eq!(b.records_shipped, N);
+    assert_eq!(a.records_copied, N);
+    assert_eq!(b.lag_records, 0);
+    assert_eq!(b.in_flight_bytes, 0);
+    assert_eq!(a.copy_durable_seq, N);
+    // A live tail: records appended now are shipped without a new request.
+    fill(&mut source, "b", N + 10, LEN);
+    wait_until("tail shipped", LIMIT, || durable(&copy_handle) == N + 10).await;
+    let (_, se, _, ce) = run.stop().await;
+    assert!(matches!(se, Error::Closed(_)), "{se}");
+    assert!(matches!(ce, Error::Closed(_)), "{ce}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_after_the_link_is_cut_mid_stream_without_gap_or_duplicate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut source = open(&dir.path().join("b"), FsyncPolicy::Never);
+    fill(&mut source, "b", 30_000, 150);
+    let copy = open(&dir.path().join("copy-of-b"), FsyncPolicy::Batch);
+    let copy_handle = copy.handle();
+    let a_cfg = cfg(NodeId::A);
+    let b_cfg = cfg(NodeId::B);
+    let mut listener = Listener::bind(localhost(), a_cfg.clone())
+        .await
+        .expect("bind");
+    let proxy = Proxy::start(listener.local_addr(), Mutation::None).await;
+    // Small batches and a slightly slow copy, so that the cuts land mid-stream.
+    let ship_cfg = ShipConfig {
+        batch_bytes_max: 16 << 10,
+        ..ShipConfig::default()
+    };
+    let copy_cfg = CopyConfig {
+        window_bytes: 128 << 10,
+        append_delay: Some(Duration::from_millis(1)),
+        ..CopyConfig::default()
+    };
+    let mut shipper = JournalShipper::new(source.handle(), ship_cfg);
+    let mut copier = JournalCopier::new(copy, copy_cfg);
+    for (cut_at, total) in [(5_000, 30_000), (20_000, 40_000)] {
+        let run = start(&mut listener, Some(proxy.addr), &b_cfg, shipper, copier).await;
+        wait_until("copy reaches the cut point", LIMIT, || {
+            durable(&copy_handle) >= cut_at
+        })
+        .await;
+        proxy.cut();
+        let (s, se, c, ce) = run.finish().await;
+        assert!(matches!(se, Error::Closed(_)), "shipper: {se}");
+        assert!(matches!(ce, Error::Closed(_)), "copier: {ce}");
+        let at_cut = durable(&copy_handle);
+        assert!(at_cut < 30_000, "the cut came after the end ({at_cut})");
+        // While disconnected, node B journals more.
+        fill(&mut source, "b", total, 150);
+        shipper = s;
+        copier = c;
+    }
+    let run = start(&mut listener, Some(proxy.addr), &b_cfg, shipper, copier).await;
+    wait_until("copy complete", LIMIT, || durable(&copy_handle) == 40_000).await;
+    assert_same(&source.handle(), &copy_handle, 1, 40_000);
+    let a = a_cfg.stats.snapshot();
+    assert_eq!(a.sessions_established, 3);
+    assert_eq!(a.reconnects, 2);
+    // Nothing was appended twice: the copy's record count equals the seqs it holds.
+    assert_eq!(a.records_copied, 40_000);
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_copy_follows_a_peer_journal_that_starts_later_and_a_gap_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut source = open(&dir.path().join("b"), FsyncPolicy::Batch);
+    // Retention removed the beginning: the peer's journal starts at 1000.
+    source.reset_to(Seq(1000)).expect("reset");
+    fill(&mut source, "b", 1499, 100);
+    assert_eq!(source.handle().first_seq(), Seq(1000));
+
+    let a_cfg = cfg(NodeId::A);
+    let b_cfg = cfg(NodeId::B);
+    let mut listener = Listener::bind(localhost(), a_cfg.clone())
+        .await
+        .expect("bind");
+    let copy = open(&dir.path().join("copy-of-b"), FsyncPolicy::Batch);
+    let copy_handle = copy.handle();
+    let run = start(
+        &mut listener,
+        None,
+        &b_cfg,
+        JournalShipper::new(source.handle(), ShipConfig::default()),
+        JournalCopier::new(copy, CopyConfig::default()),
+    )
+    .await;
+    wait_until("copy complete", LIMIT, || durable(&copy_handle) == 1499).await;
+    assert_same(&source.handle(), &copy_handle, 1000, 1499);
+    run.stop().await;
+
+    // A copy holding 1..=10 cannot continue from a journal that starts at 1000.
+    let mut holey = open(&dir.path().join("old-copy"), FsyncPolicy::Batch);
+    let early: Vec<Vec<u8>> = (1..=10).map(|s| payload("b", s, 100)).collect();
+    holey.append_batch(&early).expect("append");
+    let holey_handle = holey.handle();
+    let run = start(
+        &mut listener,
+        None,
+        &b_cfg,
+        JournalShipper::new(source.handle(), ShipConfig::default()),
+        JournalCopier::new(holey, CopyConfig::default()),
+    )
+    .await;
+    let (_, se, _, ce) = run.finish().await;
+    match (&se, &ce) {
+        (
+            Error::Gap {
+                node: sn,
+                copy_next: Seq(11),
+                peer_first: Seq(1000),
+            },
+            Error::Gap {
+                node: cn,
+                copy_next: Seq(11),
+                peer_first: Seq(1000),
+            },
+        ) => {
+            assert_eq!((*sn, *cn), (NodeId::B, NodeId::B));
+        }
+        _ => panic!("expected a gap on both sides, got shipper: {se}; copier: {ce}"),
+    }
+    assert_eq!(durable(&holey_handle), 10, "nothing appended after the gap");
+    assert_eq!(a_cfg.stats.snapshot().gaps, 1);
+    assert_eq!(b_cfg.stats.snapshot().gaps, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_or_wiped_peer_journal_is_reported_as_divergence() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut p1 = open(&dir.path().join("b1"), FsyncPolicy::Batch);
+    fill(&mut p1, "first life", 1000, 120);
+    let a_cfg = cfg(NodeId::A);
+    let b_cfg = cfg(NodeId::B);
+    let mut listener = Listener::bind(localhost(), a_cfg.clone())
+        .await
+        .expect("bind");
+    let copy = open(&dir.path().join("copy-of-b"), FsyncPolicy::Batch);
+    let copy_handle = copy.handle();
+    let run = start(
+        &mut listener,
+        None,
+        &b_cfg,
+        JournalShipper::new(p1.handle(), ShipConfig::default()),
+        JournalCopier::new(copy, CopyConfig::default()),
+    )
+    .await;
+    wait_until("copy complete", LIMIT, || durable(&copy_handle) == 1000).await;
+    let (_, _, mut copier, _) = run.stop().await;
+
+    // Node B's data dir replaced by another journal that has the same seqs and more.
+    let mut p2 = open(&dir.path().join("b2"), FsyncPolicy::Batch);
+    fill(&mut p2, "second life", 1500, 120);
+    // Node B wiped and restarted from seq 1 (F15): its journal is shorter than the copy.
+    let mut p3 = open(&dir.path().join("b3"), FsyncPolicy::Batch);
+    fill(&mut p3, "third life", 10, 120);
+    for (peer, what) in [
+        (&p2, "the record at this seq differs"),
+        (&p3, "ends at seq 10"),
+    ] {
+        let run = start(
+            &mut listener,
+            None,
+            &b_cfg,
+            JournalShipper::new(peer.handle(), ShipConfig::default()),
+            copier,
+        )
+        .await;
+        let (_, se, c, ce) = run.finish().await;
+        for e in [&se, &ce] {
+            match e {
+                Error::Diverged {
+                    node: NodeId::B,
+                    seq: Seq(1000),
+                    detail,
+                } => {
+                    assert!(detail.contains(what), "{detail}");
+                }
+                other => panic!("expected divergence at 1000, got {other}"),
+            }
+        }
+        copier = c;
+        // The copy is untouched: still the first life's 1..=1000.
+        assert_same(&p1.handle(), &copy_handle, 1, 1000);
+    }
+    assert_eq!(a_cfg.stats.snapshot().divergences, 2);
+    assert_eq!(b_cfg.stats.snapshot().divergences, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_copy_holds_the_sender_to_its_window() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut source = open(&dir.path().join("b"), FsyncPolicy::Never);
+    const N: u64 = 1000;
+    fill(&mut source, "b", N, 1000);
+    const WINDOW: u32 = 64 << 10;
+    let a_cfg = cfg(NodeId::A);
+    let b_cfg = cfg(NodeId::B);
+    let mut listener = Listener::bind(localhost(), a_cfg.clone())
+        .await
+        .expect("bind");
+    let copy = open(&dir.path().join("copy-of-b"), FsyncPolicy::Batch);
+    let copy_handle = copy.handle();
+    let run = start(
+        &mut listener,
+        None,
+        &b_cfg,
+        JournalShipper::new(
+            source.handle(),
+            ShipConfig {
+                batch_bytes_max: 8 << 10,
+                ..ShipConfig::default()
+            },
+        ),
+        JournalCopier::new(
+            copy,
+            CopyConfig {
+                window_bytes: WINDOW,
+                append_delay: Some(Duration::from_millis(10)),
+                ..CopyConfig::default()
+            },
+        ),
+    )
+    .await;
+    let stats = b_cfg.stats.clone();
+    let mut samples = 0;
+    wait_until("copy complete", Duration::from_secs(30), || {
+        let s = stats.snapshot();
+        assert!(
+            s.in_flight_bytes <= u64::from(WINDOW),
+            "in flight {} > window",
+            s.in_flight_bytes
+        );
+        samples += 1;
+        durable(&copy_handle) == N
+    })
+    .await;
+    let s = stats.snapshot();
+    println!(
+        "slow copy: window {WINDOW} B, in-flight peak {} B, {samples} samples",
+        s.in_flight_bytes_max
+    );
+    assert_eq!(s.window_bytes, u64::from(WINDOW));
+    assert!(s.in_flight_bytes_max <= u64::from(WINDOW));
+    // The sender really was held back: it filled the window and waited.
+    assert!(
+        s.in_flight_bytes_max >= u64::from(WINDOW) / 2,
+        "peak {}",
+        s.in_flight_bytes_max
+    );
+    assert_same(&source.handle(), &copy_handle, 1, N);
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_messages_overtake_a_large_journal_backlog() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut source = open(&dir.path().join("b"), FsyncPolicy::Never);
+    const N: u64 = 200_000;
+    fill(&mut source, "b", N, 200);
+    let a_cfg = cfg(NodeId::A);
+    let b_cfg = cfg(NodeId::B);
+    let mut listener = Listener::bind(localhost(), a_cfg.clone())
+        .await
+        .expect("bind");
+    let copy = open(&dir.path().join("copy-of-b"), FsyncPolicy::Batch);
+    let copy_handle = copy.handle();
+    let mut run = start(
+        &mut listener,
+        None,
+        &b_cfg,
+        JournalShipper::new(source.handle(), ShipConfig::default()),
+        JournalCopier::new(copy, CopyConfig::default()),
+    )
+    .await;
+    wait_until("shipping under way", LIMIT, || durable(&copy_handle) > 1000).await;
+
+    // B sends heartbeats every 5 ms while its backlog ships; A timestamps their arrival.
+    const MESSAGES: usize = 40;
+    let sent_at: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(Vec::new()));
+    let mut a = run.a;
+    let receiver = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while got.len() < MESSAGES {
+            match tokio::time::timeout(LIMIT, a.recv()).await {
+                Ok(Event::Control(m)) => got.push((m, Instant::now())),
+                other => panic!("expected heartbeats, got {other:?}"),
+            }
+        }
+        (a, got)
+    });
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    for i in 0..MESSAGES {
+        tick.tick().await;
+        sent_at.lock().expect("lock").push(Instant::now());
+        run.b
+            .send_control(format!("heartbeat {i}").into_bytes())
+            .await
+            .expect("send");
+    }
+    let (a, got) = tokio::time::timeout(LIMIT, receiver)
+        .await
+        .expect("received")
+        .expect("task");
+    run.a = a;
+    let behind = N - durable(&copy_handle);
+    let sent_at = sent_at.lock().expect("lock").clone();
+    let mut latencies: Vec<Duration> = got
+        .iter()
+        .enumerate()
+        .map(|(i, (m, at))| {
+            assert_eq!(
+                m,
+                format!("heartbeat {i}").as_bytes(),
+                "in order, none lost"
+            );
+            at.duration_since(sent_at[i])
+        })
+        .collect();
+    latencies.sort();
+    let p50 = latencies[latencies.len() / 2];
+    let max = latencies[latencies.len() - 1];
+    println!(
+        "control latency under a journal backlog: p50 {:.2} ms, max {:.2} ms over {MESSAGES} messages; copy still {behind} records behind",
+        p50.as_secs_f64() * 1e3,
+        max.as_secs_f64() * 1e3
+    );
+    assert!(
+        behind > 0,
+        "the backlog was shipped before the heartbeats ended: the test measured nothing"
+    );
+    assert!(
+        max < Duration::from_millis(200),
+        "heartbeat waited {max:?} behind journal data"
+    );
+    run.stop().await;
+}
