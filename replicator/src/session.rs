@@ -44,6 +44,8 @@ use crate::{CloseReason, Error};
 pub(crate) const BULK_QUEUE_FRAMES: usize = 2;
 /// Control-lane frames queued for the writer at most.
 const CONTROL_QUEUE_FRAMES: usize = 256;
+/// Requests, acks and errors from the peer's copier queued for the shipper at most.
+const SHIP_QUEUE_MESSAGES: usize = 1024;
 /// Read buffer of a session's socket.
 const READ_BUFFER_BYTES: usize = 256 << 10;
 
@@ -109,7 +111,7 @@ pub(crate) async fn closed(rx: &mut watch::Receiver<Option<CloseReason>>) -> Clo
 /// The shipping side of a session, for [`crate::JournalShipper::run`]: requests and acks
 /// from the peer's copier come in, batches go out on the bulk lane.
 pub struct ShipPort {
-    pub(crate) rx: mpsc::UnboundedReceiver<ShipIn>,
+    pub(crate) rx: mpsc::Receiver<ShipIn>,
     pub(crate) control: mpsc::Sender<Out>,
     /// Sealed bulk-lane frames.
     pub(crate) bulk: mpsc::Sender<Vec<u8>>,
@@ -171,7 +173,7 @@ impl Session {
         let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE_FRAMES);
         let (bulk_tx, bulk_rx) = mpsc::channel(BULK_QUEUE_FRAMES);
         let (events_tx, events_rx) = mpsc::channel(cfg.control_queue_max);
-        let (ship_tx, ship_rx) = mpsc::unbounded_channel();
+        let (ship_tx, ship_rx) = mpsc::channel(SHIP_QUEUE_MESSAGES);
         let (copy_tx, copy_rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicU64::new(0));
         let window = Arc::new(AtomicU64::new(0));
@@ -405,7 +407,7 @@ struct Reader {
     frame_bytes_max: u32,
     idle_timeout: Duration,
     events: mpsc::Sender<Vec<u8>>,
-    ship: mpsc::UnboundedSender<ShipIn>,
+    ship: mpsc::Sender<ShipIn>,
     copy: mpsc::UnboundedSender<CopyIn>,
     queued: Arc<AtomicU64>,
     window: Arc<AtomicU64>,
@@ -494,15 +496,15 @@ impl Reader {
             ty::PING => {}
             ty::SHIP_REQUEST => {
                 let r = ShipRequest::decode(&payload).map_err(protocol)?;
-                self.route_ship(ShipIn::Request(r));
+                self.route_ship(ShipIn::Request(r))?;
             }
             ty::SHIP_ACK => {
                 let s = frame::decode_ack(&payload).map_err(protocol)?;
-                self.route_ship(ShipIn::Ack(s));
+                self.route_ship(ShipIn::Ack(s))?;
             }
             ty::COPY_ERROR => {
                 let m = ErrorMsg::decode(&payload).map_err(protocol)?;
-                self.route_ship(ShipIn::PeerError(m));
+                self.route_ship(ShipIn::PeerError(m))?;
             }
             ty::SHIP_ERROR => {
                 let m = ErrorMsg::decode(&payload).map_err(protocol)?;
@@ -515,9 +517,18 @@ impl Reader {
         Ok(())
     }
 
-    fn route_ship(&self, m: ShipIn) {
-        if self.ship.send(m).is_err() {
-            tracing::debug!("shipping message from the peer with no shipper running");
+    fn route_ship(&self, m: ShipIn) -> Result<(), CloseReason> {
+        match self.ship.try_send(m) {
+            Ok(()) => Ok(()),
+            // An honest copier sends one request, then one ack per append: the shipper keeps
+            // up with that, or has not been started and receives nothing more.
+            Err(mpsc::error::TrySendError::Full(_)) => Err(CloseReason::Protocol(format!(
+                "more than {SHIP_QUEUE_MESSAGES} shipping messages queued"
+            ))),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::debug!("shipping message from the peer with no shipper running");
+                Ok(())
+            }
         }
     }
 }

@@ -545,13 +545,20 @@ impl JournalCopier {
                         let mut batches = vec![open_batch(port, raw)?];
                         let mut bytes = batches[0].payload_bytes;
                         let mut deferred = None;
+                        let mut failed = None;
                         while bytes < GROUP_BYTES_MAX {
                             match port.rx.try_recv() {
-                                Ok(CopyIn::Batch(raw)) => {
-                                    let b = open_batch(port, raw)?;
-                                    bytes += b.payload_bytes;
-                                    batches.push(b);
-                                }
+                                Ok(CopyIn::Batch(raw)) => match open_batch(port, raw) {
+                                    Ok(b) => {
+                                        bytes += b.payload_bytes;
+                                        batches.push(b);
+                                    }
+                                    Err(e) => {
+                                        // The batches verified before it are genuine: keep them.
+                                        failed = Some(e);
+                                        break;
+                                    }
+                                },
                                 Ok(other) => {
                                     deferred = Some(other);
                                     break;
@@ -560,6 +567,9 @@ impl JournalCopier {
                             }
                         }
                         self.append(port, node, batches, &stats).await?;
+                        if let Some(e) = failed {
+                            return Err(e);
+                        }
                         if let Some(CopyIn::PeerError(m)) = deferred {
                             return Err(self.peer_failed(node, m, &stats));
                         }

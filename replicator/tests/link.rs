@@ -374,3 +374,37 @@ async fn keepalives_hold_an_idle_session_and_a_silent_peer_is_closed() {
         CloseReason::IdleTimeout { ms: 300 }
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_links_carry_heartbeats_independently() {
+    // Two configured links (two NICs in production; two ports here), each with its own
+    // stats; cutting one leaves the other delivering.
+    let mut l1 = Listener::bind(localhost(), cfg(NodeId::A))
+        .await
+        .expect("bind");
+    let mut l2 = Listener::bind(localhost(), cfg(NodeId::A))
+        .await
+        .expect("bind");
+    let nic1 = Proxy::start(l1.local_addr(), Mutation::None).await;
+    let b1 = connect(nic1.addr, &cfg(NodeId::B))
+        .await
+        .expect("connect link 1");
+    let b2 = connect(l2.local_addr(), &cfg(NodeId::B))
+        .await
+        .expect("connect link 2");
+    let mut a1 = l1.accept().await.expect("accept 1");
+    let mut a2 = l2.accept().await.expect("accept 2");
+    for (b, a) in [(&b1, &mut a1), (&b2, &mut a2)] {
+        b.send_control(b"hb 1".to_vec()).await.expect("send");
+        assert_eq!(recv_control(a).await, b"hb 1");
+    }
+    nic1.cut();
+    assert!(matches!(
+        recv_closed(&mut a1).await,
+        CloseReason::PeerClosed | CloseReason::Io(_)
+    ));
+    b2.send_control(b"hb 2".to_vec()).await.expect("send");
+    assert_eq!(recv_control(&mut a2).await, b"hb 2");
+    assert_eq!(l1.stats().snapshot().control_received, 1);
+    assert_eq!(l2.stats().snapshot().control_received, 2);
+}

@@ -488,3 +488,98 @@ async fn control_messages_overtake_a_large_journal_backlog() {
     );
     run.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_or_replayed_journal_batch_is_never_appended() {
+    use replicator::{AuthFailure, CloseReason};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut source = open(&dir.path().join("b"), FsyncPolicy::Batch);
+    fill(&mut source, "b", 2000, 100);
+    let ship_cfg = ShipConfig {
+        batch_records_max: 100,
+        ..ShipConfig::default()
+    };
+    // Frame 2 from node B (through the proxy) is its first bulk frame: records 1..=100.
+    for (i, mutation) in [
+        Mutation::Tamper {
+            frame: 2,
+            byte: Some(40),
+        },
+        Mutation::Replay { frame: 2 },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let a_cfg = cfg(NodeId::A);
+        let b_cfg = cfg(NodeId::B);
+        let mut listener = Listener::bind(localhost(), a_cfg.clone())
+            .await
+            .expect("bind");
+        let proxy = Proxy::start(listener.local_addr(), mutation).await;
+        let copy = open(&dir.path().join(format!("copy-{i}")), FsyncPolicy::Batch);
+        let copy_handle = copy.handle();
+        let run = start(
+            &mut listener,
+            Some(proxy.addr),
+            &b_cfg,
+            JournalShipper::new(source.handle(), ship_cfg),
+            JournalCopier::new(copy, CopyConfig::default()),
+        )
+        .await;
+        let (_, _, _, ce) = run.finish().await;
+        let expected = match mutation {
+            // The altered batch fails at bulk counter 0: nothing appended.
+            Mutation::Tamper { .. } => (0, CloseReason::BadFrameMac { counter: 0 }),
+            // The original is appended; its copy fails at bulk counter 1.
+            _ => (100, CloseReason::BadFrameMac { counter: 1 }),
+        };
+        match ce {
+            Error::Closed(r) => assert_eq!(r, expected.1, "{mutation:?}"),
+            other => panic!("{mutation:?}: expected the copier to close, got {other}"),
+        }
+        assert_eq!(durable(&copy_handle), expected.0, "{mutation:?}");
+        let a = a_cfg.stats.snapshot();
+        assert_eq!(a.auth_failures(AuthFailure::FrameMac), 1);
+        assert_eq!(a.records_copied, expected.0);
+    }
+}
+
+/// The figure for the README: `cargo test --release -p replicator --test shipping --
+/// --ignored --nocapture throughput`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run in release"]
+async fn throughput_1m_records() {
+    for (n, len) in [(1_000_000u64, 200usize), (100_000, 2000)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut source = open(&dir.path().join("b"), FsyncPolicy::Never);
+        fill(&mut source, "b", n, len);
+        let copy = open(&dir.path().join("copy-of-b"), FsyncPolicy::Batch);
+        let copy_handle = copy.handle();
+        let mut listener = Listener::bind(localhost(), cfg(NodeId::A))
+            .await
+            .expect("bind");
+        let b_cfg = cfg(NodeId::B);
+        let started = Instant::now();
+        let run = start(
+            &mut listener,
+            None,
+            &b_cfg,
+            JournalShipper::new(source.handle(), ShipConfig::default()),
+            JournalCopier::new(copy, CopyConfig::default()),
+        )
+        .await;
+        wait_until("all copied", Duration::from_secs(300), || {
+            durable(&copy_handle) == n
+        })
+        .await;
+        let secs = started.elapsed().as_secs_f64();
+        let s = b_cfg.stats.snapshot();
+        println!(
+            "{n} records of {len} B: {secs:.2} s, {:.0} records/s, {:.1} MB/s payload, {:.1} MB/s on the wire",
+            n as f64 / secs,
+            (n as f64 * len as f64) / 1e6 / secs,
+            s.bytes_sent as f64 / 1e6 / secs,
+        );
+        run.stop().await;
+    }
+}
