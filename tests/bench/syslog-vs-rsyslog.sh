@@ -106,7 +106,7 @@ CONF
     p99=$(curl -sf "http://$IP_TX:7401/status" | python3 -c 'import json,sys;print(json.load(sys.stdin)["stream"]["latency_us_p99"])')
     touch "$D/done"; sleep 0.2
     kill -TERM "$NPID"; wait "$NPID" 2>/dev/null || true
-    got=$("$BIN" check --json --manifest "$D/m.json" --stream "$D/stream.ndjson" | python3 -c 'import json,sys;r=json.load(sys.stdin);print(r["present"])')
+    got=$("$BIN" check --json --manifest "$D/m.json" --stream "$D/stream.ndjson" | python3 -c 'import json,sys;r=json.load(sys.stdin);print(r["present"])' || true)
     sent=$(python3 -c "import json;print(json.load(open('$D/m.json'))['attempted'])")
     srate=$(python3 -c "import json;m=json.load(open('$D/m.json'));print(int(m['attempted']*1000/max(m['duration_ms'],1)))")
     printf '%-4s %-8s %-8s %9s %9s %9s %7s %9s %9s\n' "$T" "$R" twinrx "$sent" "$got" \

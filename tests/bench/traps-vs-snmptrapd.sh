@@ -59,7 +59,7 @@ for R in $RATES; do
   "$BIN" gen --protocol snmp-trap --to $IP_TX:5162 --count "$COUNT" --rate "$R" --size 200 \
     --run-id "tx$R" --manifest "$D/m.json" 2>/dev/null
   settle sh -c "curl -sf http://$IP_TX:7401/status | python3 -c 'import json,sys;print(json.load(sys.stdin)[\"stream\"][\"next_offset\"])'" >/dev/null
-  got=$("$BIN" check --json --manifest "$D/m.json" --node "http://$IP_TX:7401" | python3 -c 'import json,sys;print(json.load(sys.stdin)["present"])')
+  got=$("$BIN" check --json --manifest "$D/m.json" --node "http://$IP_TX:7401" | python3 -c 'import json,sys;print(json.load(sys.stdin)["present"])' || true)
   kill -TERM "$P"; wait "$P" 2>/dev/null || true
   sent=$(python3 -c "import json;print(json.load(open('$D/m.json'))['attempted'])")
   srate=$(python3 -c "import json;m=json.load(open('$D/m.json'));print(int(m['attempted']*1000/max(m['duration_ms'],1)))")
