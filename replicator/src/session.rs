@@ -115,7 +115,8 @@ pub struct ShipPort {
     pub(crate) control: mpsc::Sender<Out>,
     /// Sealed bulk-lane frames.
     pub(crate) bulk: mpsc::Sender<Vec<u8>>,
-    pub(crate) sealer: Sealer,
+    /// Bulk-lane sealer; `None` only while a blocking task holds it.
+    pub(crate) sealer: Option<Sealer>,
     pub(crate) closed: watch::Receiver<Option<CloseReason>>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) peer: NodeId,
@@ -127,7 +128,8 @@ pub struct ShipPort {
 pub struct CopyPort {
     pub(crate) rx: mpsc::UnboundedReceiver<CopyIn>,
     pub(crate) control: mpsc::Sender<Out>,
-    pub(crate) opener: Opener,
+    /// Bulk-lane opener; `None` only while a blocking task holds it.
+    pub(crate) opener: Option<Opener>,
     pub(crate) closed: watch::Receiver<Option<CloseReason>>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) peer: NodeId,
@@ -215,7 +217,7 @@ impl Session {
                 rx: ship_rx,
                 control: control_tx.clone(),
                 bulk: bulk_tx,
-                sealer: est.bulk_sealer,
+                sealer: Some(est.bulk_sealer),
                 closed: closed_rx.clone(),
                 shared: shared.clone(),
                 peer: est.peer,
@@ -224,7 +226,7 @@ impl Session {
             copy_port: Some(CopyPort {
                 rx: copy_rx,
                 control: control_tx,
-                opener: est.bulk_opener,
+                opener: Some(est.bulk_opener),
                 closed: closed_rx,
                 shared,
                 peer: est.peer,

@@ -19,13 +19,13 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::time::Instant as StdInstant;
 
 use journal::{Journal, JournalHandle};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use twinrx_types::{NodeId, Seq};
 
+use crate::auth::{Opener, Sealer};
 use crate::config::{CopyConfig, ShipConfig};
 use crate::frame::{
     copy_error, decode_batch, encode_batch, ship_error, ty, Batch, ErrorMsg, ShipRequest,
@@ -69,29 +69,93 @@ async fn send_control(
 /// has already received).
 const GROUP_BYTES_MAX: u64 = 4 << 20;
 
-/// Verifies (bulk lane) and decodes one `SHIP_BATCH` frame body; a failure closes the session.
-fn open_batch(port: &mut CopyPort, raw: Vec<u8>) -> Result<Batch, Error> {
-    port.queued.fetch_sub(raw.len() as u64, Ordering::AcqRel);
-    let stats = &port.shared.stats;
-    let reason = match port.opener.open(raw) {
-        Ok((ty::SHIP_BATCH, payload)) => match decode_batch(&payload) {
-            Ok(b) => return Ok(b),
-            Err(e) => CloseReason::Protocol(e),
-        },
-        Ok((other, _)) => {
-            CloseReason::Protocol(format!("frame type {other:#04x} in the bulk lane"))
-        }
-        Err(counter) => {
-            stats.auth_failure(AuthFailure::FrameMac);
-            tracing::warn!(
-                counter,
-                "cluster link bulk frame failed its MAC check; closing"
-            );
-            CloseReason::BadFrameMac { counter }
-        }
+/// Verifies (bulk lane) and decodes one `SHIP_BATCH` frame body.
+fn open_batch(opener: &mut Opener, raw: Vec<u8>) -> Result<Batch, CloseReason> {
+    match opener.open(raw) {
+        Ok((ty::SHIP_BATCH, payload)) => decode_batch(&payload).map_err(CloseReason::Protocol),
+        Ok((other, _)) => Err(CloseReason::Protocol(format!(
+            "frame type {other:#04x} in the bulk lane"
+        ))),
+        Err(counter) => Err(CloseReason::BadFrameMac { counter }),
+    }
+}
+
+/// What applying a group of received bulk frames to the copy did.
+struct Applied {
+    /// Records appended and their payload bytes (0 when none).
+    records: u64,
+    bytes: u64,
+    /// The append failed (nothing of the group is in the copy).
+    journal: Option<journal::Error>,
+    /// A frame failed verification or continuity: the session must close (frames before it
+    /// were appended).
+    close: Option<CloseReason>,
+    /// The first batch does not continue a non-empty copy: (copy's next seq, batch's first).
+    gap: Option<(Seq, Seq)>,
+}
+
+/// Verifies, decodes and appends (with one fsync) a group of bulk frames, on a blocking
+/// thread. Frames after the first bad one are not looked at; verified ones before it are
+/// genuine and appended.
+fn apply_group(j: &mut Journal, opener: &mut Opener, raws: Vec<Vec<u8>>) -> Applied {
+    let mut out = Applied {
+        records: 0,
+        bytes: 0,
+        journal: None,
+        close: None,
+        gap: None,
     };
-    port.shared.close(reason.clone());
-    Err(Error::Closed(reason))
+    let next = j.next_seq();
+    let empty = j.handle().first_seq() == next;
+    let mut records = Vec::new();
+    let mut expect: Option<u64> = None;
+    let mut reset = None;
+    for raw in raws {
+        let b = match open_batch(opener, raw) {
+            Ok(b) => b,
+            Err(reason) => {
+                out.close = Some(reason);
+                break;
+            }
+        };
+        match expect {
+            None if b.first == next => {}
+            // The peer's journal starts later (retention) or elsewhere: an empty copy
+            // follows it.
+            None if empty => reset = Some(b.first),
+            None => {
+                out.gap = Some((next, b.first));
+                return out;
+            }
+            Some(e) if e == b.first.0 => {}
+            Some(e) => {
+                out.close = Some(CloseReason::Protocol(format!(
+                    "batch starts at seq {}, expected {e}",
+                    b.first
+                )));
+                break;
+            }
+        }
+        expect = Some(b.first.0 + b.records.len() as u64);
+        out.bytes += b.payload_bytes;
+        records.extend(b.records);
+    }
+    if records.is_empty() {
+        out.bytes = 0;
+        return out;
+    }
+    let result = match reset {
+        Some(first) => j.reset_to(first).and_then(|()| j.append_batch(&records)),
+        None => j.append_batch(&records),
+    };
+    match result {
+        Ok(_) => out.records = records.len() as u64,
+        Err(e) => {
+            out.bytes = 0;
+            out.journal = Some(e);
+        }
+    }
+    out
 }
 
 /// Serves the local journal to the peer's copier, one session at a time.
@@ -277,45 +341,47 @@ impl JournalShipper {
             LinkStats::set(&stats.ship_source_durable_seq, durable);
             if next <= durable && in_flight_bytes < window {
                 let room = window - in_flight_bytes;
-                let max_bytes = (room as usize).min(self.cfg.batch_bytes_max);
-                let mut recs =
-                    match self
-                        .handle
-                        .read(Seq(next), self.cfg.batch_records_max, max_bytes)
-                    {
-                        Ok(r) => r,
-                        Err(journal::Error::Gone { first, .. }) => {
-                            let err = Error::Gap {
-                                node: port.peer.peer(),
-                                copy_next: Seq(next),
-                                peer_first: first,
-                            };
-                            return Err(self
-                                .fail(port, ship_error::GAP, Seq(next), first, err)
-                                .await);
-                        }
-                        Err(e) => {
-                            return Err(self
-                                .fail(
-                                    port,
-                                    ship_error::JOURNAL,
-                                    Seq(next),
-                                    Seq(next),
-                                    Error::Journal(e),
-                                )
-                                .await)
-                        }
-                    };
-                // The window counts frame bytes (what the peer's reader queues). A batch that
-                // does not fit what is left is cut; a single record larger than the whole
-                // window goes alone, when nothing else is in flight.
-                let mut wire = batch_frame_len(&recs);
-                while wire > room && in_flight_bytes > 0 {
-                    let Some((_, r)) = recs.pop() else { break };
-                    wire -= (r.len() + BATCH_RECORD_OVERHEAD) as u64;
-                }
-                if let Some(&(last, _)) = recs.last() {
-                    if wire > u64::from(port.frame_bytes_max) {
+                // Reading, framing and sealing take CPU and disk time: on a blocking thread,
+                // so that the session's socket tasks (and heartbeats) never wait for them.
+                let sealer = port.sealer.take().expect("sealer present between batches");
+                let handle = self.handle.clone();
+                let limits = Limits {
+                    records_max: self.cfg.batch_records_max,
+                    bytes_max: (room as usize).min(self.cfg.batch_bytes_max),
+                    room,
+                    alone: in_flight_bytes == 0,
+                    frame_bytes_max: port.frame_bytes_max,
+                };
+                let (sealer, prepared) = match tokio::task::spawn_blocking(move || {
+                    prepare(handle, sealer, Seq(next), limits)
+                })
+                .await
+                {
+                    Ok(x) => x,
+                    Err(e) => return Err(Error::Config(format!("shipper task failed: {e}"))),
+                };
+                port.sealer = Some(sealer);
+                let b = match prepared {
+                    Ok(Some(b)) => b,
+                    // The records do not fit what is left of the window: wait for acks.
+                    Ok(None) => Prepared::none(),
+                    Err(Prep::Journal(journal::Error::Gone { first, .. })) => {
+                        let err = Error::Gap {
+                            node: port.peer.peer(),
+                            copy_next: Seq(next),
+                            peer_first: first,
+                        };
+                        return Err(self
+                            .fail(port, ship_error::GAP, Seq(next), first, err)
+                            .await);
+                    }
+                    Err(Prep::Journal(e)) => {
+                        let err = Error::Journal(e);
+                        return Err(self
+                            .fail(port, ship_error::JOURNAL, Seq(next), Seq(next), err)
+                            .await);
+                    }
+                    Err(Prep::TooLarge { wire }) => {
                         let err = Error::Config(format!(
                             "record {next} needs a frame of {wire} bytes, above frame_bytes_max {}",
                             port.frame_bytes_max
@@ -324,30 +390,24 @@ impl JournalShipper {
                             .fail(port, ship_error::JOURNAL, Seq(next), Seq(next), err)
                             .await);
                     }
-                    let count = recs.len() as u64;
-                    let payload_bytes: u64 = recs.iter().map(|(_, r)| r.len() as u64).sum();
-                    let payload = encode_batch(&recs);
-                    drop(recs);
-                    // Sealed here, in the bulk lane, so the socket writer only copies bytes.
-                    let frame = port.sealer.seal(ty::SHIP_BATCH, &payload);
-                    drop(payload);
-                    debug_assert_eq!(frame.len() as u64, 4 + wire);
+                };
+                if let Some(frame) = b.frame {
                     tokio::select! {
                         r = port.bulk.send(frame) => if r.is_err() {
                             return Err(Error::Closed(closed(&mut port.closed).await));
                         },
                         r = closed(&mut port.closed) => return Err(Error::Closed(r)),
                     }
-                    in_flight.push_back((last.0, wire));
-                    in_flight_bytes += wire;
-                    next = last.0 + 1;
+                    in_flight.push_back((b.last, b.wire));
+                    in_flight_bytes += b.wire;
+                    next = b.last + 1;
                     LinkStats::set(&stats.in_flight_bytes, in_flight_bytes);
                     stats
                         .in_flight_bytes_max
                         .fetch_max(in_flight_bytes, Ordering::Relaxed);
-                    LinkStats::set(&stats.ship_sent_seq, last.0);
-                    LinkStats::add(&stats.records_shipped, count);
-                    LinkStats::add(&stats.record_bytes_shipped, payload_bytes);
+                    LinkStats::set(&stats.ship_sent_seq, b.last);
+                    LinkStats::add(&stats.records_shipped, b.count);
+                    LinkStats::add(&stats.record_bytes_shipped, b.payload_bytes);
                     continue;
                 }
             }
@@ -366,6 +426,85 @@ impl JournalShipper {
             }
         }
     }
+}
+
+/// Bounds of one batch.
+struct Limits {
+    records_max: usize,
+    bytes_max: usize,
+    /// Window bytes left.
+    room: u64,
+    /// Nothing in flight: one frame larger than the window may go.
+    alone: bool,
+    frame_bytes_max: u32,
+}
+
+/// A sealed batch ready for the bulk lane.
+struct Prepared {
+    frame: Option<Vec<u8>>,
+    last: u64,
+    count: u64,
+    wire: u64,
+    payload_bytes: u64,
+}
+
+impl Prepared {
+    fn none() -> Prepared {
+        Prepared {
+            frame: None,
+            last: 0,
+            count: 0,
+            wire: 0,
+            payload_bytes: 0,
+        }
+    }
+}
+
+enum Prep {
+    Journal(journal::Error),
+    TooLarge { wire: u64 },
+}
+
+/// Reads the next batch from `next`, cuts it to the window, frames and seals it (bulk lane).
+/// `Ok(None)`: nothing fits the window now (or nothing durable).
+fn prepare(
+    handle: JournalHandle,
+    mut sealer: Sealer,
+    next: Seq,
+    l: Limits,
+) -> (Sealer, Result<Option<Prepared>, Prep>) {
+    let mut recs = match handle.read(next, l.records_max, l.bytes_max) {
+        Ok(r) => r,
+        Err(e) => return (sealer, Err(Prep::Journal(e))),
+    };
+    // The window counts frame bytes (what the peer's reader queues). A batch that does not
+    // fit what is left is cut; a single record larger than the whole window goes alone,
+    // when nothing else is in flight.
+    let mut wire = batch_frame_len(&recs);
+    while wire > l.room && !l.alone {
+        let Some((_, r)) = recs.pop() else { break };
+        wire -= (r.len() + BATCH_RECORD_OVERHEAD) as u64;
+    }
+    let Some(&(last, _)) = recs.last() else {
+        return (sealer, Ok(None));
+    };
+    if wire > u64::from(l.frame_bytes_max) {
+        return (sealer, Err(Prep::TooLarge { wire }));
+    }
+    let count = recs.len() as u64;
+    let payload_bytes: u64 = recs.iter().map(|(_, r)| r.len() as u64).sum();
+    let payload = encode_batch(&recs);
+    drop(recs);
+    let frame = sealer.seal(ty::SHIP_BATCH, &payload);
+    debug_assert_eq!(frame.len() as u64, 4 + wire);
+    let b = Prepared {
+        frame: Some(frame),
+        last: last.0,
+        count,
+        wire,
+        payload_bytes,
+    };
+    (sealer, Ok(Some(b)))
 }
 
 /// Bytes of the `SHIP_BATCH` frame for `recs` after its length field (type, payload, tag).
@@ -542,23 +681,15 @@ impl JournalCopier {
                     Some(CopyIn::Batch(raw)) => {
                         // Group commit: take every batch already received (up to a bound)
                         // and append them with one fsync.
-                        let mut batches = vec![open_batch(port, raw)?];
-                        let mut bytes = batches[0].payload_bytes;
+                        let mut bytes = raw.len() as u64;
+                        let mut raws = vec![raw];
                         let mut deferred = None;
-                        let mut failed = None;
                         while bytes < GROUP_BYTES_MAX {
                             match port.rx.try_recv() {
-                                Ok(CopyIn::Batch(raw)) => match open_batch(port, raw) {
-                                    Ok(b) => {
-                                        bytes += b.payload_bytes;
-                                        batches.push(b);
-                                    }
-                                    Err(e) => {
-                                        // The batches verified before it are genuine: keep them.
-                                        failed = Some(e);
-                                        break;
-                                    }
-                                },
+                                Ok(CopyIn::Batch(raw)) => {
+                                    bytes += raw.len() as u64;
+                                    raws.push(raw);
+                                }
                                 Ok(other) => {
                                     deferred = Some(other);
                                     break;
@@ -566,10 +697,8 @@ impl JournalCopier {
                                 Err(_) => break,
                             }
                         }
-                        self.append(port, node, batches, &stats).await?;
-                        if let Some(e) = failed {
-                            return Err(e);
-                        }
+                        port.queued.fetch_sub(bytes, Ordering::AcqRel);
+                        self.append(port, node, raws, &stats).await?;
                         if let Some(CopyIn::PeerError(m)) = deferred {
                             return Err(self.peer_failed(node, m, &stats));
                         }
@@ -603,75 +732,58 @@ impl JournalCopier {
         &mut self,
         port: &mut CopyPort,
         node: NodeId,
-        batches: Vec<Batch>,
+        raws: Vec<Vec<u8>>,
         stats: &LinkStats,
     ) -> Result<(), Error> {
-        let j = self
-            .journal
-            .as_ref()
-            .expect("journal present between appends");
-        let next = j.next_seq();
-        let empty = self.handle.first_seq() == next;
-        let first = batches[0].first;
-        let reset = if first == next {
-            None
-        } else if empty {
-            // The peer's journal starts later (retention) or elsewhere: the copy follows it.
-            Some(first)
-        } else {
-            let err = Error::Gap {
-                node,
-                copy_next: next,
-                peer_first: first,
-            };
-            LinkStats::add(&stats.gaps, 1);
-            self.report(port, copy_error::GAP, next, first, &err).await;
-            return Err(err);
-        };
-        // Batches of one request are contiguous; anything else is a broken peer.
-        let mut expect = first.0;
-        let mut records = Vec::new();
-        let mut bytes = 0;
-        for b in batches {
-            if b.first.0 != expect {
-                let reason = CloseReason::Protocol(format!(
-                    "batch starts at seq {}, expected {expect}",
-                    b.first
-                ));
-                port.shared.close(reason.clone());
-                return Err(Error::Closed(reason));
-            }
-            expect += b.records.len() as u64;
-            bytes += b.payload_bytes;
-            records.extend(b.records);
-        }
         if let Some(d) = self.cfg.append_delay {
             tokio::time::sleep(d).await;
         }
-        let count = records.len() as u64;
-        let started = StdInstant::now();
-        let result = self
+        let next = self
+            .journal
+            .as_ref()
+            .expect("journal present between appends")
+            .next_seq();
+        // MAC checks, decoding and the fsync take CPU and disk time: on a blocking thread,
+        // so that the session's socket tasks (and heartbeats) never wait for them.
+        let mut opener = port.opener.take().expect("opener present between appends");
+        let (opener, applied) = self
             .with_journal(move |j| {
-                if let Some(first) = reset {
-                    j.reset_to(first)?;
-                }
-                j.append_batch(&records)
+                let applied = apply_group(j, &mut opener, raws);
+                (opener, applied)
             })
             .await?;
-        match result {
-            Ok(range) => {
-                tracing::trace!(first = %range.first, last = %range.last, us = started.elapsed().as_micros() as u64, "copy appended");
-                LinkStats::add(&stats.records_copied, count);
-                LinkStats::add(&stats.record_bytes_copied, bytes);
-                Ok(())
-            }
-            Err(e) => {
-                let err = Error::Journal(e);
-                self.report(port, copy_error::JOURNAL, next, next, &err)
-                    .await;
-                Err(err)
-            }
+        port.opener = Some(opener);
+        LinkStats::add(&stats.records_copied, applied.records);
+        LinkStats::add(&stats.record_bytes_copied, applied.bytes);
+        if let Some((copy_next, first)) = applied.gap {
+            let err = Error::Gap {
+                node,
+                copy_next,
+                peer_first: first,
+            };
+            LinkStats::add(&stats.gaps, 1);
+            self.report(port, copy_error::GAP, copy_next, first, &err)
+                .await;
+            return Err(err);
         }
+        if let Some(e) = applied.journal {
+            let err = Error::Journal(e);
+            self.report(port, copy_error::JOURNAL, next, next, &err)
+                .await;
+            return Err(err);
+        }
+        if let Some(reason) = applied.close {
+            if let CloseReason::BadFrameMac { counter } = reason {
+                stats.auth_failure(AuthFailure::FrameMac);
+                tracing::warn!(
+                    counter,
+                    "cluster link bulk frame failed its MAC check; closing"
+                );
+            }
+            port.shared.close(reason.clone());
+            return Err(Error::Closed(reason));
+        }
+        Ok(())
     }
 
     async fn report(&self, port: &mut CopyPort, code: u8, seq: Seq, seq2: Seq, err: &Error) {
