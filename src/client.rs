@@ -122,6 +122,25 @@ fn render_status(v: &serde_json::Value) -> String {
             .filter(|t| !t.is_empty())
             .unwrap_or_else(|| "none".into())
     );
+    let snmp = &v["receivers"]["snmp"];
+    if !snmp.is_null() {
+        let sum = |o: &serde_json::Value| -> u64 {
+            o.as_object()
+                .map(|m| m.values().filter_map(|x| x.as_u64()).sum())
+                .unwrap_or(0)
+        };
+        s += &format!(
+            "snmp      accepted {}  refused or kept raw {}  informs answered {}  engine {}\n",
+            sum(&snmp["accepted"]),
+            sum(&snmp["discarded"]),
+            str_of(&snmp["informs_answered"]),
+            str_of(&snmp["engine_id"])
+        );
+    }
+    s += &format!(
+        "udp       kernel drops (receive buffer full) {}\n",
+        str_of(&r["udp_kernel_drops"])
+    );
     if let Some(problems) = v["problems"].as_array() {
         for p in problems {
             s += &format!("PROBLEM   {}\n", str_of(p));

@@ -8,6 +8,7 @@ mod config;
 mod gen;
 mod metrics;
 mod node;
+mod procnet;
 mod sink;
 mod snmp;
 mod status;

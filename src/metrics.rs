@@ -145,6 +145,13 @@ impl Collector for NodeCollector {
         }
         family(
             &mut enc,
+            "twinrx_receiver_kernel_drops",
+            "UDP datagrams the kernel dropped because a receive buffer was full (syslog and SNMP sockets)",
+            Gauge,
+            &[(vec![], crate::status::kernel_drops(n))],
+        )?;
+        family(
+            &mut enc,
             "twinrx_receiver_received_bytes",
             "Message bytes accepted by the receivers",
             Counter,

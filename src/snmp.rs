@@ -124,33 +124,60 @@ pub async fn run(
     stats: Arc<ListenerStats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    use std::sync::atomic::Ordering::Relaxed;
     // One byte over the limit so an oversize datagram is seen as such (the core counts it).
-    let mut buf = vec![0u8; max_bytes.saturating_add(1).min(65_536)];
+    let slot_bytes = max_bytes.saturating_add(1).min(65_536);
+    let mut slots: Vec<Vec<u8>> = (0..receiver::listen::RECVMMSG_SLOTS)
+        .map(|_| vec![0u8; slot_bytes])
+        .collect();
+    let mut received: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
     loop {
-        let (n, src) = tokio::select! {
-            r = sock.recv_from(&mut buf) => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::debug!(error = %e, "snmp recv error");
-                    continue;
-                }
+        tokio::select! {
+            r = sock.readable() => if let Err(e) = r {
+                tracing::warn!(error = %e, "snmp socket failed");
+                return;
             },
             _ = shutdown.changed() => return,
-        };
+        }
+        match sock.try_io(tokio::io::Interest::READABLE, || {
+            receiver::listen::recv_many(&sock, &mut slots, &mut received)
+        }) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "snmp recv error");
+                continue;
+            }
+        }
         let received_at = now_unix_nanos();
-        let datagram = &buf[..n];
-        let outcome = match core.lock() {
-            Ok(mut c) => c.handle_datagram(monotonic_ms(), received_at, src, datagram),
-            Err(_) => return,
-        };
-        let record = |key, decoded| Record {
+        for (src, datagram) in received.drain(..) {
+            handle(&sock, &core, &intake, &stats, src, datagram, received_at).await;
+        }
+    }
+}
+
+/// Acts on the core's decision for one datagram.
+async fn handle(
+    sock: &Arc<UdpSocket>,
+    core: &SharedReceiver,
+    intake: &Intake,
+    stats: &Arc<ListenerStats>,
+    src: SocketAddr,
+    datagram: Vec<u8>,
+    received_at: twinrx_types::UnixNanos,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let outcome = match core.lock() {
+        Ok(mut c) => c.handle_datagram(monotonic_ms(), received_at, src, &datagram),
+        Err(_) => return,
+    };
+    {
+        let record = |key, decoded, raw| Record {
             protocol: Protocol::Snmp,
             transport: Transport::Udp,
             received_at,
             key,
             source: src,
-            raw: datagram.to_vec(),
+            raw,
             decoded,
         };
         match outcome {
@@ -160,7 +187,10 @@ pub async fn run(
                 reply: None,
             }
             | Outcome::KeepRaw { key, decoded, .. } => {
-                if intake.try_push(vec![record(key, decoded)]).is_err() {
+                if intake
+                    .try_push(vec![record(key, decoded, datagram)])
+                    .is_err()
+                {
                     stats.queue_full.fetch_add(1, Relaxed);
                 }
             }
@@ -170,7 +200,7 @@ pub async fn run(
                 reply: Some(reply),
             } => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                match intake.try_push_durable(vec![record(key, decoded)], tx) {
+                match intake.try_push_durable(vec![record(key, decoded, datagram)], tx) {
                     Ok(()) => {
                         answer_when_durable(
                             sock.clone(),

@@ -82,6 +82,7 @@ pub fn status_json(node: &Node) -> Value {
                 "tcp": node.cfg.syslog_tcp.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                 "tls": node.cfg.syslog_tls.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                 "udp_rcvbuf_bytes": node.udp_rcvbuf_bytes.iter().map(|(_, b)| *b).collect::<Vec<_>>(),
+                "udp_kernel_drops": kernel_drops(node),
                 "accepted": {
                     "udp": r.accepted_udp.load(Relaxed),
                     "tcp": r.accepted_tcp.load(Relaxed),
@@ -130,4 +131,12 @@ fn snmp_json(node: &Node) -> Value {
         "queue_full": l.queue_full.load(Relaxed),
         "reports_sent": st.discovery_reports + st.error_reports,
     })
+}
+
+/// Datagrams the kernel dropped (receive buffer full) on every UDP socket of the node.
+pub fn kernel_drops(node: &Node) -> u64 {
+    node.udp_rcvbuf_bytes
+        .iter()
+        .filter_map(|(addr, _)| crate::procnet::udp_drops(*addr))
+        .sum()
 }

@@ -293,11 +293,11 @@ pub fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// Datagrams read per recvmmsg(2) call.
-const RECVMMSG_SLOTS: usize = 32;
+pub const RECVMMSG_SLOTS: usize = 32;
 
 /// Reads up to `slots.len()` datagrams with one recvmmsg(2); appends (source, bytes) to
 /// `out`. Returns how many were read, or the error (WouldBlock when none is waiting).
-fn recv_many(
+pub fn recv_many(
     sock: &UdpSocket,
     slots: &mut [Vec<u8>],
     out: &mut Vec<(SocketAddr, Vec<u8>)>,
