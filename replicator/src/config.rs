@@ -182,3 +182,45 @@ impl Default for CopyConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn psk_parses_hex_and_refuses_short_or_bad_keys() {
+        let k = Psk::from_hex("00112233 44556677 8899aabb ccddeeff").expect("16 bytes");
+        assert_eq!(k.bytes()[0], 0x00);
+        assert_eq!(k.bytes()[15], 0xff);
+        assert!(format!("{k:?}").contains("redacted"));
+        assert!(!format!("{k:?}").contains("ff"));
+        assert!(Psk::from_hex("0011").is_err());
+        assert!(Psk::from_hex("zz112233445566778899aabbccddeeff").is_err());
+        assert!(Psk::from_hex("0").is_err());
+        assert!(Psk::new(vec![0u8; 15]).is_err());
+    }
+
+    #[test]
+    fn validate_names_the_bad_field() {
+        let psk = Psk::new(vec![1u8; 32]).expect("long enough");
+        let ok = LinkConfig::new(NodeId::A, psk);
+        assert!(ok.validate().is_ok());
+        let mut c = ok.clone();
+        c.keepalive_interval = c.idle_timeout;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("keepalive_interval"));
+        let mut c = ok.clone();
+        c.frame_bytes_max = 100;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("frame_bytes_max"));
+        let mut c = ok;
+        c.node = NodeId(2);
+        assert!(c.validate().unwrap_err().to_string().contains("node"));
+    }
+}

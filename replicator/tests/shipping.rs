@@ -590,3 +590,42 @@ async fn throughput_1m_records() {
         run.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_with_interval_fsync_acknowledges_only_what_it_synced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut source = open(&dir.path().join("b"), FsyncPolicy::Batch);
+    fill(&mut source, "b", 5000, 100);
+    let a_cfg = cfg(NodeId::A);
+    let b_cfg = cfg(NodeId::B);
+    let mut listener = Listener::bind(localhost(), a_cfg.clone())
+        .await
+        .expect("bind");
+    let copy = open(
+        &dir.path().join("copy-of-b"),
+        FsyncPolicy::Interval { ms: 20 },
+    );
+    let copy_handle = copy.handle();
+    let run = start(
+        &mut listener,
+        None,
+        &b_cfg,
+        JournalShipper::new(source.handle(), ShipConfig::default()),
+        JournalCopier::new(copy, CopyConfig::default()),
+    )
+    .await;
+    let b_stats = b_cfg.stats.clone();
+    let copy_for_check = copy_handle.clone();
+    wait_until("all acknowledged", LIMIT, || {
+        let acked = b_stats.snapshot().ship_acked_seq;
+        // Never acknowledged beyond what the copy made durable.
+        assert!(
+            acked <= durable(&copy_for_check),
+            "ack {acked} ahead of the copy"
+        );
+        acked == 5000
+    })
+    .await;
+    assert_same(&source.handle(), &copy_handle, 1, 5000);
+    run.stop().await;
+}
