@@ -13,9 +13,11 @@
 //!   node ids and the version), HKDF-SHA256 per-direction session keys, and the per-frame
 //!   MAC with an implicit per-direction counter (no injection, replay, reorder, reflection).
 //! - `session.rs`: [`connect`] and [`Listener`] produce an authenticated [`Session`]: a
-//!   reader task and a writer task over one TCP connection; control messages (the HA core's,
-//!   opaque bytes) travel in a priority lane ahead of bulk journal data; keepalive and idle
-//!   timeout.
+//!   reader task and a writer task over one TCP connection carrying two lanes with their own
+//!   keys and counters; control messages (the HA core's, opaque bytes) and shipping
+//!   requests/acks travel in the control lane, drained first, so they never wait behind bulk
+//!   journal data; keepalive and idle timeout. A shipping error stops shipping, not the
+//!   session: HA messages keep flowing.
 //! - `ship.rs`: [`JournalShipper`] (serves the local journal to the peer) and
 //!   [`JournalCopier`] (keeps the local copy of the peer's journal), with receiver-driven
 //!   flow control (a window of unacknowledged bytes), acknowledgements of durable seqs,

@@ -83,6 +83,27 @@ impl Running {
         out
     }
 
+    /// Waits for both ends to stop by themselves and hands back the sessions, still open.
+    async fn finish_keep_sessions(
+        self,
+    ) -> (
+        JournalShipper,
+        Error,
+        JournalCopier,
+        Error,
+        Session,
+        Session,
+    ) {
+        let Running {
+            copier,
+            shipper,
+            a,
+            b,
+        } = self;
+        let (s, se, c, ce) = Running::join(shipper, copier).await;
+        (s, se, c, ce, a, b)
+    }
+
     async fn join(
         shipper: JoinHandle<(JournalShipper, Error)>,
         copier: JoinHandle<(JournalCopier, Error)>,
@@ -318,7 +339,15 @@ async fn a_replaced_or_wiped_peer_journal_is_reported_as_divergence() {
             copier,
         )
         .await;
-        let (_, se, c, ce) = run.finish().await;
+        let (_, se, c, ce, mut a, b) = run.finish_keep_sessions().await;
+        // Shipping stopped; the link itself stays up for the HA core's messages.
+        assert_eq!(a.close_reason(), None);
+        b.send_control(b"heartbeat".to_vec()).await.expect("send");
+        match tokio::time::timeout(LIMIT, a.recv()).await {
+            Ok(Event::Control(m)) => assert_eq!(m, b"heartbeat"),
+            other => panic!("expected a heartbeat after the divergence, got {other:?}"),
+        }
+        drop((a, b));
         for e in [&se, &ce] {
             match e {
                 Error::Diverged {
