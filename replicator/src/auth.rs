@@ -206,6 +206,37 @@ pub(crate) struct Established {
     pub bulk_opener: Opener,
 }
 
+/// Both ends of a session as a completed handshake would leave them (client, server), for
+/// tests that need an authenticated peer that misbehaves.
+#[cfg(test)]
+pub(crate) fn test_pair(client: NodeId, psk: &Psk) -> (Established, Established) {
+    let t = Transcript {
+        version: PROTOCOL_VERSION,
+        client: client.0,
+        server: client.peer().0,
+        nonce_c: [3; 32],
+        nonce_s: [4; 32],
+    };
+    let k = t.session_keys(psk);
+    let c = Established {
+        version: t.version,
+        peer: client.peer(),
+        control_sealer: Sealer::new(&k.c2s_control),
+        control_opener: Opener::new(&k.s2c_control),
+        bulk_sealer: Sealer::new(&k.c2s_bulk),
+        bulk_opener: Opener::new(&k.s2c_bulk),
+    };
+    let s = Established {
+        version: t.version,
+        peer: client,
+        control_sealer: Sealer::new(&k.s2c_control),
+        control_opener: Opener::new(&k.c2s_control),
+        bulk_sealer: Sealer::new(&k.s2c_bulk),
+        bulk_opener: Opener::new(&k.c2s_bulk),
+    };
+    (c, s)
+}
+
 fn nonce() -> Result<[u8; 32], Error> {
     let mut n = [0u8; 32];
     getrandom::fill(&mut n).map_err(|e| Error::Rng(e.to_string()))?;

@@ -663,3 +663,48 @@ async fn accept_loop(listener: TcpListener, cfg: LinkConfig, tx: mpsc::Sender<Se
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Psk;
+    use crate::frame::encode_batch;
+
+    /// An authenticated peer that ignores flow control (sends journal batches nobody asked
+    /// for, beyond any window) is disconnected, not buffered without bound.
+    #[tokio::test]
+    async fn a_peer_ignoring_the_window_is_closed() {
+        let psk = Psk::new(vec![5u8; 32]).expect("long enough");
+        let mut cfg = LinkConfig::new(NodeId::A, psk.clone());
+        cfg.frame_bytes_max = 4096;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (client_est, server_est) = auth::test_pair(NodeId::B, &psk);
+        let connecting = TcpStream::connect(addr);
+        let (accepted, connected) = tokio::join!(listener.accept(), connecting);
+        let (server_stream, _) = accepted.expect("accept");
+        let server = Session::start(server_stream, server_est, &cfg).expect("server session");
+        let mut evil = Session::start(
+            connected.expect("connect"),
+            client_est,
+            &LinkConfig::new(NodeId::B, psk),
+        )
+        .expect("client session");
+        let mut port = evil.take_ship_port().expect("ship port");
+        let mut sealer = port.sealer.take().expect("sealer");
+        // No copier asked for anything: the allowance is one frame (4096 bytes).
+        for i in 0..3u64 {
+            let batch = encode_batch(&[(Seq(1 + i), vec![b'x'; 2000])]);
+            let frame = sealer.seal(ty::SHIP_BATCH, &batch);
+            port.bulk.send(frame).await.expect("queue");
+        }
+        let mut closed_rx = server.closed.clone();
+        let reason = timeout(Duration::from_secs(5), closed(&mut closed_rx))
+            .await
+            .expect("closed in time");
+        match reason {
+            CloseReason::Protocol(what) => assert!(what.contains("beyond the window"), "{what}"),
+            other => panic!("expected a window violation, got {other}"),
+        }
+    }
+}

@@ -72,7 +72,12 @@ async fn handshake_succeeds_both_ways_and_control_messages_flow() {
         assert_eq!(s.sessions_established, 1);
         assert_eq!(s.auth_failures_total(), 0);
         assert_eq!(s.control_received, 2);
-        assert_eq!(client_cfg.stats.snapshot().control_sent, 2);
+        // Counted by the writer after its write returns, which may be after delivery.
+        let client_stats = client_cfg.stats.clone();
+        wait_until("client counts its sends", LIMIT, || {
+            client_stats.snapshot().control_sent == 2
+        })
+        .await;
 
         drop(client);
         assert!(matches!(
@@ -407,4 +412,28 @@ async fn two_links_carry_heartbeats_independently() {
     assert_eq!(recv_control(&mut a2).await, b"hb 2");
     assert_eq!(l1.stats().snapshot().control_received, 1);
     assert_eq!(l2.stats().snapshot().control_received, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_frame_closes_the_session_before_it_is_read() {
+    let lcfg = cfg(NodeId::A);
+    let mut listener = Listener::bind(localhost(), lcfg).await.expect("bind");
+    let proxy = Proxy::start(
+        listener.local_addr(),
+        Mutation::Length {
+            frame: 2,
+            len: u32::MAX,
+        },
+    )
+    .await;
+    let client = connect(proxy.addr, &cfg(NodeId::B)).await.expect("connect");
+    let mut server = listener.accept().await.expect("accept");
+    client.send_control(b"hb".to_vec()).await.expect("send");
+    assert_eq!(
+        recv_closed(&mut server).await,
+        CloseReason::FrameTooLarge {
+            len: u32::MAX,
+            max: replicator::FRAME_BYTES_MAX_DEFAULT
+        }
+    );
 }

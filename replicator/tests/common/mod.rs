@@ -111,6 +111,11 @@ pub enum Mutation {
     Replay {
         frame: u64,
     },
+    /// Replace the frame's length field (the body follows unchanged).
+    Length {
+        frame: u64,
+        len: u32,
+    },
 }
 
 /// A TCP proxy between a client and `target`, parsing the client's frames so that it can
@@ -156,6 +161,9 @@ impl Proxy {
                             }
                             let mut times = 1;
                             match mutation {
+                                Mutation::Length { frame, len: l } if frame == index => {
+                                    len = l.to_be_bytes();
+                                }
                                 Mutation::Tamper { frame, byte } if frame == index => {
                                     let at = byte.unwrap_or(body.len() - 1);
                                     body[at] ^= 0x01;
