@@ -13,6 +13,7 @@ mod sink;
 mod snmp;
 mod status;
 mod stream;
+mod witness;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -36,6 +37,25 @@ enum Command {
     /// Run a node from a TOML config (see docs/config.md).
     Node {
         /// The node's config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the witness: the pair's third voter (stores only its vote and the highest
+    /// committed stream position; holds no data). See docs/config.md "Witness config".
+    #[command(
+        long_about = "Run the witness: the third voter of a pair. Promotion needs a \
+                  majority of {node a, node b, witness}; the witness stores only the epoch it \
+                  voted for and the highest committed (epoch, offset) it has heard of, in \
+                  DATA_DIR/witness.json (fsynced before it answers). It holds no data and may \
+                  run on any small host.\n\n\
+                  Nodes connect to `listen` (default 0.0.0.0:7402) over the cluster link, \
+                  authenticated with the pair's pre-shared key (`psk_file`). `admin_listen` \
+                  (default 127.0.0.1:7403) serves GET /status (JSON) and GET /metrics. \
+                  SIGTERM or SIGINT stops it (exit 0). Every config key is in docs/config.md, \
+                  \"Witness config\"; an example is deploy/examples/witness.toml."
+    )]
+    Witness {
+        /// The witness's config file (TOML).
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -102,6 +122,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Node { config } => {
             let cfg = config::load(&config)?;
             node::run(cfg)?;
+            Ok(0)
+        }
+        Command::Witness { config } => {
+            witness::run(&config)?;
             Ok(0)
         }
         Command::Status { target, json } => client::status(&target, json),

@@ -1,0 +1,314 @@
+//! The witness's config file (`twinrx witness --config FILE`): deserialized, then validated
+//! into [`WitnessSettings`], every problem at once and each naming its key (STYLE §4).
+//!
+//! Keys are top-level (the witness has no sections); they are documented in
+//! `docs/config.md` ("Witness config"). Unknown keys are refused. Relative paths are resolved
+//! against the config file's directory. The PSK file is read here, so a missing, malformed or
+//! world-readable key is a config problem named `psk_file`.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWitnessConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub psk_file: Option<PathBuf>,
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: String,
+    #[serde(default)]
+    pub lease_ms: Option<u64>,
+    #[serde(default)]
+    pub lease_margin_ms: Option<u64>,
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:7402".into()
+}
+fn default_data_dir() -> PathBuf {
+    "/var/lib/twinrx-witness".into()
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:7403".into()
+}
+
+/// A validated witness config.
+#[derive(Debug)]
+pub struct WitnessSettings {
+    /// Where the nodes connect (cluster-link protocol, PSK-authenticated).
+    pub listen: SocketAddr,
+    /// Holds `witness.json` (the persisted vote and record) and `witness.lock`.
+    pub data_dir: PathBuf,
+    /// The pair's pre-shared key.
+    pub psk: replicator::Psk,
+    /// `None` when `admin_listen = "off"`.
+    pub admin_listen: Option<SocketAddr>,
+    /// Must equal the nodes' `[ha]` lease settings.
+    pub ha: ha::WitnessConfig,
+    /// Non-fatal findings (a group-readable key file), logged at start.
+    pub warnings: Vec<String>,
+}
+
+/// Longest lease accepted: beyond this a failed active blocks failover for minutes.
+const LEASE_MS_LIMIT: u64 = 60_000;
+
+/// Reads and validates `path`; the error lists every problem, each naming its key.
+pub fn load(path: &Path) -> anyhow::Result<WitnessSettings> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read witness config {}: {e}", path.display()))?;
+    let raw: RawWitnessConfig = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
+    validate(path, raw).map_err(|problems| {
+        let mut msg = format!(
+            "{}: {} problem{}",
+            path.display(),
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" }
+        );
+        for p in problems {
+            msg.push_str("\n  ");
+            msg.push_str(&p);
+        }
+        anyhow::anyhow!(msg)
+    })
+}
+
+fn addr(key: &str, v: &str, problems: &mut Vec<String>) -> Option<SocketAddr> {
+    match v.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            problems.push(format!(
+                "{key} = {v:?}: not an address:port (e.g. \"0.0.0.0:7402\" or \"[::]:7402\")"
+            ));
+            None
+        }
+    }
+}
+
+/// Validates `raw` read from `path` (relative paths resolve against `path`'s directory).
+pub fn validate(path: &Path, raw: RawWitnessConfig) -> Result<WitnessSettings, Vec<String>> {
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    let base = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let resolve = |p: &Path| -> PathBuf {
+        let joined = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        };
+        std::path::absolute(&joined).unwrap_or(joined)
+    };
+
+    let listen = addr("listen", &raw.listen, &mut problems);
+    let admin_listen = if raw.admin_listen == "off" {
+        None
+    } else {
+        addr("admin_listen", &raw.admin_listen, &mut problems)
+    };
+    if let (Some(l), Some(a)) = (listen, admin_listen) {
+        if l == a {
+            problems.push(format!("admin_listen = \"{a}\": already used by listen"));
+        }
+    }
+
+    let defaults = ha::WitnessConfig::default();
+    let lease_ms = raw.lease_ms.unwrap_or(defaults.lease_ms);
+    let lease_margin_ms = raw.lease_margin_ms.unwrap_or(defaults.lease_margin_ms);
+    if !(1..=LEASE_MS_LIMIT).contains(&lease_ms) {
+        problems.push(format!(
+            "lease_ms = {lease_ms}: must be between 1 and {LEASE_MS_LIMIT} (and equal to the nodes' ha.lease_ms)"
+        ));
+    }
+    if lease_margin_ms == 0 || lease_margin_ms > lease_ms {
+        problems.push(format!(
+            "lease_margin_ms = {lease_margin_ms}: must be above 0 and at most lease_ms ({lease_ms}) (and equal to the nodes' ha.lease_margin_ms)"
+        ));
+    }
+
+    let psk = match &raw.psk_file {
+        None => {
+            problems.push(
+                "psk_file: missing: the witness needs the pair's pre-shared key (the file the \
+                 nodes use; hex, e.g. from `head -c 32 /dev/urandom | xxd -p -c 64`)"
+                    .into(),
+            );
+            None
+        }
+        Some(p) => {
+            let file = resolve(p);
+            read_psk(&file, &mut problems, &mut warnings)
+        }
+    };
+
+    if problems.is_empty() {
+        if let (Some(listen), Some(psk)) = (listen, psk) {
+            return Ok(WitnessSettings {
+                listen,
+                data_dir: resolve(&raw.data_dir),
+                psk,
+                admin_listen,
+                ha: ha::WitnessConfig {
+                    lease_ms,
+                    lease_margin_ms,
+                },
+                warnings,
+            });
+        }
+    }
+    Err(problems)
+}
+
+/// Reads the key file: hex text, whitespace ignored, at least 16 bytes. A key file that other
+/// users may read or write is refused (anyone holding the key can vote as a node); one the
+/// group may read is accepted with a warning.
+fn read_psk(
+    file: &Path,
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> Option<replicator::Psk> {
+    let key = format!("psk_file = {:?}", file.display().to_string());
+    let meta = match std::fs::metadata(file) {
+        Ok(m) => m,
+        Err(e) => {
+            problems.push(format!("{key}: cannot read: {e}"));
+            return None;
+        }
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o007 != 0 {
+        problems.push(format!(
+            "{key}: mode {mode:04o} lets every user read or change the cluster key; run `chmod 600` on it"
+        ));
+        return None;
+    }
+    if mode & 0o070 != 0 {
+        warnings.push(format!(
+            "{key}: mode {mode:04o} lets the file's group read the cluster key; `chmod 600` is safer"
+        ));
+    }
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            problems.push(format!("{key}: cannot read: {e}"));
+            return None;
+        }
+    };
+    match replicator::Psk::from_hex(&text) {
+        Ok(psk) => Some(psk),
+        Err(e) => {
+            problems.push(format!(
+                "{key}: {e} (hex digits, at least {} bytes; the same file as the nodes')",
+                replicator::Psk::BYTES_MIN
+            ));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_file(dir: &Path, text: &str, mode: u32) -> PathBuf {
+        let p = dir.join("cluster.psk");
+        std::fs::write(&p, text).expect("write key");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        p
+    }
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "twinrx-witness-config-{}-{tag}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&d).expect("scratch");
+        d
+    }
+
+    fn check(dir: &Path, text: &str) -> Result<WitnessSettings, Vec<String>> {
+        let raw: RawWitnessConfig = toml::from_str(text).expect("toml");
+        validate(&dir.join("witness.toml"), raw)
+    }
+
+    #[test]
+    fn defaults_are_valid_and_paths_are_relative_to_the_file() {
+        let d = scratch("defaults");
+        key_file(&d, &"ab".repeat(32), 0o600);
+        let c = check(&d, "psk_file = \"cluster.psk\"\ndata_dir = \"w\"\n").expect("valid");
+        assert_eq!(c.listen, "0.0.0.0:7402".parse().expect("addr"));
+        assert_eq!(
+            c.admin_listen,
+            Some("127.0.0.1:7403".parse().expect("addr"))
+        );
+        assert_eq!(c.data_dir, d.join("w"));
+        assert_eq!(c.ha, ha::WitnessConfig::default());
+        assert!(c.warnings.is_empty());
+        let off = check(&d, "psk_file = \"cluster.psk\"\nadmin_listen = \"off\"\n").expect("ok");
+        assert_eq!(off.admin_listen, None);
+        std::fs::remove_dir_all(&d).expect("cleanup");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_naming_the_key() {
+        let d = scratch("problems");
+        let problems = check(
+            &d,
+            "listen = \"nowhere\"\nadmin_listen = \"1.2.3.4\"\nlease_ms = 0\nlease_margin_ms = 0\n",
+        )
+        .expect_err("invalid");
+        let text = problems.join("\n");
+        assert!(text.contains("listen = \"nowhere\""), "{text}");
+        assert!(text.contains("admin_listen = \"1.2.3.4\""), "{text}");
+        assert!(text.contains("lease_ms = 0"), "{text}");
+        assert!(text.contains("lease_margin_ms = 0"), "{text}");
+        assert!(text.contains("psk_file: missing"), "{text}");
+        assert_eq!(problems.len(), 5, "{text}");
+        std::fs::remove_dir_all(&d).expect("cleanup");
+    }
+
+    #[test]
+    fn a_world_readable_short_or_non_hex_key_is_refused_and_a_group_readable_one_warned() {
+        let d = scratch("psk");
+        key_file(&d, &"ab".repeat(32), 0o644);
+        let e = check(&d, "psk_file = \"cluster.psk\"").expect_err("world-readable");
+        assert!(
+            e[0].contains("psk_file") && e[0].contains("chmod 600"),
+            "{e:?}"
+        );
+        key_file(&d, "abcd", 0o600);
+        let e = check(&d, "psk_file = \"cluster.psk\"").expect_err("short");
+        assert!(
+            e[0].contains("psk_file") && e[0].contains("at least"),
+            "{e:?}"
+        );
+        key_file(&d, &"zz".repeat(32), 0o600);
+        let e = check(&d, "psk_file = \"cluster.psk\"").expect_err("not hex");
+        assert!(e[0].contains("not hex"), "{e:?}");
+        key_file(&d, &"ab".repeat(32), 0o640);
+        let c = check(&d, "psk_file = \"cluster.psk\"").expect("group-readable is accepted");
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        let e = check(&d, "psk_file = \"missing.psk\"").expect_err("missing file");
+        assert!(
+            e[0].contains("missing.psk") && e[0].contains("cannot read"),
+            "{e:?}"
+        );
+        std::fs::remove_dir_all(&d).expect("cleanup");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = toml::from_str::<RawWitnessConfig>("listn = \"x\"\n").expect_err("unknown");
+        assert!(err.to_string().contains("listn"), "{err}");
+    }
+}
