@@ -131,25 +131,6 @@ fn sigkill_during_a_flood_then_restart_loses_nothing_journaled_and_duplicates_no
     assert_eq!(report["present"].as_u64(), Some(n as u64), "{report:#}");
 }
 
-/// A tmpfs mounted for the test, unmounted on drop (even when the test fails).
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &std::path::Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(at).expect("mount point");
-        run(Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at));
-        Tmpfs(at.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn full_disk_refuses_and_counts_then_resumes_by_itself_when_space_returns() {
     let s = Scratch::new("diskfull");

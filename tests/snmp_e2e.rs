@@ -330,24 +330,11 @@ fn traps_and_informs_of_every_version_arrive_once_with_their_fields() {
     assert_eq!(e2["boots"].as_u64(), e1["boots"].as_u64().map(|b| b + 1));
 }
 
-/// A tmpfs mounted for the test, unmounted on drop (even when the test fails).
-struct Tmpfs(std::path::PathBuf);
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn an_inform_is_answered_only_once_journaled() {
     let s = Scratch::new("snmpdurable");
     let mut node = snmp_node(&s, "");
-    std::fs::create_dir_all(node.data_dir()).expect("data dir");
-    run(Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(node.data_dir()));
-    let _tmpfs = Tmpfs(node.data_dir());
+    let _tmpfs = Tmpfs::mount(&node.data_dir(), "1m");
     start(&mut node);
     let dest = format!("{}:5162", node.ip);
     let inform = |text: &str| {

@@ -260,7 +260,7 @@ fn bad_input_is_counted_by_reason_and_valid_messages_in_between_all_arrive() {
     let udp = std::net::UdpSocket::bind((node.ip, 0)).expect("udp");
     let valid = |n: u32| format!("<13>1 2026-11-25T00:00:00Z h app - - - valid {n} end");
     let mut sent_valid = 0;
-    let mut send_valid_udp = |n: u32| {
+    let send_valid_udp = |n: u32| {
         udp.send_to(valid(n).as_bytes(), &udp_addr).expect("send");
     };
 
