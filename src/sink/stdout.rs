@@ -43,6 +43,13 @@ impl Sink for StdoutSink {
         let f = File::from(fd);
         let meta = f.metadata().map_err(|e| retry("stat", e))?;
         if meta.file_type().is_file() {
+            // Our descriptor is usually write-only (O_APPEND): open the same file again,
+            // readable, through /proc.
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/proc/self/fd/1")
+                .map_err(|e| retry("open the stdout file for reading back (/proc/self/fd/1)", e))?;
             let len = meta.len();
             let end = complete_len(&f, len).map_err(|e| retry("read back", e))?;
             if end < len {
