@@ -6,6 +6,7 @@
 # fresh data dir (deploy/install-test-peers.sh installs it).
 #
 #   tests/bench/kafka-sink.sh [RECORDS]        default 100000
+#   BENCH_SINK='batch_records_max = 10000' tests/bench/kafka-sink.sh   (extra sink keys)
 #
 # Prints one line starting with BENCH.
 set -euo pipefail
