@@ -665,6 +665,134 @@ mod tests {
     use super::*;
     use std::io::Write as _;
 
+    /// A target in memory: starts holding `held`, records every delivered offset.
+    struct Memory {
+        held: Option<Delivered>,
+        got: Arc<Mutex<Vec<u64>>>,
+    }
+
+    impl Sink for Memory {
+        fn open(&mut self) -> Result<Resume, SinkError> {
+            let got = self.got.lock().expect("lock");
+            Ok(match (got.last(), self.held) {
+                (Some(o), _) => Resume::After(Delivered {
+                    offset: *o,
+                    epoch: self.held.map(|h| h.epoch).unwrap_or(0),
+                }),
+                (None, Some(h)) => Resume::After(h),
+                (None, None) => Resume::Empty,
+            })
+        }
+        fn deliver(&mut self, batch: &[Entry]) -> Result<(), SinkError> {
+            self.got
+                .lock()
+                .expect("lock")
+                .extend(batch.iter().map(|e| e.offset));
+            Ok(())
+        }
+    }
+
+    /// Runs the driver over a stream of entries with `epochs`, against a target that
+    /// already holds `held`; returns the delivered offsets and the stats once `until` holds.
+    fn drive(
+        tag: &str,
+        epochs: &[u64],
+        held: Option<Delivered>,
+        until: impl Fn(&SinkStats) -> bool,
+    ) -> (Vec<u64>, Arc<SinkStats>) {
+        let dir = std::env::temp_dir().join(format!("twinrx-sink-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (mut j, _) =
+            journal::Journal::open(&dir, journal::Options::default()).expect("journal");
+        let lines: Vec<Vec<u8>> = epochs
+            .iter()
+            .enumerate()
+            .map(|(i, e)| format!("{{\"offset\":{i},\"epoch\":{e}}}").into_bytes())
+            .collect();
+        j.append_batch(lines.iter()).expect("append");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (tx, rx) = watch::channel(false);
+        let cfg = SinkConfig {
+            name: "mem".into(),
+            batch_records_max: 2,
+            backoff_min: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(5),
+            kind: SinkKind::Stdout(config::StdoutConfig {
+                start_at: config::StartAt::Start,
+            }),
+        };
+        let stats = Arc::new(SinkStats::new(&cfg));
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let driver = Driver {
+            cfg,
+            stream: j.handle(),
+            stats: stats.clone(),
+            rt: rt.handle().clone(),
+            shutdown: rx,
+        };
+        let sink = Memory {
+            held,
+            got: got.clone(),
+        };
+        let t = std::thread::spawn(move || driver.run(Box::new(sink)));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !until(&stats) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "driver did not get there"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        tx.send(true).expect("shutdown");
+        t.join().expect("driver thread");
+        drop(j);
+        let _ = std::fs::remove_dir_all(&dir);
+        let got = got.lock().expect("lock").clone();
+        (got, stats)
+    }
+
+    #[test]
+    fn resumes_after_what_the_target_holds() {
+        let (got, stats) = drive(
+            "resume",
+            &[0; 7],
+            Some(Delivered {
+                offset: 2,
+                epoch: 0,
+            }),
+            |s| s.next_offset.load(Relaxed) == 7,
+        );
+        assert_eq!(got, vec![3, 4, 5, 6]);
+        assert_eq!(stats.delivered_offset(), Some(6));
+        assert_eq!(stats.lag(7), 0);
+    }
+
+    #[test]
+    fn an_entry_from_a_lower_epoch_than_the_target_holds_is_refused_and_counted() {
+        // The target holds offset 1 of epoch 3; the stream goes on in epoch 3, then an
+        // entry of epoch 2 (a deposed writer's): delivered up to it, never past it.
+        let (got, stats) = drive(
+            "epoch",
+            &[3, 3, 3, 3, 2, 3],
+            Some(Delivered {
+                offset: 1,
+                epoch: 3,
+            }),
+            |s| s.epoch_refused.load(Relaxed) >= 2,
+        );
+        assert_eq!(
+            got,
+            vec![2, 3],
+            "delivered up to the lower epoch, not past it"
+        );
+        assert_eq!(stats.state().0, SinkState::Stopped);
+        assert_eq!(stats.lag(6), 2);
+    }
+
     #[test]
     fn last_line_and_torn_tail() {
         let dir = std::env::temp_dir().join(format!("twinrx-sink-unit-{}", std::process::id()));
