@@ -683,7 +683,7 @@ mod metrics {
         kind: MetricType,
         items: &[(Labels<'_>, u64)],
     ) -> std::fmt::Result {
-        let mut m = enc.encode_descriptor(name, help, None, kind.clone())?;
+        let mut m = enc.encode_descriptor(name, help, None, kind)?;
         for (labels, v) in items {
             let mut e = m.encode_family(labels)?;
             match kind {
