@@ -504,6 +504,47 @@ fn kafka_fencing_paused_older_forwarder_is_rejected_and_the_topic_has_no_duplica
     );
 }
 
+#[test]
+fn kafka_three_partitions_resume_from_the_highest_offset_of_all_partitions() {
+    let s = Scratch::new("kparts");
+    let broker = Broker::start(s.path());
+    let mut node = TestNode::new(
+        &s.path().join("a"),
+        "",
+        &kafka_sink_toml(
+            &broker.addr(),
+            "parts",
+            "partitions = 3\nbatch_records_max = 300",
+        ),
+    );
+    node.start();
+    let mut g = gen(&node, &s.path().join("m.json"), 9000, 6000, "parts");
+    wait_for("1500 delivered", Duration::from_secs(60), || {
+        (sink_status(&node, "kafka")["next_offset"].as_u64() >= Some(1500)).then_some(())
+    });
+    node.kill9();
+    node.start();
+    wait_child(&mut g, "gen", Duration::from_secs(60));
+    let n = settled_len(&node);
+    wait_drained(&node, n, Duration::from_secs(60));
+    let recs = topic_records(&broker.addr(), "parts", 3);
+    let mut offsets: Vec<u64> = recs.iter().map(|r| r.header_offset).collect();
+    // Each partition in order; offset o in partition o % 3.
+    for p in 0..3u64 {
+        let mine: Vec<u64> = offsets.iter().copied().filter(|o| o % 3 == p).collect();
+        assert!(
+            mine.windows(2).all(|w| w[0] < w[1]),
+            "partition {p} out of order"
+        );
+    }
+    offsets.sort_unstable();
+    assert_eq!(
+        offsets,
+        (0..n).collect::<Vec<_>>(),
+        "each offset once over all partitions"
+    );
+}
+
 fn file_lines(path: &Path, keep: usize) -> (Vec<serde_json::Value>, usize) {
     let mut files: Vec<PathBuf> = (1..=keep)
         .rev()

@@ -78,6 +78,8 @@ impl KafkaSink {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.cfg.brokers)
             .set("client.id", format!("twinrx-sink-{}", self.name))
+            // Never let a metadata request create the topic with the broker's defaults.
+            .set("allow.auto.create.topics", "false")
             .set(
                 "socket.timeout.ms",
                 self.cfg.timeout.as_millis().max(10).to_string(),
@@ -126,6 +128,11 @@ impl KafkaSink {
     /// Checks that the topic exists with enough partitions, creating it if allowed.
     fn ensure_topic(&self, p: &Producer) -> Result<(), SinkError> {
         let topic = self.cfg.topic.as_str();
+        if self.cfg.create_topic {
+            // Before any metadata request: a broker that auto-creates topics would create it
+            // with its default partition count.
+            self.create_topic()?;
+        }
         let md = p
             .client()
             .fetch_metadata(Some(topic), self.cfg.timeout)
@@ -142,41 +149,47 @@ impl KafkaSink {
                 "topic {topic} has {n} partition(s), the sink writes {}: add partitions or lower partitions",
                 self.cfg.partitions
             ))),
-            None if !self.cfg.create_topic => Err(SinkError::Retry(format!(
-                "topic {topic} does not exist (create_topic = false): create it with {} partition(s)",
+            None => Err(SinkError::Retry(format!(
+                "topic {topic} does not exist{}: create it with {} partition(s)",
+                if self.cfg.create_topic {
+                    " (yet)"
+                } else {
+                    " (create_topic = false)"
+                },
                 self.cfg.partitions
             ))),
-            None => {
-                let admin: AdminClient<DefaultClientContext> = self
-                    .base_config()
-                    .create()
-                    .map_err(|e| SinkError::Retry(format!("cannot create a Kafka admin client: {e}")))?;
-                let nt = NewTopic::new(
-                    topic,
-                    self.cfg.partitions as i32,
-                    TopicReplication::Fixed(self.cfg.replication_factor),
-                );
-                let opts = AdminOptions::new().operation_timeout(Some(self.cfg.timeout));
-                let res = self
-                    .rt
-                    .block_on(admin.create_topics([&nt], &opts))
-                    .map_err(|e| SinkError::Retry(format!("cannot create topic {topic}: {e}")))?;
-                for r in res {
-                    match r {
-                        Ok(_) => {
-                            tracing::info!(sink = %self.name, topic, partitions = self.cfg.partitions, "topic created")
-                        }
-                        Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                        Err((t, c)) => {
-                            return Err(SinkError::Retry(format!(
-                                "cannot create topic {t}: {c:?}"
-                            )))
-                        }
-                    }
+        }
+    }
+
+    /// Creates the topic with the configured partitions; one that exists is left alone.
+    fn create_topic(&self) -> Result<(), SinkError> {
+        let topic = self.cfg.topic.as_str();
+        let admin: AdminClient<DefaultClientContext> = self
+            .base_config()
+            .create()
+            .map_err(|e| SinkError::Retry(format!("cannot create a Kafka admin client: {e}")))?;
+        let nt = NewTopic::new(
+            topic,
+            self.cfg.partitions as i32,
+            TopicReplication::Fixed(self.cfg.replication_factor),
+        );
+        let opts = AdminOptions::new().operation_timeout(Some(self.cfg.timeout));
+        let res = self
+            .rt
+            .block_on(admin.create_topics([&nt], &opts))
+            .map_err(|e| SinkError::Retry(format!("cannot create topic {topic}: {e}")))?;
+        for r in res {
+            match r {
+                Ok(_) => {
+                    tracing::info!(sink = %self.name, topic, partitions = self.cfg.partitions, "topic created")
                 }
-                Ok(())
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, c)) => {
+                    return Err(SinkError::Retry(format!("cannot create topic {t}: {c:?}")))
+                }
             }
         }
+        Ok(())
     }
 
     /// The last committed record of partition `p`, read with `read_committed`.
