@@ -50,7 +50,9 @@ wait_stable() { # command printing a number; waits until it stops changing for 1
   echo "$last"
 }
 
-printf '%-4s %-8s %-8s %9s %9s %9s %7s %9s %9s\n' transport rate receiver sent got lost_pct send_rate rss_mib p99_us
+cpu_ticks() { awk '{print $14 + $15}' /proc/"$1"/stat; }   # utime + stime, 1/100 s
+TCK=$(getconf CLK_TCK)
+printf '%-4s %-8s %-8s %9s %9s %9s %7s %9s %9s %8s\n' transport rate receiver sent got lost_pct send_rate rss_mib p99_us cpu_us/msg
 for T in $TRANSPORTS; do
   for R in $RATES; do
     if [ "$R" = 0 ]; then COUNT=$((400000 * SECONDS_PER_STEP)); else COUNT=$((R * SECONDS_PER_STEP)); fi
@@ -77,11 +79,13 @@ CONF
       --run-id "rs$T$R" --manifest "$D/m.json" 2>"$D/gen.err"
     got=$(wait_stable sh -c "grep -o 'T=rs$T$R:[0-9]*' '$D/out' 2>/dev/null | sort -u | wc -l")
     touch "$D/done"; sleep 0.2
+    ticks=$(cpu_ticks "$RSPID")
     kill -TERM "$RSPID"; wait "$RSPID" 2>/dev/null || true
     sent=$(python3 -c "import json;print(json.load(open('$D/m.json'))['attempted'])")
     srate=$(python3 -c "import json;m=json.load(open('$D/m.json'));print(int(m['attempted']*1000/max(m['duration_ms'],1)))")
-    printf '%-4s %-8s %-8s %9s %9s %9s %7s %9s %9s\n' "$T" "$R" rsyslog "$sent" "$got" \
-      "$(python3 -c "print(f'{100*($sent-$got)/$sent:.3f}')")" "$srate" "$(( $(cat "$D/rss") / 1024 ))" -
+    printf '%-4s %-8s %-8s %9s %9s %9s %7s %9s %9s %8s\n' "$T" "$R" rsyslog "$sent" "$got" \
+      "$(python3 -c "print(f'{100*($sent-$got)/$sent:.3f}')")" "$srate" "$(( $(cat "$D/rss") / 1024 ))" - \
+      "$(python3 -c "print(f'{$ticks*1e6/$TCK/max($got,1):.2f}')")"
     # ---- twinrx
     D=$WORK/tx-$T-$R; mkdir -p "$D"
     cat > "$D/node.toml" <<CONF
@@ -105,12 +109,14 @@ CONF
     curl -sf "http://$IP_TX:7401/stream?from=0" > "$D/stream.ndjson"
     p99=$(curl -sf "http://$IP_TX:7401/status" | python3 -c 'import json,sys;print(json.load(sys.stdin)["stream"]["latency_us_p99"])')
     touch "$D/done"; sleep 0.2
+    ticks=$(cpu_ticks "$NPID")
     kill -TERM "$NPID"; wait "$NPID" 2>/dev/null || true
     got=$("$BIN" check --json --manifest "$D/m.json" --stream "$D/stream.ndjson" | python3 -c 'import json,sys;r=json.load(sys.stdin);print(r["present"])' || true)
     sent=$(python3 -c "import json;print(json.load(open('$D/m.json'))['attempted'])")
     srate=$(python3 -c "import json;m=json.load(open('$D/m.json'));print(int(m['attempted']*1000/max(m['duration_ms'],1)))")
-    printf '%-4s %-8s %-8s %9s %9s %9s %7s %9s %9s\n' "$T" "$R" twinrx "$sent" "$got" \
-      "$(python3 -c "print(f'{100*($sent-$got)/$sent:.3f}')")" "$srate" "$(( $(cat "$D/rss") / 1024 ))" "$p99"
+    printf '%-4s %-8s %-8s %9s %9s %9s %7s %9s %9s %8s\n' "$T" "$R" twinrx "$sent" "$got" \
+      "$(python3 -c "print(f'{100*($sent-$got)/$sent:.3f}')")" "$srate" "$(( $(cat "$D/rss") / 1024 ))" "$p99" \
+      "$(python3 -c "print(f'{$ticks*1e6/$TCK/max($got,1):.2f}')")"
     rm -rf "$D/data" "$WORK"/rs-*/out
   done
 done

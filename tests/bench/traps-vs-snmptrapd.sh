@@ -36,7 +36,9 @@ settle() { # cmd printing a number: wait until it is stable for 1 s (at most 60 
   echo "$last"
 }
 
-printf '%-8s %-10s %9s %9s %9s %9s\n' rate receiver sent got lost_pct send_rate
+cpu_ticks() { awk '{print $14 + $15}' /proc/"$1"/stat; }   # utime + stime
+TCK=$(getconf CLK_TCK)
+printf '%-8s %-10s %9s %9s %9s %9s %8s\n' rate receiver sent got lost_pct send_rate cpu_us/msg
 for R in $RATES; do
   COUNT=$((R * SECONDS_PER_STEP))
   D=$WORK/ref-$R; mkdir -p "$D"
@@ -46,10 +48,12 @@ for R in $RATES; do
   "$BIN" gen --protocol snmp-trap --to $IP_REF:5162 --count "$COUNT" --rate "$R" --size 200 \
     --run-id "ref$R" --manifest "$D/m.json" 2>/dev/null
   got=$(settle sh -c "grep -o 'T=ref$R:[0-9]*' '$D/out' | sort -u | wc -l")
+  ticks=$(cpu_ticks "$P")
   kill -TERM "$P"; wait "$P" 2>/dev/null || true
   sent=$(python3 -c "import json;print(json.load(open('$D/m.json'))['attempted'])")
   srate=$(python3 -c "import json;m=json.load(open('$D/m.json'));print(int(m['attempted']*1000/max(m['duration_ms'],1)))")
-  printf '%-8s %-10s %9s %9s %9s %9s\n' "$R" snmptrapd "$sent" "$got" "$(python3 -c "print(f'{100*($sent-$got)/$sent:.3f}')")" "$srate"
+  printf '%-8s %-10s %9s %9s %9s %9s %8s\n' "$R" snmptrapd "$sent" "$got" "$(python3 -c "print(f'{100*($sent-$got)/$sent:.3f}')")" "$srate" \
+    "$(python3 -c "print(f'{$ticks*1e6/$TCK/max($got,1):.2f}')")"
   rm -f "$D/out"
 
   D=$WORK/tx-$R; mkdir -p "$D"
@@ -60,9 +64,11 @@ for R in $RATES; do
     --run-id "tx$R" --manifest "$D/m.json" 2>/dev/null
   settle sh -c "curl -sf http://$IP_TX:7401/status | python3 -c 'import json,sys;print(json.load(sys.stdin)[\"stream\"][\"next_offset\"])'" >/dev/null
   got=$("$BIN" check --json --manifest "$D/m.json" --node "http://$IP_TX:7401" | python3 -c 'import json,sys;print(json.load(sys.stdin)["present"])' || true)
+  ticks=$(cpu_ticks "$P")
   kill -TERM "$P"; wait "$P" 2>/dev/null || true
   sent=$(python3 -c "import json;print(json.load(open('$D/m.json'))['attempted'])")
   srate=$(python3 -c "import json;m=json.load(open('$D/m.json'));print(int(m['attempted']*1000/max(m['duration_ms'],1)))")
-  printf '%-8s %-10s %9s %9s %9s %9s\n' "$R" twinrx "$sent" "$got" "$(python3 -c "print(f'{100*($sent-$got)/$sent:.3f}')")" "$srate"
+  printf '%-8s %-10s %9s %9s %9s %9s %8s\n' "$R" twinrx "$sent" "$got" "$(python3 -c "print(f'{100*($sent-$got)/$sent:.3f}')")" "$srate" \
+    "$(python3 -c "print(f'{$ticks*1e6/$TCK/max($got,1):.2f}')")"
   rm -rf "$D/data"
 done
