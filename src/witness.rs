@@ -383,15 +383,38 @@ struct Core {
     shared: Arc<Shared>,
 }
 
-/// Why a decoded message is not handed to the core.
-fn misattributed(msg: &HaMsg, node: NodeId) -> Option<&'static str> {
+/// Why a decoded message is not handed to the core (counted under `discarded`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unusable {
+    /// A request whose node field is not the session's authenticated node.
+    NodeMismatch,
+    /// A node-to-node message: no business on the witness link (a node whose peer address
+    /// points at the witness, say).
+    NotForWitness,
+}
+
+impl Unusable {
+    fn as_str(self) -> &'static str {
+        match self {
+            Unusable::NodeMismatch => "node_mismatch",
+            Unusable::NotForWitness => "not_for_witness",
+        }
+    }
+}
+
+fn unusable(msg: &HaMsg, node: NodeId) -> Option<Unusable> {
     match msg {
         HaMsg::VoteRequest { candidate: n, .. }
         | HaMsg::LeaseRequest { node: n, .. }
-        | HaMsg::LeaseRelease { node: n, .. } => (*n != node).then_some("node_mismatch"),
-        // Node-to-node messages have no business on the witness link.
-        _ => Some("not_for_witness"),
+        | HaMsg::LeaseRelease { node: n, .. } => (*n != node).then_some(Unusable::NodeMismatch),
+        _ => Some(Unusable::NotForWitness),
     }
+}
+
+/// Logs the 1st, 2nd, 4th, 8th, … occurrence only: a misconfigured node sending heartbeats
+/// five times a second must not flood the log (the counters have every one).
+fn log_this_one(count: u64) -> bool {
+    count.is_power_of_two()
 }
 
 impl Core {
@@ -452,18 +475,30 @@ impl Core {
         let msg = match ha::wire::decode(bytes) {
             Ok(m) => m,
             Err(e) => {
-                self.shared.view().discarded_malformed += 1;
-                tracing::warn!(%node, error = %e, bytes = bytes.len(), "witness: malformed HA message dropped");
+                let count = {
+                    let mut v = self.shared.view();
+                    v.discarded_malformed += 1;
+                    v.discarded_malformed
+                };
+                if log_this_one(count) {
+                    tracing::warn!(%node, error = %e, bytes = bytes.len(), count, "witness: malformed HA message dropped");
+                }
                 return Ok(());
             }
         };
-        if let Some(why) = misattributed(&msg, node) {
-            let mut v = self.shared.view();
-            match why {
-                "node_mismatch" => v.discarded_node_mismatch += 1,
-                _ => v.discarded_not_for_witness += 1,
+        if let Some(why) = unusable(&msg, node) {
+            let count = {
+                let mut v = self.shared.view();
+                let c = match why {
+                    Unusable::NodeMismatch => &mut v.discarded_node_mismatch,
+                    Unusable::NotForWitness => &mut v.discarded_not_for_witness,
+                };
+                *c += 1;
+                *c
+            };
+            if log_this_one(count) {
+                tracing::warn!(%node, reason = why.as_str(), count, ?msg, "witness: HA message dropped");
             }
-            tracing::warn!(%node, reason = why, ?msg, "witness: HA message dropped");
             return Ok(());
         }
         tracing::debug!(%node, ?msg, "witness: request");
@@ -906,5 +941,103 @@ async fn admin_metrics(State(s): State<Arc<Shared>>) -> Response {
         )
             .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ha::{Health, LogPos, Role};
+    use twinrx_types::{Epoch, Offset};
+
+    #[test]
+    fn only_witness_requests_in_the_sessions_own_name_reach_the_core() {
+        let log = LogPos::default();
+        let t = Millis(1);
+        let e = Epoch(3);
+        let table: [(HaMsg, NodeId, Option<Unusable>); 7] = [
+            (
+                HaMsg::VoteRequest {
+                    epoch: e,
+                    candidate: NodeId::A,
+                    log,
+                    sent_at: t,
+                },
+                NodeId::A,
+                None,
+            ),
+            (
+                HaMsg::VoteRequest {
+                    epoch: e,
+                    candidate: NodeId::B,
+                    log,
+                    sent_at: t,
+                },
+                NodeId::A,
+                Some(Unusable::NodeMismatch),
+            ),
+            (
+                HaMsg::LeaseRequest {
+                    epoch: e,
+                    node: NodeId::B,
+                    sent_at: t,
+                    record: log,
+                },
+                NodeId::B,
+                None,
+            ),
+            (
+                HaMsg::LeaseRequest {
+                    epoch: e,
+                    node: NodeId::A,
+                    sent_at: t,
+                    record: log,
+                },
+                NodeId::B,
+                Some(Unusable::NodeMismatch),
+            ),
+            (
+                HaMsg::LeaseRelease {
+                    epoch: e,
+                    node: NodeId::A,
+                },
+                NodeId::A,
+                None,
+            ),
+            (
+                HaMsg::AppendAck {
+                    epoch: e,
+                    end: Offset(1),
+                },
+                NodeId::A,
+                Some(Unusable::NotForWitness),
+            ),
+            (
+                HaMsg::Heartbeat {
+                    epoch: e,
+                    role: Role::Active,
+                    log,
+                    commit_end: Offset(0),
+                    health: Health::default(),
+                    healthy: true,
+                    sent_at: t,
+                },
+                NodeId::B,
+                Some(Unusable::NotForWitness),
+            ),
+        ];
+        for (msg, node, want) in table {
+            assert_eq!(
+                unusable(&msg, node),
+                want,
+                "{msg:?} on a session of node {node}"
+            );
+        }
+    }
+
+    #[test]
+    fn repeated_drops_are_logged_at_doubling_counts() {
+        let logged: Vec<u64> = (1..=20).filter(|c| log_this_one(*c)).collect();
+        assert_eq!(logged, vec![1, 2, 4, 8, 16]);
     }
 }

@@ -559,3 +559,62 @@ fn witness_help_documents_the_command() {
     assert!(code.success(), "{text}");
     assert!(text.contains("witness"), "{text}");
 }
+
+#[test]
+fn a_witness_that_cannot_persist_its_vote_never_grants_it_and_stops() {
+    let s = Scratch::new("witness-full");
+    let mut w = TestWitness::new(s.path());
+    let _fs = Tmpfs::mount(&s.path().join("data"), "64k");
+    w.start();
+    // Fill the data directory's file system to the last byte.
+    let mut filler = std::fs::File::create(s.path().join("data").join("filler")).expect("filler");
+    let chunk = vec![0u8; 4096];
+    while filler.write_all(&chunk).is_ok() {}
+    drop(filler);
+
+    let mut a = TestNodeClient::connect(w.addr(), NodeId::A);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the witness neither granted nor stopped"
+        );
+        a.clock += 1;
+        a.send(&HaMsg::VoteRequest {
+            epoch: Epoch(1),
+            candidate: NodeId::A,
+            log: pos(0, 0),
+            sent_at: Millis(a.clock),
+        });
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev =
+            a.rt.block_on(async { tokio::time::timeout(left, a.session.recv()).await })
+                .expect("an answer or the end of the session");
+        match ev {
+            replicator::Event::Control(bytes) => match ha::wire::decode(&bytes) {
+                Ok(HaMsg::VoteReply {
+                    granted: false,
+                    wait_ms,
+                    ..
+                }) => std::thread::sleep(Duration::from_millis(wait_ms.clamp(5, 100))),
+                other => panic!("answered without a durable vote: {other:?}"),
+            },
+            // The witness could not make the vote durable and stopped without answering.
+            replicator::Event::Closed(_) => break,
+        }
+    }
+    let mut child = w.child.take().expect("witness process");
+    let code = wait_for("the witness to stop", Duration::from_secs(10), || {
+        child.try_wait().ok().flatten()
+    });
+    assert_eq!(code.code(), Some(2), "{}", w.log_text());
+    assert!(
+        w.log_text().contains("cannot persist the witness state"),
+        "{}",
+        w.log_text()
+    );
+    assert!(
+        !w.state_file().exists() || read_state(&w.state_file()).0 == 0,
+        "no vote may be on disk"
+    );
+}
