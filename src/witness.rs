@@ -184,16 +184,12 @@ async fn run_async(cfg: WitnessSettings) -> anyhow::Result<()> {
         "witness running"
     );
 
-    let result = tokio::select! {
+    let (result, core_running) = tokio::select! {
         _ = wait_for_signal() => {
             tracing::info!("stopping");
-            Ok(())
+            (Ok(()), true)
         }
-        r = &mut core_task => match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(anyhow::anyhow!("the witness core task failed: {e}")),
-        },
+        r = &mut core_task => (core_result(r), false),
     };
     if shutdown_tx.send(true).is_err() {
         tracing::debug!("every task had already stopped");
@@ -203,16 +199,23 @@ async fn run_async(cfg: WitnessSettings) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "a witness task failed while stopping");
         }
     }
-    if !core_task.is_finished() {
-        match core_task.await {
-            Ok(r) => r?,
-            Err(e) => anyhow::bail!("the witness core task failed: {e}"),
-        }
-    }
+    // The core finishes what it is doing (a persist in flight completes) and stops.
+    let result = if core_running {
+        result.and(core_result(core_task.await))
+    } else {
+        result
+    };
     if result.is_ok() {
         tracing::info!("stopped cleanly");
     }
     result
+}
+
+fn core_result(r: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    match r {
+        Ok(r) => r,
+        Err(e) => Err(anyhow::anyhow!("the witness core task failed: {e}")),
+    }
 }
 
 /// Keeps a second witness process off the same state file (two voters sharing one vote
