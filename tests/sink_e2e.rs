@@ -382,8 +382,9 @@ fn kafka_broker_stopped_under_load_then_restarted_catches_up_exactly_once_in_ord
         "the sink to retry with a lag of 6000+",
         Duration::from_secs(60),
         || {
+            // One status document: its sink entry and its problems agree.
             let st = node.status();
-            let sink = sink_status(&node, "kafka");
+            let sink = st["sinks"][0].clone();
             (sink["state"] == "retrying" && sink["lag_entries"].as_u64() >= Some(6000))
                 .then_some((st, sink))
         },
@@ -404,11 +405,6 @@ fn kafka_broker_stopped_under_load_then_restarted_catches_up_exactly_once_in_ord
     );
     broker.spawn();
     wait_child(&mut g, "gen", Duration::from_secs(120));
-    assert_eq!(
-        stream_len(&node),
-        n,
-        "every generated message is in the stream"
-    );
     wait_drained(&node, n, Duration::from_secs(120));
     let sink = sink_status(&node, "kafka");
     assert_eq!(sink["lag_entries"], 0, "{sink}");
@@ -443,7 +439,7 @@ fn kafka_fencing_paused_older_forwarder_is_rejected_and_the_topic_has_no_duplica
     let total = held + 3000;
     let mut g_new = gen(&new, &s.path().join("new.json"), total + 500, 5000, "new");
     wait_child(&mut g_new, "gen to the new node", Duration::from_secs(120));
-    let new_len = stream_len(&new);
+    let new_len = settled_len(&new);
     wait_for(
         "the new forwarder to catch up",
         Duration::from_secs(120),
