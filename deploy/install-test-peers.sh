@@ -28,7 +28,10 @@ done
 # rdkafka's bundled librdkafka builds with gcc/make/perl alone: no cmake or -dev package.
 noida_version=0.2.3
 if ! python3 -c "import importlib.metadata as m, sys; sys.exit(m.version('noida-db') != '$noida_version')" 2>/dev/null; then
-  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore "noida-db==$noida_version"
+  pip_args=(-q --disable-pip-version-check --root-user-action=ignore "noida-db==$noida_version")
+  # Debian's own python3 refuses pip installs (PEP 668); a test machine may have only that one.
+  python3 -m pip install "${pip_args[@]}" 2>/dev/null \
+    || python3 -m pip install --break-system-packages "${pip_args[@]}"
 fi
 python3 -c "import noida_db, os; p = os.path.join(os.path.dirname(noida_db.__file__), 'noida-db'); assert os.access(p, os.X_OK), p" \
   || { echo "noida-db installed without its server binary" >&2; exit 1; }

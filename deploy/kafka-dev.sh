@@ -23,7 +23,8 @@ dir="${2:-./.kafka-dev}"
 version=0.2.3
 if ! python3 -c "import importlib.metadata as m, sys; sys.exit(m.version('noida-db') != '$version')" 2>/dev/null; then
   echo "installing noida-db==$version (pip)" >&2
-  python3 -m pip install -q --disable-pip-version-check "noida-db==$version"
+  python3 -m pip install -q --disable-pip-version-check "noida-db==$version" 2>/dev/null \
+    || python3 -m pip install -q --disable-pip-version-check --break-system-packages "noida-db==$version"
 fi
 bin="$(python3 -c "import noida_db, os; print(os.path.join(os.path.dirname(noida_db.__file__), 'noida-db'))")"
 mkdir -p "$dir"
