@@ -132,6 +132,9 @@ pub struct SinkStats {
     pub opens: AtomicU64,
     pub fenced: AtomicU64,
     pub epoch_refused: AtomicU64,
+    /// When the call into the target in progress (open or deliver) started, Unix ms; 0 when
+    /// none is: a target that hangs shows as a call that lasts.
+    pub call_started_ms: AtomicU64,
     state: Mutex<(SinkState, Option<String>)>,
 }
 
@@ -155,6 +158,7 @@ impl SinkStats {
             opens: AtomicU64::new(0),
             fenced: AtomicU64::new(0),
             epoch_refused: AtomicU64::new(0),
+            call_started_ms: AtomicU64::new(0),
             state: Mutex::new((SinkState::Starting, None)),
         }
     }
@@ -181,6 +185,22 @@ impl SinkStats {
         stream_next.saturating_sub(self.next_offset.load(Relaxed))
     }
 
+    /// How long the call into the target in progress has lasted, ms.
+    pub fn call_ms(&self) -> Option<u64> {
+        match self.call_started_ms.load(Relaxed) {
+            0 => None,
+            t => Some(unix_ms().saturating_sub(t)),
+        }
+    }
+
+    /// Runs a call into the target, timing it for [`SinkStats::call_ms`].
+    fn timed<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.call_started_ms.store(unix_ms().max(1), Relaxed);
+        let r = f();
+        self.call_started_ms.store(0, Relaxed);
+        r
+    }
+
     /// The last delivered offset, if any.
     pub fn delivered_offset(&self) -> Option<u64> {
         if !self.positioned.load(Relaxed) {
@@ -189,6 +209,16 @@ impl SinkStats {
         self.next_offset.load(Relaxed).checked_sub(1)
     }
 }
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A call into the target lasting longer than this is a problem in `status`.
+const CALL_SLOW_MS: u64 = 5_000;
 
 /// The running sinks.
 pub struct Sinks {
@@ -314,7 +344,7 @@ impl Driver {
                 break;
             }
             self.stats.opens.fetch_add(1, Relaxed);
-            let resume = match sink.open() {
+            let resume = match self.stats.timed(|| sink.open()) {
                 Ok(r) => r,
                 Err(SinkError::Fenced(e)) => {
                     self.fenced(&e);
@@ -461,7 +491,7 @@ impl Driver {
                 }
                 batch.truncate(i);
             }
-            match sink.deliver(&batch) {
+            match self.stats.timed(|| sink.deliver(&batch)) {
                 Ok(()) => {
                     let last = batch.last().expect("a read returns at least one entry");
                     next = last.offset + 1;
@@ -514,6 +544,7 @@ pub fn status_json(sinks: &[Arc<SinkStats>], stream_next: u64) -> Value {
                     "errors": s.errors.load(Relaxed),
                     "fenced": s.fenced.load(Relaxed),
                     "epoch_refused": s.epoch_refused.load(Relaxed),
+                    "call_ms": s.call_ms(),
                     "last_error": last_error,
                 })
             })
@@ -538,7 +569,16 @@ pub fn problems(sinks: &[Arc<SinkStats>], stream_next: u64) -> Vec<String> {
                 s.name, s.target
             )),
             SinkState::EpochRefused => out.push(format!("sink {}: {err}", s.name)),
-            _ => {}
+            _ => {
+                if let Some(ms) = s.call_ms().filter(|ms| *ms > CALL_SLOW_MS) {
+                    out.push(format!(
+                        "sink {}: waiting {} s for {} ({lag} entries waiting on disk)",
+                        s.name,
+                        ms / 1000,
+                        s.target
+                    ));
+                }
+            }
         }
     }
     out
