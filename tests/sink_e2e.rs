@@ -298,6 +298,20 @@ fn kafka_single_node_delivers_every_entry_once_in_order() {
         (r.len() >= n as usize).then_some(r)
     });
     assert_exactly_once_in_order(&recs, n as usize);
+    // Every generated message is in the topic once: `twinrx check` on the topic's records.
+    let dump = s.path().join("topic.ndjson");
+    let text: String = recs.iter().map(|r| format!("{}\n", r.body)).collect();
+    std::fs::write(&dump, text).expect("topic dump");
+    let out = run(Command::new(BIN)
+        .args(["check", "--manifest"])
+        .arg(s.path().join("m.json"))
+        .arg("--stream")
+        .arg(&dump));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains(&format!("sent {n}  present {n}  missing 0  duplicated 0")),
+        "{report}"
+    );
     // The record body is the stream entry itself.
     let stream = node.stream();
     for (r, e) in recs.iter().zip(&stream) {
