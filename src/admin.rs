@@ -115,10 +115,7 @@ async fn stream(State(node): State<Arc<Node>>, Query(q): Query<StreamQuery>) -> 
                             ))
                         }
                     };
-                    let Some((last, _)) = recs.last() else {
-                        return None;
-                    };
-                    let next = last.next();
+                    let next = recs.last()?.0.next();
                     let mut out = Vec::with_capacity(recs.iter().map(|(_, b)| b.len() + 1).sum());
                     for (_, line) in recs {
                         out.extend_from_slice(&line);

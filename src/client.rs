@@ -137,6 +137,22 @@ fn render_status(v: &serde_json::Value) -> String {
             str_of(&snmp["engine_id"])
         );
     }
+    if let Some(sinks) = v["sinks"].as_array() {
+        for k in sinks {
+            s += &format!(
+                "sink      {} ({})  {}  delivered up to {}  lag {}{}\n",
+                str_of(&k["name"]),
+                str_of(&k["type"]),
+                str_of(&k["state"]),
+                str_of(&k["delivered_offset"]),
+                str_of(&k["lag_entries"]),
+                match k["last_error"].as_str() {
+                    Some(e) if !e.is_empty() => format!("  last error: {e}"),
+                    _ => String::new(),
+                }
+            );
+        }
+    }
     s += &format!(
         "udp       kernel drops (receive buffer full) {}\n",
         str_of(&r["udp_kernel_drops"])

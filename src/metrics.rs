@@ -18,21 +18,24 @@ impl std::fmt::Debug for NodeCollector {
     }
 }
 
-type Labels<'a> = Vec<(&'static str, &'a str)>;
+/// Label pairs of one series.
+pub(crate) type Labels<'a> = Vec<(&'static str, &'a str)>;
 
-fn family(
+/// Encodes one metric family: a counter or gauge per label set (shared by the node's and the
+/// witness's collectors).
+pub(crate) fn family(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     kind: MetricType,
     items: &[(Labels<'_>, u64)],
 ) -> std::fmt::Result {
-    let mut m = enc.encode_descriptor(name, help, None, kind.clone())?;
+    let mut m = enc.encode_descriptor(name, help, None, kind)?;
     for (labels, v) in items {
         let mut e = m.encode_family(labels)?;
         match kind {
             MetricType::Counter => e.encode_counter::<NoLabelSet, _, u64>(v, None)?,
-            _ => e.encode_gauge(&(*v as i64))?,
+            _ => e.encode_gauge(&i64::try_from(*v).unwrap_or(i64::MAX))?,
         }
     }
     Ok(())

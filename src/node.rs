@@ -171,7 +171,7 @@ async fn run_async(cfg: NodeConfig) -> anyhow::Result<()> {
         "journal",
         cfg.journal_fsync,
         &cfg,
-        cfg.retention.clone(),
+        cfg.retention,
     )?;
     let stream_j = open_journal(
         cfg.data_dir.join("stream"),

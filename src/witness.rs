@@ -699,12 +699,12 @@ mod metrics {
 
     use super::{slot, Shared, NODES};
     use prometheus_client::collector::Collector;
-    use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
-    use prometheus_client::metrics::MetricType::{self, Counter, Gauge};
+    use prometheus_client::encoding::DescriptorEncoder;
+    use prometheus_client::metrics::MetricType::{Counter, Gauge};
     use std::sync::atomic::Ordering::Relaxed;
     use std::sync::Arc;
 
-    type Labels<'a> = Vec<(&'static str, &'a str)>;
+    use crate::metrics::{family, Labels};
 
     pub struct WitnessCollector(pub Arc<Shared>);
 
@@ -712,24 +712,6 @@ mod metrics {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("WitnessCollector")
         }
-    }
-
-    fn family(
-        enc: &mut DescriptorEncoder,
-        name: &str,
-        help: &str,
-        kind: MetricType,
-        items: &[(Labels<'_>, u64)],
-    ) -> std::fmt::Result {
-        let mut m = enc.encode_descriptor(name, help, None, kind)?;
-        for (labels, v) in items {
-            let mut e = m.encode_family(labels)?;
-            match kind {
-                Counter => e.encode_counter::<NoLabelSet, _, u64>(v, None)?,
-                _ => e.encode_gauge(&i64::try_from(*v).unwrap_or(i64::MAX))?,
-            }
-        }
-        Ok(())
     }
 
     impl Collector for WitnessCollector {

@@ -81,7 +81,7 @@ fn sigkill_during_a_flood_then_restart_loses_nothing_journaled_and_duplicates_no
     });
     assert!(gen_status.success());
     // Everything the journal holds reaches the stream, once.
-    let stream = wait_for(
+    wait_for(
         "the stream to catch up with the journal",
         Duration::from_secs(30),
         || {
@@ -90,7 +90,6 @@ fn sigkill_during_a_flood_then_restart_loses_nothing_journaled_and_duplicates_no
             (st["stream"]["next_offset"].as_u64()? == last).then_some(())
         },
     );
-    let _ = stream;
     let stream = node.stream();
     let n = assert_stream_consistent(&stream);
     assert!(n >= 5000, "{n}");
