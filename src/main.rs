@@ -5,6 +5,7 @@ mod admin;
 mod check;
 mod client;
 mod config;
+mod datadir;
 mod gen;
 mod metrics;
 mod node;

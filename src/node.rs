@@ -166,6 +166,8 @@ fn open_journal(
 async fn run_async(cfg: NodeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
+    // Before anything is opened: two nodes on one data dir would interleave journal writes.
+    let _dir_lock = crate::datadir::lock(&cfg.data_dir, "node.lock", "node")?;
     let journal = open_journal(
         cfg.data_dir.join("journal"),
         "journal",

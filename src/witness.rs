@@ -220,21 +220,8 @@ fn core_result(r: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow:
 
 /// Keeps a second witness process off the same state file (two voters sharing one vote
 /// record could each grant the same epoch).
-fn lock_data_dir(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
-    let path = dir.join("witness.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-        anyhow::anyhow!(
-            "{} is locked ({e}): another witness runs on data_dir {}",
-            path.display(),
-            dir.display()
-        )
-    })
+fn lock_data_dir(dir: &Path) -> anyhow::Result<crate::datadir::DirLock> {
+    crate::datadir::lock(dir, "witness.lock", "witness")
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone: stop as well).

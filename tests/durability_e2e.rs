@@ -222,3 +222,27 @@ fn full_disk_refuses_and_counts_then_resumes_by_itself_when_space_returns() {
     verify_journal(&node.data_dir().join("stream"));
     drop(tmpfs);
 }
+
+#[test]
+fn a_second_node_on_the_same_data_dir_is_refused() {
+    let s = Scratch::new("dirlock");
+    let mut node = TestNode::new(s.path(), "", "");
+    node.start();
+    // Same data dir, other addresses: refused before it touches the journal.
+    let other = unique_ip();
+    let cfg = std::fs::read_to_string(&node.config)
+        .expect("config")
+        .replace(&node.ip.to_string(), &other.to_string());
+    let second = s.path().join("second.toml");
+    std::fs::write(&second, cfg).expect("config");
+    let out = Command::new(BIN)
+        .args(["node", "--config"])
+        .arg(&second)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another node runs on data_dir"), "{err}");
+    // The first node is unharmed.
+    assert_eq!(node.status()["healthy"], true);
+}
