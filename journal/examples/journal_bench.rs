@@ -2,7 +2,7 @@
 //! and 1024 under fsync policy `batch` (one fdatasync per batch), fsync latency p50/p99, and
 //! sequential read throughput.
 //!
-//! `cargo run --release -p journal --example bench [-- DIR [SECONDS]]`
+//! `cargo run --release -p journal --example journal_bench [-- DIR [SECONDS]]`
 //! DIR defaults to a fresh temporary directory (so: the disk holding /tmp).
 
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! Merger throughput: two interleaved journals with 100 % overlap (both nodes got every
 //! message), single core. The figures go into README.md "Performance".
 //!
-//! `cargo run --release -p dedup --example bench -- [--events N] [--lag-records L]
+//! `cargo run --release -p dedup --example merger_bench -- [--events N] [--lag-records L]
 //!  [--history none|mem] [--runs R]`
 //!
 //! - `--events N`: messages per node (default 2 000 000, i.e. 4 000 000 records fed);
