@@ -153,6 +153,49 @@ fn render_status(v: &serde_json::Value) -> String {
             );
         }
     }
+    let pair = &v["pair"];
+    if !pair.is_null() {
+        if let Some(links) = pair["links"].as_array() {
+            for l in links {
+                s += &format!(
+                    "link {}    {} {} ({} {})  since {}  remote {}  reconnects {}  auth failures {}{}\n",
+                    str_of(&l["index"]),
+                    str_of(&pair["peer"]),
+                    str_of(&l["state"]),
+                    str_of(&l["side"]),
+                    str_of(&l["address"]),
+                    str_of(&l["since"]),
+                    str_of(&l["remote"]),
+                    str_of(&l["reconnects"]),
+                    str_of(&l["auth_failures_total"]),
+                    match l["last_error"].as_str() {
+                        Some(e) if l["state"] != "up" => format!("  last error: {e}"),
+                        _ => String::new(),
+                    }
+                );
+            }
+        }
+        let sh = &pair["shipping"];
+        let c = &pair["copy"];
+        s += &format!(
+            "replic    journal to {}: last {} acked {} lag {} records  copy of {}: durable {}{}\n",
+            str_of(&pair["peer"]),
+            str_of(&sh["journal_last_seq"]),
+            str_of(&sh["peer_acked_seq"]),
+            str_of(&sh["lag_records"]),
+            str_of(&pair["peer"]),
+            str_of(&c["durable_seq"]),
+            if c["stopped"].is_null() {
+                String::new()
+            } else {
+                format!(
+                    "  STOPPED ({} at seq {})",
+                    str_of(&c["stopped"]["kind"]),
+                    str_of(&c["stopped"]["seq"])
+                )
+            }
+        );
+    }
     s += &format!(
         "udp       kernel drops (receive buffer full) {}\n",
         str_of(&r["udp_kernel_drops"])

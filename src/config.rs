@@ -27,6 +27,9 @@ pub struct RawConfig {
     /// `[[sink]]` tables: forwarders of the merged stream (`crate::sink::config`).
     #[serde(default)]
     pub sink: Vec<crate::sink::config::RawSink>,
+    /// `[pair]`: the link to the peer node (`crate::pair::config`); absent = single node.
+    #[serde(default)]
+    pub pair: Option<crate::pair::config::RawPair>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -392,6 +395,8 @@ pub struct NodeConfig {
     pub snmp: SnmpSettings,
     pub admin_listen: SocketAddr,
     pub sinks: Vec<crate::sink::SinkConfig>,
+    /// `None`: a single node (no `[pair]` section).
+    pub pair: Option<crate::pair::config::PairSettings>,
 }
 
 /// Largest message size a config may set: records keep lengths in u32 and a UDP datagram
@@ -636,6 +641,7 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<NodeConfig, Vec<String>> 
         problems.push("syslog.rate_burst = 0: must be at least 1 when a rate is set".into());
     }
     let sinks = crate::sink::config::validate(&raw.sink, &resolve, &mut problems);
+    let pair = crate::pair::config::validate(raw.pair.as_ref(), name, &resolve, &mut problems);
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -665,6 +671,7 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<NodeConfig, Vec<String>> 
         snmp,
         admin_listen,
         sinks,
+        pair,
     })
 }
 

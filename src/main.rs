@@ -9,6 +9,7 @@ mod datadir;
 mod gen;
 mod metrics;
 mod node;
+mod pair;
 mod procnet;
 mod sink;
 mod snmp;

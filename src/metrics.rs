@@ -269,6 +269,9 @@ impl Collector for NodeCollector {
                 &[(vec![], free)],
             )?;
         }
+        if let Some(pair) = &n.pair {
+            pair.encode_metrics(&mut enc)?;
+        }
         Ok(())
     }
 }

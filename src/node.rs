@@ -119,6 +119,8 @@ pub struct Node {
     pub shutdown: watch::Receiver<bool>,
     /// One per `[[sink]]`, in config order.
     pub sinks: Vec<Arc<crate::sink::SinkStats>>,
+    /// This node's side of the pair (`[pair]`); `None` for a single node.
+    pub pair: Option<Arc<crate::pair::Pair>>,
 }
 
 pub fn run(cfg: NodeConfig) -> anyhow::Result<()> {
@@ -131,7 +133,7 @@ pub fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     rt.block_on(run_async(cfg))
 }
 
-fn open_journal(
+pub(crate) fn open_journal(
     dir: std::path::PathBuf,
     what: &str,
     fsync: journal::FsyncPolicy,
@@ -280,6 +282,16 @@ async fn run_async(cfg: NodeConfig) -> anyhow::Result<()> {
         shutdown.clone(),
     )?;
 
+    // The links and the copy of the peer's journal: tasks of their own, off the receive path.
+    let (pair, pair_rt) = match &cfg.pair {
+        Some(p) => {
+            let (pair, rt) =
+                crate::pair::start(p.clone(), &cfg, journal.handle(), shutdown.clone()).await?;
+            (Some(pair), Some(rt))
+        }
+        None => (None, None),
+    };
+
     let node = Arc::new(Node {
         journal: journal.handle(),
         stream: stream_j.handle(),
@@ -293,6 +305,7 @@ async fn run_async(cfg: NodeConfig) -> anyhow::Result<()> {
         snmp_listener: snmp_stats,
         shutdown: shutdown.clone(),
         sinks: sinks.stats.clone(),
+        pair,
     });
 
     let rt = tokio::runtime::Handle::current();
@@ -336,6 +349,10 @@ async fn run_async(cfg: NodeConfig) -> anyhow::Result<()> {
     for t in tasks {
         let _ = t.await;
     }
+    let pair_result = match pair_rt {
+        Some(rt) => rt.stop().await,
+        None => Ok(()),
+    };
     let writer_result = tokio::task::spawn_blocking(move || writer.join())
         .await
         .context("joining the journal writer")?;
@@ -346,6 +363,7 @@ async fn run_async(cfg: NodeConfig) -> anyhow::Result<()> {
         .await
         .context("joining the sinks")?;
     admin.abort();
+    pair_result?;
     match (writer_result, builder_result) {
         (Ok(Ok(())), Ok(Ok(()))) => {
             tracing::info!("stopped cleanly");

@@ -33,6 +33,11 @@ pub fn status_json(node: &Node) -> Value {
     let sink_problems = crate::sink::problems(&node.sinks, stream_next);
     let sink_trouble = !sink_problems.is_empty();
     problems.extend(sink_problems);
+    let (pair_problems, pair_next) = match &node.pair {
+        Some(p) => p.problems(),
+        None => (Vec::new(), None),
+    };
+    problems.extend(pair_problems);
     let next_step = if journal_failing {
         format!(
             "free space or fix the disk under {}; the node resumes by itself",
@@ -40,6 +45,8 @@ pub fn status_json(node: &Node) -> Value {
         )
     } else if stream_error.is_some() {
         "check the node's log for the stream error".to_string()
+    } else if let Some(next) = pair_next {
+        next
     } else if sink_trouble {
         "check the sinks' targets (see problems); entries wait on disk and are delivered once they recover".to_string()
     } else {
@@ -76,6 +83,7 @@ pub fn status_json(node: &Node) -> Value {
             "last_error": stream_error,
         },
         "sinks": crate::sink::status_json(&node.sinks, stream_next),
+        "pair": node.pair.as_ref().map(|p| p.status_json()),
         "receivers": {
             "syslog": {
                 "udp": node.cfg.syslog_udp.iter().map(|a| a.to_string()).collect::<Vec<_>>(),

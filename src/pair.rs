@@ -1,0 +1,753 @@
+//! The pair: this node's side of the cluster links to the peer node, and cross-replication
+//! of the journals over them (SPEC "Data flow": journal A → copy of A on B and back).
+//!
+//! Contract:
+//! - One task per configured link keeps an authenticated session up (`replicator`): node a
+//!   dials `pair.peer[i]` with a capped backoff (100 ms → 2 s), node b listens on
+//!   `pair.listen[i]` (a newer session from the peer replaces an older one on that link).
+//! - Every live session serves this node's journal to the peer (a `JournalShipper` per
+//!   session: a shipper only answers the peer copier's request, so whichever link the peer
+//!   copies on is served). The copy of the peer's journal, `DATA_DIR/peer` (the peer's seqs),
+//!   is kept by one `JournalCopier`, run on one live session at a time: the first one up;
+//!   when it ends, the next live one (or the same link once it is back). Resume is by seq
+//!   (the copier asks from its copy's next seq), so a cut never yields a gap or a duplicate.
+//! - `Diverged` / `Gap` stop copying for the life of the process (nothing is appended to a
+//!   copy that does not match the peer's journal) and are reported in `/status` with the
+//!   next step (`twinrx resync` on this node). Other copier failures (a full disk) are
+//!   retried on a new session after a pause.
+//! - Control messages (the HA core's lane) go to [`Pair::on_control`]: today they are counted
+//!   and logged; the HA core will be fed there.
+//! - Nothing here is on the receive path: the tasks read this node's journal through a
+//!   handle and write only the copy.
+//! - Shutdown ([`PairRuntime::stop`], after the node's shutdown signal): every session is
+//!   closed, the copier returns (it is never dropped mid-append), the copy is fsynced.
+
+pub mod config;
+
+use self::config::{LinkSide, PairSettings};
+use anyhow::Context as _;
+use journal::JournalHandle;
+use replicator::{
+    AuthFailure, CopyConfig, CopyPort, Event, JournalCopier, JournalShipper, LinkConfig, LinkStats,
+    Listener, Session, ShipConfig,
+};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Pause before a copier that failed for another reason than a closed session (e.g. a full
+/// disk) is retried on a new session.
+const COPY_RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// What `/status` and `/metrics` see of one link.
+#[derive(Debug)]
+pub struct LinkView {
+    pub index: usize,
+    pub side: LinkSide,
+    pub stats: Arc<LinkStats>,
+    state: Mutex<LinkState>,
+}
+
+#[derive(Debug, Clone)]
+struct LinkState {
+    up: bool,
+    since: SystemTime,
+    remote: Option<SocketAddr>,
+    last_error: Option<String>,
+}
+
+/// Why copying (or the peer's copying of this journal) stopped for good.
+#[derive(Debug, Clone)]
+struct Stopped {
+    /// "diverged" or "gap".
+    kind: &'static str,
+    seq: u64,
+    detail: String,
+}
+
+#[derive(Debug, Default)]
+struct ReplState {
+    /// The link the copier runs on, if any.
+    copy_link: Option<usize>,
+    /// The copy of the peer's journal no longer continues it (resync needed).
+    copy_stopped: Option<Stopped>,
+    /// The peer's copy of this journal does not continue it (reported by this node's shipper
+    /// on the last session that ended so; cleared by a new session).
+    peer_copy_stopped: Option<Stopped>,
+    copy_last_error: Option<String>,
+}
+
+/// Counters of the control lane (the HA core's messages).
+#[derive(Debug, Default)]
+pub struct ControlStats {
+    pub received: AtomicU64,
+    pub received_bytes: AtomicU64,
+}
+
+/// This node's side of the pair, shared with the admin server.
+pub struct Pair {
+    pub settings: PairSettings,
+    pub links: Vec<Arc<LinkView>>,
+    /// Read access to the copy of the peer's journal (for the merger, next).
+    pub copy: JournalHandle,
+    pub copy_dir: std::path::PathBuf,
+    /// This node's journal (what is shipped).
+    own: JournalHandle,
+    repl: Mutex<ReplState>,
+    pub control: ControlStats,
+}
+
+/// The running tasks; [`PairRuntime::stop`] ends them.
+pub struct PairRuntime {
+    links: Vec<JoinHandle<()>>,
+    copier: JoinHandle<anyhow::Result<()>>,
+}
+
+/// A live session's copying port, offered to the copier task.
+struct Offer {
+    link: usize,
+    port: CopyPort,
+    /// Asks the link task to close that session (the copier failed on it; retry on a new one).
+    close: Arc<Notify>,
+}
+
+/// Opens the copy, binds the listeners (a port in use fails start-up) and starts the tasks.
+pub async fn start(
+    settings: PairSettings,
+    cfg: &crate::config::NodeConfig,
+    own: JournalHandle,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<(Arc<Pair>, PairRuntime)> {
+    for w in &settings.warnings {
+        tracing::warn!(warning = %w, "pair config");
+    }
+    let copy_dir = cfg.data_dir.join("peer");
+    let copy_journal = crate::node::open_journal(
+        copy_dir.clone(),
+        "copy of the peer's journal",
+        settings.copy_fsync,
+        cfg,
+        journal::Retention::default(),
+    )?;
+    let copier = JournalCopier::new(copy_journal, CopyConfig::default());
+    let mut listeners = Vec::new();
+    let mut views = Vec::new();
+    for (i, side) in settings.links.iter().enumerate() {
+        let link_cfg = LinkConfig::new(settings.me, settings.psk.clone());
+        let listener = match side {
+            LinkSide::Listen(addr) => Some(
+                Listener::bind(*addr, link_cfg.clone())
+                    .await
+                    .with_context(|| format!("cannot bind pair.listen[{i}] {addr}"))?,
+            ),
+            LinkSide::Dial(_) => None,
+        };
+        listeners.push((link_cfg.clone(), listener));
+        views.push(Arc::new(LinkView {
+            index: i,
+            side: *side,
+            stats: link_cfg.stats.clone(),
+            state: Mutex::new(LinkState {
+                up: false,
+                since: SystemTime::now(),
+                remote: None,
+                last_error: None,
+            }),
+        }));
+    }
+    let pair = Arc::new(Pair {
+        copy: copier.handle(),
+        copy_dir,
+        own,
+        links: views,
+        repl: Mutex::new(ReplState::default()),
+        control: ControlStats::default(),
+        settings,
+    });
+    let (offers_tx, offers_rx) = mpsc::unbounded_channel();
+    let mut links = Vec::new();
+    for (i, (link_cfg, listener)) in listeners.into_iter().enumerate() {
+        links.push(tokio::spawn(link_task(
+            pair.clone(),
+            i,
+            link_cfg,
+            listener,
+            offers_tx.clone(),
+            shutdown.clone(),
+        )));
+    }
+    drop(offers_tx);
+    let copier = tokio::spawn(copy_task(pair.clone(), copier, offers_rx, shutdown));
+    tracing::info!(peer = %pair.settings.peer, links = pair.links.len(), "pair started");
+    Ok((pair, PairRuntime { links, copier }))
+}
+
+impl PairRuntime {
+    /// Waits for the tasks to end (the node's shutdown signal must have been sent): sessions
+    /// closed, the copy fsynced.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        for l in self.links {
+            let _ = l.await;
+        }
+        self.copier.await.context("joining the pair's copier")?
+    }
+}
+
+/// Resolves once the node is stopping (or its shutdown sender is gone).
+async fn stopping(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+async fn accept_on(l: &mut Option<Listener>) -> Result<Session, replicator::Error> {
+    match l {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Live {
+    session: Session,
+    close: Arc<Notify>,
+}
+
+/// Keeps link `i` up until shutdown.
+async fn link_task(
+    pair: Arc<Pair>,
+    i: usize,
+    cfg: LinkConfig,
+    mut listener: Option<Listener>,
+    offers: mpsc::UnboundedSender<Offer>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let view = pair.links[i].clone();
+    let mut backoff = BACKOFF_MIN;
+    let mut live: Option<Live> = None;
+    let mut stop = false;
+    loop {
+        if stop && live.is_none() {
+            break;
+        }
+        match live.as_mut() {
+            Some(l) => {
+                enum Step {
+                    Nothing,
+                    Down(String),
+                    Newer(Box<Session>),
+                }
+                let step = tokio::select! {
+                    ev = l.session.recv() => match ev {
+                        Event::Control(msg) => {
+                            pair.on_control(i, msg);
+                            Step::Nothing
+                        }
+                        Event::Closed(reason) => Step::Down(reason.to_string()),
+                    },
+                    _ = l.close.notified() => {
+                        l.session.close();
+                        Step::Nothing
+                    }
+                    s = accept_on(&mut listener), if !stop => match s {
+                        Ok(newer) => Step::Newer(Box::new(newer)),
+                        Err(e) => {
+                            tracing::error!(link = i, error = %e, "pair link listener stopped");
+                            listener = None;
+                            Step::Nothing
+                        }
+                    },
+                    _ = stopping(&mut shutdown), if !stop => {
+                        stop = true;
+                        l.session.close();
+                        Step::Nothing
+                    }
+                };
+                match step {
+                    Step::Nothing => {}
+                    Step::Down(reason) => {
+                        tracing::info!(link = i, reason = %reason, "pair link down");
+                        pair.set_link(i, false, None, Some(reason));
+                        live = None;
+                    }
+                    Step::Newer(newer) => {
+                        tracing::info!(link = i, remote = %newer.peer_addr(), "pair link: a newer session replaces the current one");
+                        l.session.close();
+                        live = Some(pair.session_up(i, *newer, &offers));
+                    }
+                }
+            }
+            None if stop => {}
+            None => match &view.side {
+                LinkSide::Listen(_) => {
+                    tokio::select! {
+                        s = accept_on(&mut listener) => match s {
+                            Ok(s) => live = Some(pair.session_up(i, s, &offers)),
+                            Err(e) => {
+                                tracing::error!(link = i, error = %e, "pair link listener stopped");
+                                pair.set_link(i, false, None, Some(e.to_string()));
+                                listener = None;
+                            }
+                        },
+                        _ = stopping(&mut shutdown) => stop = true,
+                    }
+                }
+                LinkSide::Dial(addr) => {
+                    let addr = *addr;
+                    tokio::select! {
+                        r = replicator::connect(addr, &cfg) => match r {
+                            Ok(s) => {
+                                backoff = BACKOFF_MIN;
+                                live = Some(pair.session_up(i, s, &offers));
+                            }
+                            Err(e) => {
+                                tracing::debug!(link = i, %addr, error = %e, "pair link: cannot connect");
+                                pair.set_link(i, false, None, Some(e.to_string()));
+                                tokio::select! {
+                                    _ = tokio::time::sleep(backoff) => {},
+                                    _ = stopping(&mut shutdown) => stop = true,
+                                }
+                                backoff = (backoff * 2).min(BACKOFF_MAX);
+                            }
+                        },
+                        _ = stopping(&mut shutdown) => stop = true,
+                    }
+                }
+            },
+        }
+    }
+    pair.set_link(i, false, None, Some("node stopping".into()));
+}
+
+/// The copier, moved from session to session; fsyncs the copy at the end.
+async fn copy_task(
+    pair: Arc<Pair>,
+    mut copier: JournalCopier,
+    mut offers: mpsc::UnboundedReceiver<Offer>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let peer = pair.settings.peer;
+    loop {
+        let offer = tokio::select! {
+            biased;
+            _ = stopping(&mut shutdown) => break,
+            o = offers.recv() => match o {
+                Some(o) => o,
+                None => break,
+            },
+        };
+        if pair.copy_stopped() {
+            // Nothing more is appended until the copy is rebuilt (resync); dropping the
+            // port leaves the session to the control lane and this journal's shipping.
+            continue;
+        }
+        pair.with_repl(|r| r.copy_link = Some(offer.link));
+        tracing::info!(link = offer.link, %peer, "copying the peer's journal on this link");
+        // Never dropped mid-way: it ends when the session closes (link task, shutdown).
+        let err = copier.run(offer.port).await;
+        pair.with_repl(|r| r.copy_link = None);
+        match err {
+            replicator::Error::Closed(reason) => {
+                tracing::debug!(link = offer.link, reason = %reason, "copy session ended");
+            }
+            replicator::Error::Diverged { seq, detail, .. } => {
+                tracing::error!(%peer, seq = seq.0, detail = %detail, "copy of the peer's journal diverged: copying stopped; run `twinrx resync`");
+                pair.with_repl(|r| {
+                    r.copy_stopped = Some(Stopped {
+                        kind: "diverged",
+                        seq: seq.0,
+                        detail,
+                    })
+                });
+            }
+            replicator::Error::Gap {
+                copy_next,
+                peer_first,
+                ..
+            } => {
+                tracing::error!(%peer, copy_next = copy_next.0, peer_first = peer_first.0, "copy of the peer's journal has a gap: copying stopped; run `twinrx resync`");
+                pair.with_repl(|r| {
+                    r.copy_stopped = Some(Stopped {
+                        kind: "gap",
+                        seq: copy_next.0,
+                        detail: format!(
+                            "the copy needs seq {} but node {peer}'s journal starts at {}",
+                            copy_next.0, peer_first.0
+                        ),
+                    })
+                });
+            }
+            other => {
+                tracing::warn!(link = offer.link, error = %other, "copying the peer's journal failed; retrying on a new session");
+                pair.with_repl(|r| r.copy_last_error = Some(other.to_string()));
+                tokio::select! {
+                    _ = tokio::time::sleep(COPY_RETRY_PAUSE) => {},
+                    _ = stopping(&mut shutdown) => {},
+                }
+                offer.close.notify_one();
+            }
+        }
+    }
+    let Some(mut j) = copier.into_journal() else {
+        anyhow::bail!("the copy of the peer's journal was lost with an abandoned append");
+    };
+    tokio::task::spawn_blocking(move || j.sync())
+        .await
+        .context("joining the copy's final fsync")?
+        .context("final fsync of the copy of the peer's journal")?;
+    Ok(())
+}
+
+impl Pair {
+    /// A control-lane message from the peer on link `link`. The HA core's input goes here
+    /// (`ha::wire::decode` → `HaCore::handle_input(Peer{..})`; it de-duplicates what arrives
+    /// on several links). For now: counted and logged.
+    fn on_control(&self, link: usize, msg: Vec<u8>) {
+        self.control.received.fetch_add(1, Relaxed);
+        self.control
+            .received_bytes
+            .fetch_add(msg.len() as u64, Relaxed);
+        tracing::debug!(
+            link,
+            bytes = msg.len(),
+            "pair: control message (no HA core yet)"
+        );
+    }
+
+    fn with_repl<T>(&self, f: impl FnOnce(&mut ReplState) -> T) -> T {
+        let mut g = self.repl.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut g)
+    }
+
+    fn copy_stopped(&self) -> bool {
+        self.with_repl(|r| r.copy_stopped.is_some())
+    }
+
+    fn set_link(&self, i: usize, up: bool, remote: Option<SocketAddr>, error: Option<String>) {
+        let mut st = self.links[i]
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if st.up != up {
+            st.since = SystemTime::now();
+        }
+        st.up = up;
+        if up {
+            st.remote = remote;
+            st.last_error = None;
+        }
+        if error.is_some() {
+            st.last_error = error;
+        }
+    }
+
+    /// A new session on link `i`: marked up, its journal shipper started, its copying port
+    /// offered to the copier.
+    fn session_up(
+        self: &Arc<Self>,
+        i: usize,
+        mut session: Session,
+        offers: &mpsc::UnboundedSender<Offer>,
+    ) -> Live {
+        let remote = session.peer_addr();
+        tracing::info!(link = i, %remote, peer = %session.peer(), "pair link up");
+        self.set_link(i, true, Some(remote), None);
+        self.with_repl(|r| r.peer_copy_stopped = None);
+        let close = Arc::new(Notify::new());
+        if let Some(port) = session.take_ship_port() {
+            let pair = self.clone();
+            let mut shipper = JournalShipper::new(self.own.clone(), ShipConfig::default());
+            tokio::spawn(async move {
+                let err = shipper.run(port).await;
+                let stopped = match &err {
+                    replicator::Error::Closed(_) => None,
+                    replicator::Error::Diverged { seq, detail, .. } => Some(Stopped {
+                        kind: "diverged",
+                        seq: seq.0,
+                        detail: detail.clone(),
+                    }),
+                    replicator::Error::Gap {
+                        copy_next,
+                        peer_first,
+                        ..
+                    } => Some(Stopped {
+                        kind: "gap",
+                        seq: copy_next.0,
+                        detail: format!(
+                            "the peer's copy needs seq {} but this journal starts at {}",
+                            copy_next.0, peer_first.0
+                        ),
+                    }),
+                    other => {
+                        tracing::warn!(link = i, error = %other, "shipping this journal to the peer stopped");
+                        None
+                    }
+                };
+                if let Some(s) = stopped {
+                    pair.with_repl(|r| r.peer_copy_stopped = Some(s));
+                }
+            });
+        }
+        if let Some(port) = session.take_copy_port() {
+            // The receiver lives until shutdown; a send error only means the node stops.
+            let _ = offers.send(Offer {
+                link: i,
+                port,
+                close: close.clone(),
+            });
+        }
+        Live { session, close }
+    }
+
+    /// Records of this journal the peer has not acknowledged as durable in its copy.
+    fn shipping(&self) -> (u64, u64, u64) {
+        let own_last = self.own.durable_seq().map_or(0, |s| s.0);
+        let snaps: Vec<_> = self.links.iter().map(|l| l.stats.snapshot()).collect();
+        let acked = snaps.iter().map(|s| s.ship_acked_seq).max().unwrap_or(0);
+        let sent = snaps.iter().map(|s| s.ship_sent_seq).max().unwrap_or(0);
+        (own_last, sent, acked)
+    }
+
+    /// Problems and the operator's next step.
+    pub fn problems(&self) -> (Vec<String>, Option<String>) {
+        let me = self.settings.me;
+        let peer = self.settings.peer;
+        let mut problems = Vec::new();
+        let mut next = None;
+        let (copy_stopped, peer_copy_stopped) =
+            self.with_repl(|r| (r.copy_stopped.clone(), r.peer_copy_stopped.clone()));
+        if let Some(s) = copy_stopped {
+            problems.push(format!(
+                "copy of node {peer}'s journal {} at seq {}: {}; copying stopped, nothing is appended to it",
+                if s.kind == "gap" { "has a gap" } else { "diverged" },
+                s.seq,
+                s.detail
+            ));
+            next = Some(format!(
+                "run `twinrx resync` on node {me} to rebuild its copy of node {peer}'s journal \
+                 (node {peer}'s data directory was wiped or replaced, or its retention deleted \
+                 records this copy needs)"
+            ));
+        }
+        if let Some(s) = peer_copy_stopped {
+            problems.push(format!(
+                "node {peer}'s copy of this journal {} at seq {}: {}",
+                if s.kind == "gap" {
+                    "has a gap"
+                } else {
+                    "diverged"
+                },
+                s.seq,
+                s.detail
+            ));
+            next.get_or_insert_with(|| {
+                format!(
+                    "run `twinrx resync` on node {peer} to rebuild its copy of node {me}'s journal"
+                )
+            });
+        }
+        if !self.links.is_empty() && self.links.iter().all(|l| !l.state().up) {
+            problems.push(format!("no link to node {peer} is up"));
+            next.get_or_insert_with(|| {
+                format!(
+                    "check that node {peer} runs and that the links are reachable and use the same \
+                     pair.psk_file (see the links' last_error and auth_failures)"
+                )
+            });
+        }
+        (problems, next)
+    }
+
+    /// The `pair` object of `/status`.
+    pub fn status_json(&self) -> Value {
+        let (own_last, sent, acked) = self.shipping();
+        let (copy_link, copy_stopped, peer_copy_stopped, copy_error) = self.with_repl(|r| {
+            (
+                r.copy_link,
+                r.copy_stopped.clone(),
+                r.peer_copy_stopped.clone(),
+                r.copy_last_error.clone(),
+            )
+        });
+        let stopped_json = |s: &Option<Stopped>| match s {
+            Some(s) => json!({"kind": s.kind, "seq": s.seq, "detail": s.detail}),
+            None => Value::Null,
+        };
+        let links: Vec<Value> = self
+            .links
+            .iter()
+            .map(|l| {
+                let st = l.state();
+                let snap = l.stats.snapshot();
+                let failures: serde_json::Map<String, Value> = AuthFailure::ALL
+                    .iter()
+                    .map(|r| (r.as_str().to_string(), json!(snap.auth_failures(*r))))
+                    .collect();
+                json!({
+                    "index": l.index,
+                    "side": l.side.as_str(),
+                    "address": l.side.addr().to_string(),
+                    "state": if st.up { "up" } else { "down" },
+                    "since": rfc3339(st.since),
+                    "remote": st.remote.map(|a| a.to_string()),
+                    "last_error": st.last_error,
+                    "sessions": snap.sessions_established,
+                    "reconnects": snap.reconnects,
+                    "bytes_sent": snap.bytes_sent,
+                    "bytes_received": snap.bytes_received,
+                    "auth_failures_total": snap.auth_failures_total(),
+                    "auth_failures": failures,
+                })
+            })
+            .collect();
+        let copy_first = self.copy.first_seq().0;
+        let copy_durable = self.copy.durable_seq().map_or(0, |s| s.0);
+        let (problems, next_step) = self.problems();
+        json!({
+            "peer": self.settings.peer.to_string(),
+            "links": links,
+            "links_up": self.links.iter().filter(|l| l.state().up).count(),
+            "shipping": {
+                "journal_last_seq": own_last,
+                "shipped_seq": sent,
+                "peer_acked_seq": acked,
+                "lag_records": own_last.saturating_sub(acked),
+                "records_shipped": self.links.iter().map(|l| l.stats.snapshot().records_shipped).sum::<u64>(),
+                "peer_copy_stopped": stopped_json(&peer_copy_stopped),
+            },
+            "copy": {
+                "dir": self.copy_dir.display().to_string(),
+                "fsync": self.settings.copy_fsync.to_string(),
+                "link": copy_link,
+                "copying": copy_link.is_some() && copy_stopped.is_none(),
+                "first_seq": copy_first,
+                "durable_seq": copy_durable,
+                // The peer's journal end reaches this node with the HA heartbeats (next); until
+                // then the peer's `shipping.lag_records` is this copy's lag.
+                "lag_records": Value::Null,
+                "records_copied": self.links.iter().map(|l| l.stats.snapshot().records_copied).sum::<u64>(),
+                "stopped": stopped_json(&copy_stopped),
+                "last_error": copy_error,
+            },
+            "control": {
+                "received": self.control.received.load(Relaxed),
+                "received_bytes": self.control.received_bytes.load(Relaxed),
+            },
+            "healthy": problems.is_empty(),
+            "problems": problems,
+            "next_step": next_step,
+        })
+    }
+
+    /// The `twinrx_link_*` and `twinrx_replication_*` families of `/metrics`.
+    pub fn encode_metrics(
+        &self,
+        enc: &mut prometheus_client::encoding::DescriptorEncoder,
+    ) -> std::fmt::Result {
+        use crate::metrics::family;
+        use prometheus_client::metrics::MetricType::{Counter, Gauge};
+        let idx: Vec<String> = self.links.iter().map(|l| l.index.to_string()).collect();
+        let snaps: Vec<_> = self.links.iter().map(|l| l.stats.snapshot()).collect();
+        let per_link = |f: &dyn Fn(usize) -> u64| -> Vec<(crate::metrics::Labels<'_>, u64)> {
+            idx.iter()
+                .enumerate()
+                .map(|(i, s)| (vec![("link", s.as_str())], f(i)))
+                .collect()
+        };
+        family(
+            enc,
+            "twinrx_link_up",
+            "1 while the link's session to the peer is established",
+            Gauge,
+            &per_link(&|i| u64::from(self.links[i].state().up)),
+        )?;
+        let mut bytes = Vec::new();
+        for (i, s) in idx.iter().enumerate() {
+            bytes.push((
+                vec![("link", s.as_str()), ("direction", "sent")],
+                snaps[i].bytes_sent,
+            ));
+            bytes.push((
+                vec![("link", s.as_str()), ("direction", "received")],
+                snaps[i].bytes_received,
+            ));
+        }
+        family(
+            enc,
+            "twinrx_link_bytes",
+            "Bytes sent and received on the link (frames, all lanes)",
+            Counter,
+            &bytes,
+        )?;
+        let mut failures = Vec::new();
+        for (i, s) in idx.iter().enumerate() {
+            for (reason, n) in snaps[i].auth_failures {
+                failures.push((vec![("link", s.as_str()), ("reason", reason.as_str())], n));
+            }
+        }
+        family(
+            enc,
+            "twinrx_link_auth_failures",
+            "Cluster-link connections or sessions refused, by reason (bad_proof: wrong key)",
+            Counter,
+            &failures,
+        )?;
+        family(
+            enc,
+            "twinrx_link_reconnects",
+            "Sessions established on the link after its first",
+            Counter,
+            &per_link(&|i| snaps[i].reconnects),
+        )?;
+        let (own_last, _, acked) = self.shipping();
+        family(
+            enc,
+            "twinrx_replication_lag_records",
+            "Records of this node's journal not yet durable in the peer's copy",
+            Gauge,
+            &[(vec![], own_last.saturating_sub(acked))],
+        )?;
+        family(
+            enc,
+            "twinrx_replication_shipped_records",
+            "Records of this node's journal shipped to the peer",
+            Counter,
+            &[(vec![], snaps.iter().map(|s| s.records_shipped).sum())],
+        )?;
+        family(
+            enc,
+            "twinrx_replication_copied_records",
+            "Records of the peer's journal appended to this node's copy",
+            Counter,
+            &[(vec![], snaps.iter().map(|s| s.records_copied).sum())],
+        )?;
+        family(
+            enc,
+            "twinrx_replication_copy_durable_seq",
+            "Last seq of the peer's journal durable in this node's copy",
+            Gauge,
+            &[(vec![], self.copy.durable_seq().map_or(0, |s| s.0))],
+        )?;
+        family(
+            enc,
+            "twinrx_replication_copy_stopped",
+            "1 when the copy of the peer's journal diverged or has a gap (resync needed)",
+            Gauge,
+            &[(vec![], u64::from(self.copy_stopped()))],
+        )?;
+        Ok(())
+    }
+}
+
+impl LinkView {
+    fn state(&self) -> LinkState {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

@@ -1,0 +1,371 @@
+//! End-to-end: two real `twinrx node` processes, a and b, each on its own loopback address,
+//! with a `[pair]` section: they cross-replicate their journals over the authenticated
+//! cluster link. The copies are read back from disk with the `journal` crate and compared
+//! with the source journals byte for byte. Real signals (SIGKILL, SIGTERM), a stranger with
+//! the wrong key, a wiped data directory.
+
+mod common;
+
+use common::*;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const KEY: &str = "6a1f0c55e2b94d7f8e3a21c4b5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
+const WRONG_KEY: &str = "00000000000000000000000000000000ffffffffffffffffffffffffffffffff";
+const LINK_PORT: u16 = 7400;
+
+/// Two nodes configured as a pair (not started).
+struct TestPair {
+    a: TestNode,
+    b: TestNode,
+    _scratch: Scratch,
+}
+
+impl TestPair {
+    fn new(tag: &str) -> TestPair {
+        let s = Scratch::new(tag);
+        let psk = s.path().join("cluster.psk");
+        std::fs::write(&psk, format!("{KEY}\n")).expect("write psk");
+        std::fs::set_permissions(&psk, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let a = TestNode::new(&s.path().join("a"), "", "");
+        let b = TestNode::new(&s.path().join("b"), "", "");
+        let (ia, ib) = (a.ip, b.ip);
+        for (node, name) in [(&a, "a"), (&b, "b")] {
+            let text = std::fs::read_to_string(&node.config).expect("read config");
+            let text = text.replacen("name = \"a\"", &format!("name = \"{name}\""), 1);
+            let (me, peer) = if name == "a" { (ia, ib) } else { (ib, ia) };
+            let text = format!(
+                "{text}\n[pair]\npeer = [\"{peer}:{LINK_PORT}\"]\nlisten = [\"{me}:{LINK_PORT}\"]\n\
+                 psk_file = \"{}\"\n",
+                psk.display()
+            );
+            std::fs::write(&node.config, text).expect("write config");
+        }
+        TestPair { a, b, _scratch: s }
+    }
+
+    fn start(&mut self) {
+        self.a.start();
+        self.b.start();
+        wait_link_up(&self.a);
+        wait_link_up(&self.b);
+    }
+
+    /// Waits until each node's copy holds exactly the other's durable journal.
+    fn wait_copies_caught_up(&self, timeout: Duration) {
+        wait_for("both copies to catch up", timeout, || {
+            let (sa, sb) = (self.a.status(), self.b.status());
+            let a_last = sa["journal"]["last_seq"].as_u64()?;
+            let b_last = sb["journal"]["last_seq"].as_u64()?;
+            let a_copy = sa["pair"]["copy"]["durable_seq"].as_u64()?;
+            let b_copy = sb["pair"]["copy"]["durable_seq"].as_u64()?;
+            (a_copy == b_last && b_copy == a_last && a_last > 0 && b_last > 0).then_some(())
+        });
+    }
+
+    fn stop(&mut self) {
+        for n in [&mut self.a, &mut self.b] {
+            n.signal(nix::sys::signal::Signal::SIGTERM);
+            let st = n.wait_exit(Duration::from_secs(20));
+            assert!(st.success(), "node exit: {st}\n{}", n.log_text());
+        }
+    }
+}
+
+fn link_addr(n: &TestNode) -> std::net::SocketAddr {
+    std::net::SocketAddr::from((n.ip, LINK_PORT))
+}
+
+fn wait_link_up(n: &TestNode) {
+    wait_for("the pair link to come up", Duration::from_secs(20), || {
+        (n.status()["pair"]["links"][0]["state"] == "up").then_some(())
+    });
+}
+
+/// Every record of the journal in `dir`: (seq, payload). The node must be stopped.
+fn read_all(dir: &Path) -> Vec<(u64, Vec<u8>)> {
+    let (j, _) = journal::Journal::open(dir, journal::Options::default())
+        .unwrap_or_else(|e| panic!("open {}: {e}", dir.display()));
+    let h = j.handle();
+    let mut out = Vec::new();
+    let mut from = h.first_seq();
+    loop {
+        let recs = h.read(from, 10_000, 64 << 20).expect("read journal");
+        let Some((last, _)) = recs.last() else { break };
+        from = last.next();
+        out.extend(recs.into_iter().map(|(s, p)| (s.0, p)));
+    }
+    out
+}
+
+/// The copy equals the source: same seqs, same bytes, no gap, no duplicate.
+fn assert_same_journal(source: &Path, copy: &Path) -> usize {
+    let src = read_all(source);
+    let cp = read_all(copy);
+    assert_eq!(
+        src.len(),
+        cp.len(),
+        "record counts of {source:?} and {copy:?}"
+    );
+    for (i, (s, c)) in src.iter().zip(cp.iter()).enumerate() {
+        assert_eq!(s.0, c.0, "seq of record {i}");
+        assert!(s.1 == c.1, "bytes of seq {} differ", s.0);
+    }
+    for w in cp.windows(2) {
+        assert_eq!(w[1].0, w[0].0 + 1, "gap or duplicate in {copy:?}");
+    }
+    src.len()
+}
+
+fn gen(dir: &Path, to: &[&TestNode], count: u64, rate: u64, run_id: &str) -> Child {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["gen", "--transport", "tcp", "--run-id", run_id])
+        .args(["--count", &count.to_string(), "--rate", &rate.to_string()])
+        .arg("--manifest")
+        .arg(dir.join(format!("{run_id}.json")));
+    for n in to {
+        cmd.args(["--to", &format!("{}:5514", n.ip)]);
+    }
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn gen")
+}
+
+fn wait_gen(mut g: Child) {
+    let st = wait_for("gen to finish", Duration::from_secs(120), || {
+        g.try_wait().ok().flatten()
+    });
+    assert!(st.success(), "gen: {st}");
+}
+
+fn scratch_dir(p: &TestPair) -> PathBuf {
+    p.a.dir.parent().expect("pair dir").to_path_buf()
+}
+
+#[test]
+fn each_node_holds_an_exact_copy_of_the_others_journal() {
+    let mut p = TestPair::new("pair-copy");
+    p.start();
+    let mut g = gen(&scratch_dir(&p), &[&p.a, &p.b], 5000, 5000, "copy");
+    // Sample the replication lag (a's journal not yet durable in b's copy) under the load.
+    let mut lag_max = 0;
+    let g_done = wait_for("gen to finish", Duration::from_secs(120), || {
+        if let Some(l) = p.a.status()["pair"]["shipping"]["lag_records"].as_u64() {
+            lag_max = lag_max.max(l);
+        }
+        g.try_wait().ok().flatten()
+    });
+    assert!(g_done.success(), "gen: {g_done}");
+    p.wait_copies_caught_up(Duration::from_secs(60));
+    let sa = p.a.status();
+    assert_eq!(sa["journal"]["last_seq"].as_u64(), Some(5000), "{sa:#}");
+    assert_eq!(
+        sa["pair"]["shipping"]["lag_records"].as_u64(),
+        Some(0),
+        "{sa:#}"
+    );
+    assert_eq!(sa["pair"]["healthy"], true, "{sa:#}");
+    eprintln!("replication lag under 5000 msg/s per node: max {lag_max} records");
+    // Human status and metrics.
+    let out = run(Command::new(BIN).args(["status", "--node", &p.a.admin]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("link 0    b up (dial"), "{text}");
+    assert!(text.contains("lag 0 records"), "{text}");
+    let metrics = get_text(&format!("{}/metrics", p.b.admin)).expect("metrics");
+    assert!(
+        metrics.contains("twinrx_link_up{link=\"0\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("twinrx_replication_copied_records_total 5000"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("twinrx_link_auth_failures_total{link=\"0\",reason=\"bad_proof\"} 0"),
+        "{metrics}"
+    );
+    p.stop();
+    let (da, db) = (p.a.data_dir(), p.b.data_dir());
+    assert_eq!(
+        assert_same_journal(&da.join("journal"), &db.join("peer")),
+        5000
+    );
+    assert_eq!(
+        assert_same_journal(&db.join("journal"), &da.join("peer")),
+        5000
+    );
+}
+
+#[test]
+fn a_node_killed_mid_load_catches_up_without_gap_or_duplicate() {
+    let mut p = TestPair::new("pair-kill");
+    p.start();
+    let dir = scratch_dir(&p);
+    let g = gen(&dir, &[&p.a, &p.b], 20_000, 4000, "kill");
+    wait_for(
+        "3000 records on b before the kill",
+        Duration::from_secs(60),
+        || (p.b.status()["journal"]["last_seq"].as_u64()? >= 3000).then_some(()),
+    );
+    p.b.kill9();
+    wait_for("a to see the link down", Duration::from_secs(20), || {
+        (p.a.status()["pair"]["links"][0]["state"] == "down").then_some(())
+    });
+    let down = p.a.status();
+    assert_eq!(down["healthy"], false, "{down:#}");
+    assert!(
+        down["next_step"]
+            .as_str()
+            .unwrap_or("")
+            .contains("node b runs"),
+        "{down:#}"
+    );
+    p.b.start();
+    wait_link_up(&p.b);
+    wait_gen(g);
+    p.wait_copies_caught_up(Duration::from_secs(60));
+    let sa = p.a.status();
+    assert!(
+        sa["pair"]["links"][0]["reconnects"].as_u64() >= Some(1),
+        "{sa:#}"
+    );
+    assert!(sa["pair"]["copy"]["stopped"].is_null(), "{sa:#}");
+    p.stop();
+    let (da, db) = (p.a.data_dir(), p.b.data_dir());
+    let n_a = assert_same_journal(&da.join("journal"), &db.join("peer"));
+    let n_b = assert_same_journal(&db.join("journal"), &da.join("peer"));
+    assert_eq!(n_a, 20_000);
+    assert!(n_b >= 3000, "{n_b}");
+}
+
+#[test]
+fn a_stranger_with_a_wrong_key_or_garbage_is_refused_and_counted() {
+    use std::io::{Read as _, Write as _};
+    let mut p = TestPair::new("pair-stranger");
+    p.start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // A client that claims to be node a, with the wrong key.
+    let cfg = replicator::LinkConfig::new(
+        twinrx_types::NodeId::A,
+        replicator::Psk::from_hex(WRONG_KEY).expect("key"),
+    );
+    let r = rt.block_on(replicator::connect(link_addr(&p.b), &cfg));
+    assert!(r.is_err(), "a wrong key must not get a session");
+    assert_eq!(
+        cfg.stats
+            .snapshot()
+            .auth_failures(replicator::AuthFailure::RejectedByPeer),
+        1
+    );
+    // Garbage on the link port.
+    let mut sock = std::net::TcpStream::connect(link_addr(&p.b)).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    sock.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let mut buf = Vec::new();
+    let _ = sock.read_to_end(&mut buf); // the node closes it
+    let st = wait_for(
+        "both refusals counted on b",
+        Duration::from_secs(10),
+        || {
+            let st = p.b.status();
+            let f = &st["pair"]["links"][0]["auth_failures"];
+            (f["bad_proof"].as_u64()? >= 1 && f["malformed"].as_u64()? >= 1).then_some(st)
+        },
+    );
+    // The real session is untouched and still carries the journals.
+    assert_eq!(st["pair"]["links"][0]["state"], "up", "{st:#}");
+    assert_eq!(
+        st["pair"]["links"][0]["sessions"].as_u64(),
+        Some(1),
+        "{st:#}"
+    );
+    let g = gen(&scratch_dir(&p), &[&p.a, &p.b], 200, 2000, "stranger");
+    wait_gen(g);
+    p.wait_copies_caught_up(Duration::from_secs(30));
+    let metrics = get_text(&format!("{}/metrics", p.b.admin)).expect("metrics");
+    assert!(
+        metrics.contains("twinrx_link_auth_failures_total{link=\"0\",reason=\"bad_proof\"} 1"),
+        "{metrics}"
+    );
+    p.stop();
+}
+
+#[test]
+fn a_wiped_peer_is_reported_as_divergence_and_nothing_is_mixed_into_the_copy() {
+    let mut p = TestPair::new("pair-wipe");
+    p.start();
+    let dir = scratch_dir(&p);
+    wait_gen(gen(&dir, &[&p.a, &p.b], 1000, 2000, "before"));
+    p.wait_copies_caught_up(Duration::from_secs(30));
+    p.b.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(p.b.wait_exit(Duration::from_secs(20)).success());
+    let old_b = read_all(&p.b.data_dir().join("journal"));
+    assert_eq!(old_b.len(), 1000);
+    std::fs::remove_dir_all(p.b.data_dir()).expect("wipe b");
+    p.b.start();
+    let sa = wait_for(
+        "a to report the divergence",
+        Duration::from_secs(30),
+        || {
+            let st = p.a.status();
+            (st["pair"]["copy"]["stopped"]["kind"] == "diverged").then_some(st)
+        },
+    );
+    assert_eq!(sa["healthy"], false, "{sa:#}");
+    let next = sa["next_step"].as_str().unwrap_or("");
+    assert!(
+        next.contains("twinrx resync") && next.contains("node a"),
+        "{sa:#}"
+    );
+    assert!(
+        sa["problems"]
+            .to_string()
+            .contains("copy of node b's journal diverged"),
+        "{sa:#}"
+    );
+    assert_eq!(
+        sa["pair"]["copy"]["durable_seq"].as_u64(),
+        Some(1000),
+        "{sa:#}"
+    );
+    // b's new journal grows; none of it reaches a's copy of the old one.
+    wait_gen(gen(&dir, &[&p.b], 300, 2000, "after"));
+    wait_for(
+        "b to journal the new messages",
+        Duration::from_secs(30),
+        || (p.b.status()["journal"]["last_seq"].as_u64()? >= 300).then_some(()),
+    );
+    // b's (empty) copy of a follows a's journal from its start.
+    wait_for(
+        "b to copy a's journal again",
+        Duration::from_secs(30),
+        || {
+            let a_last = p.a.status()["journal"]["last_seq"].as_u64()?;
+            (p.b.status()["pair"]["copy"]["durable_seq"].as_u64()? == a_last).then_some(())
+        },
+    );
+    let sa = p.a.status();
+    assert_eq!(
+        sa["pair"]["copy"]["durable_seq"].as_u64(),
+        Some(1000),
+        "{sa:#}"
+    );
+    assert_eq!(sa["pair"]["copy"]["stopped"]["kind"], "diverged", "{sa:#}");
+    p.stop();
+    assert!(
+        read_all(&p.a.data_dir().join("peer")) == old_b,
+        "a's copy changed"
+    );
+    assert_same_journal(
+        &p.a.data_dir().join("journal"),
+        &p.b.data_dir().join("peer"),
+    );
+}
