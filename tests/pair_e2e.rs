@@ -25,6 +25,16 @@ struct TestPair {
 
 impl TestPair {
     fn new(tag: &str) -> TestPair {
+        TestPair::with_links(tag, 1, None)
+    }
+
+    /// A pair with `links` links (ports 7400, 7410, …); `via(i, b_addr)` may route node a's
+    /// dial of link `i` elsewhere (a proxy).
+    fn with_links(
+        tag: &str,
+        links: u16,
+        via: Option<&dyn Fn(u16, std::net::SocketAddr) -> std::net::SocketAddr>,
+    ) -> TestPair {
         let s = Scratch::new(tag);
         let psk = s.path().join("cluster.psk");
         std::fs::write(&psk, format!("{KEY}\n")).expect("write psk");
@@ -32,13 +42,27 @@ impl TestPair {
         let a = TestNode::new(&s.path().join("a"), "", "");
         let b = TestNode::new(&s.path().join("b"), "", "");
         let (ia, ib) = (a.ip, b.ip);
+        let list = |ip: std::net::Ipv4Addr, dial: bool| -> String {
+            (0..links)
+                .map(|i| {
+                    let addr = std::net::SocketAddr::from((ip, LINK_PORT + 10 * i));
+                    let addr = match via {
+                        Some(f) if dial => f(i, addr),
+                        _ => addr,
+                    };
+                    format!("\"{addr}\"")
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         for (node, name) in [(&a, "a"), (&b, "b")] {
             let text = std::fs::read_to_string(&node.config).expect("read config");
             let text = text.replacen("name = \"a\"", &format!("name = \"{name}\""), 1);
             let (me, peer) = if name == "a" { (ia, ib) } else { (ib, ia) };
             let text = format!(
-                "{text}\n[pair]\npeer = [\"{peer}:{LINK_PORT}\"]\nlisten = [\"{me}:{LINK_PORT}\"]\n\
-                 psk_file = \"{}\"\n",
+                "{text}\n[pair]\npeer = [{}]\nlisten = [{}]\npsk_file = \"{}\"\n",
+                list(peer, name == "a"),
+                list(me, false),
                 psk.display()
             );
             std::fs::write(&node.config, text).expect("write config");
@@ -367,5 +391,144 @@ fn a_wiped_peer_is_reported_as_divergence_and_nothing_is_mixed_into_the_copy() {
     assert_same_journal(
         &p.a.data_dir().join("journal"),
         &p.b.data_dir().join("peer"),
+    );
+}
+
+/// A TCP proxy for one link that the test can cut (every connection closed, new ones closed
+/// on accept) and heal.
+struct Proxy {
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(addr: std::net::SocketAddr, target: std::net::SocketAddr) -> Proxy {
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = std::net::TcpListener::bind(addr).expect("proxy bind");
+        let proxy = Proxy {
+            cut: Default::default(),
+            conns: Default::default(),
+        };
+        let (cut, conns) = (proxy.cut.clone(), proxy.conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if cut.load(SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let Ok(server) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                let pipes = [
+                    (client.try_clone(), server.try_clone()),
+                    (server.try_clone(), client.try_clone()),
+                ];
+                if let Ok(mut c) = conns.lock() {
+                    c.extend([client, server]);
+                }
+                for (from, to) in pipes {
+                    if let (Ok(mut from), Ok(mut to)) = (from, to) {
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut to);
+                            let _ = to.shutdown(std::net::Shutdown::Both);
+                            let _ = from.shutdown(std::net::Shutdown::Both);
+                        });
+                    }
+                }
+            }
+        });
+        proxy
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut c) = self.conns.lock() {
+            for s in c.drain(..) {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+
+    fn heal(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn copying_moves_to_the_other_link_when_one_is_cut_and_back_when_it_heals() {
+    // Both links go through proxies, so the one the copies run on can be cut.
+    let proxy_addrs: Vec<std::net::SocketAddr> = (0..2u16)
+        .map(|i| std::net::SocketAddr::from((unique_ip(), LINK_PORT + 10 * i)))
+        .collect();
+    let routes = proxy_addrs.clone();
+    let route = move |i: u16, _: std::net::SocketAddr| routes[usize::from(i)];
+    let mut p = TestPair::with_links("pair-links", 2, Some(&route));
+    let b_links: Vec<std::net::SocketAddr> = (0..2u16)
+        .map(|i| std::net::SocketAddr::from((p.b.ip, LINK_PORT + 10 * i)))
+        .collect();
+    let proxies: Vec<Proxy> = proxy_addrs
+        .iter()
+        .zip(&b_links)
+        .map(|(at, to)| Proxy::start(*at, *to))
+        .collect();
+    p.start();
+    for n in [&p.a, &p.b] {
+        wait_for("both links up", Duration::from_secs(20), || {
+            (n.status()["pair"]["links_up"].as_u64()? == 2).then_some(())
+        });
+    }
+    let dir = scratch_dir(&p);
+    let g = gen(&dir, &[&p.a, &p.b], 15_000, 5000, "links");
+    let k = wait_for(
+        "2000 records copied before the cut",
+        Duration::from_secs(30),
+        || {
+            let sb = p.b.status();
+            (sb["pair"]["copy"]["durable_seq"].as_u64()? >= 2000)
+                .then(|| sb["pair"]["copy"]["link"].as_u64())
+                .flatten()
+        },
+    ) as usize;
+    let other = 1 - k;
+    proxies[k].cut();
+    wait_for(
+        "the copies' link down on both nodes",
+        Duration::from_secs(20),
+        || {
+            let (sa, sb) = (p.a.status(), p.b.status());
+            (sa["pair"]["links"][k]["state"] == "down" && sb["pair"]["links"][k]["state"] == "down")
+                .then_some(())
+        },
+    );
+    // Copying goes on over the other link while this one is cut.
+    let at_cut = p.b.status()["pair"]["copy"]["durable_seq"]
+        .as_u64()
+        .unwrap_or(0);
+    wait_for(
+        "copying to go on over the other link",
+        Duration::from_secs(20),
+        || {
+            let (sa, sb) = (p.a.status(), p.b.status());
+            (sb["pair"]["copy"]["durable_seq"].as_u64()? > at_cut
+                && sb["pair"]["copy"]["link"].as_u64()? == other as u64
+                && sa["pair"]["copy"]["link"].as_u64()? == other as u64)
+                .then_some(())
+        },
+    );
+    proxies[k].heal();
+    wait_for("the cut link back up", Duration::from_secs(20), || {
+        (p.a.status()["pair"]["links_up"].as_u64()? == 2).then_some(())
+    });
+    wait_gen(g);
+    p.wait_copies_caught_up(Duration::from_secs(60));
+    p.stop();
+    let (da, db) = (p.a.data_dir(), p.b.data_dir());
+    assert_eq!(
+        assert_same_journal(&da.join("journal"), &db.join("peer")),
+        15_000
+    );
+    assert_eq!(
+        assert_same_journal(&db.join("journal"), &da.join("peer")),
+        15_000
     );
 }
