@@ -227,6 +227,11 @@ async fn link_task(
 ) {
     let view = pair.links[i].clone();
     let mut backoff = BACKOFF_MIN;
+    // When the last session started, and a pause before the next dial after it ended: a
+    // session that ends within a second counts as a failed attempt (the backoff grows), so a
+    // peer that accepts and drops at once is not dialed in a tight loop.
+    let mut up_at = std::time::Instant::now();
+    let mut redial_after: Option<Duration> = None;
     let mut live: Option<Live> = None;
     let mut stop = false;
     loop {
@@ -269,6 +274,14 @@ async fn link_task(
                 match step {
                     Step::Nothing => {}
                     Step::Down(reason) => {
+                        if matches!(view.side, LinkSide::Dial(_)) {
+                            if up_at.elapsed() < Duration::from_secs(1) {
+                                backoff = (backoff * 2).min(BACKOFF_MAX);
+                            } else {
+                                backoff = BACKOFF_MIN;
+                            }
+                            redial_after = Some(backoff);
+                        }
                         tracing::info!(link = i, reason = %reason, "pair link down");
                         pair.set_link(i, false, None, Some(reason));
                         live = None;
@@ -297,10 +310,19 @@ async fn link_task(
                 }
                 LinkSide::Dial(addr) => {
                     let addr = *addr;
+                    if let Some(pause) = redial_after.take() {
+                        tokio::select! {
+                            _ = tokio::time::sleep(pause) => {},
+                            _ = stopping(&mut shutdown) => stop = true,
+                        }
+                        if stop {
+                            continue;
+                        }
+                    }
                     tokio::select! {
                         r = replicator::connect(addr, &cfg) => match r {
                             Ok(s) => {
-                                backoff = BACKOFF_MIN;
+                                up_at = std::time::Instant::now();
                                 live = Some(pair.session_up(i, s, &offers));
                             }
                             Err(e) => {
