@@ -360,6 +360,7 @@ fn a_wiped_peer_is_reported_as_divergence_and_nothing_is_mixed_into_the_copy() {
         Some(1000),
         "{sa:#}"
     );
+    let sessions = sa["pair"]["links"][0]["sessions"].as_u64();
     // b's new journal grows; none of it reaches a's copy of the old one.
     wait_gen(gen(&dir, &[&p.b], 300, 2000, "after"));
     wait_for(
@@ -383,6 +384,20 @@ fn a_wiped_peer_is_reported_as_divergence_and_nothing_is_mixed_into_the_copy() {
         "{sa:#}"
     );
     assert_eq!(sa["pair"]["copy"]["stopped"]["kind"], "diverged", "{sa:#}");
+    // The stopped copy does not make the link flap: the session stays up.
+    assert_eq!(
+        sa["pair"]["links"][0]["sessions"].as_u64(),
+        sessions,
+        "{sa:#}"
+    );
+    assert_eq!(sa["pair"]["links"][0]["state"], "up", "{sa:#}");
+    // b says the same from its side: its journal no longer matches a's copy of it.
+    let sb = p.b.status();
+    assert!(
+        sb["pair"]["shipping"]["peer_copy_stopped"]["kind"] == "diverged"
+            && sb["next_step"].as_str().unwrap_or("").contains("on node a"),
+        "{sb:#}"
+    );
     p.stop();
     assert!(
         read_all(&p.a.data_dir().join("peer")) == old_b,
