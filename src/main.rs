@@ -11,6 +11,7 @@ mod metrics;
 mod node;
 mod pair;
 mod procnet;
+mod psk;
 mod sink;
 mod snmp;
 mod status;

@@ -12,7 +12,6 @@
 //! on both nodes) and must then have the same length.
 
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -153,7 +152,7 @@ pub fn validate(
             );
             None
         }
-        Some(p) => read_psk(&resolve(p), problems, &mut warnings),
+        Some(p) => crate::psk::read_psk("pair.psk_file", &resolve(p), problems, &mut warnings),
     };
     if problems.len() != before {
         return None;
@@ -173,57 +172,10 @@ pub fn validate(
     })
 }
 
-/// Reads the key file: hex text, whitespace ignored, at least 16 bytes. A file other users
-/// may read or write is refused (whoever holds the key can feed this node's copy of the
-/// peer's journal and, with the HA core, vote); a group-readable one is accepted with a
-/// warning. The same rules as the witness's `psk_file`.
-fn read_psk(
-    file: &Path,
-    problems: &mut Vec<String>,
-    warnings: &mut Vec<String>,
-) -> Option<replicator::Psk> {
-    let key = format!("pair.psk_file = {:?}", file.display().to_string());
-    let meta = match std::fs::metadata(file) {
-        Ok(m) => m,
-        Err(e) => {
-            problems.push(format!("{key}: cannot read: {e}"));
-            return None;
-        }
-    };
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o007 != 0 {
-        problems.push(format!(
-            "{key}: mode {mode:04o} lets every user read or change the cluster key; run `chmod 600` on it"
-        ));
-        return None;
-    }
-    if mode & 0o070 != 0 {
-        warnings.push(format!(
-            "{key}: mode {mode:04o} lets the file's group read the cluster key; `chmod 600` is safer"
-        ));
-    }
-    let text = match std::fs::read_to_string(file) {
-        Ok(t) => t,
-        Err(e) => {
-            problems.push(format!("{key}: cannot read: {e}"));
-            return None;
-        }
-    };
-    match replicator::Psk::from_hex(&text) {
-        Ok(psk) => Some(psk),
-        Err(e) => {
-            problems.push(format!(
-                "{key}: {e} (hex digits, at least {} bytes; the same file on both nodes)",
-                replicator::Psk::BYTES_MIN
-            ));
-            None
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
 
     fn scratch(tag: &str) -> PathBuf {
         let d =

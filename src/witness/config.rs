@@ -7,7 +7,6 @@
 //! world-readable key is a config problem named `psk_file`.
 
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -147,7 +146,7 @@ pub fn validate(path: &Path, raw: RawWitnessConfig) -> Result<WitnessSettings, V
         }
         Some(p) => {
             let file = resolve(p);
-            read_psk(&file, &mut problems, &mut warnings)
+            crate::psk::read_psk("psk_file", &file, &mut problems, &mut warnings)
         }
     };
 
@@ -169,56 +168,10 @@ pub fn validate(path: &Path, raw: RawWitnessConfig) -> Result<WitnessSettings, V
     Err(problems)
 }
 
-/// Reads the key file: hex text, whitespace ignored, at least 16 bytes. A key file that other
-/// users may read or write is refused (anyone holding the key can vote as a node); one the
-/// group may read is accepted with a warning.
-fn read_psk(
-    file: &Path,
-    problems: &mut Vec<String>,
-    warnings: &mut Vec<String>,
-) -> Option<replicator::Psk> {
-    let key = format!("psk_file = {:?}", file.display().to_string());
-    let meta = match std::fs::metadata(file) {
-        Ok(m) => m,
-        Err(e) => {
-            problems.push(format!("{key}: cannot read: {e}"));
-            return None;
-        }
-    };
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o007 != 0 {
-        problems.push(format!(
-            "{key}: mode {mode:04o} lets every user read or change the cluster key; run `chmod 600` on it"
-        ));
-        return None;
-    }
-    if mode & 0o070 != 0 {
-        warnings.push(format!(
-            "{key}: mode {mode:04o} lets the file's group read the cluster key; `chmod 600` is safer"
-        ));
-    }
-    let text = match std::fs::read_to_string(file) {
-        Ok(t) => t,
-        Err(e) => {
-            problems.push(format!("{key}: cannot read: {e}"));
-            return None;
-        }
-    };
-    match replicator::Psk::from_hex(&text) {
-        Ok(psk) => Some(psk),
-        Err(e) => {
-            problems.push(format!(
-                "{key}: {e} (hex digits, at least {} bytes; the same file as the nodes')",
-                replicator::Psk::BYTES_MIN
-            ));
-            None
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
 
     fn key_file(dir: &Path, text: &str, mode: u32) -> PathBuf {
         let p = dir.join("cluster.psk");
