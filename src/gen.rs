@@ -181,14 +181,7 @@ fn run_snmp(
     let mut buf = vec![0u8; 65_536];
     for i in 0..args.count {
         let n = args.first + i;
-        if args.rate > 0 {
-            let due = started + Duration::from_secs_f64(i as f64 / args.rate as f64);
-            let now = Instant::now();
-            if due > now + Duration::from_millis(1) {
-                std::thread::sleep(due - now);
-            }
-        }
-        if Instant::now() > deadline {
+        if !pace(args.rate, started, i, deadline) {
             break;
         }
         // The request-id differs per message (and per destination would be allowed too); it
@@ -369,14 +362,7 @@ pub fn run(args: GenArgs) -> anyhow::Result<i32> {
     let mut frame = Vec::with_capacity(args.size + 16);
     for i in 0..args.count {
         let n = args.first + i;
-        if args.rate > 0 {
-            let due = started + Duration::from_secs_f64(i as f64 / args.rate as f64);
-            let now = Instant::now();
-            if due > now + Duration::from_millis(1) {
-                std::thread::sleep(due - now);
-            }
-        }
-        if Instant::now() > deadline {
+        if !pace(args.rate, started, i, deadline) {
             break;
         }
         let msg = message(&args, &run_id, n, host);
@@ -483,6 +469,19 @@ fn finish(
         }
     );
     Ok(0)
+}
+
+/// Sleeps until message `i` is due at `rate` per second (0: no pacing); false once the
+/// deadline has passed.
+fn pace(rate: u64, started: Instant, i: u64, deadline: Instant) -> bool {
+    if rate > 0 {
+        let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+        let now = Instant::now();
+        if due > now + Duration::from_millis(1) {
+            std::thread::sleep(due - now);
+        }
+    }
+    Instant::now() <= deadline
 }
 
 fn write_or_drop(slot: &mut Option<TcpStream>, frame: &[u8]) -> bool {

@@ -374,7 +374,8 @@ async fn run_async(cfg: NodeConfig) -> anyhow::Result<()> {
     }
 }
 
-async fn wait_for_signal() {
+/// Resolves at the first SIGTERM or SIGINT (shared by the node and the witness).
+pub(crate) async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match (
         signal(SignalKind::terminate()),

@@ -185,7 +185,7 @@ async fn run_async(cfg: WitnessSettings) -> anyhow::Result<()> {
     );
 
     let (result, core_running) = tokio::select! {
-        _ = wait_for_signal() => {
+        _ = crate::node::wait_for_signal() => {
             tracing::info!("stopping");
             (Ok(()), true)
         }
@@ -228,23 +228,6 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<crate::datadir::DirLock> {
 async fn stopping(shutdown: &mut watch::Receiver<bool>) {
     if shutdown.wait_for(|s| *s).await.is_err() {
         tracing::debug!("shutdown sender gone");
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = int.recv() => {},
-            }
-        }
-        // Without handlers only SIGKILL stops it, which loses nothing: state is fsynced.
-        _ => std::future::pending::<()>().await,
     }
 }
 

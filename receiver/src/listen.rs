@@ -89,22 +89,7 @@ impl Intake {
 
     /// Queues without waiting (UDP): a full budget drops the batch.
     pub fn try_push(&self, records: Vec<Record>) -> Result<(), PushError> {
-        let cost = Batch::cost(&records).min(self.budget_bytes);
-        let permit = self
-            .budget
-            .clone()
-            .try_acquire_many_owned(cost)
-            .map_err(|_| PushError::Full)?;
-        self.tx
-            .try_send(Batch {
-                records,
-                durable: None,
-                _budget: Some(permit),
-            })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => PushError::Full,
-                mpsc::error::TrySendError::Closed(_) => PushError::Closed,
-            })
+        self.try_push_inner(records, None)
     }
 
     /// Queues without waiting, with a signal fired once the records are durable (SNMP
@@ -113,6 +98,14 @@ impl Intake {
         &self,
         records: Vec<Record>,
         durable: tokio::sync::oneshot::Sender<()>,
+    ) -> Result<(), PushError> {
+        self.try_push_inner(records, Some(durable))
+    }
+
+    fn try_push_inner(
+        &self,
+        records: Vec<Record>,
+        durable: Option<tokio::sync::oneshot::Sender<()>>,
     ) -> Result<(), PushError> {
         let cost = Batch::cost(&records).min(self.budget_bytes);
         let permit = self
@@ -123,7 +116,7 @@ impl Intake {
         self.tx
             .try_send(Batch {
                 records,
-                durable: Some(durable),
+                durable,
                 _budget: Some(permit),
             })
             .map_err(|e| match e {
