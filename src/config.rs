@@ -404,9 +404,23 @@ pub struct NodeConfig {
 const MESSAGE_BYTES_LIMIT: usize = 16 * 1024 * 1024;
 
 pub fn load(path: &Path) -> anyhow::Result<NodeConfig> {
+    load_toml(path, "config", validate)
+}
+
+/// Reads a TOML config file, deserializes it (unknown keys refused by the raw types) and
+/// validates it; a refusal lists every problem, each naming its key (STYLE.md §4). Shared by
+/// the node's and the witness's configs.
+pub fn load_toml<R, T>(
+    path: &Path,
+    what: &str,
+    validate: impl FnOnce(&Path, R) -> Result<T, Vec<String>>,
+) -> anyhow::Result<T>
+where
+    R: serde::de::DeserializeOwned,
+{
     let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config {}", path.display()))?;
-    let raw: RawConfig = toml::from_str(&text)
+        .with_context(|| format!("cannot read {what} {}", path.display()))?;
+    let raw: R = toml::from_str(&text)
         .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
     validate(path, raw).map_err(|problems| {
         let mut msg = format!(

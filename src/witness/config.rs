@@ -61,23 +61,7 @@ const LEASE_MS_LIMIT: u64 = 60_000;
 
 /// Reads and validates `path`; the error lists every problem, each naming its key.
 pub fn load(path: &Path) -> anyhow::Result<WitnessSettings> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("cannot read witness config {}: {e}", path.display()))?;
-    let raw: RawWitnessConfig = toml::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
-    validate(path, raw).map_err(|problems| {
-        let mut msg = format!(
-            "{}: {} problem{}",
-            path.display(),
-            problems.len(),
-            if problems.len() == 1 { "" } else { "s" }
-        );
-        for p in problems {
-            msg.push_str("\n  ");
-            msg.push_str(&p);
-        }
-        anyhow::anyhow!(msg)
-    })
+    crate::config::load_toml(path, "witness config", validate)
 }
 
 fn addr(key: &str, v: &str, problems: &mut Vec<String>) -> Option<SocketAddr> {
