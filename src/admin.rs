@@ -1,12 +1,14 @@
 //! Admin HTTP server (default 127.0.0.1:7401): `GET /status` (JSON), `GET /metrics`
-//! (Prometheus text format), `GET /stream?from=N[&follow=1]` (the merged stream as NDJSON).
+//! (Prometheus text format), `GET /stream?from=N[&follow=1]` (the committed merged stream as
+//! NDJSON); on a pair also `POST /switchover` and `POST /resync` (JSON answers; 409 with
+//! `{"error": ...}` when refused).
 
 use crate::node::Node;
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use std::sync::Arc;
 use twinrx_types::Seq;
@@ -17,6 +19,8 @@ pub async fn serve(listener: tokio::net::TcpListener, node: Arc<Node>) {
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/stream", get(stream))
+        .route("/switchover", post(switchover))
+        .route("/resync", post(resync))
         .with_state(node);
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -51,6 +55,76 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
     }
 }
 
+/// Sends an operator command to the HA driver and answers with its verdict.
+async fn ha_command(
+    node: &Node,
+    make: impl FnOnce(
+        tokio::sync::oneshot::Sender<Result<String, String>>,
+    ) -> crate::pair::driver::Event,
+    ok_status: StatusCode,
+    ok_key: &str,
+) -> Response {
+    let json = |code: StatusCode, v: serde_json::Value| {
+        (
+            code,
+            [(header::CONTENT_TYPE, "application/json")],
+            v.to_string(),
+        )
+            .into_response()
+    };
+    let Some(ha) = &node.ha else {
+        return json(
+            StatusCode::CONFLICT,
+            serde_json::json!({"error": "this node is not part of a pair (no [pair] section)"}),
+        );
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if ha.events.send(make(tx)).is_err() {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"error": "the HA core is not running (node stopping?)"}),
+        );
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(5), rx).await {
+        Ok(Ok(Ok(msg))) => {
+            let epoch = ha
+                .view
+                .lock()
+                .ok()
+                .and_then(|v| v.as_ref().map(|v| v.status.epoch.0));
+            json(
+                ok_status,
+                serde_json::json!({ok_key: true, "message": msg, "from": node.cfg.name.to_string(), "epoch": epoch}),
+            )
+        }
+        Ok(Ok(Err(e))) => json(StatusCode::CONFLICT, serde_json::json!({"error": e})),
+        _ => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"error": "the HA core did not answer in 5 s"}),
+        ),
+    }
+}
+
+async fn switchover(State(node): State<Arc<Node>>) -> Response {
+    ha_command(
+        &node,
+        crate::pair::driver::Event::Switchover,
+        StatusCode::OK,
+        "accepted",
+    )
+    .await
+}
+
+async fn resync(State(node): State<Arc<Node>>) -> Response {
+    ha_command(
+        &node,
+        crate::pair::driver::Event::Resync,
+        StatusCode::ACCEPTED,
+        "started",
+    )
+    .await
+}
+
 #[derive(serde::Deserialize)]
 struct StreamQuery {
     #[serde(default)]
@@ -83,7 +157,8 @@ async fn stream(State(node): State<Arc<Node>>, Query(q): Query<StreamQuery>) -> 
     }
     let end = q.limit.map(|l| q.from.saturating_add(l));
     let shutdown = node.shutdown.clone();
-    let state = (handle, Seq(q.from + 1), node.stream.subscribe());
+    let commits = node.gate.committed.subscribe();
+    let state = (handle, Seq(q.from + 1), (node.stream.subscribe(), commits));
     let body = futures_util::stream::unfold(state, move |(handle, next, mut sub)| {
         let mut shutdown = shutdown.clone();
         async move {
@@ -92,6 +167,8 @@ async fn stream(State(node): State<Arc<Node>>, Query(q): Query<StreamQuery>) -> 
                     return None;
                 }
                 let durable = handle.durable_seq().map(|s| s.0).unwrap_or(0);
+                // Only committed entries (a pair's standby may hold uncommitted ones).
+                let durable = durable.min(*sub.1.borrow_and_update());
                 if next.0 <= durable {
                     let h = handle.clone();
                     let max = end
@@ -127,7 +204,8 @@ async fn stream(State(node): State<Arc<Node>>, Query(q): Query<StreamQuery>) -> 
                     return None;
                 }
                 tokio::select! {
-                    r = sub.changed() => if r.is_err() { return None },
+                    r = sub.0.changed() => if r.is_err() { return None },
+                    r = sub.1.changed() => if r.is_err() { return None },
                     _ = shutdown.wait_for(|s| *s) => return None,
                 }
             }

@@ -30,6 +30,9 @@ pub struct RawConfig {
     /// `[pair]`: the link to the peer node (`crate::pair::config`); absent = single node.
     #[serde(default)]
     pub pair: Option<crate::pair::config::RawPair>,
+    /// `[ha]`: witness, policy and timings of the pair (`crate::pair::ha_config`).
+    #[serde(default)]
+    pub ha: Option<crate::pair::ha_config::RawHa>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -397,6 +400,8 @@ pub struct NodeConfig {
     pub sinks: Vec<crate::sink::SinkConfig>,
     /// `None`: a single node (no `[pair]` section).
     pub pair: Option<crate::pair::config::PairSettings>,
+    /// `[ha]` with its defaults; `Some` exactly when `pair` is.
+    pub ha: Option<crate::pair::ha_config::HaSettings>,
 }
 
 /// Largest message size a config may set: records keep lengths in u32 and a UDP datagram
@@ -656,6 +661,20 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<NodeConfig, Vec<String>> 
     }
     let sinks = crate::sink::config::validate(&raw.sink, &resolve, &mut problems);
     let pair = crate::pair::config::validate(raw.pair.as_ref(), name, &resolve, &mut problems);
+    let ha = match (&raw.pair, &pair) {
+        (None, _) => {
+            if raw.ha.is_some() {
+                problems.push(
+                    "ha: an [ha] section needs a [pair] section (a single node has no HA)".into(),
+                );
+            }
+            None
+        }
+        (Some(_), p) => {
+            let links = p.as_ref().map_or(1, |p| p.links.len());
+            crate::pair::ha_config::validate(raw.ha.as_ref(), name, links, &mut problems)
+        }
+    };
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -686,6 +705,7 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<NodeConfig, Vec<String>> 
         admin_listen,
         sinks,
         pair,
+        ha,
     })
 }
 

@@ -13,6 +13,7 @@
 //! stream builder catches up with the durable journal, and the process exits 0.
 
 use crate::config::{ClientCert, NodeConfig};
+use crate::pair::driver::{Gate, HaView};
 use crate::stream::{self, EntryHead, Parsed};
 use anyhow::Context as _;
 use journal::{Journal, JournalHandle, Options};
@@ -42,6 +43,19 @@ pub struct NodeStats {
     pub stream_kept_raw: AtomicU64,
     pub stream_bad_records: AtomicU64,
     pub stream_last_error: Mutex<Option<String>>,
+    /// Unix ms when the journal append in progress started (0: none): health's fsync latency.
+    pub journal_busy_since_ms: AtomicU64,
+    /// Unix ms when the merger took the batch it is working on (0: idle): merger stall.
+    pub merger_busy_since_ms: AtomicU64,
+}
+
+/// Wall-clock milliseconds since the Unix epoch (for "busy since" stamps; never 0).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(1, |d| {
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+        })
 }
 
 /// A lock-free histogram of latencies with power-of-two microsecond buckets
@@ -121,6 +135,17 @@ pub struct Node {
     pub sinks: Vec<Arc<crate::sink::SinkStats>>,
     /// This node's side of the pair (`[pair]`); `None` for a single node.
     pub pair: Option<Arc<crate::pair::Pair>>,
+    /// What readers of the stream may see (committed end) and whether this node publishes.
+    pub gate: Arc<Gate>,
+    /// The HA driver's snapshot and inbox (pair only).
+    pub ha: Option<HaHandle>,
+}
+
+/// The node's handle on its HA driver.
+pub struct HaHandle {
+    pub view: Arc<Mutex<Option<HaView>>>,
+    pub events: tokio::sync::mpsc::UnboundedSender<crate::pair::driver::Event>,
+    pub settings: crate::pair::ha_config::HaSettings,
 }
 
 pub fn run(cfg: NodeConfig) -> anyhow::Result<()> {
@@ -274,10 +299,12 @@ async fn run_async(cfg: NodeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot bind admin.listen {}", cfg.admin_listen))?;
     let intake_gauge = tx.gauge();
     drop(tx);
+    let gate = Gate::new(cfg.pair.is_none());
     // Sinks read committed stream entries on threads of their own: never on the receive path.
     let sinks = crate::sink::start(
         &cfg.sinks,
         stream_j.handle(),
+        gate.clone(),
         tokio::runtime::Handle::current(),
         shutdown.clone(),
     )?;
@@ -292,9 +319,41 @@ async fn run_async(cfg: NodeConfig) -> anyhow::Result<()> {
         None => (None, None),
     };
 
+    let stream_h = stream_j.handle();
+    let rt = tokio::runtime::Handle::current();
+    // The stream: the HA driver and its disk writer on a pair, the stream builder alone.
+    let (ha, stream_thread, driver_task) = match (&pair, &cfg.ha) {
+        (Some(pair), Some(settings)) => {
+            let (h, thread, task) = crate::pair::start_ha(
+                pair.clone(),
+                settings.clone(),
+                &cfg,
+                stream_j,
+                journal.handle(),
+                gate.clone(),
+                stats.clone(),
+                rt.clone(),
+            )?;
+            (Some(h), thread, Some(task))
+        }
+        _ => {
+            let (rt, stats, jh, shutdown, name) = (
+                rt.clone(),
+                stats.clone(),
+                journal.handle(),
+                shutdown.clone(),
+                cfg.name,
+            );
+            let thread = std::thread::Builder::new()
+                .name("stream-builder".into())
+                .spawn(move || stream_builder(stream_j, jh, name, rt, stats, shutdown))
+                .context("cannot start the stream builder")?;
+            (None, thread, None)
+        }
+    };
     let node = Arc::new(Node {
         journal: journal.handle(),
-        stream: stream_j.handle(),
+        stream: stream_h,
         cfg: cfg.clone(),
         started: SystemTime::now(),
         syslog: syslog.clone(),
@@ -306,9 +365,10 @@ async fn run_async(cfg: NodeConfig) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
         sinks: sinks.stats.clone(),
         pair,
+        gate,
+        ha,
     });
 
-    let rt = tokio::runtime::Handle::current();
     let writer = {
         let (rt, stats, shutdown, policy) = (
             rt.clone(),
@@ -321,19 +381,7 @@ async fn run_async(cfg: NodeConfig) -> anyhow::Result<()> {
             .spawn(move || journal_writer(journal, policy, rx, rt, stats, shutdown))
             .context("cannot start the journal writer")?
     };
-    let builder = {
-        let (rt, stats, jh, shutdown, name) = (
-            rt.clone(),
-            stats.clone(),
-            node.journal.clone(),
-            shutdown.clone(),
-            cfg.name,
-        );
-        std::thread::Builder::new()
-            .name("stream-builder".into())
-            .spawn(move || stream_builder(stream_j, jh, name, rt, stats, shutdown))
-            .context("cannot start the stream builder")?
-    };
+    let builder = stream_thread;
     let admin = tokio::spawn(crate::admin::serve(admin_listener, node.clone()));
     tracing::info!(
         node = %cfg.name,
@@ -344,6 +392,21 @@ async fn run_async(cfg: NodeConfig) -> anyhow::Result<()> {
     );
 
     wait_for_signal().await;
+    if let Some(h) = &node.ha {
+        // SIGTERM of the active hands over first (SPEC F2); a standby says it leaves.
+        tracing::info!("stopping: handing over");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = h.events.send(crate::pair::driver::Event::Shutdown(tx));
+        let wait = Duration::from_millis(h.settings.core.get().handover_timeout_ms + 1000);
+        if tokio::time::timeout(wait, rx).await.is_err() {
+            tracing::warn!("handover did not complete in time; stopping anyway");
+        }
+    }
+    if let Some(t) = driver_task {
+        // Ends the driver (after `ShutdownReady`, or now): its disk writer then finishes.
+        t.abort();
+        let _ = t.await;
+    }
     tracing::info!("stopping: draining receivers, journal and stream");
     let _ = shutdown_tx.send(true);
     for t in tasks {
@@ -446,6 +509,7 @@ fn journal_writer(
             }
         }
         let started = Instant::now();
+        stats.journal_busy_since_ms.store(unix_ms(), Relaxed);
         let mut attempts = 0u32;
         // An empty batch only carries a durability signal (a retransmitted inform's answer):
         // what came before it was appended in an earlier round.
@@ -480,6 +544,7 @@ fn journal_writer(
                 continue;
             }
         }
+        stats.journal_busy_since_ms.store(0, Relaxed);
         for a in acks {
             let _ = a.send(());
         }
@@ -589,7 +654,7 @@ fn stream_builder(
                 Ok(rec) => {
                     received.push(rec.received_at.0);
                     let (line, parsed) =
-                        stream::entry_json(offset, Epoch(0), &[(me, *seq)], false, &rec);
+                        stream::entry_json(offset, Epoch(0), &[(me, *seq)], false, &rec, &[]);
                     if parsed == Parsed::KeptRaw {
                         stats.stream_kept_raw.fetch_add(1, Relaxed);
                     }
@@ -600,7 +665,19 @@ fn stream_builder(
                     // the record in the stream, marked, rather than lose it.
                     stats.stream_bad_records.fetch_add(1, Relaxed);
                     tracing::error!(seq = seq.0, error = %e, "undecodable journal record");
-                    stream::undecodable_entry(offset, Epoch(0), me, *seq, payload, &e.to_string())
+                    stream::undecodable_entry(
+                        offset,
+                        Epoch(0),
+                        me,
+                        *seq,
+                        payload,
+                        &e.to_string(),
+                        receiver::key::KeyBuilder::new("undecodable")
+                            .part(payload)
+                            .finish(),
+                        listen::now_unix_nanos(),
+                        &[],
+                    )
                 }
             };
             lines.push(line);

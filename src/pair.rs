@@ -23,6 +23,9 @@
 //!   closed, the copier returns (it is never dropped mid-append), the copy is fsynced.
 
 pub mod config;
+pub mod driver;
+pub mod ha_config;
+pub mod writer;
 
 use self::config::{LinkSide, PairSettings};
 use anyhow::Context as _;
@@ -88,6 +91,10 @@ struct ReplState {
 pub struct ControlStats {
     pub received: AtomicU64,
     pub received_bytes: AtomicU64,
+    /// Control messages (peer or witness) that did not decode: dropped.
+    pub undecodable: AtomicU64,
+    /// Control messages not sent: no link up, or the link's queue full (the core resends).
+    pub send_dropped: AtomicU64,
 }
 
 /// This node's side of the pair, shared with the admin server.
@@ -101,6 +108,13 @@ pub struct Pair {
     own: JournalHandle,
     repl: Mutex<ReplState>,
     pub control: ControlStats,
+    /// Per link, the live session's control sender (the HA driver sends through it).
+    senders: Mutex<Vec<Option<replicator::ControlSender>>>,
+    witness_sender: Mutex<Option<replicator::ControlSender>>,
+    /// The HA driver's inbox (set once the driver exists).
+    events: std::sync::OnceLock<mpsc::UnboundedSender<driver::Event>>,
+    /// Wakes waiters when the copier starts or stops.
+    copy_changed: Notify,
 }
 
 /// The running tasks; [`PairRuntime::stop`] ends them.
@@ -168,6 +182,10 @@ pub async fn start(
         links: views,
         repl: Mutex::new(ReplState::default()),
         control: ControlStats::default(),
+        senders: Mutex::new(vec![None; settings.links.len()]),
+        witness_sender: Mutex::new(None),
+        events: std::sync::OnceLock::new(),
+        copy_changed: Notify::new(),
         settings,
     });
     let (offers_tx, offers_rx) = mpsc::unbounded_channel();
@@ -183,6 +201,15 @@ pub async fn start(
         )));
     }
     drop(offers_tx);
+    if let Some(addr) = cfg.ha.as_ref().and_then(|h| h.witness) {
+        let link_cfg = LinkConfig::new(pair.settings.me, pair.settings.psk.clone());
+        links.push(tokio::spawn(witness_task(
+            pair.clone(),
+            addr,
+            link_cfg,
+            shutdown.clone(),
+        )));
+    }
     let copier = tokio::spawn(copy_task(pair.clone(), copier, offers_rx, shutdown));
     tracing::info!(peer = %pair.settings.peer, links = pair.links.len(), "pair started");
     Ok((pair, PairRuntime { links, copier }))
@@ -283,6 +310,7 @@ async fn link_task(
                             redial_after = Some(backoff);
                         }
                         tracing::info!(link = i, reason = %reason, "pair link down");
+                        pair.set_sender(i, None);
                         pair.set_link(i, false, None, Some(reason));
                         live = None;
                     }
@@ -344,6 +372,66 @@ async fn link_task(
     pair.set_link(i, false, None, Some("node stopping".into()));
 }
 
+/// Keeps a session to the witness up until shutdown; its messages go to the HA driver.
+async fn witness_task(
+    pair: Arc<Pair>,
+    addr: SocketAddr,
+    cfg: LinkConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let session = tokio::select! {
+            r = replicator::connect(addr, &cfg) => r,
+            _ = stopping(&mut shutdown) => break,
+        };
+        match session {
+            Ok(mut s) => {
+                tracing::info!(%addr, "witness connected");
+                backoff = BACKOFF_MIN;
+                *pair
+                    .witness_sender
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(s.control_sender());
+                loop {
+                    tokio::select! {
+                        ev = s.recv() => match ev {
+                            Event::Control(m) => {
+                                if let Some(tx) = pair.events.get() {
+                                    let _ = tx.send(driver::Event::Witness(m));
+                                }
+                            }
+                            Event::Closed(reason) => {
+                                tracing::info!(%addr, %reason, "witness session ended");
+                                break;
+                            }
+                        },
+                        _ = stopping(&mut shutdown) => {
+                            s.close();
+                            break;
+                        }
+                    }
+                }
+                *pair
+                    .witness_sender
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = None;
+            }
+            Err(e) => {
+                tracing::debug!(%addr, error = %e, "cannot connect to the witness");
+            }
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {},
+            _ = stopping(&mut shutdown) => break,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
 /// The copier, moved from session to session; fsyncs the copy at the end.
 async fn copy_task(
     pair: Arc<Pair>,
@@ -367,10 +455,12 @@ async fn copy_task(
             continue;
         }
         pair.with_repl(|r| r.copy_link = Some(offer.link));
+        pair.copy_changed.notify_waiters();
         tracing::info!(link = offer.link, %peer, "copying the peer's journal on this link");
         // Never dropped mid-way: it ends when the session closes (link task, shutdown).
         let err = copier.run(offer.port).await;
         pair.with_repl(|r| r.copy_link = None);
+        pair.copy_changed.notify_waiters();
         match err {
             replicator::Error::Closed(reason) => {
                 tracing::debug!(link = offer.link, reason = %reason, "copy session ended");
@@ -424,19 +514,97 @@ async fn copy_task(
 }
 
 impl Pair {
-    /// A control-lane message from the peer on link `link`. The HA core's input goes here
-    /// (`ha::wire::decode` → `HaCore::handle_input(Peer{..})`; it de-duplicates what arrives
-    /// on several links). For now: counted and logged.
+    /// A control-lane message from the peer on link `link`: to the HA driver.
     fn on_control(&self, link: usize, msg: Vec<u8>) {
         self.control.received.fetch_add(1, Relaxed);
         self.control
             .received_bytes
             .fetch_add(msg.len() as u64, Relaxed);
-        tracing::debug!(
-            link,
-            bytes = msg.len(),
-            "pair: control message (no HA core yet)"
-        );
+        if let Some(tx) = self.events.get() {
+            let _ = tx.send(driver::Event::Peer {
+                link: u8::try_from(link).unwrap_or(u8::MAX),
+                bytes: msg,
+            });
+        }
+    }
+
+    /// Connects the HA driver's inbox (once).
+    pub fn set_driver(&self, tx: mpsc::UnboundedSender<driver::Event>) {
+        let _ = self.events.set(tx);
+    }
+
+    /// Sends to the peer on `link`, or on the first link up for `None`. Dropped (counted) if
+    /// no link is up or the queue is full: the HA core resends what matters.
+    pub fn send_peer(&self, link: Option<u8>, msg: Vec<u8>) {
+        let senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
+        let pick = match link {
+            Some(l) => senders.get(usize::from(l)).and_then(|s| s.as_ref()),
+            None => senders.iter().flatten().find(|s| !s.is_closed()),
+        };
+        let sent = pick.is_some_and(|s| matches!(s.try_send(msg), Ok(true)));
+        if !sent {
+            self.control.send_dropped.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Sends to the witness (dropped, counted, if it is not connected).
+    pub fn send_witness(&self, msg: Vec<u8>) {
+        let w = self
+            .witness_sender
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let sent = w
+            .as_ref()
+            .is_some_and(|s| matches!(s.try_send(msg), Ok(true)));
+        if !sent {
+            self.control.send_dropped.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn set_sender(&self, i: usize, s: Option<replicator::ControlSender>) {
+        let mut senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = senders.get_mut(i) {
+            *slot = s;
+        }
+    }
+
+    /// The copier runs on a live session and its copy continues the peer's journal.
+    pub fn copy_running(&self) -> bool {
+        self.with_repl(|r| r.copy_link.is_some() && r.copy_stopped.is_none())
+    }
+
+    /// Resolves once [`Pair::copy_running`] holds.
+    pub async fn wait_copy_running(&self) {
+        loop {
+            let changed = self.copy_changed.notified();
+            if self.copy_running() {
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(500), changed).await;
+        }
+    }
+
+    /// `twinrx resync` on this node: what it can do now, or why it cannot.
+    pub fn request_resync(&self) -> Result<String, String> {
+        let stopped = self.with_repl(|r| r.copy_stopped.clone());
+        match stopped {
+            Some(s) => {
+                Err(format!(
+                "the copy of node {}'s journal {} at seq {} ({}): move {} away (or delete it) and \
+                 restart this node; it is then copied again from node {}",
+                self.settings.peer,
+                if s.kind == "gap" { "has a gap" } else { "diverged" },
+                s.seq,
+                s.detail,
+                self.copy_dir.display(),
+                self.settings.peer
+            ))
+            }
+            None => Ok(format!(
+                "catching up with node {}: journals, copies and the merged stream",
+                self.settings.peer
+            )),
+        }
     }
 
     fn with_repl<T>(&self, f: impl FnOnce(&mut ReplState) -> T) -> T {
@@ -477,6 +645,7 @@ impl Pair {
         let remote = session.peer_addr();
         tracing::info!(link = i, %remote, peer = %session.peer(), "pair link up");
         self.set_link(i, true, Some(remote), None);
+        self.set_sender(i, Some(session.control_sender()));
         self.with_repl(|r| r.peer_copy_stopped = None);
         let close = Arc::new(Notify::new());
         if let Some(port) = session.take_ship_port() {
@@ -772,4 +941,104 @@ impl LinkView {
 
 fn rfc3339(t: SystemTime) -> String {
     chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Starts the HA driver (a task) and its disk writer (a thread) over this node's stream
+/// journal: the pair's merged stream (see [`driver`] and [`writer`]).
+#[allow(clippy::too_many_arguments)]
+pub fn start_ha(
+    pair: Arc<Pair>,
+    settings: ha_config::HaSettings,
+    cfg: &crate::config::NodeConfig,
+    stream: journal::Journal,
+    own: JournalHandle,
+    gate: Arc<driver::Gate>,
+    stats: Arc<crate::node::NodeStats>,
+    rt: tokio::runtime::Handle,
+) -> anyhow::Result<(
+    crate::node::HaHandle,
+    std::thread::JoinHandle<anyhow::Result<()>>,
+    JoinHandle<()>,
+)> {
+    let state = writer::load_epoch(&cfg.data_dir)?.unwrap_or_default();
+    let fold = writer::Fold::of_stream(&stream.handle())?;
+    if fold.unreadable > 0 {
+        tracing::warn!(
+            lines = fold.unreadable,
+            "merged stream lines not readable as merger outputs"
+        );
+    }
+    let end = twinrx_types::Offset(stream.next_seq().0 - 1);
+    tracing::info!(
+        epoch = state.epoch.0,
+        log_epoch = state.log_epoch.0,
+        stream_end = end.0,
+        runs = fold.runs.len(),
+        "HA state restored"
+    );
+    let restored = ha::Restored {
+        state,
+        end,
+        runs: fold.runs.clone(),
+    };
+    let clock = writer::Clock::start();
+    let core = ha::HaCore::new(settings.core.clone(), clock.now(), restored);
+    let (disk_tx, disk_rx) = mpsc::unbounded_channel();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let stream_h = stream.handle();
+    let w = writer::Writer {
+        stream,
+        data_dir: cfg.data_dir.clone(),
+        me: cfg.name,
+        own,
+        copy: pair.copy.clone(),
+        dedup: settings.dedup,
+        fold,
+        clock,
+        stats: stats.clone(),
+        cmds: disk_rx,
+        done: done_tx,
+        rt: rt.clone(),
+    };
+    let thread = std::thread::Builder::new()
+        .name("stream-writer".into())
+        .spawn(move || w.run())
+        .context("cannot start the stream writer")?;
+    {
+        let tx = ev_tx.clone();
+        rt.spawn(async move {
+            while let Some(d) = done_rx.recv().await {
+                if tx.send(driver::Event::Disk(d)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    pair.set_driver(ev_tx.clone());
+    let view = Arc::new(Mutex::new(None));
+    let d = driver::Driver {
+        core,
+        settings: settings.clone(),
+        pair,
+        stream: stream_h,
+        gate,
+        disk: disk_tx,
+        events: ev_rx,
+        events_tx: ev_tx.clone(),
+        clock,
+        stats,
+        data_dir: cfg.data_dir.clone(),
+        view: view.clone(),
+    };
+    let task = rt.spawn(d.run());
+    Ok((
+        crate::node::HaHandle {
+            view,
+            events: ev_tx,
+            settings,
+        },
+        thread,
+        task,
+    ))
 }

@@ -38,6 +38,8 @@ pub fn status_json(node: &Node) -> Value {
         None => (Vec::new(), None),
     };
     problems.extend(pair_problems);
+    let (ha, role, ha_problems, ha_next) = ha_json(node);
+    problems.extend(ha_problems);
     let next_step = if journal_failing {
         format!(
             "free space or fix the disk under {}; the node resumes by itself",
@@ -47,6 +49,8 @@ pub fn status_json(node: &Node) -> Value {
         "check the node's log for the stream error".to_string()
     } else if let Some(next) = pair_next {
         next
+    } else if let Some(next) = ha_next {
+        next
     } else if sink_trouble {
         "check the sinks' targets (see problems); entries wait on disk and are delivered once they recover".to_string()
     } else {
@@ -55,7 +59,8 @@ pub fn status_json(node: &Node) -> Value {
     let uptime = node.started.elapsed().map(|d| d.as_secs()).unwrap_or(0);
     json!({
         "node": node.cfg.name.to_string(),
-        "role": "single",
+        "role": role,
+        "ha": ha,
         "version": env!("CARGO_PKG_VERSION"),
         "config": node.cfg.path.display().to_string(),
         "uptime_s": uptime,
@@ -77,6 +82,7 @@ pub fn status_json(node: &Node) -> Value {
         },
         "stream": {
             "next_offset": stream_next,
+            "committed_end": (*node.gate.committed.borrow()).min(stream_next),
             "kept_raw": s.stream_kept_raw.load(Relaxed),
             "latency_us_p50": s.stream_latency.quantile_us(0.50),
             "latency_us_p99": s.stream_latency.quantile_us(0.99),
@@ -109,6 +115,114 @@ pub fn status_json(node: &Node) -> Value {
             "snmp": snmp_json(node),
         },
     })
+}
+
+fn rfc3339(t: std::time::SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// The `ha` object, the role, HA problems and the operator's next step (pair only).
+fn ha_json(node: &Node) -> (Value, String, Vec<String>, Option<String>) {
+    use crate::pair::driver::{redundant, role_name};
+    let Some(h) = &node.ha else {
+        return (Value::Null, "single".into(), Vec::new(), None);
+    };
+    let Some(v) = h.view.lock().ok().and_then(|v| v.clone()) else {
+        return (
+            json!({"role": "starting"}),
+            "starting".into(),
+            Vec::new(),
+            None,
+        );
+    };
+    let me = node.cfg.name;
+    let peer = me.peer();
+    let st = &v.status;
+    let role = role_name(st.role);
+    let red = redundant(st);
+    let witness = h.settings.witness;
+    let mut problems = Vec::new();
+    let next = if red {
+        None
+    } else if !st.peer_reachable {
+        let since = v.peer_down_since.map(rfc3339).unwrap_or_default();
+        problems.push(format!("peer {peer} unreachable since {since}"));
+        Some(if st.role.is_active() {
+            format!(
+                "peer {peer} is down since {since}; this node publishes alone ({role}). When {peer} is back, run `twinrx resync` on {peer}"
+            )
+        } else {
+            format!(
+                "peer {peer} is down since {since} and this node is {role}: {}",
+                if witness.is_some() && !st.witness_reachable {
+                    "the witness is unreachable too, so this node cannot take over; bring back the peer or the witness"
+                } else if witness.is_none() {
+                    "no witness is configured, so this node cannot take over alone; bring back the peer"
+                } else {
+                    "it takes over once it is promoted (wait a few seconds)"
+                }
+            )
+        })
+    } else if st.role == ha::Role::Syncing {
+        Some(format!(
+            "this node is catching up with {peer}; run `twinrx resync` on {me} to follow it to the end"
+        ))
+    } else if st.peer_role == Some(ha::Role::Syncing) {
+        Some(format!(
+            "peer {peer} is catching up; run `twinrx resync` on {peer} to follow it to the end"
+        ))
+    } else {
+        Some("the pair is settling (roles are being decided)".into())
+    };
+    if witness.is_some() && !st.witness_reachable {
+        let since = v.witness_down_since.map(rfc3339).unwrap_or_default();
+        problems.push(format!(
+            "witness {} unreachable since {since}: the pair carries on, but cannot fail over if the active fails too",
+            witness.map(|w| w.to_string()).unwrap_or_default()
+        ));
+    }
+    if !st.healthy {
+        problems.push("this node's pipeline is unhealthy (see ha.health)".into());
+    }
+    let doc = json!({
+        "role": role,
+        "role_since": rfc3339(v.role_since),
+        "epoch": st.epoch.0,
+        "log_epoch": st.log.log_epoch.0,
+        "publishing": st.publishing,
+        "redundant": red,
+        "healthy": st.healthy,
+        "peer": peer.to_string(),
+        "peer_role": st.peer_role.map(role_name),
+        "peer_reachable": st.peer_reachable,
+        "peer_down_since": v.peer_down_since.map(rfc3339),
+        "links_up": st.links_up,
+        "witness": witness.map(|w| w.to_string()),
+        "witness_reachable": st.witness_reachable,
+        "witness_down_since": witness.and(v.witness_down_since.map(rfc3339)),
+        "policy": format!("{:?}", h.settings.policy()).to_lowercase(),
+        "commit_end": st.commit_end.0,
+        "stream_end": v.stream_end,
+        "resync": v.resync.as_ref().map(|r| json!({
+            "state": r.state,
+            "phase": r.phase,
+            "started": rfc3339(r.started),
+            "error": r.error,
+        })),
+        "last_disk_error": v.last_disk_error,
+        "stats": {
+            "campaigns": v.stats.campaigns_total,
+            "promotions": v.stats.promotions_total,
+            "handovers": v.stats.handovers_total,
+            "leases_expired": v.stats.leases_expired_total,
+            "votes_granted": v.stats.votes_granted_total,
+            "votes_refused": v.stats.votes_refused_total,
+            "stale_messages": v.stats.stale_messages_total,
+            "switchovers_refused": v.stats.switchovers_refused_total,
+        },
+        "next_step": next,
+    });
+    (doc, role.to_string(), problems, next)
 }
 
 fn snmp_json(node: &Node) -> Value {

@@ -36,6 +36,30 @@ struct Entry<'a> {
     /// ... else as hex.
     #[serde(skip_serializing_if = "Option::is_none")]
     raw_hex: Option<String>,
+    /// Later copies of earlier entries, matched since the previous entry (pair only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    matches: Vec<MatchFact>,
+}
+
+/// A `Matched` fact of the merger as stored in the stream log (see [`LogLine`]): the copy
+/// `copy` (`node:seq`) received at `received_ns` is another copy of the entry at `entry`.
+#[derive(Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct MatchFact {
+    pub entry: u64,
+    pub copy: String,
+    pub key: String,
+    pub received_ns: i64,
+}
+
+impl MatchFact {
+    pub fn of(m: &dedup::Matched) -> MatchFact {
+        MatchFact {
+            entry: m.entry.0,
+            copy: format!("{}:{}", m.copy.node, m.copy.seq),
+            key: m.key.to_string(),
+            received_ns: m.received_at.0,
+        }
+    }
 }
 
 /// What building an entry found out (for counters).
@@ -54,6 +78,7 @@ pub fn entry_json(
     copies: &[(NodeId, Seq)],
     late: bool,
     rec: &Record,
+    matches: &[dedup::Matched],
 ) -> (Vec<u8>, Parsed) {
     use chrono::Datelike;
     let at = chrono::DateTime::from_timestamp_nanos(rec.received_at.0);
@@ -73,6 +98,7 @@ pub fn entry_json(
         parse_error: None,
         raw: None,
         raw_hex: None,
+        matches: matches.iter().map(MatchFact::of).collect(),
     };
     fn keep_raw<'a>(entry: &mut Entry<'a>, raw: &'a [u8], why: String) -> Parsed {
         entry.parse_error = Some(why);
@@ -116,6 +142,7 @@ pub fn entry_json(
 }
 
 /// An entry for a journal record that could not be decoded (never lost: kept as hex).
+#[allow(clippy::too_many_arguments)]
 pub fn undecodable_entry(
     offset: Offset,
     epoch: Epoch,
@@ -123,15 +150,24 @@ pub fn undecodable_entry(
     seq: Seq,
     payload: &[u8],
     why: &str,
+    key: twinrx_types::Key,
+    received_at: twinrx_types::UnixNanos,
+    matches: &[dedup::Matched],
 ) -> Vec<u8> {
-    let v = serde_json::json!({
+    let at = chrono::DateTime::from_timestamp_nanos(received_at.0);
+    let mut v = serde_json::json!({
         "v": SCHEMA_VERSION,
         "offset": offset.0,
         "epoch": epoch.0,
+        "received_at": at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
         "copies": [format!("{node}:{seq}")],
+        "key": key.to_string(),
         "parse_error": format!("undecodable journal record: {why}"),
         "raw_hex": hex(payload),
     });
+    if !matches.is_empty() {
+        v["matches"] = serde_json::json!(matches.iter().map(MatchFact::of).collect::<Vec<_>>());
+    }
     serde_json::to_vec(&v).expect("json value serialization cannot fail")
 }
 
@@ -154,6 +190,61 @@ impl EntryHead {
                 .then(|| s.parse().ok().map(Seq))
                 .flatten()
         })
+    }
+}
+
+/// What the merger's state is rebuilt from: a stored line read back as the merger's outputs
+/// (its `matches`, then the entry itself), in the order the merger returned them.
+#[derive(Debug, serde::Deserialize)]
+pub struct LogLine {
+    pub offset: u64,
+    pub epoch: u64,
+    pub copies: Vec<String>,
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub received_at: Option<String>,
+    #[serde(default)]
+    pub late: bool,
+    #[serde(default)]
+    pub matches: Vec<MatchFact>,
+}
+
+fn parse_copy(c: &str) -> Option<dedup::JournalPos> {
+    let (n, s) = c.split_once(':')?;
+    Some(dedup::JournalPos {
+        node: NodeId::from_name(n)?,
+        seq: Seq(s.parse().ok()?),
+    })
+}
+
+impl LogLine {
+    pub fn parse(line: &[u8]) -> Option<LogLine> {
+        serde_json::from_slice(line).ok()
+    }
+
+    /// The merger outputs this line stands for, or `None` if a field is malformed.
+    pub fn outputs(&self) -> Option<Vec<dedup::Output>> {
+        let mut out = Vec::with_capacity(self.matches.len() + 1);
+        for m in &self.matches {
+            out.push(dedup::Output::Matched(dedup::Matched {
+                entry: Offset(m.entry),
+                copy: parse_copy(&m.copy)?,
+                key: twinrx_types::Key::from_hex(&m.key)?,
+                received_at: twinrx_types::UnixNanos(m.received_ns),
+            }));
+        }
+        let received_at = chrono::DateTime::parse_from_rfc3339(self.received_at.as_deref()?)
+            .ok()?
+            .timestamp_nanos_opt()?;
+        out.push(dedup::Output::Entry(dedup::Entry {
+            offset: Offset(self.offset),
+            copy: parse_copy(self.copies.first()?)?,
+            key: twinrx_types::Key::from_hex(self.key.as_deref()?)?,
+            received_at: twinrx_types::UnixNanos(received_at),
+            late: self.late,
+        }));
+        Some(out)
     }
 }
 
@@ -183,6 +274,7 @@ mod tests {
             &[(NodeId::A, Seq(10)), (NodeId::B, Seq(12))],
             false,
             &rec(b"<13>1 2026-11-25T01:02:03Z host app 42 ID7 - hello"),
+            &[],
         );
         assert_eq!(p, Parsed::Ok);
         let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
@@ -209,6 +301,7 @@ mod tests {
             &[(NodeId::A, Seq(1))],
             true,
             &rec(b"\xffgarbage"),
+            &[],
         );
         assert_eq!(p, Parsed::KeptRaw);
         let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");

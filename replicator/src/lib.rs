@@ -46,7 +46,7 @@ use twinrx_types::{NodeId, Seq};
 
 pub use config::{CopyConfig, LinkConfig, Psk, ShipConfig};
 pub use frame::{FRAME_BYTES_MAX_DEFAULT, PROTOCOL_VERSION};
-pub use session::{connect, CopyPort, Event, Listener, Session, ShipPort};
+pub use session::{connect, ControlSender, CopyPort, Event, Listener, Session, ShipPort};
 pub use ship::{JournalCopier, JournalShipper};
 pub use stats::{AuthFailure, LinkStats, LinkStatsSnapshot};
 

@@ -139,6 +139,47 @@ pub struct CopyPort {
     pub(crate) window: Arc<AtomicU64>,
 }
 
+/// See [`Session::control_sender`].
+#[derive(Clone)]
+pub struct ControlSender {
+    control: mpsc::Sender<Out>,
+    shared: Arc<Shared>,
+    control_bytes_max: usize,
+}
+
+impl ControlSender {
+    /// Queues `msg` without waiting: `Ok(false)` if the control queue is full.
+    pub fn try_send(&self, msg: Vec<u8>) -> Result<bool, Error> {
+        if msg.len() > self.control_bytes_max {
+            return Err(Error::Config(format!(
+                "control message of {} bytes exceeds the frame limit of {}",
+                msg.len(),
+                self.control_bytes_max
+            )));
+        }
+        let out = Out {
+            frame_type: ty::CONTROL,
+            payload: msg,
+        };
+        match self.control.try_send(out) {
+            Ok(()) => Ok(true),
+            Err(mpsc::error::TrySendError::Full(_)) => Ok(false),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::Closed(
+                self.shared
+                    .closed
+                    .borrow()
+                    .clone()
+                    .unwrap_or(CloseReason::LocalClose),
+            )),
+        }
+    }
+
+    /// True once the session has ended.
+    pub fn is_closed(&self) -> bool {
+        self.control.is_closed()
+    }
+}
+
 /// An authenticated session with the peer. Dropping it closes the connection (the ports
 /// taken from it then end with [`Error::Closed`]).
 pub struct Session {
@@ -284,6 +325,16 @@ impl Session {
             )));
         }
         Ok(())
+    }
+
+    /// A cloneable, non-blocking sender of control messages on this session, for drivers
+    /// that do not own the session (e.g. the HA core's task). It fails once the session ends.
+    pub fn control_sender(&self) -> ControlSender {
+        ControlSender {
+            control: self.control.clone(),
+            shared: self.shared.clone(),
+            control_bytes_max: self.control_bytes_max,
+        }
     }
 
     /// Queues an application message ahead of any journal data, waiting while the control

@@ -99,6 +99,8 @@ pub enum SinkState {
     Fenced,
     /// The next entry has a lower epoch than the target holds: not delivered.
     EpochRefused,
+    /// This node of a pair does not publish (standby): the sink waits.
+    Standby,
     Stopped,
 }
 
@@ -110,6 +112,7 @@ impl SinkState {
             SinkState::Retrying => "retrying",
             SinkState::Fenced => "fenced",
             SinkState::EpochRefused => "epoch_refused",
+            SinkState::Standby => "standby",
             SinkState::Stopped => "stopped",
         }
     }
@@ -242,6 +245,7 @@ impl Sinks {
 pub fn start(
     cfgs: &[SinkConfig],
     stream: JournalHandle,
+    gate: Arc<crate::pair::driver::Gate>,
     rt: tokio::runtime::Handle,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Sinks> {
@@ -265,6 +269,7 @@ pub fn start(
         let driver = Driver {
             cfg: cfg.clone(),
             stream: stream.clone(),
+            gate: gate.clone(),
             stats: stats.clone(),
             rt: rt.clone(),
             shutdown: shutdown.clone(),
@@ -286,6 +291,8 @@ const BATCH_BYTES_MAX: usize = 8 << 20;
 struct Driver {
     cfg: SinkConfig,
     stream: JournalHandle,
+    /// Committed end and whether this node publishes (a pair's standby delivers nothing).
+    gate: Arc<crate::pair::driver::Gate>,
     stats: Arc<SinkStats>,
     rt: tokio::runtime::Handle,
     shutdown: watch::Receiver<bool>,
@@ -296,6 +303,8 @@ enum Stop {
     Shutdown,
     Reopen,
     Fenced,
+    /// This node stopped publishing: wait until it publishes again, then re-open.
+    Standby,
 }
 
 /// The stream fields a sink needs from each entry.
@@ -340,7 +349,7 @@ impl Driver {
         let mut backoff = self.cfg.backoff_min;
         let mut guard: Option<ReaderGuard> = None;
         loop {
-            if self.stopping() {
+            if self.stopping() || !self.wait_active() {
                 break;
             }
             self.stats.opens.fetch_add(1, Relaxed);
@@ -348,6 +357,9 @@ impl Driver {
                 Ok(r) => r,
                 Err(SinkError::Fenced(e)) => {
                     self.fenced(&e);
+                    if self.wait_deposed() {
+                        continue;
+                    }
                     break;
                 }
                 Err(e) => {
@@ -382,7 +394,15 @@ impl Driver {
             let g = guard.as_ref().expect("registered above");
             match self.deliver_loop(&mut *sink, next, epoch, g, &mut backoff) {
                 Stop::Shutdown => break,
-                Stop::Fenced => break,
+                Stop::Fenced => {
+                    if !self.wait_deposed() {
+                        break;
+                    }
+                }
+                Stop::Standby => {
+                    tracing::info!(sink = %name, "node no longer publishes: sink paused");
+                    self.stats.set_state(SinkState::Standby, None);
+                }
                 Stop::Reopen => {
                     if self.pause(backoff) {
                         break;
@@ -396,6 +416,39 @@ impl Driver {
             self.stats.set_state(SinkState::Stopped, None);
         }
         tracing::info!(sink = %name, next_offset = self.stats.next_offset.load(Relaxed), "sink stopped");
+    }
+
+    /// After a fence: on a pair, waits until this node has stopped publishing (it was deposed;
+    /// when it is promoted again it fences the other forwarder in turn) and returns true; on a
+    /// single node returns false (nothing delivers any more).
+    fn wait_deposed(&self) -> bool {
+        if !self.gate.pair {
+            return false;
+        }
+        let mut active = self.gate.active.subscribe();
+        let mut sd = self.shutdown.clone();
+        self.rt.block_on(async {
+            tokio::select! {
+                r = active.wait_for(|a| !*a) => r.is_ok(),
+                _ = sd.wait_for(|s| *s) => false,
+            }
+        }) && !self.stopping()
+    }
+
+    /// Waits until this node publishes; false if it is stopping first.
+    fn wait_active(&self) -> bool {
+        if *self.gate.active.borrow() {
+            return true;
+        }
+        self.stats.set_state(SinkState::Standby, None);
+        let mut active = self.gate.active.subscribe();
+        let mut sd = self.shutdown.clone();
+        self.rt.block_on(async {
+            tokio::select! {
+                r = active.wait_for(|a| *a) => r.is_ok(),
+                _ = sd.wait_for(|s| *s) => false,
+            }
+        }) && !self.stopping()
     }
 
     fn fenced(&self, e: &str) {
@@ -420,16 +473,24 @@ impl Driver {
     ) -> Stop {
         let name = &self.cfg.name;
         let mut sub = self.stream.subscribe();
+        let mut commits = self.gate.committed.subscribe();
+        let mut active = self.gate.active.subscribe();
         loop {
             if self.stopping() {
                 return Stop::Shutdown;
             }
-            let committed = self.stream.durable_seq().map(|s| s.0).unwrap_or(0);
+            if !*active.borrow_and_update() {
+                return Stop::Standby;
+            }
+            let durable = self.stream.durable_seq().map(|s| s.0).unwrap_or(0);
+            let committed = durable.min(*commits.borrow_and_update());
             if committed <= next {
                 let mut sd = self.shutdown.clone();
                 self.rt.block_on(async {
                     tokio::select! {
                         _ = sub.changed() => {},
+                        _ = commits.changed() => {},
+                        _ = active.changed() => {},
                         _ = sd.wait_for(|s| *s) => {},
                         _ = tokio::time::sleep(Duration::from_millis(500)) => {},
                     }

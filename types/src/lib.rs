@@ -124,6 +124,24 @@ impl Key {
         }
         out
     }
+
+    /// Parses what [`Key::to_hex`] wrote (32 hex digits, either case); `None` otherwise.
+    pub fn from_hex(s: &str) -> Option<Key> {
+        let b = s.as_bytes();
+        if b.len() != 32 {
+            return None;
+        }
+        let digit = |c: u8| {
+            char::from(c)
+                .to_digit(16)
+                .and_then(|d| u8::try_from(d).ok())
+        };
+        let mut out = [0u8; 16];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = (digit(b[2 * i])? << 4) | digit(b[2 * i + 1])?;
+        }
+        Some(Key(out))
+    }
 }
 
 impl fmt::Display for Key {
@@ -158,5 +176,11 @@ mod tests {
         k[0] = 0xab;
         k[15] = 0x01;
         assert_eq!(Key(k).to_string(), "ab000000000000000000000000000001");
+        assert_eq!(
+            Key::from_hex("AB000000000000000000000000000001"),
+            Some(Key(k))
+        );
+        assert_eq!(Key::from_hex("ab00"), None);
+        assert_eq!(Key::from_hex("zz000000000000000000000000000001"), None);
     }
 }

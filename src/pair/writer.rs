@@ -1,0 +1,524 @@
+//! The pair's disk FIFO: one OS thread that owns the merged-stream journal, the epoch file and,
+//! while this node publishes, the `dedup` merger over this node's journal and the copy of the
+//! peer's journal (SPEC "Data flow").
+//!
+//! Contract (the HA core's driving contract, `ha/README.md`): commands are carried out in the
+//! order received, each completely (fsynced) before the next: `Persist` (epoch file: temp,
+//! fsync, rename, dir fsync), `Truncate`, `Accept` (entries replicated from the active),
+//! `Start`/`Extend`/`Stop` publishing. Every append is reported as `Appended{upto}` once
+//! durable, every persist as `Persisted`, in that order, on the driver's event channel.
+//!
+//! The stream log: each stored line is one entry (consumers read it) that also carries the
+//! merger's `Matched` facts produced since the previous entry (`matches`). The merger's state
+//! after a failover is a fold of the lines (`Progress`) and an index of open entries
+//! (`MemHistory`), both kept here for every line stored — accepted or published — so a
+//! promotion starts the merger at once. Facts produced after the last stored entry are not
+//! stored; they are re-derived by the next merger (the records are fed again and matched
+//! through the history), so nothing is lost or doubled.
+//!
+//! Publishing: entries are appended only while `now < lease_until` (checked right before each
+//! append, on the driver's clock). When publishing stops or the lease lapses, the merger is
+//! dropped and the fold and index are rebuilt from the stored lines.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use dedup::{MemHistory, Merger, Output, Progress};
+use ha::{EpochState, Run};
+use journal::{Journal, JournalHandle, Tail};
+use receiver::record::Record;
+use tokio::sync::mpsc;
+use twinrx_types::{Epoch, Millis, NodeId, Offset, Seq, UnixNanos};
+
+use crate::node::NodeStats;
+use crate::stream::{self, LogLine, Parsed};
+
+/// The monotonic clock shared by the HA driver and the writer (lease checks).
+#[derive(Clone, Copy, Debug)]
+pub struct Clock(std::time::Instant);
+
+impl Clock {
+    pub fn start() -> Clock {
+        Clock(std::time::Instant::now())
+    }
+    pub fn now(&self) -> Millis {
+        Millis(u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+    pub fn instant_of(&self, m: Millis) -> std::time::Instant {
+        self.0 + Duration::from_millis(m.0)
+    }
+}
+
+/// What the driver asks of the disk.
+#[derive(Debug)]
+pub enum DiskCmd {
+    Persist(EpochState),
+    Truncate(Offset),
+    Accept {
+        from: Offset,
+        upto: Offset,
+        epoch: Epoch,
+        lines: Vec<Vec<u8>>,
+    },
+    Start {
+        epoch: Epoch,
+        from: Offset,
+        lease_until: Millis,
+    },
+    Extend(Millis),
+    Stop,
+}
+
+/// What the disk reports back.
+#[derive(Debug)]
+pub enum DiskDone {
+    Persisted(EpochState),
+    Appended(Offset),
+    /// A command failed (disk error); the message says what.
+    Failed(String),
+}
+
+/// The epoch file (`DATA_DIR/epoch.json`).
+pub fn load_epoch(data_dir: &Path) -> anyhow::Result<Option<EpochState>> {
+    let p = data_dir.join("epoch.json");
+    let text = match std::fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not JSON; restore it or run `twinrx resync`",
+            p.display()
+        )
+    })?;
+    let field = |k: &str| {
+        v.get(k)
+            .and_then(serde_json::Value::as_u64)
+            .with_context(|| format!("{}: field {k} missing or not a number", p.display()))
+    };
+    Ok(Some(EpochState {
+        epoch: Epoch(field("epoch")?),
+        log_epoch: Epoch(field("log_epoch")?),
+    }))
+}
+
+pub fn store_epoch(data_dir: &Path, st: EpochState) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let p = data_dir.join("epoch.json");
+    let tmp = data_dir.join("epoch.json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    writeln!(
+        f,
+        "{}",
+        serde_json::json!({"epoch": st.epoch.0, "log_epoch": st.log_epoch.0})
+    )?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &p)?;
+    std::fs::File::open(data_dir)?.sync_all()
+}
+
+/// The fold of a stored stream: merger progress, open-entry index, runs per epoch.
+pub struct Fold {
+    pub progress: Progress,
+    pub history: MemHistory,
+    pub runs: Vec<Run>,
+    /// Lines that could not be read back as merger outputs (counted, skipped).
+    pub unreadable: u64,
+}
+
+impl Fold {
+    fn new() -> Fold {
+        Fold {
+            progress: Progress::start(),
+            history: MemHistory::new(),
+            runs: Vec::new(),
+            unreadable: 0,
+        }
+    }
+
+    fn apply_line(&mut self, offset: Offset, line: &[u8]) {
+        let parsed = LogLine::parse(line);
+        let epoch = parsed.as_ref().map_or(Epoch(0), |l| Epoch(l.epoch));
+        if self.runs.last().is_none_or(|r| r.epoch != epoch) {
+            self.runs.push(Run {
+                epoch,
+                start: offset,
+            });
+        }
+        match parsed.and_then(|l| l.outputs()) {
+            Some(outs) => {
+                for o in &outs {
+                    self.progress.apply(o);
+                    self.history.apply(o);
+                }
+            }
+            None => {
+                self.unreadable += 1;
+                self.progress.next_offset = offset.next();
+            }
+        }
+    }
+
+    /// Reads the whole stored stream.
+    pub fn of_stream(stream: &JournalHandle) -> anyhow::Result<Fold> {
+        let mut fold = Fold::new();
+        let mut next = stream.first_seq();
+        let end = stream.durable_seq().map_or(0, |s| s.0);
+        while next.0 <= end {
+            let recs = stream
+                .read(next, 4096, 16 << 20)
+                .context("reading the merged stream back")?;
+            let Some((last, _)) = recs.last() else { break };
+            let last = *last;
+            for (seq, line) in &recs {
+                fold.apply_line(Offset(seq.0 - 1), line);
+            }
+            next = last.next();
+        }
+        Ok(fold)
+    }
+}
+
+struct Publishing {
+    epoch: Epoch,
+    lease_until: Millis,
+    merger: Merger,
+    own: Tail,
+    copy: Tail,
+    /// `Matched` facts since the last entry built (stored with the next entry).
+    pending: Vec<dedup::Matched>,
+}
+
+pub struct Writer {
+    pub stream: Journal,
+    pub data_dir: PathBuf,
+    pub me: NodeId,
+    pub own: JournalHandle,
+    pub copy: JournalHandle,
+    pub dedup: dedup::ValidConfig,
+    pub fold: Fold,
+    pub clock: Clock,
+    pub stats: Arc<NodeStats>,
+    pub cmds: mpsc::UnboundedReceiver<DiskCmd>,
+    pub done: mpsc::UnboundedSender<DiskDone>,
+    pub rt: tokio::runtime::Handle,
+}
+
+/// Records per merger batch at most (one append and one fsync per batch).
+const BATCH_RECORDS: usize = 4096;
+const BATCH_BYTES: usize = 8 << 20;
+/// Margin for a clock that steps back, when pruning the history index.
+const CLOCK_STEP_MARGIN_MS: u64 = 60_000;
+
+enum Next {
+    Cmd(Option<DiskCmd>),
+    Batch(NodeId, Result<Vec<(Seq, Vec<u8>)>, journal::Error>),
+    Tick,
+}
+
+impl Writer {
+    /// Runs until the command channel closes (the driver stopped); fsyncs at the end.
+    pub fn run(mut self) -> anyhow::Result<()> {
+        let mut publishing: Option<Publishing> = None;
+        let mut last_prune = std::time::Instant::now();
+        loop {
+            let next = match publishing.as_mut() {
+                None => Next::Cmd(self.rt.block_on(self.cmds.recv())),
+                Some(p) => {
+                    let cmds = &mut self.cmds;
+                    self.rt.block_on(async {
+                        tokio::select! {
+                            biased;
+                            c = cmds.recv() => Next::Cmd(c),
+                            b = p.own.next_batch(BATCH_RECORDS, BATCH_BYTES) => Next::Batch(self.me, b),
+                            b = p.copy.next_batch(BATCH_RECORDS, BATCH_BYTES) => Next::Batch(self.me.peer(), b),
+                            _ = tokio::time::sleep(Duration::from_millis(100)) => Next::Tick,
+                        }
+                    })
+                }
+            };
+            match next {
+                Next::Cmd(None) => break,
+                Next::Cmd(Some(cmd)) => self.command(cmd, &mut publishing),
+                Next::Batch(node, Ok(batch)) => {
+                    if let Some(p) = publishing.as_mut() {
+                        self.stats
+                            .merger_busy_since_ms
+                            .store(crate::node::unix_ms(), Relaxed);
+                        if !self.publish(p, node, &batch) {
+                            self.stop_publishing(&mut publishing);
+                        }
+                        self.stats.merger_busy_since_ms.store(0, Relaxed);
+                    }
+                }
+                Next::Batch(node, Err(e)) => {
+                    tracing::error!(%node, error = %e, "merger cannot read a journal; publishing stops until the HA core restarts it");
+                    self.note_error(format!("merger reading journal {node}: {e}"));
+                    self.stop_publishing(&mut publishing);
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Next::Tick => {
+                    if let Some(p) = publishing.as_mut() {
+                        p.merger.handle_tick(receiver::listen::now_unix_nanos());
+                        if self.clock.now() >= p.lease_until {
+                            self.stop_publishing(&mut publishing);
+                        }
+                    }
+                }
+            }
+            if last_prune.elapsed() > Duration::from_secs(5) {
+                last_prune = std::time::Instant::now();
+                self.prune();
+            }
+        }
+        self.stream.sync().context("final stream fsync")?;
+        Ok(())
+    }
+
+    fn note_error(&self, e: String) {
+        if let Ok(mut last) = self.stats.stream_last_error.lock() {
+            *last = Some(e.clone());
+        }
+        let _ = self.done.send(DiskDone::Failed(e));
+    }
+
+    fn end(&self) -> Offset {
+        Offset(self.stream.next_seq().0 - 1)
+    }
+
+    fn prune(&mut self) {
+        let w = self.dedup.get().window_ms;
+        for n in [NodeId::A, NodeId::B] {
+            if let Some(before) = self
+                .fold
+                .progress
+                .prunable_before(n, w, CLOCK_STEP_MARGIN_MS)
+            {
+                self.fold.history.prune(n, before);
+            }
+        }
+    }
+
+    fn refold(&mut self) {
+        match Fold::of_stream(&self.stream.handle()) {
+            Ok(f) => self.fold = f,
+            Err(e) => self.note_error(format!("rebuilding the merger state: {e:#}")),
+        }
+    }
+
+    fn stop_publishing(&mut self, publishing: &mut Option<Publishing>) {
+        if publishing.take().is_some() {
+            // The merger may have consumed records whose outputs were not stored.
+            self.refold();
+        }
+    }
+
+    fn command(&mut self, cmd: DiskCmd, publishing: &mut Option<Publishing>) {
+        match cmd {
+            DiskCmd::Persist(st) => match store_epoch(&self.data_dir, st) {
+                Ok(()) => {
+                    let _ = self.done.send(DiskDone::Persisted(st));
+                }
+                Err(e) => {
+                    // Never report it: a vote that is not durable must not be sent.
+                    tracing::error!(error = %e, "cannot persist the epoch file");
+                    self.note_error(format!("persisting the epoch file: {e}"));
+                }
+            },
+            DiskCmd::Truncate(from) => {
+                self.stop_publishing(publishing);
+                if from < self.end() {
+                    match self.stream.truncate_from(Seq(from.0 + 1)) {
+                        Ok(()) => {
+                            tracing::warn!(
+                                from = from.0,
+                                "merged stream: uncommitted suffix truncated"
+                            );
+                            self.refold();
+                        }
+                        Err(e) => {
+                            self.note_error(format!("truncating the stream at {}: {e}", from.0))
+                        }
+                    }
+                }
+            }
+            DiskCmd::Accept {
+                from,
+                upto,
+                epoch,
+                lines,
+            } => {
+                let end = self.end();
+                if from != end || upto.0 - from.0 != lines.len() as u64 {
+                    tracing::warn!(from = from.0, upto = upto.0, end = end.0, lines = lines.len(), "replicated entries do not continue the stream; ignored (the active resends)");
+                    return;
+                }
+                let _ = epoch;
+                if self.append(&lines) {
+                    for (i, l) in lines.iter().enumerate() {
+                        self.fold.apply_line(Offset(from.0 + i as u64), l);
+                    }
+                    let _ = self.done.send(DiskDone::Appended(upto));
+                }
+            }
+            DiskCmd::Start {
+                epoch,
+                from,
+                lease_until,
+            } => {
+                let end = self.end();
+                if from != end {
+                    tracing::warn!(
+                        from = from.0,
+                        end = end.0,
+                        "publishing starts where the stream ends"
+                    );
+                }
+                let progress = self.fold.progress;
+                let own_from = progress.consumed(self.me).next();
+                let copy_from = progress.consumed(self.me.peer()).next();
+                tracing::info!(
+                    epoch = epoch.0,
+                    offset = end.0,
+                    own_from = own_from.0,
+                    copy_from = copy_from.0,
+                    "merger starts"
+                );
+                *publishing = Some(Publishing {
+                    epoch,
+                    lease_until,
+                    merger: Merger::recover(self.dedup, progress),
+                    own: self.own.tail(own_from),
+                    copy: self.copy.tail(copy_from),
+                    pending: Vec::new(),
+                });
+            }
+            DiskCmd::Extend(until) => {
+                if let Some(p) = publishing.as_mut() {
+                    p.lease_until = p.lease_until.max(until);
+                }
+            }
+            DiskCmd::Stop => self.stop_publishing(publishing),
+        }
+    }
+
+    /// Appends and makes durable; false (and reported) on a disk error.
+    fn append(&mut self, lines: &[Vec<u8>]) -> bool {
+        if let Err(e) = self.stream.append_batch(lines.iter()) {
+            self.note_error(format!("stream append: {e}"));
+            return false;
+        }
+        let durable = self.stream.handle().durable_seq().map_or(0, |s| s.0);
+        if durable + 1 < self.stream.next_seq().0 {
+            if let Err(e) = self.stream.sync() {
+                self.note_error(format!("stream fsync: {e}"));
+                return false;
+            }
+        }
+        if let Ok(mut last) = self.stats.stream_last_error.lock() {
+            *last = None;
+        }
+        true
+    }
+
+    /// Feeds a batch of `node`'s records to the merger and stores the entries; false when
+    /// publishing must stop (lease lapsed, disk or merger error).
+    fn publish(&mut self, p: &mut Publishing, node: NodeId, batch: &[(Seq, Vec<u8>)]) -> bool {
+        let mut lines = Vec::with_capacity(batch.len());
+        let mut received = Vec::with_capacity(batch.len());
+        for (seq, payload) in batch {
+            let decoded = Record::decode(payload);
+            let (key, at) = match &decoded {
+                Ok(r) => (r.key, r.received_at),
+                Err(_) => (
+                    receiver::key::KeyBuilder::new("undecodable")
+                        .part(payload)
+                        .finish(),
+                    p.merger.progress().newest.unwrap_or(UnixNanos(0)),
+                ),
+            };
+            let rec = dedup::Record {
+                node,
+                seq: *seq,
+                key,
+                received_at: at,
+            };
+            let out = match p.merger.handle_record(rec, &self.fold.history) {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::error!(%node, seq = seq.0, error = %e, "merger refused a record");
+                    self.note_error(format!("merger: {e}"));
+                    return false;
+                }
+            };
+            self.fold.history.apply(&out);
+            match out {
+                Output::Matched(m) => p.pending.push(m),
+                Output::Entry(e) => {
+                    let line = match &decoded {
+                        Ok(r) => {
+                            received.push(r.received_at.0);
+                            let (line, parsed) = stream::entry_json(
+                                e.offset,
+                                p.epoch,
+                                &[(node, *seq)],
+                                e.late,
+                                r,
+                                &p.pending,
+                            );
+                            if parsed == Parsed::KeptRaw {
+                                self.stats.stream_kept_raw.fetch_add(1, Relaxed);
+                            }
+                            line
+                        }
+                        Err(err) => {
+                            self.stats.stream_bad_records.fetch_add(1, Relaxed);
+                            stream::undecodable_entry(
+                                e.offset,
+                                p.epoch,
+                                node,
+                                *seq,
+                                payload,
+                                &err.to_string(),
+                                key,
+                                at,
+                                &p.pending,
+                            )
+                        }
+                    };
+                    p.pending.clear();
+                    lines.push(line);
+                }
+            }
+        }
+        if lines.is_empty() {
+            return true;
+        }
+        if self.clock.now() >= p.lease_until {
+            tracing::info!("lease lapsed before the append: entries dropped, publishing stops");
+            return false;
+        }
+        if !self.append(&lines) {
+            return false;
+        }
+        // While publishing the fold follows the merger (pending facts included); when
+        // publishing stops it is rebuilt from the stored lines.
+        self.fold.progress = p.merger.progress();
+        let upto = self.end();
+        self.stats
+            .stream_entries
+            .fetch_add(lines.len() as u64, Relaxed);
+        let now = receiver::listen::now_unix_nanos().0;
+        for at in &received {
+            self.stats
+                .stream_latency
+                .record_us((now.saturating_sub(*at) / 1000).max(0) as u64);
+        }
+        let _ = self.done.send(DiskDone::Appended(upto));
+        true
+    }
+}
