@@ -1,8 +1,17 @@
-//! Client commands that talk to a node's admin HTTP server: `status`, `tail`.
+//! Client commands that talk to a node's admin HTTP server: `status`, `tail`, `switchover`,
+//! `resync`.
+//!
+//! Contract: each command reads the node's base URL from `--node` or from a config's
+//! `admin.listen` ([`Target`]). A node that cannot be reached is an error naming the URL (exit
+//! code 2); a refusal by the node (HTTP 409: not active, no in-sync standby, …) and a command
+//! that does not finish in time exit 1 with the reason; success exits 0. `switchover` and
+//! `resync` only ask: the node does the work, and the command follows it through
+//! `GET /status` (`.ha`) until it is done.
 
 use anyhow::Context as _;
 use std::io::{BufRead as _, Write as _};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 /// Which node a client command talks to.
 #[derive(clap::Args, Debug, Clone)]
@@ -55,6 +64,221 @@ pub fn get_json(url: &str) -> anyhow::Result<serde_json::Value> {
     serde_json::from_str(&body).with_context(|| format!("{url}: not JSON"))
 }
 
+/// `POST url` with an empty body: the HTTP status and the body as JSON (`null` when empty;
+/// a body that is not JSON is kept as a string, so that its text can be shown).
+fn post_json(url: &str) -> anyhow::Result<(u16, serde_json::Value)> {
+    let mut resp = agent()
+        .post(url)
+        .send_empty()
+        .with_context(|| format!("cannot reach {url}: is the node running?"))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .body_mut()
+        .read_to_string()
+        .with_context(|| format!("reading {url}"))?;
+    let v = if body.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body.trim().to_string()))
+    };
+    Ok((status, v))
+}
+
+/// The error a node gave (`{"error": "..."}`), or its whole answer.
+fn error_text(body: &serde_json::Value) -> String {
+    match &body["error"] {
+        serde_json::Value::String(e) => e.clone(),
+        _ => str_of(body),
+    }
+}
+
+/// A JSON value for humans: strings bare, null as "-".
+fn str_of(x: &serde_json::Value) -> String {
+    match x {
+        serde_json::Value::String(t) => t.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// The name of the node's peer: `ha.peer` when the node says it, else the other of a/b.
+fn peer_name(v: &serde_json::Value) -> String {
+    if let Some(p) = v["ha"]["peer"].as_str() {
+        return p.to_string();
+    }
+    match v["node"].as_str() {
+        Some("a") => "b".into(),
+        Some("b") => "a".into(),
+        _ => "the peer".into(),
+    }
+}
+
+/// `twinrx switchover`: asks the active node to hand its role to the standby (planned: no
+/// loss, no gap), then follows `GET /status` until this node is no longer active and its peer
+/// is.
+pub fn switchover(target: &Target, timeout_secs: u64) -> anyhow::Result<i32> {
+    let base = target.base_url()?;
+    let url = format!("{base}/switchover");
+    let started = Instant::now();
+    let (code, body) = post_json(&url)?;
+    match code {
+        200 => {}
+        409 => {
+            eprintln!("switchover refused by {base}: {}", error_text(&body));
+            return Ok(1);
+        }
+        404 => anyhow::bail!(
+            "{url}: HTTP 404: this node does not offer switchover (is it a twinrx node of a pair, \
+             and of this version?)"
+        ),
+        _ => anyhow::bail!("{url}: HTTP {code}: {}", error_text(&body)),
+    }
+    let from = body["from"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| "this node".into());
+    eprintln!(
+        "switchover accepted by node {from} (epoch {}); waiting for the peer to take over",
+        str_of(&body["epoch"])
+    );
+    let status_url = format!("{base}/status");
+    let deadline = started + Duration::from_secs(timeout_secs);
+    let mut last;
+    loop {
+        match get_json(&status_url) {
+            Ok(v) => {
+                let ha = &v["ha"];
+                let role = ha["role"].as_str().unwrap_or("-");
+                let peer_role = ha["peer_role"].as_str().unwrap_or("-");
+                if !matches!(role, "active" | "solo" | "-") && peer_role == "active" {
+                    println!(
+                        "switchover done in {} ms: node {from} is now {role}, node {} is active, \
+                         epoch {}",
+                        started.elapsed().as_millis(),
+                        peer_name(&v),
+                        str_of(&ha["epoch"])
+                    );
+                    return Ok(0);
+                }
+                last = format!("role {role}, peer {peer_role}");
+            }
+            // The node may be busy handing over; keep asking until the deadline.
+            Err(e) => last = format!("{e:#}"),
+        }
+        if Instant::now() >= deadline {
+            eprintln!(
+                "switchover not finished after {timeout_secs}s (last seen: {last}); \
+                 see `twinrx status --node {base}`"
+            );
+            return Ok(1);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One line about a resync in progress, from `.ha.resync` (fields may be missing).
+fn resync_line(r: &serde_json::Value) -> String {
+    let mut s = format!("resync {}", r["state"].as_str().unwrap_or("-"));
+    if let Some(p) = r["phase"].as_str() {
+        s += &format!(", phase {p}");
+    }
+    match (r["done_bytes"].as_u64(), r["total_bytes"].as_u64()) {
+        (Some(d), Some(t)) if t > 0 => {
+            s += &format!(
+                ", {} of {} ({}%)",
+                bytes(d),
+                bytes(t),
+                d.saturating_mul(100) / t
+            )
+        }
+        (Some(d), _) => s += &format!(", {} done", bytes(d)),
+        _ => {}
+    }
+    if let Some(e) = r["error"].as_str().filter(|e| !e.is_empty()) {
+        s += &format!(": {e}");
+    }
+    s
+}
+
+fn bytes(n: u64) -> String {
+    const MIB: f64 = (1u64 << 20) as f64;
+    if n < 1 << 20 {
+        format!("{n} B")
+    } else {
+        format!("{:.1} MiB", n as f64 / MIB)
+    }
+}
+
+/// `twinrx resync`: asks the node to rebuild what it lacks from its peer (online), then
+/// follows `GET /status` until the pair is redundant again, the resync fails, or the timeout.
+pub fn resync(target: &Target, timeout_secs: u64) -> anyhow::Result<i32> {
+    let base = target.base_url()?;
+    let url = format!("{base}/resync");
+    let started = Instant::now();
+    let (code, body) = post_json(&url)?;
+    match code {
+        200 | 202 => {}
+        409 => {
+            eprintln!("resync refused by {base}: {}", error_text(&body));
+            return Ok(1);
+        }
+        404 => anyhow::bail!(
+            "{url}: HTTP 404: this node does not offer resync (is it a twinrx node of a pair, \
+             and of this version?)"
+        ),
+        _ => anyhow::bail!("{url}: HTTP {code}: {}", error_text(&body)),
+    }
+    println!("resync started on {base}");
+    let status_url = format!("{base}/status");
+    let deadline = started + Duration::from_secs(timeout_secs);
+    let mut shown = String::new();
+    loop {
+        // The node answers 202 once the resync is under way, so a "failed" state read after it
+        // is this resync's.
+        let line = match get_json(&status_url) {
+            Ok(v) => {
+                let ha = &v["ha"];
+                if ha["redundant"].as_bool() == Some(true) {
+                    println!(
+                        "pair redundant: {} + peer {}, epoch {} ({} s)",
+                        str_of(&ha["role"]),
+                        str_of(&ha["peer_role"]),
+                        str_of(&ha["epoch"]),
+                        started.elapsed().as_secs()
+                    );
+                    return Ok(0);
+                }
+                let r = &ha["resync"];
+                if r["state"].as_str() == Some("failed") {
+                    eprintln!(
+                        "resync failed: {}; see `twinrx status --node {base}` and the node's log",
+                        r["error"].as_str().unwrap_or("no reason given")
+                    );
+                    return Ok(1);
+                }
+                if r.is_object() {
+                    resync_line(r)
+                } else {
+                    "waiting for the resync to report".into()
+                }
+            }
+            Err(e) => format!("node not answering: {e:#}"),
+        };
+        if line != shown {
+            println!("{line}");
+            shown = line;
+        }
+        if Instant::now() >= deadline {
+            eprintln!(
+                "resync not finished after {timeout_secs}s (last: {shown}); it may still be \
+                 running: see `twinrx status --node {base}`"
+            );
+            return Ok(1);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 pub fn status(target: &Target, json: bool) -> anyhow::Result<i32> {
     let url = format!("{}/status", target.base_url()?);
     let v = get_json(&url)?;
@@ -70,13 +294,15 @@ pub fn status(target: &Target, json: bool) -> anyhow::Result<i32> {
     })
 }
 
+/// The human form of a status document: the HA block first (when the node is one of a pair),
+/// then journal, stream, receivers, sinks, links, problems and the next step. Fields the node
+/// does not report are shown as "-".
 fn render_status(v: &serde_json::Value) -> String {
     let mut s = String::new();
-    let str_of = |x: &serde_json::Value| match x {
-        serde_json::Value::String(t) => t.clone(),
-        serde_json::Value::Null => "-".into(),
-        other => other.to_string(),
-    };
+    let ha = &v["ha"];
+    if ha.is_object() {
+        s += &render_ha(ha);
+    }
     s += &format!(
         "node {}  role {}  version {}  up {}s\n",
         str_of(&v["node"]),
@@ -205,7 +431,66 @@ fn render_status(v: &serde_json::Value) -> String {
             s += &format!("PROBLEM   {}\n", str_of(p));
         }
     }
-    s += &format!("next step {}\n", str_of(&v["next_step"]));
+    // The HA block already led with its next step; repeat the node's only when it differs.
+    if ha["next_step"].is_null() || ha["next_step"] != v["next_step"] {
+        s += &format!("next step {}\n", str_of(&v["next_step"]));
+    }
+    s
+}
+
+/// The HA block of `twinrx status`: role, epoch, peer, links, witness, positions, resync,
+/// and the next step in plain words.
+fn render_ha(ha: &serde_json::Value) -> String {
+    let yes_no = |x: &serde_json::Value| match x.as_bool() {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "-",
+    };
+    let reach = |x: &serde_json::Value| match x.as_bool() {
+        Some(true) => " (reachable)",
+        Some(false) => " (UNREACHABLE)",
+        None => "",
+    };
+    let links = ha["links_up"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .map(|u| match u.as_bool() {
+                    Some(true) => "up",
+                    Some(false) => "down",
+                    None => "-",
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_else(|| "-".into());
+    let witness = match &ha["witness"] {
+        serde_json::Value::Null => "none".to_string(),
+        w => format!("{}{}", str_of(w), reach(&ha["witness_reachable"])),
+    };
+    let mut s = format!(
+        "HA        role {}  epoch {}  publishing {}  peer {}{}  links {}  witness {}\n",
+        str_of(&ha["role"]),
+        str_of(&ha["epoch"]),
+        yes_no(&ha["publishing"]),
+        str_of(&ha["peer_role"]),
+        reach(&ha["peer_reachable"]),
+        links,
+        witness
+    );
+    s += &format!(
+        "          commit end {}  stream end {}  redundant {}  healthy {}\n",
+        str_of(&ha["commit_end"]),
+        str_of(&ha["stream_end"]),
+        yes_no(&ha["redundant"]),
+        yes_no(&ha["healthy"])
+    );
+    if ha["resync"].is_object() {
+        s += &format!("          {}\n", resync_line(&ha["resync"]));
+    }
+    if let Some(next) = ha["next_step"].as_str() {
+        s += &format!("\nNext step: {next}\n\n");
+    }
     s
 }
 
@@ -215,12 +500,7 @@ pub fn tail(target: &Target, from: u64, follow: bool) -> anyhow::Result<i32> {
         target.base_url()?,
         if follow { "&follow=1" } else { "" }
     );
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_connect(Some(std::time::Duration::from_secs(3)))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut resp = agent
+    let mut resp = agent()
         .get(&url)
         .call()
         .with_context(|| format!("cannot reach {url}: is the node running?"))?;
@@ -243,4 +523,74 @@ pub fn tail(target: &Target, from: u64, follow: bool) -> anyhow::Result<i32> {
     }
     out.flush().ok();
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn status_leads_with_the_ha_block_and_its_next_step() {
+        let v = json!({
+            "node": "a", "role": "active", "next_step": "run `twinrx resync` on node b",
+            "ha": {
+                "role": "active", "epoch": 7, "publishing": true, "peer_role": "standby",
+                "peer_reachable": true, "links_up": [true, false],
+                "witness": "127.0.0.13:7402", "witness_reachable": false,
+                "commit_end": 120, "stream_end": 118, "redundant": false, "healthy": false,
+                "next_step": "run `twinrx resync` on node b",
+                "resync": {"state": "running", "phase": "journal", "done_bytes": 3 << 20,
+                           "total_bytes": 12 << 20}
+            }
+        });
+        let text = render_status(&v);
+        let first = text.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("HA        role active  epoch 7  publishing yes"),
+            "{text}"
+        );
+        assert!(first.contains("peer standby (reachable)"), "{text}");
+        assert!(first.contains("links up,down"), "{text}");
+        assert!(
+            first.contains("witness 127.0.0.13:7402 (UNREACHABLE)"),
+            "{text}"
+        );
+        assert!(text.contains("commit end 120  stream end 118  redundant no  healthy no"));
+        assert!(text.contains("resync running, phase journal, 3.0 MiB of 12.0 MiB (25%)"));
+        assert!(
+            text.contains("\nNext step: run `twinrx resync` on node b\n"),
+            "{text}"
+        );
+        // Said once, at the top.
+        assert_eq!(text.matches("twinrx resync").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn status_without_ha_or_with_missing_fields_still_renders() {
+        let single = render_status(&json!({"node": "a", "role": "single", "next_step": "nothing"}));
+        assert!(!single.contains("HA "), "{single}");
+        assert!(single.ends_with("next step nothing\n"), "{single}");
+        let sparse = render_status(&json!({"ha": {"role": "standby", "witness": null}}));
+        assert!(
+            sparse.starts_with(
+                "HA        role standby  epoch -  publishing -  peer -  links -  witness none\n"
+            ),
+            "{sparse}"
+        );
+        assert!(!sparse.contains("Next step"), "{sparse}");
+    }
+
+    #[test]
+    fn resync_line_renders_what_is_there() {
+        assert_eq!(resync_line(&json!({})), "resync -");
+        assert_eq!(
+            resync_line(&json!({"state": "failed", "error": "peer unreachable"})),
+            "resync failed: peer unreachable"
+        );
+        assert_eq!(
+            resync_line(&json!({"state": "running", "done_bytes": 512})),
+            "resync running, 512 B done"
+        );
+    }
 }
