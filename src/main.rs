@@ -7,6 +7,7 @@ mod client;
 mod config;
 mod datadir;
 mod gen;
+mod lab;
 mod metrics;
 mod node;
 mod pair;
@@ -81,6 +82,62 @@ enum Command {
         #[arg(long)]
         follow: bool,
     },
+    /// Start a local pair and witness on loopback addresses, ready to try out.
+    #[command(
+        long_about = "Start a local pair and its witness on this machine, for trying twinrx \
+                  out: node a on 127.0.0.11, node b on 127.0.0.12, the witness on 127.0.0.13 \
+                  (loopback addresses; no root needed). Each node listens for syslog on UDP+TCP \
+                  5514 and TLS 6514, SNMP traps on 5162, the cluster link on 7400 and admin \
+                  HTTP on 7401; the witness on 7402 (admin 7403).\n\n\
+                  The first run writes into DIR a pair key (cluster.psk), a self-signed TLS \
+                  certificate (with openssl, when present), a.toml, b.toml, witness.toml and \
+                  data directories; later runs reuse them, data included. The three processes \
+                  log to DIR/<name>.log, and DIR/lab.json lists their addresses and pids.\n\n\
+                  Once all three answer, the lab prints what to send where and what to try \
+                  (status, tail, killing a node, resync, switchover). It does not restart a \
+                  process that exits: it says so and how to restart it. Ctrl-C (or SIGTERM) \
+                  stops all three and exits 0. If an address is in use (another lab?), it \
+                  says which and exits non-zero."
+    )]
+    Lab(lab::LabArgs),
+    /// Planned role swap: the active hands over to the in-sync standby, with no loss and no gap.
+    #[command(
+        long_about = "Planned role swap (e.g. before maintenance of the active node): asks the \
+                  active node (POST /switchover) to stop publishing at a committed stream \
+                  position and hand the role to its in-sync standby under a new epoch; the \
+                  merged stream continues with no loss and no gap.\n\n\
+                  The command then follows GET /status until the node is no longer active and \
+                  its peer is, and prints the old and new active, the epoch and the time taken. \
+                  Exit 0 when done; 1 when the node refuses (not active, no in-sync standby: \
+                  its reason is printed) or the swap does not finish within --timeout-secs; \
+                  2 when the node cannot be reached."
+    )]
+    Switchover {
+        #[command(flatten)]
+        target: client::Target,
+        /// How long to wait for the peer to take over.
+        #[arg(long, default_value_t = 10)]
+        timeout_secs: u64,
+    },
+    /// Restore redundancy online: rebuild this node's journal copy and stream from its peer.
+    #[command(
+        long_about = "Restore the pair's redundancy online, after a node lost its data (a new \
+                  disk, a wiped or diverged data directory) or fell too far behind: asks the \
+                  node (POST /resync) to fetch what it lacks from its peer while the pair keeps \
+                  receiving and publishing.\n\n\
+                  The command then follows GET /status, printing one line per change of the \
+                  resync's phase and progress, until the pair is redundant again. Exit 0 when \
+                  redundant; 1 when the node refuses (its reason is printed), the resync fails \
+                  or it does not finish within --timeout-secs (it may still be running: see \
+                  `twinrx status`); 2 when the node cannot be reached."
+    )]
+    Resync {
+        #[command(flatten)]
+        target: client::Target,
+        /// How long to follow the resync before giving up (it keeps running on the node).
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
     /// Send sequence-tokened syslog traffic to one or more nodes, and write a manifest.
     Gen(gen::GenArgs),
     /// Compare a generator manifest with a stream dump: sent / present / missing / duplicated.
@@ -137,6 +194,15 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             from,
             follow,
         } => client::tail(&target, from, follow),
+        Command::Lab(args) => lab::run(args),
+        Command::Switchover {
+            target,
+            timeout_secs,
+        } => client::switchover(&target, timeout_secs),
+        Command::Resync {
+            target,
+            timeout_secs,
+        } => client::resync(&target, timeout_secs),
         Command::Gen(args) => gen::run(args),
         Command::Check(args) => check::run(args),
         Command::Journal {
