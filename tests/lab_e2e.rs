@@ -1,0 +1,320 @@
+//! End-to-end tests of `twinrx lab` and of the `switchover`/`resync` clients' error paths:
+//! the built binary as a real process, on loopback addresses of the test's own
+//! (`common::unique_ip`), real signals, a real `logger`.
+//!
+//! The full behaviour of switchover and resync (against a node that answers them) is tested
+//! with the pair's HA (tests/pair_e2e.rs).
+
+mod common;
+
+use common::{get_json, get_text, unique_ip, wait_for, Scratch, BIN};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// Debug builds of three processes on a busy test machine: generous, but bounded.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A `twinrx lab` process, killed (SIGKILL) with its children on drop if a test fails.
+struct Lab {
+    dir: PathBuf,
+    out: PathBuf,
+    ips: [Ipv4Addr; 3],
+    child: Option<Child>,
+}
+
+impl Lab {
+    fn start(dir: &Path, ips: [Ipv4Addr; 3]) -> Lab {
+        // One output file per lab process: a re-run must not see its predecessor's lines.
+        static RUNS: AtomicU32 = AtomicU32::new(0);
+        let out = dir.with_extension(format!("out{}", RUNS.fetch_add(1, Ordering::Relaxed)));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&out)
+            .expect("lab output file");
+        let child = Command::new(BIN)
+            .arg("lab")
+            .arg("--dir")
+            .arg(dir)
+            .arg("--ip-a")
+            .arg(ips[0].to_string())
+            .arg("--ip-b")
+            .arg(ips[1].to_string())
+            .arg("--ip-witness")
+            .arg(ips[2].to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn twinrx lab");
+        Lab {
+            dir: dir.to_path_buf(),
+            out,
+            ips,
+            child: Some(child),
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().expect("lab running").id() as i32
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    /// Waits until the lab says it is running (all three answered), and returns lab.json.
+    fn wait_ready(&mut self) -> serde_json::Value {
+        wait_for("the lab to be ready", START_TIMEOUT, || {
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("lab exited during start-up ({st}):\n{}", self.output());
+            }
+            if !self.output().contains("twinrx lab is running") {
+                return None;
+            }
+            let text = std::fs::read_to_string(self.dir.join("lab.json")).ok()?;
+            serde_json::from_str(&text).ok()
+        })
+    }
+
+    fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(self.pid()), sig).expect("signal the lab");
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("lab running");
+        let st = wait_for("the lab to exit", timeout, || {
+            child.try_wait().ok().flatten()
+        });
+        self.child = None;
+        st
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // A failed test: kill the children the lab started (from lab.json), then the lab.
+        if let Some(mut c) = self.child.take() {
+            if let Some(doc) = std::fs::read_to_string(self.dir.join("lab.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            {
+                for pid in member_pids(&doc) {
+                    if parent_of(pid) == Some(c.id() as i32) {
+                        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    }
+                }
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(&self.out);
+    }
+}
+
+/// The pids of node a, node b and the witness in a lab.json.
+fn member_pids(doc: &serde_json::Value) -> Vec<i32> {
+    let mut pids: Vec<i32> = doc["nodes"]
+        .as_array()
+        .map(|n| {
+            n.iter()
+                .filter_map(|n| n["pid"].as_i64())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .chain(doc["witness"]["pid"].as_i64())
+        .map(|p| p as i32)
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// The parent pid of a live process (None once it is gone).
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may hold spaces, so split after its ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Processes whose command line mentions `needle` (e.g. the lab's directory).
+fn processes_mentioning(needle: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+fn ips() -> [Ipv4Addr; 3] {
+    [unique_ip(), unique_ip(), unique_ip()]
+}
+
+#[test]
+fn lab_runs_pair_and_witness_receives_and_stops_on_sigint() {
+    let scratch = Scratch::new("lab");
+    let dir = scratch.path().join("lab");
+    let ips = ips();
+    let mut lab = Lab::start(&dir, ips);
+    let doc = lab.wait_ready();
+
+    // lab.json: addresses, configs and live pids, all children of the lab.
+    assert_eq!(doc["dir"], dir.display().to_string());
+    let nodes = doc["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 2, "{doc}");
+    for (n, (name, ip)) in nodes.iter().zip([("a", ips[0]), ("b", ips[1])]) {
+        assert_eq!(n["name"], name, "{doc}");
+        assert_eq!(n["admin"], format!("http://{ip}:7401"), "{doc}");
+        assert_eq!(n["syslog_udp"], format!("{ip}:5514"), "{doc}");
+        assert_eq!(n["syslog_tcp"], format!("{ip}:5514"), "{doc}");
+        assert_eq!(n["syslog_tls"], format!("{ip}:6514"), "{doc}");
+        assert_eq!(n["snmp"], format!("{ip}:5162"), "{doc}");
+        assert_eq!(
+            n["config"],
+            dir.join(format!("{name}.toml")).display().to_string()
+        );
+        assert_eq!(
+            n["log"],
+            dir.join(format!("{name}.log")).display().to_string()
+        );
+        let status = get_json(&format!("http://{ip}:7401/status")).expect("node status");
+        assert_eq!(status["node"], name, "{status}");
+    }
+    let w = &doc["witness"];
+    assert_eq!(w["listen"], format!("{}:7402", ips[2]), "{doc}");
+    assert_eq!(w["admin"], format!("http://{}:7403", ips[2]), "{doc}");
+    get_json(&format!("http://{}:7403/status", ips[2])).expect("witness status");
+    let pids = member_pids(&doc);
+    assert_eq!(pids.len(), 3, "{doc}");
+    for &pid in &pids {
+        assert!(alive(pid), "pid {pid} of lab.json is not running");
+        assert_eq!(
+            parent_of(pid),
+            Some(lab.pid()),
+            "pid {pid} is not the lab's child"
+        );
+    }
+    let config = std::fs::read_to_string(dir.join("a.toml")).expect("a.toml");
+    assert!(
+        config.contains(&format!("[ha]\nwitness = \"{}:7402\"\n", ips[2])),
+        "{config}"
+    );
+
+    // A device sends to both nodes; the message reaches the stream.
+    let token = format!("lab-token-{}", std::process::id());
+    for ip in &ips[..2] {
+        common::run(
+            Command::new("logger")
+                .args(["-n", &ip.to_string(), "-P", "5514", "--udp", "--rfc5424"])
+                .arg(&token),
+        );
+    }
+    wait_for("the message in a node's stream", START_TIMEOUT, || {
+        ips[..2]
+            .iter()
+            .filter_map(|ip| get_text(&format!("http://{ip}:7401/stream?from=0")))
+            .any(|s| s.contains(&token))
+            .then_some(())
+    });
+
+    // Ctrl-C: every child stops, the lab exits 0.
+    lab.signal(Signal::SIGINT);
+    let st = lab.wait_exit(STOP_TIMEOUT);
+    assert!(st.success(), "lab exit {st}:\n{}", lab.output());
+    for &pid in &pids {
+        assert!(!alive(pid), "pid {pid} still running after the lab stopped");
+    }
+    let out = lab.output();
+    for what in ["node a", "node b", "witness"] {
+        assert!(out.contains(&format!("lab: {what} (pid")), "{out}");
+    }
+}
+
+#[test]
+fn lab_rerun_reuses_its_directory() {
+    let scratch = Scratch::new("lab-rerun");
+    let dir = scratch.path().join("lab");
+    let ips = ips();
+    let mut lab = Lab::start(&dir, ips);
+    let first = lab.wait_ready();
+    let psk = std::fs::read(dir.join("cluster.psk")).expect("cluster.psk");
+    let config = std::fs::read(dir.join("a.toml")).expect("a.toml");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.join("cluster.psk"))
+            .expect("psk")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "cluster.psk mode {mode:o}");
+    lab.signal(Signal::SIGTERM);
+    assert!(lab.wait_exit(STOP_TIMEOUT).success(), "{}", lab.output());
+
+    let mut again = Lab::start(&dir, lab.ips);
+    let second = again.wait_ready();
+    assert_eq!(std::fs::read(dir.join("cluster.psk")).expect("psk"), psk);
+    assert_eq!(std::fs::read(dir.join("a.toml")).expect("a.toml"), config);
+    let pids = member_pids(&second);
+    assert_eq!(pids.len(), 3, "{second}");
+    for &pid in &pids {
+        assert_eq!(parent_of(pid), Some(again.pid()), "lab.json has stale pids");
+    }
+    assert_ne!(member_pids(&first), pids);
+    again.signal(Signal::SIGTERM);
+    assert!(
+        again.wait_exit(STOP_TIMEOUT).success(),
+        "{}",
+        again.output()
+    );
+}
+
+#[test]
+fn lab_refuses_a_port_in_use_and_leaves_nothing_running() {
+    let scratch = Scratch::new("lab-busy");
+    let dir = scratch.path().join("lab");
+    let ips = ips();
+    let busy = format!("{}:7401", ips[0]);
+    let _holder = TcpListener::bind(&busy).expect("bind node a's admin address");
+    let mut lab = Lab::start(&dir, ips);
+    let st = lab.wait_exit(START_TIMEOUT);
+    let out = lab.output();
+    assert!(!st.success(), "lab exit {st}:\n{out}");
+    assert!(out.contains(&busy), "{out}");
+    assert!(out.contains("another lab"), "{out}");
+    let dir_text = dir.display().to_string();
+    assert_eq!(processes_mentioning(&dir_text), Vec::<i32>::new(), "{out}");
+}
+
+#[test]
+fn switchover_and_resync_report_an_unreachable_node() {
+    let url = format!("http://{}:7401", unique_ip());
+    for cmd in ["switchover", "resync"] {
+        let out = Command::new(BIN)
+            .args([cmd, "--node", &url, "--timeout-secs", "1"])
+            .output()
+            .expect("run the client");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {stderr}");
+        assert!(stderr.contains("cannot reach"), "{cmd}: {stderr}");
+        assert!(stderr.contains(&url), "{cmd}: {stderr}");
+    }
+}
