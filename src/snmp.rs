@@ -129,7 +129,7 @@ pub async fn run(
     let mut slots: Vec<Vec<u8>> = (0..receiver::listen::RECVMMSG_SLOTS)
         .map(|_| vec![0u8; slot_bytes])
         .collect();
-    let mut received: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+    let mut received: Vec<receiver::listen::Datagram> = Vec::new();
     loop {
         tokio::select! {
             r = sock.readable() => if let Err(e) = r {
@@ -148,8 +148,9 @@ pub async fn run(
                 continue;
             }
         }
-        let received_at = now_unix_nanos();
-        for (src, datagram) in received.drain(..) {
+        let read_at = now_unix_nanos();
+        for (src, datagram, kernel_at) in received.drain(..) {
+            let received_at = kernel_at.unwrap_or(read_at);
             handle(&sock, &core, &intake, &stats, src, datagram, received_at).await;
         }
     }

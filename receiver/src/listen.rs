@@ -262,6 +262,14 @@ pub fn bind_udp(addr: SocketAddr, rcvbuf_bytes: usize) -> io::Result<(UdpSocket,
             tracing::debug!(rcvbuf_bytes, "SO_RCVBUF refused");
         }
     }
+    // Kernel receive timestamps: a datagram's receive time is when the kernel queued it, not
+    // when the process read it (a paused or busy node must not age its copies past the
+    // de-duplication window).
+    if let Err(e) =
+        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimestampns, &true)
+    {
+        tracing::debug!(error = %e, "SO_TIMESTAMPNS refused: read times are used");
+    }
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
     let got = sock.recv_buffer_size().unwrap_or(0);
@@ -288,19 +296,24 @@ pub fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
 /// Datagrams read per recvmmsg(2) call.
 pub const RECVMMSG_SLOTS: usize = 32;
 
-/// Reads up to `slots.len()` datagrams with one recvmmsg(2); appends (source, bytes) to
-/// `out`. Returns how many were read, or the error (WouldBlock when none is waiting).
+/// A datagram read by [`recv_many`]: source, bytes, and the kernel's receive time when the
+/// socket has SO_TIMESTAMPNS (as [`bind_udp`] sets).
+pub type Datagram = (SocketAddr, Vec<u8>, Option<UnixNanos>);
+
+/// Reads up to `slots.len()` datagrams with one recvmmsg(2); appends them to `out`. Returns
+/// how many were read, or the error (WouldBlock when none is waiting).
 pub fn recv_many(
     sock: &UdpSocket,
     slots: &mut [Vec<u8>],
-    out: &mut Vec<(SocketAddr, Vec<u8>)>,
+    out: &mut Vec<Datagram>,
 ) -> io::Result<usize> {
-    use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+    use nix::sys::socket::{recvmmsg, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage};
     use std::io::IoSliceMut;
     use std::os::fd::AsRawFd;
     let n_slots = slots.len();
-    let lens: Vec<(Option<SocketAddr>, usize)> = {
-        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(n_slots, None);
+    let lens: Vec<(Option<SocketAddr>, usize, Option<UnixNanos>)> = {
+        let cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(n_slots, Some(cmsg));
         let mut iovs: Vec<[IoSliceMut<'_>; 1]> = slots
             .iter_mut()
             .map(|s| [IoSliceMut::new(&mut s[..])])
@@ -323,14 +336,24 @@ pub fn recv_many(
                                 .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
                         })
                 });
-                (addr, r.bytes)
+                let at = r.cmsgs().ok().and_then(|mut c| {
+                    c.find_map(|m| match m {
+                        ControlMessageOwned::ScmTimestampns(ts) => Some(UnixNanos(
+                            (ts.tv_sec() as i64)
+                                .saturating_mul(1_000_000_000)
+                                .saturating_add(ts.tv_nsec() as i64),
+                        )),
+                        _ => None,
+                    })
+                });
+                (addr, r.bytes, at)
             })
             .collect()
     };
     let n = lens.len();
-    for (i, (addr, len)) in lens.into_iter().enumerate() {
+    for (i, (addr, len, at)) in lens.into_iter().enumerate() {
         if let Some(addr) = addr {
-            out.push((addr, slots[i][..len].to_vec()));
+            out.push((addr, slots[i][..len].to_vec(), at));
         }
     }
     Ok(n)
@@ -347,7 +370,7 @@ pub async fn run_udp(
     // One byte more than the limit: a datagram that fills its slot is over the limit.
     let slot_bytes = opts.message_bytes_max.saturating_add(1).min(65_536);
     let mut slots: Vec<Vec<u8>> = (0..RECVMMSG_SLOTS).map(|_| vec![0u8; slot_bytes]).collect();
-    let mut batch_raw: Vec<(SocketAddr, Vec<u8>)> = Vec::with_capacity(RECVMMSG_SLOTS);
+    let mut batch_raw: Vec<Datagram> = Vec::with_capacity(RECVMMSG_SLOTS);
     let mut limiter = TokenBuckets::new(opts.rate, opts.rate_sources_max);
     loop {
         tokio::select! {
@@ -372,8 +395,9 @@ pub async fn run_udp(
                     break;
                 }
             }
-            let at = now_unix_nanos();
-            for (src, msg) in batch_raw.drain(..) {
+            let read_at = now_unix_nanos();
+            for (src, msg, kernel_at) in batch_raw.drain(..) {
+                let at = kernel_at.unwrap_or(read_at);
                 if msg.len() > opts.message_bytes_max {
                     stats.oversize.fetch_add(1, Relaxed);
                     continue;
