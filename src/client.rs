@@ -489,9 +489,9 @@ fn render_ha(ha: &serde_json::Value) -> String {
         s += &format!("          {}\n", resync_line(&ha["resync"]));
     }
     if let Some(next) = ha["next_step"].as_str() {
-        s += &format!("\nNext step: {next}\n\n");
+        s += &format!("\nNext step: {next}\n");
     }
-    s
+    s + "\n"
 }
 
 pub fn tail(target: &Target, from: u64, follow: bool) -> anyhow::Result<i32> {

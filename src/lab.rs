@@ -684,7 +684,12 @@ fn stop_all(members: &mut [Member]) -> bool {
     for m in members.iter_mut() {
         let Some(pid) = m.live_pid() else {
             if let (Some(c), Some(st)) = (&m.child, m.exited) {
-                println!("lab: {} (pid {}) had exited: {st}", m.label(), c.id());
+                println!(
+                    "lab: {} (pid {}) had exited: {st} (if you restarted it yourself, stop \
+                     that one in its own shell)",
+                    m.label(),
+                    c.id()
+                );
             }
             continue;
         };
