@@ -568,6 +568,15 @@ impl Pair {
         }
     }
 
+    /// A session to the witness is up.
+    pub fn witness_connected(&self) -> bool {
+        self.witness_sender
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|s| !s.is_closed())
+    }
+
     /// The copier runs on a live session and its copy continues the peer's journal.
     pub fn copy_running(&self) -> bool {
         self.with_repl(|r| r.copy_link.is_some() && r.copy_stopped.is_none())
@@ -826,6 +835,8 @@ impl Pair {
             "control": {
                 "received": self.control.received.load(Relaxed),
                 "received_bytes": self.control.received_bytes.load(Relaxed),
+                "undecodable": self.control.undecodable.load(Relaxed),
+                "send_dropped": self.control.send_dropped.load(Relaxed),
             },
             "healthy": problems.is_empty(),
             "problems": problems,

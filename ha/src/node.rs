@@ -247,6 +247,8 @@ struct Leader {
     f_match: Offset,
     f_next: Offset,
     f_progress_at: Millis,
+    /// `f_next` at the previous heartbeat tick: what was sent a tick ago or earlier.
+    f_sent_at_tick: Offset,
     /// Highest end the witness recorded for our epoch.
     witness_recorded: Offset,
     handover: Option<(HandoverReason, Millis)>,
@@ -654,8 +656,13 @@ impl HaCore {
         };
         match &mut self.state {
             State::Leader(l) => {
-                // Go-back-N: resend everything not acknowledged.
-                l.f_next = l.f_match;
+                // Go-back-N: resend everything not acknowledged when something sent a tick
+                // ago or earlier is still unacknowledged (a follower whose acks merely lag by
+                // less than a tick is not flooded with copies).
+                if l.f_match < l.f_sent_at_tick {
+                    l.f_next = l.f_match;
+                }
+                l.f_sent_at_tick = l.f_next;
                 let hand = l.handover.is_some();
                 if !hand && self.cfg.get().policy == Policy::Witness {
                     l.lease_request_at = now;
@@ -1122,6 +1129,7 @@ impl HaCore {
             f_match: Offset(0),
             f_next: Offset(0),
             f_progress_at: now,
+            f_sent_at_tick: Offset(0),
             witness_recorded: Offset(0),
             handover: None,
             solo_license_until,

@@ -307,7 +307,9 @@ pub fn recv_many(
     slots: &mut [Vec<u8>],
     out: &mut Vec<Datagram>,
 ) -> io::Result<usize> {
-    use nix::sys::socket::{recvmmsg, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage};
+    use nix::sys::socket::{
+        recvmmsg, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage,
+    };
     use std::io::IoSliceMut;
     use std::os::fd::AsRawFd;
     let n_slots = slots.len();
@@ -339,9 +341,9 @@ pub fn recv_many(
                 let at = r.cmsgs().ok().and_then(|mut c| {
                     c.find_map(|m| match m {
                         ControlMessageOwned::ScmTimestampns(ts) => Some(UnixNanos(
-                            (ts.tv_sec() as i64)
+                            ts.tv_sec()
                                 .saturating_mul(1_000_000_000)
-                                .saturating_add(ts.tv_nsec() as i64),
+                                .saturating_add(ts.tv_nsec()),
                         )),
                         _ => None,
                     })

@@ -261,9 +261,7 @@ impl Driver {
                 u32::try_from(now.saturating_sub(since)).unwrap_or(u32::MAX)
             }
         };
-        let disk_free_bytes = nix::sys::statvfs::statvfs(&self.data_dir)
-            .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
-            .unwrap_or(u64::MAX);
+        let disk_free_bytes = crate::status::disk_free_bytes(&self.data_dir).unwrap_or(u64::MAX);
         Health {
             receivers_ok: !self.stats.journal_failing.load(Relaxed),
             fsync_latency_ms: age(self.stats.journal_busy_since_ms.load(Relaxed)),
@@ -414,6 +412,12 @@ impl Driver {
             (true, Some(_)) => view.peer_down_since = None,
             (false, None) => view.peer_down_since = Some(SystemTime::now()),
             _ => {}
+        }
+        // A standby rarely talks to the witness: its session is what says it is reachable.
+        let mut status = status;
+        status.witness_reachable = status.witness_reachable || self.pair.witness_connected();
+        if !status.peer_reachable {
+            status.peer_role = None;
         }
         match (status.witness_reachable, view.witness_down_since) {
             (true, Some(_)) => view.witness_down_since = None,

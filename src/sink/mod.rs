@@ -831,6 +831,7 @@ mod tests {
         let driver = Driver {
             cfg,
             stream: j.handle(),
+            gate: crate::pair::driver::Gate::new(true),
             stats: stats.clone(),
             rt: rt.handle().clone(),
             shutdown: rx,
