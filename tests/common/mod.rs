@@ -2,6 +2,7 @@
 //! address, talks to it over its admin HTTP API, and cleans up (kills the process, removes
 //! its directory) even when a test fails.
 #![allow(dead_code)]
+pub mod netns;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
