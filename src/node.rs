@@ -310,10 +310,21 @@ async fn run_async(cfg: NodeConfig) -> anyhow::Result<()> {
     )?;
 
     // The links and the copy of the peer's journal: tasks of their own, off the receive path.
+    // A new data directory on a pair: the peer may hold this node's older journal (a replaced
+    // disk, F15); the journal must continue after it, so that no seq is reused.
+    let mut journal = journal;
+    let fresh = cfg.pair.is_some()
+        && journal.next_seq() == Seq::FIRST
+        && stream_j.next_seq() == Seq::FIRST
+        && crate::pair::writer::load_epoch(&cfg.data_dir)?.is_none();
     let (pair, pair_rt) = match &cfg.pair {
         Some(p) => {
-            let (pair, rt) =
-                crate::pair::start(p.clone(), &cfg, journal.handle(), shutdown.clone()).await?;
+            let (pair, rt, gate) =
+                crate::pair::start(p.clone(), &cfg, journal.handle(), fresh, shutdown.clone())
+                    .await?;
+            if let Some(g) = gate {
+                g.settle(&mut journal, p.peer).await;
+            }
             (Some(pair), Some(rt))
         }
         None => (None, None),

@@ -115,6 +115,56 @@ pub struct Pair {
     events: std::sync::OnceLock<mpsc::UnboundedSender<driver::Event>>,
     /// Wakes waiters when the copier starts or stops.
     copy_changed: Notify,
+    /// A new data directory: shippers report the peer's copy position and wait (F15).
+    fresh: Option<(
+        mpsc::UnboundedSender<(twinrx_types::Seq, bool)>,
+        watch::Receiver<bool>,
+    )>,
+}
+
+/// For a node whose data directory is new: where the peer's copy of this node's journal
+/// ends, learnt before this node journals anything (see [`FreshGate::settle`]).
+pub struct FreshGate {
+    requests: mpsc::UnboundedReceiver<(twinrx_types::Seq, bool)>,
+    release: watch::Sender<bool>,
+}
+
+/// How long a new node waits for the peer to say where its copy of this journal ends.
+const FRESH_WAIT: Duration = Duration::from_secs(10);
+
+impl FreshGate {
+    /// Waits (at most [`FRESH_WAIT`]) for the peer's copier to say where its copy of this
+    /// node's journal ends and, if the copy holds records (this node's disk was replaced,
+    /// SPEC F15), makes `journal` continue after them, so no seq is ever reused. Then lets the
+    /// shippers serve.
+    pub async fn settle(mut self, journal: &mut journal::Journal, peer: twinrx_types::NodeId) {
+        let got = tokio::time::timeout(FRESH_WAIT, self.requests.recv()).await;
+        match got {
+            Ok(Some((from, false))) if from.0 > 1 => match journal.reset_to(from) {
+                Ok(()) => tracing::warn!(
+                    next_seq = from.0,
+                    %peer,
+                    "new data directory: node {peer} holds this node's journal up to seq {}; \
+                     continuing after it",
+                    from.0 - 1
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot continue the journal after the peer's copy")
+                }
+            },
+            Ok(Some(_)) => {
+                tracing::info!(%peer, "new data directory: node {peer}'s copy of this journal is empty")
+            }
+            Ok(None) | Err(_) => tracing::warn!(
+                %peer,
+                "new data directory and node {peer} did not answer within {} s: the journal starts \
+                 at seq 1 (if {peer} holds a copy of an older journal of this node, it reports a \
+                 divergence: then run `twinrx resync`)",
+                FRESH_WAIT.as_secs()
+            ),
+        }
+        let _ = self.release.send(false);
+    }
 }
 
 /// The running tasks; [`PairRuntime::stop`] ends them.
@@ -136,8 +186,22 @@ pub async fn start(
     settings: PairSettings,
     cfg: &crate::config::NodeConfig,
     own: JournalHandle,
+    fresh: bool,
     shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<(Arc<Pair>, PairRuntime)> {
+) -> anyhow::Result<(Arc<Pair>, PairRuntime, Option<FreshGate>)> {
+    let (fresh_shared, fresh_gate) = if fresh {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (release, hold) = watch::channel(true);
+        (
+            Some((tx, hold)),
+            Some(FreshGate {
+                requests: rx,
+                release,
+            }),
+        )
+    } else {
+        (None, None)
+    };
     for w in &settings.warnings {
         tracing::warn!(warning = %w, "pair config");
     }
@@ -186,6 +250,7 @@ pub async fn start(
         witness_sender: Mutex::new(None),
         events: std::sync::OnceLock::new(),
         copy_changed: Notify::new(),
+        fresh: fresh_shared,
         settings,
     });
     let (offers_tx, offers_rx) = mpsc::unbounded_channel();
@@ -212,7 +277,7 @@ pub async fn start(
     }
     let copier = tokio::spawn(copy_task(pair.clone(), copier, offers_rx, shutdown));
     tracing::info!(peer = %pair.settings.peer, links = pair.links.len(), "pair started");
-    Ok((pair, PairRuntime { links, copier }))
+    Ok((pair, PairRuntime { links, copier }, fresh_gate))
 }
 
 impl PairRuntime {
@@ -660,6 +725,9 @@ impl Pair {
         if let Some(port) = session.take_ship_port() {
             let pair = self.clone();
             let mut shipper = JournalShipper::new(self.own.clone(), ShipConfig::default());
+            if let Some((tx, hold)) = &self.fresh {
+                shipper = shipper.with_gate(tx.clone(), hold.clone());
+            }
             tokio::spawn(async move {
                 let err = shipper.run(port).await;
                 let stopped = match &err {

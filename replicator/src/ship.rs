@@ -162,6 +162,13 @@ fn apply_group(j: &mut Journal, opener: &mut Opener, raws: Vec<Vec<u8>>) -> Appl
 pub struct JournalShipper {
     handle: JournalHandle,
     cfg: ShipConfig,
+    gate: Option<ShipGate>,
+}
+
+/// See [`JournalShipper::with_gate`].
+struct ShipGate {
+    requests: tokio::sync::mpsc::UnboundedSender<(Seq, bool)>,
+    hold: tokio::sync::watch::Receiver<bool>,
 }
 
 /// How one request's service ended.
@@ -173,7 +180,31 @@ enum Served {
 impl JournalShipper {
     /// A shipper of the journal behind `handle` (this node's own journal).
     pub fn new(handle: JournalHandle, cfg: ShipConfig) -> JournalShipper {
-        JournalShipper { handle, cfg }
+        JournalShipper {
+            handle,
+            cfg,
+            gate: None,
+        }
+    }
+
+    /// Reports each request's `(from, copy_empty)` — where the peer's copy of this journal
+    /// ends — on `requests`, and serves it only once `hold` is false. A node whose data
+    /// directory is new uses it to continue its journal after the records the peer already
+    /// copied (a replaced disk, SPEC F15) before anything is shipped.
+    pub fn with_gate(
+        mut self,
+        requests: tokio::sync::mpsc::UnboundedSender<(Seq, bool)>,
+        hold: tokio::sync::watch::Receiver<bool>,
+    ) -> JournalShipper {
+        self.gate = Some(ShipGate { requests, hold });
+        self
+    }
+
+    async fn pass_gate(&mut self, req: &ShipRequest) {
+        if let Some(g) = self.gate.as_mut() {
+            let _ = g.requests.send((req.from, req.copy_empty));
+            let _ = g.hold.wait_for(|h| !*h).await;
+        }
     }
 
     /// Serves the peer over `port` until the session ends or shipping fails, and returns
@@ -195,6 +226,7 @@ impl JournalShipper {
             }
         };
         loop {
+            self.pass_gate(&request).await;
             match self.serve(&mut port, request).await {
                 Ok(Served::Restart(r)) => request = r,
                 Err(e) => return e,

@@ -250,16 +250,15 @@ impl Writer {
                             .merger_busy_since_ms
                             .store(crate::node::unix_ms(), Relaxed);
                         if !self.publish(p, node, &batch) {
-                            self.stop_publishing(&mut publishing);
+                            self.restart_publishing(&mut publishing);
                         }
                         self.stats.merger_busy_since_ms.store(0, Relaxed);
                     }
                 }
                 Next::Batch(node, Err(e)) => {
-                    tracing::error!(%node, error = %e, "merger cannot read a journal; publishing stops until the HA core restarts it");
+                    tracing::error!(%node, error = %e, "merger cannot read a journal; restarting the merger from the stored stream");
                     self.note_error(format!("merger reading journal {node}: {e}"));
-                    self.stop_publishing(&mut publishing);
-                    std::thread::sleep(Duration::from_millis(200));
+                    self.restart_publishing(&mut publishing);
                 }
                 Next::Tick => {
                     if let Some(p) = publishing.as_mut() {
@@ -314,6 +313,25 @@ impl Writer {
         if publishing.take().is_some() {
             // The merger may have consumed records whose outputs were not stored.
             self.refold();
+        }
+    }
+
+    /// After a failed batch (disk error, lapsed lease, unreadable journal): drops the merger,
+    /// rebuilds the state from the stored stream and, if the lease still runs, starts a new
+    /// merger in the same epoch after a pause (the HA core sees the stall in the health).
+    fn restart_publishing(&mut self, publishing: &mut Option<Publishing>) {
+        let Some(p) = publishing.take() else { return };
+        self.refold();
+        std::thread::sleep(Duration::from_millis(200));
+        if self.clock.now() < p.lease_until {
+            self.command(
+                DiskCmd::Start {
+                    epoch: p.epoch,
+                    from: self.end(),
+                    lease_until: p.lease_until,
+                },
+                publishing,
+            );
         }
     }
 
