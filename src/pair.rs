@@ -116,11 +116,14 @@ pub struct Pair {
     /// Wakes waiters when the copier starts or stops.
     copy_changed: Notify,
     /// A new data directory: shippers report the peer's copy position and wait (F15).
-    fresh: Option<(
-        mpsc::UnboundedSender<(twinrx_types::Seq, bool)>,
-        watch::Receiver<bool>,
-    )>,
+    fresh: Option<FreshShared>,
 }
+
+/// The shippers' side of a [`FreshGate`]: where to report requests, and the hold.
+type FreshShared = (
+    mpsc::UnboundedSender<(twinrx_types::Seq, bool)>,
+    watch::Receiver<bool>,
+);
 
 /// For a node whose data directory is new: where the peer's copy of this node's journal
 /// ends, learnt before this node journals anything (see [`FreshGate::settle`]).
