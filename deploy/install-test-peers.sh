@@ -6,7 +6,7 @@
 #   noida-db (a Kafka-protocol broker for the sink tests).
 # Run as root. Safe to run again.
 set -euo pipefail
-pkgs=(bsdutils util-linux rsyslog rsyslog-gnutls snmp snmptrapd openssl iproute2 procps)
+pkgs=(bsdutils util-linux rsyslog rsyslog-gnutls snmp snmptrapd openssl iproute2 procps iputils-ping)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,7 +20,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
   rm -f /usr/sbin/policy-rc.d
 fi
-for t in logger rsyslogd snmptrap snmpinform snmptrapd openssl ip; do
+for t in logger rsyslogd snmptrap snmpinform snmptrapd openssl ip ping; do
   command -v "$t" >/dev/null || { echo "missing $t after install" >&2; exit 1; }
 done
 # A Kafka-protocol broker for the sink tests (tests/sink_e2e.rs): noida-db from PyPI (there is
