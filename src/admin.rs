@@ -21,6 +21,7 @@ pub async fn serve(listener: tokio::net::TcpListener, node: Arc<Node>) {
         .route("/stream", get(stream))
         .route("/switchover", post(switchover))
         .route("/resync", post(resync))
+        .route("/fault", post(fault))
         .with_state(node);
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -123,6 +124,33 @@ async fn resync(State(node): State<Arc<Node>>) -> Response {
         "started",
     )
     .await
+}
+
+#[derive(serde::Deserialize)]
+struct FaultQuery {
+    freeze: String,
+}
+
+/// `POST /fault?freeze=journal|merger|none` (builds with the `fault-injection` feature only).
+async fn fault(Query(q): Query<FaultQuery>) -> Response {
+    if !crate::fault::ENABLED {
+        return (
+            StatusCode::NOT_FOUND,
+            "fault injection is not compiled in (cargo feature fault-injection)\n",
+        )
+            .into_response();
+    }
+    match crate::fault::parse(&q.freeze) {
+        Some(part) => {
+            crate::fault::set(part);
+            (StatusCode::OK, format!("frozen: {}\n", q.freeze)).into_response()
+        }
+        None => (
+            StatusCode::BAD_REQUEST,
+            "freeze must be journal, merger or none\n",
+        )
+            .into_response(),
+    }
 }
 
 #[derive(serde::Deserialize)]

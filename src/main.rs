@@ -6,6 +6,7 @@ mod check;
 mod client;
 mod config;
 mod datadir;
+mod fault;
 mod gen;
 mod lab;
 mod metrics;

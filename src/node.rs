@@ -47,6 +47,8 @@ pub struct NodeStats {
     pub journal_busy_since_ms: AtomicU64,
     /// Unix ms when the merger took the batch it is working on (0: idle): merger stall.
     pub merger_busy_since_ms: AtomicU64,
+    /// A receive address is no longer on the host (F7).
+    pub receive_addresses_missing: AtomicBool,
 }
 
 /// Wall-clock milliseconds since the Unix epoch (for "busy since" stamps; never 0).
@@ -521,6 +523,7 @@ fn journal_writer(
         }
         let started = Instant::now();
         stats.journal_busy_since_ms.store(unix_ms(), Relaxed);
+        crate::fault::hold(crate::fault::Part::Journal);
         let mut attempts = 0u32;
         // An empty batch only carries a durability signal (a retransmitted inform's answer):
         // what came before it was appended in an earlier round.

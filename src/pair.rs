@@ -820,6 +820,26 @@ impl Pair {
                 )
             });
         }
+        let down: Vec<_> = self.links.iter().filter(|l| !l.state().up).collect();
+        if !down.is_empty() && down.len() < self.links.len() {
+            for l in &down {
+                let st = l.state();
+                problems.push(format!(
+                    "link {} ({} {}) to node {peer} down since {}{}: the pair runs on the other \
+                     link(s), without redundancy on this path",
+                    l.index,
+                    l.side.as_str(),
+                    l.side.addr(),
+                    rfc3339(st.since),
+                    st.last_error.map(|e| format!(" ({e})")).unwrap_or_default()
+                ));
+            }
+            next.get_or_insert_with(|| {
+                "check the network path of the link(s) that are down (cable, NIC, switch); \
+                 nothing else to do: the pair carries on"
+                    .to_string()
+            });
+        }
         if !self.links.is_empty() && self.links.iter().all(|l| !l.state().up) {
             problems.push(format!("no link to node {peer} is up"));
             next.get_or_insert_with(|| {
@@ -1112,6 +1132,20 @@ pub fn start_ha(
         stats,
         data_dir: cfg.data_dir.clone(),
         view: view.clone(),
+        receive_ips: {
+            let mut ips: Vec<std::net::IpAddr> = cfg
+                .syslog_udp
+                .iter()
+                .chain(&cfg.syslog_tcp)
+                .chain(&cfg.syslog_tls)
+                .chain(&cfg.snmp.listen)
+                .map(|a| a.ip())
+                .filter(|ip| !ip.is_unspecified() && !ip.is_loopback())
+                .collect();
+            ips.sort();
+            ips.dedup();
+            ips
+        },
     };
     let task = rt.spawn(d.run());
     Ok((

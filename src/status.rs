@@ -181,8 +181,19 @@ fn ha_json(node: &Node) -> (Value, String, Vec<String>, Option<String>) {
             witness.map(|w| w.to_string()).unwrap_or_default()
         ));
     }
+    if node.stats.receive_addresses_missing.load(Relaxed) {
+        problems.push(
+            "a receive address of this node is gone from the host: devices cannot reach it (it \
+             hands over to the peer)"
+                .into(),
+        );
+    }
     if !st.healthy {
-        problems.push("this node's pipeline is unhealthy (see ha.health)".into());
+        problems.push(
+            "this node's pipeline is unhealthy (journal writes, disk space, merger or receive \
+             addresses): an active hands over"
+                .into(),
+        );
     }
     let doc = json!({
         "role": role,

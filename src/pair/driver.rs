@@ -139,6 +139,32 @@ pub struct Driver {
     pub stats: Arc<NodeStats>,
     pub data_dir: std::path::PathBuf,
     pub view: Arc<Mutex<Option<HaView>>>,
+    /// Specific (non-wildcard, non-loopback) addresses the receivers are bound to: one that
+    /// is no longer on the host means devices cannot reach this node (F7).
+    pub receive_ips: Vec<std::net::IpAddr>,
+}
+
+/// The receive addresses missing from the host's interfaces (none when it cannot tell).
+pub fn missing_addresses(ips: &[std::net::IpAddr]) -> Vec<std::net::IpAddr> {
+    if ips.is_empty() {
+        return Vec::new();
+    }
+    let Ok(ifs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    let mut present = Vec::new();
+    for i in ifs {
+        let Some(a) = i.address else { continue };
+        if let Some(v4) = a.as_sockaddr_in() {
+            present.push(std::net::IpAddr::V4(v4.ip()));
+        } else if let Some(v6) = a.as_sockaddr_in6() {
+            present.push(std::net::IpAddr::V6(v6.ip()));
+        }
+    }
+    ips.iter()
+        .filter(|ip| !present.contains(ip))
+        .copied()
+        .collect()
 }
 
 const HEALTH_EVERY: Duration = Duration::from_millis(100);
@@ -262,8 +288,21 @@ impl Driver {
             }
         };
         let disk_free_bytes = crate::status::disk_free_bytes(&self.data_dir).unwrap_or(u64::MAX);
+        let missing = missing_addresses(&self.receive_ips);
+        let was_missing = self
+            .stats
+            .receive_addresses_missing
+            .swap(!missing.is_empty(), Relaxed);
+        if !missing.is_empty() && !was_missing {
+            tracing::error!(
+                ?missing,
+                "receive addresses are gone from this host: devices cannot reach this node"
+            );
+        } else if missing.is_empty() && was_missing {
+            tracing::info!("receive addresses are back");
+        }
         Health {
-            receivers_ok: !self.stats.journal_failing.load(Relaxed),
+            receivers_ok: !self.stats.journal_failing.load(Relaxed) && missing.is_empty(),
             fsync_latency_ms: age(self.stats.journal_busy_since_ms.load(Relaxed)),
             disk_free_bytes,
             merger_stall_ms: age(self.stats.merger_busy_since_ms.load(Relaxed)),

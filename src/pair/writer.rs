@@ -249,6 +249,7 @@ impl Writer {
                         self.stats
                             .merger_busy_since_ms
                             .store(crate::node::unix_ms(), Relaxed);
+                        crate::fault::hold(crate::fault::Part::Merger);
                         if !self.publish(p, node, &batch) {
                             self.restart_publishing(&mut publishing);
                         }
