@@ -214,7 +214,8 @@ pub async fn start(
         "copy of the peer's journal",
         settings.copy_fsync,
         cfg,
-        journal::Retention::default(),
+        // The copy keeps what the own journal keeps; the merger's position holds the rest.
+        cfg.retention,
     )?;
     let copier = JournalCopier::new(copy_journal, CopyConfig::default());
     let mut listeners = Vec::new();

@@ -309,4 +309,41 @@ mod tests {
         assert!(v["parse_error"].as_str().expect("reason").contains("PRI"));
         assert_eq!(v["late"], true);
     }
+
+    #[test]
+    fn a_stored_line_reads_back_as_the_merger_outputs_it_stands_for() {
+        let m = dedup::Matched {
+            entry: Offset(3),
+            copy: dedup::JournalPos {
+                node: NodeId::B,
+                seq: Seq(9),
+            },
+            key: Key([7; 16]),
+            received_at: UnixNanos(1_764_036_000_000_000_555),
+        };
+        let r = rec(b"<13>1 2026-11-25T01:02:03Z host app 42 ID7 - hello");
+        let (line, _) = entry_json(Offset(5), Epoch(2), &[(NodeId::A, Seq(11))], true, &r, &[m]);
+        let l = LogLine::parse(&line).expect("log line");
+        assert_eq!((l.offset, l.epoch), (5, 2));
+        let outs = l.outputs().expect("outputs");
+        assert_eq!(
+            outs,
+            vec![
+                dedup::Output::Matched(m),
+                dedup::Output::Entry(dedup::Entry {
+                    offset: Offset(5),
+                    copy: dedup::JournalPos {
+                        node: NodeId::A,
+                        seq: Seq(11)
+                    },
+                    key: r.key,
+                    received_at: r.received_at,
+                    late: true,
+                }),
+            ]
+        );
+        // A line without the fields the merger needs is reported, not guessed.
+        let bad = LogLine::parse(br#"{"offset":1,"epoch":1,"copies":["a:1"]}"#).expect("parses");
+        assert!(bad.outputs().is_none());
+    }
 }

@@ -171,6 +171,8 @@ pub struct CopyConfig {
     pub sync_tick: Duration,
     /// Test and lab aid: wait this long before each append (a slow disk). Default none.
     pub append_delay: Option<Duration>,
+    /// Apply the copy journal's retention policy this often while copying. Default 10 s.
+    pub retention_every: Option<Duration>,
 }
 
 impl Default for CopyConfig {
@@ -179,6 +181,7 @@ impl Default for CopyConfig {
             window_bytes: 4 << 20,
             sync_tick: Duration::from_millis(5),
             append_delay: None,
+            retention_every: Some(Duration::from_secs(10)),
         }
     }
 }

@@ -699,6 +699,7 @@ impl JournalCopier {
         let mut acked = self.handle.durable_seq().map_or(0, |s| s.0);
         LinkStats::set(&stats.copy_durable_seq, acked);
         let mut tick = tokio::time::interval(self.cfg.sync_tick);
+        let mut last_retention = std::time::Instant::now();
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let pending_sync = {
@@ -743,6 +744,19 @@ impl JournalCopier {
                     self.with_journal(|j| j.sync_if_due(std::time::Instant::now())).await??;
                 }
                 r = closed(&mut port.closed) => return Err(Error::Closed(r)),
+            }
+            if let Some(every) = self.cfg.retention_every {
+                if last_retention.elapsed() >= every {
+                    last_retention = std::time::Instant::now();
+                    // Old segments go by the copy's retention policy; readers registered on
+                    // the copy (the merger's position) hold what they still need.
+                    if let Err(e) = self
+                        .with_journal(|j| j.enforce_retention(std::time::SystemTime::now()))
+                        .await?
+                    {
+                        tracing::warn!(peer = %node, error = %e, "copy retention failed");
+                    }
+                }
             }
             let durable = self.handle.durable_seq().map_or(0, |s| s.0);
             if durable > acked {

@@ -203,7 +203,7 @@ mod tests {
     fn every_problem_names_its_key() {
         let e = check(
             "witness = \"x\"\npolicy = \"fence_command\"\nping_targets = [\"nope\"]\n\
-             heartbeat_interval_ms = 500\nfailover_after_ms = 600\n",
+             heartbeat_interval_ms = 500\nfailover_after_ms = 600\nlease_ms = 400\n",
         )
         .expect_err("invalid");
         let text = e.join("\n");

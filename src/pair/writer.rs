@@ -208,6 +208,13 @@ pub struct Writer {
     pub rt: tokio::runtime::Handle,
 }
 
+/// Retention holds on the two journals at the merger's position (what the stored stream has
+/// accounted for): records not merged yet are never deleted.
+struct Holds {
+    own: journal::ReaderGuard,
+    copy: journal::ReaderGuard,
+}
+
 /// Records per merger batch at most (one append and one fsync per batch).
 const BATCH_RECORDS: usize = 4096;
 const BATCH_BYTES: usize = 8 << 20;
@@ -225,6 +232,14 @@ impl Writer {
     pub fn run(mut self) -> anyhow::Result<()> {
         let mut publishing: Option<Publishing> = None;
         let mut last_prune = std::time::Instant::now();
+        let holds = Holds {
+            own: self
+                .own
+                .register_reader("merger", self.fold.progress.consumed(self.me).next()),
+            copy: self
+                .copy
+                .register_reader("merger", self.fold.progress.consumed(self.me.peer()).next()),
+        };
         loop {
             let next = match publishing.as_mut() {
                 None => Next::Cmd(self.rt.block_on(self.cmds.recv())),
@@ -273,6 +288,12 @@ impl Writer {
             if last_prune.elapsed() > Duration::from_secs(5) {
                 last_prune = std::time::Instant::now();
                 self.prune();
+                holds
+                    .own
+                    .advance(self.fold.progress.consumed(self.me).next());
+                holds
+                    .copy
+                    .advance(self.fold.progress.consumed(self.me.peer()).next());
             }
         }
         self.stream.sync().context("final stream fsync")?;
