@@ -182,6 +182,11 @@ fn resync_line(r: &serde_json::Value) -> String {
     if let Some(p) = r["phase"].as_str() {
         s += &format!(", phase {p}");
     }
+    if let (Some(d), Some(t)) = (r["done"].as_u64(), r["total"].as_u64()) {
+        if t > 0 {
+            s += &format!(" ({}%)", d.min(t).saturating_mul(100) / t);
+        }
+    }
     match (r["done_bytes"].as_u64(), r["total_bytes"].as_u64()) {
         (Some(d), Some(t)) if t > 0 => {
             s += &format!(

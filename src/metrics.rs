@@ -269,11 +269,113 @@ impl Collector for NodeCollector {
                 &[(vec![], free)],
             )?;
         }
+        if let Some(v) =
+            n.ha.as_ref()
+                .and_then(|h| h.view.lock().ok().and_then(|v| v.clone()))
+        {
+            ha_metrics(&mut enc, &v)?;
+        }
         if let Some(pair) = &n.pair {
             pair.encode_metrics(&mut enc)?;
         }
         Ok(())
     }
+}
+
+/// The HA core's families (pair only).
+fn ha_metrics(enc: &mut DescriptorEncoder, v: &crate::pair::driver::HaView) -> std::fmt::Result {
+    use crate::pair::driver::role_name;
+    use MetricType::{Counter, Gauge};
+    let st = &v.status;
+    let role = role_name(st.role);
+    let roles = ["active", "solo", "standby", "syncing", "stopped"];
+    let items: Vec<(Labels<'_>, u64)> = roles
+        .iter()
+        .map(|r| (vec![("role", *r)], u64::from(*r == role)))
+        .collect();
+    family(
+        enc,
+        "twinrx_ha_role",
+        "1 for this node's current HA role",
+        Gauge,
+        &items,
+    )?;
+    let gauges: [(&str, &str, u64); 7] = [
+        (
+            "twinrx_ha_epoch",
+            "Highest epoch this node has promised",
+            st.epoch.0,
+        ),
+        (
+            "twinrx_ha_publishing",
+            "1 while this node publishes the merged stream",
+            u64::from(st.publishing),
+        ),
+        (
+            "twinrx_ha_redundant",
+            "1 while the pair is redundant (active + in-sync standby)",
+            u64::from(crate::pair::driver::redundant(st)),
+        ),
+        (
+            "twinrx_ha_peer_reachable",
+            "1 while the peer is heard on some link",
+            u64::from(st.peer_reachable),
+        ),
+        (
+            "twinrx_ha_witness_reachable",
+            "1 while the witness is reachable",
+            u64::from(st.witness_reachable),
+        ),
+        (
+            "twinrx_ha_healthy",
+            "1 while this node's pipeline health is within limits",
+            u64::from(st.healthy),
+        ),
+        (
+            "twinrx_ha_commit_end",
+            "Entries below this stream offset are committed",
+            st.commit_end.0,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        family(enc, name, help, Gauge, &[(vec![], value)])?;
+    }
+    let counters: [(&str, &str, u64); 6] = [
+        (
+            "twinrx_ha_promotions",
+            "Times this node was promoted to active",
+            v.stats.promotions_total,
+        ),
+        (
+            "twinrx_ha_campaigns",
+            "Elections this node started",
+            v.stats.campaigns_total,
+        ),
+        (
+            "twinrx_ha_handovers",
+            "Planned handovers this node completed",
+            v.stats.handovers_total,
+        ),
+        (
+            "twinrx_ha_leases_expired",
+            "Times this node stopped publishing because its lease lapsed",
+            v.stats.leases_expired_total,
+        ),
+        (
+            "twinrx_ha_stale_messages",
+            "HA messages from a lower epoch, dropped",
+            v.stats.stale_messages_total,
+        ),
+        (
+            "twinrx_ha_switchovers_refused",
+            "Switchover requests refused",
+            v.stats.switchovers_refused_total,
+        ),
+    ];
+    for (name, help, value) in counters {
+        family(enc, name, help, Counter, &[(vec![], value)])?;
+    }
+    Ok(())
 }
 
 pub fn render(node: &Arc<Node>) -> Result<String, std::fmt::Error> {

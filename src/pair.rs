@@ -775,7 +775,7 @@ impl Pair {
     }
 
     /// Records of this journal the peer has not acknowledged as durable in its copy.
-    fn shipping(&self) -> (u64, u64, u64) {
+    pub fn shipping(&self) -> (u64, u64, u64) {
         let own_last = self.own.durable_seq().map_or(0, |s| s.0);
         let snaps: Vec<_> = self.links.iter().map(|l| l.stats.snapshot()).collect();
         let acked = snaps.iter().map(|s| s.ship_acked_seq).max().unwrap_or(0);

@@ -206,6 +206,7 @@ fn ha_json(node: &Node) -> (Value, String, Vec<String>, Option<String>) {
         "peer": peer.to_string(),
         "peer_role": st.peer_role.map(role_name),
         "peer_reachable": st.peer_reachable,
+        "peer_stream_end": st.peer_log.end.0,
         "peer_down_since": v.peer_down_since.map(rfc3339),
         "links_up": st.links_up,
         "witness": witness.map(|w| w.to_string()),
@@ -217,6 +218,8 @@ fn ha_json(node: &Node) -> (Value, String, Vec<String>, Option<String>) {
         "resync": v.resync.as_ref().map(|r| json!({
             "state": r.state,
             "phase": r.phase,
+            "done": r.done,
+            "total": r.total,
             "started": rfc3339(r.started),
             "error": r.error,
         })),

@@ -165,6 +165,8 @@ pub struct Status {
     pub witness_reachable: bool,
     pub healthy: bool,
     pub peer_role: Option<Role>,
+    /// The peer's stream position as its last heartbeat said.
+    pub peer_log: LogPos,
 }
 
 #[derive(Clone, Debug)]
@@ -494,6 +496,7 @@ impl HaCore {
             witness_reachable: recent(self.witness_heard),
             healthy: self.healthy(),
             peer_role: self.peer_view.role,
+            peer_log: self.peer_view.log,
         }
     }
 

@@ -82,6 +82,10 @@ pub struct HaView {
 pub struct ResyncView {
     pub state: &'static str,
     pub phase: String,
+    /// Progress: merged-stream entries held plus own journal records the peer holds, of the
+    /// totals to reach.
+    pub done: u64,
+    pub total: u64,
     pub started: SystemTime,
     pub error: Option<String>,
 }
@@ -238,6 +242,8 @@ impl Driver {
                             view.resync = Some(ResyncView {
                                 state: "running",
                                 phase: "catching up".into(),
+                                done: 0,
+                                total: 0,
                                 started: SystemTime::now(),
                                 error: None,
                             });
@@ -467,9 +473,31 @@ impl Driver {
         view.stats = self.core.stats();
         view.stream_end = self.stream.durable_seq().map_or(0, |s| s.0);
         if let Some(r) = view.resync.as_mut() {
-            if r.state == "running" && redundant(&view.status) && self.pair.copy_running() {
-                r.state = "done";
-                r.phase = "pair redundant".into();
+            if r.state == "running" {
+                if redundant(&view.status) && self.pair.copy_running() {
+                    r.state = "done";
+                    r.phase = "pair redundant".into();
+                } else {
+                    let (own_last, _, acked) = self.pair.shipping();
+                    let st = &view.status;
+                    let target = st.peer_log.end.0.max(st.commit_end.0);
+                    r.phase = format!(
+                        "merged stream {} of {} entries; node {} holds this journal up to seq \
+                         {acked} of {own_last}; copy of node {}'s journal {}; role {}",
+                        view.stream_end,
+                        target,
+                        self.pair.settings.peer,
+                        self.pair.settings.peer,
+                        if self.pair.copy_running() {
+                            "following"
+                        } else {
+                            "not running"
+                        },
+                        role_name(st.role)
+                    );
+                    r.done = view.stream_end + acked;
+                    r.total = target + own_last;
+                }
             }
         }
         if let Ok(mut g) = self.view.lock() {
