@@ -183,8 +183,8 @@ fn resync_line(r: &serde_json::Value) -> String {
         s += &format!(", phase {p}");
     }
     if let (Some(d), Some(t)) = (r["done"].as_u64(), r["total"].as_u64()) {
-        if t > 0 {
-            s += &format!(" ({}%)", d.min(t).saturating_mul(100) / t);
+        if let Some(pct) = d.min(t).saturating_mul(100).checked_div(t) {
+            s += &format!(" ({pct}%)");
         }
     }
     match (r["done_bytes"].as_u64(), r["total_bytes"].as_u64()) {
