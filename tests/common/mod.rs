@@ -326,3 +326,509 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// A whole HA trio: witness + node a + node b, each on its own loopback address, all with the
+// same pre-shared key; load from `twinrx gen`; the end-of-test proof (identical dumps from both
+// nodes, `twinrx check`, redundancy).
+
+pub const TRIO_KEY: &str = "6a1f0c55e2b94d7f8e3a21c4b5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
+pub const TRIO_WRONG_KEY: &str = "00000000000000000000000000000000ffffffffffffffffffffffffffffffff";
+
+/// Writes a pre-shared key file (mode 0600).
+pub fn write_psk(path: &Path, key: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, format!("{key}\n")).expect("write psk");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod psk");
+}
+
+/// GET with a short deadline (a SIGSTOPped process accepts TCP but never answers).
+pub fn get_json_within(url: &str, timeout: Duration) -> Option<serde_json::Value> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .build()
+        .into();
+    let text = agent
+        .get(url)
+        .call()
+        .ok()?
+        .body_mut()
+        .read_to_string()
+        .ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// The node's `ha` object, or None when it does not answer within 1 s.
+pub fn ha_of(n: &TestNode) -> Option<serde_json::Value> {
+    let st = get_json_within(&format!("{}/status", n.admin), Duration::from_secs(1))?;
+    let ha = st.get("ha")?.clone();
+    ha.is_object().then_some(ha)
+}
+
+pub fn role_of(ha: &serde_json::Value) -> &str {
+    ha["role"].as_str().unwrap_or("")
+}
+
+pub fn is_publishing_active(ha: &serde_json::Value) -> bool {
+    matches!(role_of(ha), "active" | "solo") && ha["publishing"] == true
+}
+
+/// A `twinrx witness` process of a trio.
+pub struct TrioWitness {
+    pub ip: Ipv4Addr,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub admin: String,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl TrioWitness {
+    pub fn new(dir: &Path, psk: &Path) -> TrioWitness {
+        let ip = unique_ip();
+        std::fs::create_dir_all(dir).expect("witness dir");
+        let config = dir.join("witness.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"{ip}:7402\"\nadmin_listen = \"{ip}:7403\"\n\
+                 data_dir = \"data\"\npsk_file = \"{}\"\n",
+                psk.display()
+            ),
+        )
+        .expect("write witness config");
+        TrioWitness {
+            ip,
+            dir: dir.to_path_buf(),
+            config,
+            admin: format!("http://{ip}:7403"),
+            child: None,
+            log: dir.join("witness.log"),
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("{}:7402", self.ip)
+    }
+
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("witness log");
+        let child = Command::new(BIN)
+            .args(["witness", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn twinrx witness");
+        self.child = Some(child);
+        let url = format!("{}/status", self.admin);
+        let log = self.log.clone();
+        wait_for("the witness's admin API", Duration::from_secs(20), || {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!(
+                        "witness exited during start-up ({st}):\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+            }
+            get_json_within(&url, Duration::from_secs(2))
+        });
+    }
+
+    pub fn kill9(&mut self) {
+        let mut c = self.child.take().expect("witness running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("SIGKILL witness");
+        wait_for("the witness to exit", Duration::from_secs(10), || {
+            c.try_wait().ok().flatten()
+        });
+    }
+
+    pub fn status(&self) -> Option<serde_json::Value> {
+        get_json_within(&format!("{}/status", self.admin), Duration::from_secs(2))
+    }
+}
+
+impl Drop for TrioWitness {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A running `twinrx gen`, with its manifest.
+pub struct GenRun {
+    pub child: Option<Child>,
+    pub manifest: PathBuf,
+    pub log: PathBuf,
+}
+
+impl GenRun {
+    /// Waits for gen to finish and asserts it succeeded.
+    pub fn wait(&mut self, timeout: Duration) {
+        let mut c = self.child.take().expect("gen running");
+        let st = wait_for("gen to finish", timeout, || c.try_wait().ok().flatten());
+        assert!(
+            st.success(),
+            "gen: {st}\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+}
+
+impl Drop for GenRun {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Witness + node a + node b (configs written, nothing started).
+pub struct Trio {
+    pub w: TrioWitness,
+    pub a: TestNode,
+    pub b: TestNode,
+    pub tag: String,
+    pub scratch: Scratch,
+}
+
+impl Trio {
+    pub fn new(tag: &str) -> Trio {
+        let s = Scratch::new(tag);
+        let psk = s.path().join("cluster.psk");
+        write_psk(&psk, TRIO_KEY);
+        let w = TrioWitness::new(&s.path().join("witness"), &psk);
+        let a = TestNode::new(&s.path().join("a"), "", "");
+        let b = TestNode::new(&s.path().join("b"), "", "");
+        for (node, name, peer) in [(&a, "a", b.ip), (&b, "b", a.ip)] {
+            let text = std::fs::read_to_string(&node.config).expect("read config");
+            let text = text.replacen("name = \"a\"", &format!("name = \"{name}\""), 1);
+            let text = format!(
+                "{text}\n[pair]\npeer = [\"{peer}:7400\"]\nlisten = [\"{}:7400\"]\npsk_file = \"{}\"\n\n\
+                 [ha]\nwitness = \"{}\"\n",
+                node.ip,
+                psk.display(),
+                w.addr()
+            );
+            std::fs::write(&node.config, text).expect("write config");
+        }
+        Trio {
+            w,
+            a,
+            b,
+            tag: tag.to_string(),
+            scratch: s,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.scratch.path()
+    }
+
+    /// Starts the witness and both nodes and waits until the pair is redundant; returns the
+    /// name of the active.
+    pub fn start(&mut self) -> &'static str {
+        self.w.start();
+        self.a.spawn();
+        self.b.spawn();
+        self.a.wait_admin(Duration::from_secs(30));
+        self.b.wait_admin(Duration::from_secs(30));
+        self.wait_redundant(Duration::from_secs(30))
+    }
+
+    pub fn node(&self, name: &str) -> &TestNode {
+        match name {
+            "a" => &self.a,
+            "b" => &self.b,
+            _ => panic!("no node {name}"),
+        }
+    }
+
+    pub fn node_mut(&mut self, name: &str) -> &mut TestNode {
+        match name {
+            "a" => &mut self.a,
+            "b" => &mut self.b,
+            _ => panic!("no node {name}"),
+        }
+    }
+
+    pub fn other(name: &str) -> &'static str {
+        if name == "a" {
+            "b"
+        } else {
+            "a"
+        }
+    }
+
+    /// Waits until both nodes report `ha.redundant == true`, one active and one standby, and
+    /// returns the active's name.
+    pub fn wait_redundant(&self, timeout: Duration) -> &'static str {
+        let what = format!("[{}] both nodes redundant", self.tag);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (ha, hb) = (ha_of(&self.a), ha_of(&self.b));
+            if let (Some(ha), Some(hb)) = (&ha, &hb) {
+                if ha["redundant"] == true && hb["redundant"] == true {
+                    match (role_of(ha), role_of(hb)) {
+                        ("active", "standby") => return "a",
+                        ("standby", "active") => return "b",
+                        _ => {}
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                self.dump_logs_tail();
+                panic!("timed out after {timeout:?} waiting for {what}: a={ha:?} b={hb:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts `twinrx gen` to both nodes' syslog (or SNMP) address in the background.
+    pub fn gen(&self, run_id: &str, count: u64, rate: u64, transport: &str) -> GenRun {
+        self.gen_with(run_id, count, rate, transport, "syslog")
+    }
+
+    pub fn gen_with(
+        &self,
+        run_id: &str,
+        count: u64,
+        rate: u64,
+        transport: &str,
+        protocol: &str,
+    ) -> GenRun {
+        let manifest = self.dir().join(format!("{run_id}.json"));
+        let log = self.dir().join(format!("gen-{run_id}.log"));
+        let port = if protocol == "syslog" { 5514 } else { 5162 };
+        let mut cmd = Command::new(BIN);
+        cmd.args(["gen", "--run-id", run_id, "--protocol", protocol])
+            .args(["--count", &count.to_string(), "--rate", &rate.to_string()])
+            .arg("--manifest")
+            .arg(&manifest);
+        if protocol == "syslog" {
+            cmd.args(["--transport", transport]);
+        }
+        for n in [&self.a, &self.b] {
+            cmd.args(["--to", &format!("{}:{port}", n.ip)]);
+        }
+        let logf = std::fs::File::create(&log).expect("gen log");
+        let child = cmd
+            .stdout(logf.try_clone().expect("dup"))
+            .stderr(logf)
+            .spawn()
+            .expect("spawn gen");
+        GenRun {
+            child: Some(child),
+            manifest,
+            log,
+        }
+    }
+
+    /// Waits until node `name`'s stream holds at least `n` entries (mid-load fault point).
+    pub fn wait_stream_end(&self, name: &str, n: u64, timeout: Duration) {
+        let node = self.node(name);
+        wait_for(
+            &format!("[{}] {n} stream entries on {name}", self.tag),
+            timeout,
+            || (ha_of(node)?["stream_end"].as_u64()? >= n).then_some(()),
+        );
+    }
+
+    /// `twinrx resync --node URL` of node `name`: asserts exit 0, returns its output.
+    pub fn resync(&self, name: &str) -> String {
+        let out = Command::new(BIN)
+            .args([
+                "resync",
+                "--timeout-secs",
+                "60",
+                "--node",
+                &self.node(name).admin,
+            ])
+            .output()
+            .expect("run twinrx resync");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !out.status.success() {
+            self.dump_logs_tail();
+        }
+        assert!(
+            out.status.success(),
+            "[{}] twinrx resync on {name}: {}\n{text}",
+            self.tag,
+            out.status
+        );
+        text
+    }
+
+    /// The end-of-test proof: both nodes redundant, their committed streams byte-identical,
+    /// `twinrx check` on the dump passes (every message once, offsets contiguous, epochs
+    /// non-decreasing). Returns the parsed dump.
+    pub fn final_check(&self, manifests: &[&Path]) -> Vec<serde_json::Value> {
+        self.wait_redundant(Duration::from_secs(30));
+        let stable = Duration::from_millis(600);
+        let mut last: Option<(u64, Instant)> = None;
+        let dump = wait_for(
+            &format!("[{}] identical, settled streams on both nodes", self.tag),
+            Duration::from_secs(60),
+            || {
+                let ea = ha_of(&self.a)?["stream_end"].as_u64()?;
+                let eb = ha_of(&self.b)?["stream_end"].as_u64()?;
+                if ea != eb {
+                    last = None;
+                    return None;
+                }
+                match last {
+                    Some((e, since)) if e == ea => {
+                        if since.elapsed() < stable {
+                            return None;
+                        }
+                    }
+                    _ => {
+                        last = Some((ea, Instant::now()));
+                        return None;
+                    }
+                }
+                let da = get_text(&format!("{}/stream?from=0", self.a.admin))?;
+                let db = get_text(&format!("{}/stream?from=0", self.b.admin))?;
+                if da != db || da.lines().count() as u64 != ea {
+                    last = None;
+                    return None;
+                }
+                Some(da)
+            },
+        );
+        let path = self.dir().join("stream.ndjson");
+        std::fs::write(&path, &dump).expect("write dump");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("check");
+        for m in manifests {
+            cmd.arg("--manifest").arg(m);
+        }
+        let out = cmd.arg("--stream").arg(&path).output().expect("run check");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        eprintln!("[{}] twinrx check:\n{text}", self.tag);
+        if !out.status.success() {
+            eprintln!(
+                "[{}] ha at the check: a={:?}\nb={:?}",
+                self.tag,
+                ha_of(&self.a),
+                ha_of(&self.b)
+            );
+        }
+        assert!(
+            out.status.success() && text.contains("missing 0  duplicated 0"),
+            "[{}] twinrx check failed ({}):\n{text}{}",
+            self.tag,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for n in [&self.a, &self.b] {
+            let ha = ha_of(n).expect("status");
+            assert_eq!(ha["redundant"], true, "[{}] {ha:#}", self.tag);
+        }
+        dump.lines()
+            .map(|l| serde_json::from_str(l).expect("stream line is JSON"))
+            .collect()
+    }
+
+    /// Prints the tail of every log (for a failing test).
+    pub fn dump_logs_tail(&self) {
+        for (what, log) in [
+            ("witness", &self.w.log),
+            ("a", &self.a.log),
+            ("b", &self.b.log),
+        ] {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let from = lines.len().saturating_sub(40);
+            eprintln!(
+                "----- [{}] {what} log (last {} lines) -----\n{}",
+                self.tag,
+                lines.len() - from,
+                lines[from..].join("\n")
+            );
+        }
+    }
+}
+
+impl Drop for Trio {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Keep the evidence: copy logs (not data) next to the scratch dir.
+            let keep = std::env::temp_dir().join(format!("twinrx-failed-{}", self.tag));
+            let _ = std::fs::create_dir_all(&keep);
+            for (what, log) in [
+                ("witness", &self.w.log),
+                ("a", &self.a.log),
+                ("b", &self.b.log),
+            ] {
+                let _ = std::fs::copy(log, keep.join(format!("{what}.log")));
+            }
+            for e in std::fs::read_dir(self.scratch.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let p = e.path();
+                if p.is_file() {
+                    let _ = std::fs::copy(&p, keep.join(e.file_name()));
+                }
+            }
+            eprintln!("[{}] logs kept in {}", self.tag, keep.display());
+        }
+    }
+}
+
+impl TestNode {
+    /// Starts the process without waiting for its admin API (a node of a pair waits for its
+    /// peer up to 10 s before it serves: start both, then `wait_admin` on each).
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("node log");
+        let child = Command::new(BIN)
+            .args(["node", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn twinrx node");
+        self.child = Some(child);
+    }
+
+    /// Waits for the admin API of a spawned node (panics if the process exits first).
+    pub fn wait_admin(&mut self, timeout: Duration) {
+        let admin = self.admin.clone();
+        let log = self.log.clone();
+        wait_for("the node's admin API", timeout, || {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!(
+                        "node exited during start-up ({st}):\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+            }
+            get_json_within(&format!("{admin}/status"), Duration::from_secs(2))
+        });
+    }
+}

@@ -1,0 +1,476 @@
+//! End-to-end HA: a real trio (`twinrx witness` + nodes a and b, each on its own loopback
+//! address) under `twinrx gen` load to both nodes, real signals for the SPEC's failure patterns
+//! (F1 SIGKILL, F2 SIGTERM, F3 kill + restart, F4 SIGSTOP, F10 the same on the standby, F13
+//! witness down, F15 wiped data dir), a planned switchover and a stranger on the cluster link.
+//! Every test ends the same way: restart what was killed, `twinrx resync` (exit 0), both nodes'
+//! committed streams byte-identical, `twinrx check` (every message once, offsets contiguous,
+//! epochs non-decreasing) and both nodes redundant.
+
+mod common;
+
+use common::*;
+use nix::sys::signal::Signal;
+use std::io::{Read as _, Write as _};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const SEC: Duration = Duration::from_secs(1);
+
+fn epoch(ha: &serde_json::Value) -> u64 {
+    ha["epoch"].as_u64().expect("ha.epoch")
+}
+
+fn stream_end(ha: &serde_json::Value) -> u64 {
+    ha["stream_end"].as_u64().expect("ha.stream_end")
+}
+
+/// Polls `n` every 20 ms until it publishes as active|solo with a stream_end above `above`;
+/// returns the time since `t0`.
+fn wait_takeover(t: &Trio, name: &str, above: u64, t0: Instant, timeout: Duration) -> Duration {
+    let n = t.node(name);
+    let deadline = t0 + timeout;
+    loop {
+        if let Some(ha) = ha_of(n) {
+            if is_publishing_active(&ha) && stream_end(&ha) > above {
+                return t0.elapsed();
+            }
+        }
+        if Instant::now() > deadline {
+            t.dump_logs_tail();
+            panic!(
+                "[{}] node {name} did not take over within {timeout:?}: {:?}",
+                t.tag,
+                ha_of(n)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Current `ha` of a node that must answer.
+fn ha(t: &Trio, name: &str) -> serde_json::Value {
+    ha_of(t.node(name)).unwrap_or_else(|| panic!("[{}] node {name} does not answer", t.tag))
+}
+
+#[test]
+fn f1_sigkill_active_fails_over_within_bound_then_resync() {
+    let mut t = Trio::new("ha-f1");
+    let act = t.start();
+    let sby = Trio::other(act);
+    let mut g = t.gen("f1", 25_000, 5000, "udp");
+    t.wait_stream_end(act, 4000, 30 * SEC);
+    let before = stream_end(&ha(&t, sby));
+    let epoch_before = epoch(&ha(&t, act));
+    let t0 = Instant::now();
+    t.node(act).signal(Signal::SIGKILL);
+    let took = wait_takeover(&t, sby, before, t0, 15 * SEC);
+    eprintln!(
+        "[ha-f1] failover after SIGKILL of {act}: {} ms",
+        took.as_millis()
+    );
+    t.node_mut(act).wait_exit(10 * SEC);
+    let now = ha(&t, sby);
+    assert!(epoch(&now) > epoch_before, "{now:#}");
+    assert!(
+        took < 5 * SEC,
+        "failover took {took:?} (target p99 3 s, test bound 5 s)"
+    );
+    t.node_mut(act).start();
+    t.resync(act);
+    g.wait(120 * SEC);
+    t.final_check(&[&g.manifest]);
+}
+
+#[test]
+fn f2_sigterm_active_hands_over_and_exits_0() {
+    let mut t = Trio::new("ha-f2");
+    let act = t.start();
+    let sby = Trio::other(act);
+    let mut g = t.gen("f2", 25_000, 5000, "tcp");
+    t.wait_stream_end(act, 4000, 30 * SEC);
+    let before = stream_end(&ha(&t, sby));
+    let t0 = Instant::now();
+    t.node(act).signal(Signal::SIGTERM);
+    let took = wait_takeover(&t, sby, before, t0, 15 * SEC);
+    eprintln!(
+        "[ha-f2] handover after SIGTERM of {act}: {} ms",
+        took.as_millis()
+    );
+    let st = t.node_mut(act).wait_exit(5 * SEC);
+    eprintln!(
+        "[ha-f2] {act} exited {st} after {} ms",
+        t0.elapsed().as_millis()
+    );
+    assert!(st.success(), "SIGTERMed active exit: {st}");
+    assert!(took < 5 * SEC, "handover took {took:?}");
+    t.node_mut(act).start();
+    t.resync(act);
+    g.wait(120 * SEC);
+    t.final_check(&[&g.manifest]);
+}
+
+#[test]
+fn f3_sigkill_and_immediate_restart_of_active() {
+    let mut t = Trio::new("ha-f3");
+    let act = t.start();
+    let mut g = t.gen("f3", 25_000, 5000, "tcp");
+    t.wait_stream_end(act, 4000, 30 * SEC);
+    let t0 = Instant::now();
+    t.node_mut(act).kill9();
+    t.node_mut(act).start();
+    eprintln!(
+        "[ha-f3] {act} killed and answering again after {} ms",
+        t0.elapsed().as_millis()
+    );
+    // Someone publishes again (either node).
+    wait_for("[ha-f3] a publishing active again", 15 * SEC, || {
+        ["a", "b"]
+            .iter()
+            .find(|n| ha_of(t.node(n)).is_some_and(|h| is_publishing_active(&h)))
+            .copied()
+    });
+    t.resync(act);
+    g.wait(120 * SEC);
+    t.final_check(&[&g.manifest]);
+}
+
+#[test]
+fn f4_sigstop_active_is_deposed_and_steps_down_after_sigcont() {
+    let mut t = Trio::new("ha-f4");
+    let act = t.start();
+    let sby = Trio::other(act);
+    let mut g = t.gen("f4", 25_000, 5000, "udp");
+    t.wait_stream_end(act, 4000, 30 * SEC);
+    let before = stream_end(&ha(&t, sby));
+    let old_epoch = epoch(&ha(&t, act));
+    let t0 = Instant::now();
+    t.node(act).signal(Signal::SIGSTOP);
+    let took = wait_takeover(&t, sby, before, t0, 15 * SEC);
+    eprintln!(
+        "[ha-f4] failover after SIGSTOP of {act}: {} ms",
+        took.as_millis()
+    );
+    assert!(took < 5 * SEC, "failover took {took:?}");
+    // Stay stopped for 3 s in all (longer than the failover).
+    while t0.elapsed() < 3 * SEC {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let new_epoch = epoch(&ha(&t, sby));
+    assert!(new_epoch > old_epoch, "new {new_epoch} old {old_epoch}");
+    let t1 = Instant::now();
+    t.node(act).signal(Signal::SIGCONT);
+    let h = wait_for(
+        "[ha-f4] the deposed node to step down after SIGCONT",
+        10 * SEC,
+        || {
+            let h = ha_of(t.node(act))?;
+            matches!(role_of(&h), "standby" | "syncing").then_some(h)
+        },
+    );
+    let down = t1.elapsed();
+    eprintln!(
+        "[ha-f4] {act} stepped down {} ms after SIGCONT: {}",
+        down.as_millis(),
+        h["role"]
+    );
+    assert!(down < 2 * SEC, "stepping down took {down:?}");
+    assert!(epoch(&ha(&t, sby)) > old_epoch);
+    t.resync(act);
+    g.wait(120 * SEC);
+    t.final_check(&[&g.manifest]);
+    // The new active is still the one that took over; its epoch is above the old one.
+    let h = ha(&t, sby);
+    assert_eq!(role_of(&h), "active", "{h:#}");
+    assert!(epoch(&h) > old_epoch);
+}
+
+#[test]
+fn f10_sigkill_standby_no_failover_active_goes_solo() {
+    let mut t = Trio::new("ha-f10k");
+    let act = t.start();
+    let sby = Trio::other(act);
+    let mut g = t.gen("f10k", 25_000, 5000, "udp");
+    t.wait_stream_end(act, 4000, 30 * SEC);
+    let ep = epoch(&ha(&t, act));
+    t.node_mut(sby).kill9();
+    let solo = wait_for("[ha-f10k] the active to go solo", 10 * SEC, || {
+        let h = ha_of(t.node(act))?;
+        (role_of(&h) == "solo").then_some(h)
+    });
+    assert_eq!(epoch(&solo), ep, "no epoch change: {solo:#}");
+    assert_eq!(solo["publishing"], true, "{solo:#}");
+    let end = stream_end(&solo);
+    wait_for("[ha-f10k] the solo stream to grow", 10 * SEC, || {
+        let h = ha_of(t.node(act))?;
+        (stream_end(&h) > end + 1000).then_some(())
+    });
+    assert_eq!(epoch(&ha(&t, act)), ep);
+    t.node_mut(sby).start();
+    t.resync(sby);
+    g.wait(120 * SEC);
+    t.final_check(&[&g.manifest]);
+    let h = ha(&t, act);
+    assert!(
+        role_of(&h) == "active" && epoch(&h) == ep,
+        "[{}] no failover expected: {act} was active in epoch {ep}, now {} in epoch {}",
+        t.tag,
+        h["role"],
+        h["epoch"]
+    );
+}
+
+#[test]
+fn f10_sigstop_standby_3s_no_failover() {
+    let mut t = Trio::new("ha-f10s");
+    let act = t.start();
+    let sby = Trio::other(act);
+    let mut g = t.gen("f10s", 25_000, 5000, "udp");
+    t.wait_stream_end(act, 4000, 30 * SEC);
+    let ep = epoch(&ha(&t, act));
+    let t0 = Instant::now();
+    t.node(sby).signal(Signal::SIGSTOP);
+    let mut min_end = 0;
+    while t0.elapsed() < 3 * SEC {
+        if let Some(h) = ha_of(t.node(act)) {
+            assert!(
+                is_publishing_active(&h),
+                "the active stopped publishing: {h:#}"
+            );
+            assert_eq!(epoch(&h), ep, "epoch changed: {h:#}");
+            assert!(stream_end(&h) >= min_end);
+            min_end = stream_end(&h);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t.node(sby).signal(Signal::SIGCONT);
+    t.resync(sby);
+    g.wait(120 * SEC);
+    t.final_check(&[&g.manifest]);
+    let h = ha(&t, act);
+    assert!(
+        role_of(&h) == "active" && epoch(&h) == ep,
+        "[{}] no failover expected: {act} was active in epoch {ep}, now {} in epoch {}",
+        t.tag,
+        h["role"],
+        h["epoch"]
+    );
+}
+
+#[test]
+fn f13_witness_down_pair_carries_on_but_cannot_promote_until_it_returns() {
+    let mut t = Trio::new("ha-f13");
+    let act = t.start();
+    let sby = Trio::other(act);
+    let mut g = t.gen("f13", 50_000, 5000, "udp");
+    t.wait_stream_end(act, 3000, 30 * SEC);
+    let ep = epoch(&ha(&t, act));
+    t.w.kill9();
+    let h = wait_for(
+        "[ha-f13] the active to see the witness down",
+        10 * SEC,
+        || {
+            let h = ha_of(t.node(act))?;
+            (h["witness_reachable"] == false).then_some(h)
+        },
+    );
+    assert!(is_publishing_active(&h), "{h:#}");
+    let end = stream_end(&h);
+    wait_for(
+        "[ha-f13] the stream to keep growing without the witness",
+        10 * SEC,
+        || {
+            let h = ha_of(t.node(act))?;
+            (stream_end(&h) > end + 1000).then_some(())
+        },
+    );
+    let h = ha(&t, act);
+    assert_eq!(epoch(&h), ep, "{h:#}");
+    assert_eq!(role_of(&h), "active", "{h:#}");
+    // The active dies while the witness is down: no quorum, the standby must not publish.
+    t.node_mut(act).kill9();
+    let t0 = Instant::now();
+    while t0.elapsed() < 5 * SEC {
+        if let Some(h) = ha_of(t.node(sby)) {
+            assert!(
+                !matches!(role_of(&h), "active" | "solo") && h["publishing"] != true,
+                "[ha-f13] promoted without quorum: {h:#}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before = stream_end(&ha(&t, sby));
+    let t1 = Instant::now();
+    t.w.start();
+    let took = wait_takeover(&t, sby, before, t1, 15 * SEC);
+    eprintln!(
+        "[ha-f13] {sby} promoted {} ms after the witness came back",
+        took.as_millis()
+    );
+    t.node_mut(act).start();
+    t.resync(act);
+    g.wait(120 * SEC);
+    t.final_check(&[&g.manifest]);
+}
+
+#[test]
+fn f15_wiped_data_dir_rebuilt_by_resync() {
+    let mut t = Trio::new("ha-f15");
+    let act = t.start();
+    let sby = Trio::other(act);
+    let mut g = t.gen("f15", 25_000, 5000, "udp");
+    t.wait_stream_end(act, 4000, 30 * SEC);
+    let ep = epoch(&ha(&t, act));
+    t.node_mut(sby).kill9();
+    let data = t.node(sby).data_dir();
+    std::fs::remove_dir_all(&data).expect("wipe the standby's data dir");
+    t.node_mut(sby).start();
+    let out = t.resync(sby);
+    eprintln!("[ha-f15] resync output:\n{out}");
+    g.wait(120 * SEC);
+    t.final_check(&[&g.manifest]);
+    let h = ha(&t, act);
+    eprintln!(
+        "[ha-f15] at the end: {act} is {} in epoch {} (epoch at the fault {ep})",
+        h["role"], h["epoch"]
+    );
+}
+
+/// Sends one identical RFC 5424 line (no timestamp, so both copies are byte-identical) with
+/// `logger` to both nodes.
+fn logger_both(t: &Trio, token: &str) {
+    for n in [&t.a, &t.b] {
+        run(Command::new("logger")
+            .args(["-n", &n.ip.to_string(), "-P", "5514", "--udp"])
+            .args(["--rfc5424=notime,notq", token]));
+    }
+}
+
+/// One SNMPv2c trap with a fixed uptime and a token varbind, sent by `snmptrap` to both nodes.
+fn snmptrap_both(t: &Trio, token: &str) {
+    for n in [&t.a, &t.b] {
+        run(Command::new("snmptrap")
+            .args(["-v2c", "-c", "public", &format!("{}:5162", n.ip)])
+            .args([
+                "4242",
+                "1.3.6.1.6.3.1.1.5.1",
+                "1.3.6.1.2.1.1.5.0",
+                "s",
+                token,
+            ]));
+    }
+}
+
+#[test]
+fn planned_switchover_under_load_swaps_roles_without_loss() {
+    let mut t = Trio::new("ha-swo");
+    let act = t.start();
+    let sby = Trio::other(act);
+    let mut g = t.gen("swo", 25_000, 5000, "udp");
+    t.wait_stream_end(act, 3000, 30 * SEC);
+    logger_both(&t, "TOKEN-swo-logger-before");
+    snmptrap_both(&t, "TOKEN-swo-trap-before");
+    let ep = epoch(&ha(&t, act));
+    let t0 = Instant::now();
+    let out = Command::new(BIN)
+        .args(["switchover", "--node", &t.node(act).admin])
+        .output()
+        .expect("run switchover");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "[ha-swo] switchover {act} -> {sby} in {} ms:\n{text}",
+        t0.elapsed().as_millis()
+    );
+    assert!(out.status.success(), "switchover: {}\n{text}", out.status);
+    let now = t.wait_redundant(10 * SEC);
+    assert_eq!(now, sby, "roles swapped");
+    assert!(epoch(&ha(&t, sby)) > ep);
+    logger_both(&t, "TOKEN-swo-logger-after");
+    snmptrap_both(&t, "TOKEN-swo-trap-after");
+    // Nothing was killed; resync is a no-op that must still succeed.
+    t.resync(act);
+    g.wait(120 * SEC);
+    let dump = t.final_check(&[&g.manifest]);
+    for tok in [
+        "TOKEN-swo-logger-before",
+        "TOKEN-swo-logger-after",
+        "TOKEN-swo-trap-before",
+        "TOKEN-swo-trap-after",
+    ] {
+        let hits = entries_with(&dump, tok);
+        assert_eq!(hits.len(), 1, "{tok} must appear exactly once: {hits:#?}");
+    }
+    let trap = entries_with(&dump, "TOKEN-swo-trap-after")[0];
+    assert_eq!(trap["protocol"], "snmp", "{trap:#}");
+}
+
+#[test]
+fn a_stranger_with_the_wrong_key_is_refused_and_the_pair_is_unaffected() {
+    let mut t = Trio::new("ha-stranger");
+    let act = t.start();
+    let mut g = t.gen("stranger", 20_000, 5000, "udp");
+    t.wait_stream_end(act, 3000, 30 * SEC);
+    let b_link = format!("{}:7400", t.b.ip);
+    let failures = |t: &Trio| -> u64 {
+        let st = get_json_within(&format!("{}/status", t.b.admin), 2 * SEC).expect("b status");
+        st["pair"]["links"]
+            .as_array()
+            .expect("pair.links")
+            .iter()
+            .map(|l| l["auth_failures_total"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let base = failures(&t);
+    let ep = epoch(&ha(&t, act));
+    // A third node, claiming to be node a, with another key, dialling b's link.
+    let dir = t.dir().join("stranger");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let psk = dir.join("wrong.psk");
+    write_psk(&psk, TRIO_WRONG_KEY);
+    let mut stranger = TestNode::new(&dir, "", "");
+    let text = std::fs::read_to_string(&stranger.config).expect("config");
+    std::fs::write(
+        &stranger.config,
+        format!(
+            "{text}\n[pair]\npeer = [\"{b_link}\"]\nlisten = [\"{}:7400\"]\npsk_file = \"{}\"\n\n\
+             [ha]\nwitness = \"{}\"\n",
+            stranger.ip,
+            psk.display(),
+            t.w.addr()
+        ),
+    )
+    .expect("config");
+    stranger.start();
+    // Raw garbage too.
+    let mut sock = std::net::TcpStream::connect(&b_link).expect("connect");
+    sock.set_read_timeout(Some(5 * SEC)).expect("timeout");
+    let _ = sock.write_all(b"\x16\x03\x01garbage garbage garbage\r\n\r\n");
+    let mut buf = Vec::new();
+    let _ = sock.read_to_end(&mut buf);
+    let st = wait_for("[ha-stranger] b to count the refusals", 15 * SEC, || {
+        let n = failures(&t);
+        (n >= base + 2).then_some(n)
+    });
+    eprintln!("[ha-stranger] b's link auth failures: {base} -> {st}");
+    let sh = ha_of(&stranger).expect("stranger status");
+    assert!(
+        !is_publishing_active(&sh)
+            && sh["peer_reachable"] != true
+            && sh["witness_reachable"] != true,
+        "the stranger must get no session and no promotion: {sh:#}"
+    );
+    stranger.kill9();
+    g.wait(120 * SEC);
+    t.final_check(&[&g.manifest]);
+    let h = ha(&t, act);
+    assert!(
+        role_of(&h) == "active" && epoch(&h) == ep,
+        "[{}] no failover expected: {act} was active in epoch {ep}, now {} in epoch {}",
+        t.tag,
+        h["role"],
+        h["epoch"]
+    );
+}
