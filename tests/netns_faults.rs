@@ -233,6 +233,8 @@ impl View {
 struct TrioOpts {
     /// Mount a tmpfs of this size under each node's data dir (F11).
     tmpfs: Option<&'static str>,
+    /// Put each node's data dir on a loop device (ext4) whose writes can be throttled.
+    loop_disks: bool,
     /// Node a dials these instead of the peer's link addresses (the userspace impairment).
     a_peer_override: Option<Vec<String>>,
 }
@@ -243,6 +245,7 @@ struct NetTrio {
     proxies: Vec<SlowProxy>,
     lab: NetLab,
     tmpfs: Vec<Tmpfs>,
+    disks: BTreeMap<Node, LoopDisk>,
     scratch: Scratch,
     nodes: BTreeMap<Node, u32>,
     witness: Option<u32>,
@@ -274,11 +277,15 @@ impl NetTrio {
         let psk = dir.join("psk");
         write_psk(&psk);
         let mut tmpfs = Vec::new();
+        let mut disks = BTreeMap::new();
         for n in [Node::A, Node::B] {
             let nd = dir.join(n.name());
             std::fs::create_dir_all(nd.join("data")).expect("node dir");
             if let Some(size) = opts.tmpfs {
                 tmpfs.push(Tmpfs::mount(&nd.join("data"), size));
+            }
+            if opts.loop_disks {
+                disks.insert(n, LoopDisk::new(&nd.join("disk.img"), 400, &nd.join("data")));
             }
             let peer = match (n, &opts.a_peer_override) {
                 (Node::A, Some(p)) => p.clone(),
@@ -321,6 +328,7 @@ impl NetTrio {
             proxies: Vec::new(),
             lab,
             tmpfs,
+            disks,
             scratch,
             nodes: BTreeMap::new(),
             witness: None,
@@ -332,6 +340,19 @@ impl NetTrio {
 
     fn dir(&self) -> &Path {
         self.scratch.path()
+    }
+
+    /// Copies the processes' logs out of the scratch dir (which is removed) for a post-mortem.
+    fn keep_logs(&self) -> PathBuf {
+        let to = std::env::temp_dir()
+            .join("twinrx-netns-faults")
+            .join(self.lab.id());
+        let _ = std::fs::create_dir_all(&to);
+        for name in ["a.log", "b.log", "witness.log", "gen.log"] {
+            let _ = std::fs::copy(self.dir().join(name), to.join(name));
+        }
+        let _ = std::fs::write(to.join("test.log"), self.log.join("\n"));
+        to
     }
 
     fn note(&mut self, s: impl Into<String>) {
@@ -431,9 +452,13 @@ impl NetTrio {
 
     /// `twinrx status` (human text) run inside the node's namespace, for the report and docs.
     fn status_text(&self, n: Node) -> String {
+        // `timeout`: a SIGSTOPped node accepts the connection but never answers.
         let out = self
             .lab
-            .exec(n.host(), &[BIN, "status", "--node", ADMIN_URL]);
+            .exec(n.host(), &["timeout", "3", BIN, "status", "--node", ADMIN_URL]);
+        if out.status.code() == Some(124) {
+            return "(no answer within 3 s: the node is stopped)\n".into();
+        }
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -808,6 +833,7 @@ enum Pattern {
     F7,
     F8Journal,
     F8Merger,
+    F8SlowDisk,
     F11,
     F12,
     F13,
@@ -816,12 +842,13 @@ enum Pattern {
 }
 
 impl Pattern {
-    const ALL: [Pattern; 10] = [
+    const ALL: [Pattern; 11] = [
         Pattern::F5,
         Pattern::F6,
         Pattern::F7,
         Pattern::F8Journal,
         Pattern::F8Merger,
+        Pattern::F8SlowDisk,
         Pattern::F11,
         Pattern::F12,
         Pattern::F13,
@@ -836,6 +863,7 @@ impl Pattern {
             Pattern::F7 => "F7",
             Pattern::F8Journal => "F8-journal",
             Pattern::F8Merger => "F8-merger",
+            Pattern::F8SlowDisk => "F8-slowdisk",
             Pattern::F11 => "F11",
             Pattern::F12 => "F12",
             Pattern::F13 => "F13",
@@ -857,9 +885,12 @@ impl Pattern {
     /// Whether the pattern must fail over (measured), must not (epoch unchanged), or either.
     fn expects_failover(self) -> Option<bool> {
         match self {
-            Pattern::F5 | Pattern::F7 | Pattern::F8Journal | Pattern::F8Merger | Pattern::F11 => {
-                Some(true)
-            }
+            Pattern::F5
+            | Pattern::F7
+            | Pattern::F8Journal
+            | Pattern::F8Merger
+            | Pattern::F8SlowDisk
+            | Pattern::F11 => Some(true),
             Pattern::F6 | Pattern::F13 => Some(false),
             Pattern::F12 | Pattern::F12Kill | Pattern::SlowLink => None,
         }
@@ -919,6 +950,7 @@ fn run_pattern_inner(p: Pattern, seed: u64) -> Outcome {
         Pattern::F7 => f7(&mut rng),
         Pattern::F8Journal => f8(&mut rng, "journal"),
         Pattern::F8Merger => f8(&mut rng, "merger"),
+        Pattern::F8SlowDisk => f8_slow_disk(&mut rng),
         Pattern::F11 => f11(&mut rng),
         Pattern::F12 => f12(&mut rng),
         Pattern::F13 => f13(&mut rng),
@@ -965,10 +997,12 @@ fn run_pattern_inner(p: Pattern, seed: u64) -> Outcome {
     let passed = run.failures.is_empty();
     let mut detail = run.trio.log.join("\n");
     if !passed {
+        let kept = run.trio.keep_logs();
         detail = format!(
-            "{} seed {seed} FAILED: {}\n{detail}\n{status_after}",
+            "{} seed {seed} FAILED: {}\n{detail}\n{status_after}\nlogs kept in {}",
             p.name(),
-            run.failures.join("; ")
+            run.failures.join("; "),
+            kept.display()
         );
     } else {
         detail = format!("{detail}\n{status_after}");
@@ -1112,6 +1146,106 @@ fn f8(rng: &mut Rng, what: &'static str) -> Run {
     )
 }
 
+/// A real slow disk: the active's data dir is an ext4 file system on a loop device whose
+/// writes the block layer throttles to 1 I/O per second (cgroup v1 blkio throttle on the
+/// root cgroup, which only this test's loop device is subject to), so its fsyncs take seconds.
+fn f8_slow_disk(rng: &mut Rng) -> Run {
+    if let Err(e) = LoopDisk::throttle_possible() {
+        panic!("a real slow disk cannot be made on this machine: {e}");
+    }
+    failover_pattern(
+        "f8slowdisk",
+        TrioOpts {
+            loop_disks: true,
+            ..TrioOpts::default()
+        },
+        rng,
+        |t, n| t.disks[&n].throttle(1),
+        Duration::from_secs(3),
+        |t, n| t.disks[&n].throttle(0),
+    )
+}
+
+const BLKIO_THROTTLE: &str = "/sys/fs/cgroup/blkio/blkio.throttle.write_iops_device";
+
+/// An ext4 file system on a loop device, mounted at a node's data dir; removed on drop.
+struct LoopDisk {
+    img: PathBuf,
+    dev: String,
+    majmin: String,
+    mnt: PathBuf,
+}
+
+impl LoopDisk {
+    fn throttle_possible() -> Result<(), String> {
+        if !Path::new(BLKIO_THROTTLE).exists() {
+            return Err(format!(
+                "{BLKIO_THROTTLE} is missing (no cgroup v1 blkio controller; a cgroup v2 io.max \
+                 variant is not implemented)"
+            ));
+        }
+        if !Path::new("/dev/loop-control").exists() {
+            return Err("no /dev/loop-control (loop devices)".into());
+        }
+        Ok(())
+    }
+
+    fn new(img: &Path, size_mb: u64, mnt: &Path) -> LoopDisk {
+        let f = std::fs::File::create(img).expect("disk image");
+        f.set_len(size_mb << 20).expect("size disk image");
+        drop(f);
+        let out = common::run(
+            std::process::Command::new("losetup")
+                .args(["-f", "--show"])
+                .arg(img),
+        );
+        let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let name = dev.trim_start_matches("/dev/").to_string();
+        let majmin = std::fs::read_to_string(format!("/sys/block/{name}/dev"))
+            .expect("loop device numbers")
+            .trim()
+            .to_string();
+        let d = LoopDisk {
+            img: img.to_path_buf(),
+            dev: dev.clone(),
+            majmin,
+            mnt: mnt.to_path_buf(),
+        };
+        common::run(std::process::Command::new("mkfs.ext4").args(["-q", &dev]));
+        common::run(std::process::Command::new("mount").arg(&dev).arg(mnt));
+        d
+    }
+
+    /// Limits writes to `iops` per second; 0 removes the limit.
+    fn throttle(&self, iops: u32) {
+        std::fs::write(BLKIO_THROTTLE, format!("{} {iops}\n", self.majmin))
+            .unwrap_or_else(|e| panic!("write {BLKIO_THROTTLE}: {e}"));
+    }
+}
+
+impl Drop for NetTrio {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let to = self.keep_logs();
+            eprintln!("logs of the failed run kept in {}", to.display());
+        }
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BLKIO_THROTTLE, format!("{} 0\n", self.majmin));
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.mnt)
+            .status();
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.dev])
+            .status();
+        let _ = std::fs::remove_file(&self.img);
+    }
+}
+
 /// Fills the file system under `dir` until writes fail; returns the filler's path.
 fn fill(dir: &Path) -> PathBuf {
     let path = dir.join("filler");
@@ -1167,15 +1301,29 @@ fn f6(rng: &mut Rng) -> Run {
     trio.lab.link_down(Host::A, Net::Link2);
     sampler.mark();
     trio.note("link 2 (10.89.0.0/24) of node a pulled");
-    // The link problem shows on both within a few heartbeats.
+    // The link shows down in the HA block within a few heartbeats, and as a problem naming
+    // the link once the link has been silent for its timeout (10 s).
+    let t_down = Instant::now();
     for n in [Node::A, Node::B] {
-        let seen = wait_cond(Duration::from_secs(5), || {
+        let mut ha_ms = None;
+        let seen = wait_cond(Duration::from_secs(15), || {
             trio.status(n).is_some_and(|s| {
-                let ups = s["ha"]["links_up"].as_array().map(|a| a.len()).unwrap_or(9);
+                let ups = s["ha"]["links_up"]
+                    .as_array()
+                    .map(|a| a.iter().filter(|u| **u == true).count())
+                    .unwrap_or(9);
+                if ups == 1 && ha_ms.is_none() {
+                    ha_ms = Some(t_down.elapsed().as_millis());
+                }
                 let probs = s["problems"].to_string().to_ascii_lowercase();
-                ups == 1 && probs.contains("link")
+                ups == 1 && probs.contains("link 1")
             })
         });
+        trio.note(format!(
+            "{}: link 1 down in ha.links_up after {ha_ms:?} ms, as a problem after {} ms",
+            n.name(),
+            t_down.elapsed().as_millis()
+        ));
         if !seen {
             failures.push(format!(
                 "{}'s status does not show one link down:\n{}",
@@ -1184,7 +1332,7 @@ fn f6(rng: &mut Rng) -> Run {
             ));
         }
     }
-    let hold = Instant::now() + Duration::from_secs(3);
+    let hold = t_down + Duration::from_secs(3);
     std::thread::sleep(hold.saturating_duration_since(Instant::now()));
     snapshot(&mut trio, "with one of two links down");
     let e1 = trio.view(active).map(|v| v.epoch);
@@ -1634,6 +1782,11 @@ fn f8_journal_frozen() {
 #[test]
 fn f8_merger_frozen() {
     assert_pattern(Pattern::F8Merger);
+}
+
+#[test]
+fn f8_slow_disk() {
+    assert_pattern(Pattern::F8SlowDisk);
 }
 
 #[test]
