@@ -1785,7 +1785,7 @@ fn f8_merger_frozen() {
 }
 
 #[test]
-fn f8_slow_disk() {
+fn f8_real_slow_disk() {
     assert_pattern(Pattern::F8SlowDisk);
 }
 
