@@ -1090,7 +1090,9 @@ pub fn start_ha(
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let stream_h = stream.handle();
+    let lease = Arc::new(writer::Lease::default());
     let w = writer::Writer {
+        lease: lease.clone(),
         stream,
         data_dir: cfg.data_dir.clone(),
         me: cfg.name,
@@ -1133,6 +1135,7 @@ pub fn start_ha(
         stats,
         data_dir: cfg.data_dir.clone(),
         view: view.clone(),
+        lease,
         receive_ips: {
             let mut ips: Vec<std::net::IpAddr> = cfg
                 .syslog_udp

@@ -37,9 +37,9 @@ impl Default for HealthLimits {
         HealthLimits {
             fsync_latency_ms_max: 500,
             disk_free_bytes_min: 64 << 20,
-            merger_stall_ms_max: 500,
+            merger_stall_ms_max: 1000,
             sink_stall_ms_max: None,
-            sched_lag_ms_max: 500,
+            sched_lag_ms_max: 1000,
             report_stale_ms: 1000,
         }
     }

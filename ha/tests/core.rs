@@ -744,7 +744,7 @@ fn deposed_active_stops_first() {
 fn unhealthy_active_hands_over() {
     let mut a = active_with_standby(4);
     let stalled = Health {
-        merger_stall_ms: 900,
+        merger_stall_ms: 1200,
         ..Health::default()
     };
     a.handle_input(Millis(2050), Input::Health(stalled));

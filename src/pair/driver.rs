@@ -146,6 +146,8 @@ pub struct Driver {
     /// Specific (non-wildcard, non-loopback) addresses the receivers are bound to: one that
     /// is no longer on the host means devices cannot reach this node (F7).
     pub receive_ips: Vec<std::net::IpAddr>,
+    /// The lease the writer checks before each append (see `writer::Lease`).
+    pub lease: Arc<super::writer::Lease>,
 }
 
 /// The receive addresses missing from the host's interfaces (none when it cannot tell).
@@ -178,6 +180,7 @@ impl Driver {
         let mut last_append: Option<(Offset, Vec<Vec<u8>>)> = None;
         let mut shutdown_reply: Option<oneshot::Sender<()>> = None;
         let mut next_health = tokio::time::Instant::now();
+        let mut lags = [Duration::ZERO; 3];
         let mut view = HaView {
             status: self.core.status(),
             stats: self.core.stats(),
@@ -261,9 +264,12 @@ impl Driver {
                     let now = self.clock.now();
                     let t = tokio::time::Instant::now();
                     if t >= next_health {
-                        let lag = t.saturating_duration_since(next_health);
+                        // A single late timer is noise; lateness over three reports in a row
+                        // is a node that cannot keep up.
+                        lags.rotate_left(1);
+                        lags[2] = t.saturating_duration_since(next_health);
                         next_health = t + HEALTH_EVERY;
-                        let h = self.health(lag);
+                        let h = self.health(lags.iter().copied().min().unwrap_or_default());
                         self.core.handle_input(now, Input::Health(h));
                     } else {
                         self.core.handle_timeout(now);
@@ -346,18 +352,19 @@ impl Driver {
                 lease_until,
             } => {
                 tracing::info!(epoch = epoch.0, from = from_offset.0, "publishing");
+                self.lease.set(epoch, lease_until);
                 let _ = self.disk.send(DiskCmd::Start {
                     epoch,
                     from: from_offset,
-                    lease_until,
                 });
                 self.gate.active.send_replace(true);
             }
             Action::ExtendLease { lease_until } => {
-                let _ = self.disk.send(DiskCmd::Extend(lease_until));
+                self.lease.extend(lease_until);
             }
             Action::StopPublishing(reason) => {
                 tracing::warn!(?reason, "publishing stops");
+                self.lease.revoke();
                 self.gate.active.send_replace(false);
                 let _ = self.disk.send(DiskCmd::Stop);
             }

@@ -16,8 +16,8 @@
 //! stored; they are re-derived by the next merger (the records are fed again and matched
 //! through the history), so nothing is lost or doubled.
 //!
-//! Publishing: entries are appended only while `now < lease_until` (checked right before each
-//! append, on the driver's clock). When publishing stops or the lease lapses, the merger is
+//! Publishing: entries are appended only while the shared [`Lease`] allows the epoch at `now`
+//! (checked right before each append, on the driver's clock; the driver updates it at once). When publishing stops or the lease lapses, the merger is
 //! dropped and the fold and index are rebuilt from the stored lines.
 
 use std::path::{Path, PathBuf};
@@ -52,6 +52,32 @@ impl Clock {
     }
 }
 
+/// The lease the writer checks before every append: `(epoch, until)`, set by the driver at
+/// once when the HA core starts, extends or stops publishing (not through the FIFO, so a long
+/// batch sees the newest renewal, and a stop takes effect before queued work).
+#[derive(Debug, Default)]
+pub struct Lease(std::sync::Mutex<(Epoch, Millis)>);
+
+impl Lease {
+    pub fn set(&self, epoch: Epoch, until: Millis) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = (epoch, until);
+    }
+    /// Raises the lease of the current epoch.
+    pub fn extend(&self, until: Millis) {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        g.1 = g.1.max(until);
+    }
+    /// Revokes it (publishing stops).
+    pub fn revoke(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).1 = Millis(0);
+    }
+    /// Entries of `epoch` may be appended at `now`.
+    pub fn allows(&self, epoch: Epoch, now: Millis) -> bool {
+        let (e, until) = *self.0.lock().unwrap_or_else(|e| e.into_inner());
+        e == epoch && now < until
+    }
+}
+
 /// What the driver asks of the disk.
 #[derive(Debug)]
 pub enum DiskCmd {
@@ -66,9 +92,7 @@ pub enum DiskCmd {
     Start {
         epoch: Epoch,
         from: Offset,
-        lease_until: Millis,
     },
-    Extend(Millis),
     Stop,
 }
 
@@ -185,7 +209,6 @@ impl Fold {
 
 struct Publishing {
     epoch: Epoch,
-    lease_until: Millis,
     merger: Merger,
     own: Tail,
     copy: Tail,
@@ -206,6 +229,7 @@ pub struct Writer {
     pub cmds: mpsc::UnboundedReceiver<DiskCmd>,
     pub done: mpsc::UnboundedSender<DiskDone>,
     pub rt: tokio::runtime::Handle,
+    pub lease: Arc<Lease>,
 }
 
 /// Retention holds on the two journals at the merger's position (what the stored stream has
@@ -216,7 +240,7 @@ struct Holds {
 }
 
 /// Records per merger batch at most (one append and one fsync per batch).
-const BATCH_RECORDS: usize = 4096;
+const BATCH_RECORDS: usize = 2048;
 const BATCH_BYTES: usize = 8 << 20;
 /// Margin for a clock that steps back, when pruning the history index.
 const CLOCK_STEP_MARGIN_MS: u64 = 60_000;
@@ -279,7 +303,7 @@ impl Writer {
                 Next::Tick => {
                     if let Some(p) = publishing.as_mut() {
                         p.merger.handle_tick(receiver::listen::now_unix_nanos());
-                        if self.clock.now() >= p.lease_until {
+                        if !self.lease.allows(p.epoch, self.clock.now()) {
                             self.stop_publishing(&mut publishing);
                         }
                     }
@@ -345,12 +369,11 @@ impl Writer {
         let Some(p) = publishing.take() else { return };
         self.refold();
         std::thread::sleep(Duration::from_millis(200));
-        if self.clock.now() < p.lease_until {
+        if self.lease.allows(p.epoch, self.clock.now()) {
             self.command(
                 DiskCmd::Start {
                     epoch: p.epoch,
                     from: self.end(),
-                    lease_until: p.lease_until,
                 },
                 publishing,
             );
@@ -405,11 +428,7 @@ impl Writer {
                     let _ = self.done.send(DiskDone::Appended(upto));
                 }
             }
-            DiskCmd::Start {
-                epoch,
-                from,
-                lease_until,
-            } => {
+            DiskCmd::Start { epoch, from } => {
                 let end = self.end();
                 if from != end {
                     tracing::warn!(
@@ -430,17 +449,11 @@ impl Writer {
                 );
                 *publishing = Some(Publishing {
                     epoch,
-                    lease_until,
                     merger: Merger::recover(self.dedup, progress),
                     own: self.own.tail(own_from),
                     copy: self.copy.tail(copy_from),
                     pending: Vec::new(),
                 });
-            }
-            DiskCmd::Extend(until) => {
-                if let Some(p) = publishing.as_mut() {
-                    p.lease_until = p.lease_until.max(until);
-                }
             }
             DiskCmd::Stop => self.stop_publishing(publishing),
         }
@@ -538,8 +551,8 @@ impl Writer {
         if lines.is_empty() {
             return true;
         }
-        if self.clock.now() >= p.lease_until {
-            tracing::info!("lease lapsed before the append: entries dropped, publishing stops");
+        if !self.lease.allows(p.epoch, self.clock.now()) {
+            tracing::info!("lease lapsed or publishing stopped before the append: entries dropped");
             return false;
         }
         if !self.append(&lines) {
