@@ -193,8 +193,18 @@ fn topic_records(brokers: &str, topic: &str, partitions: i32) -> Vec<Rec> {
     out
 }
 
-/// Asserts the records are offsets 0..n, each once, in order, headers matching bodies.
+/// Asserts the records are offsets 0..n, each once, in order, headers matching bodies, all
+/// written in epoch 0 (a single node).
 fn assert_exactly_once_in_order(recs: &[Rec], n: usize) {
+    assert_offsets_once_in_order(recs, n);
+    for r in recs {
+        assert_eq!(r.header_epoch, 0, "single node: epoch 0");
+    }
+}
+
+/// Asserts the records are offsets 0..n, each once, in order, headers matching bodies, with
+/// epochs that never go down (a pair: each failover raises the epoch).
+fn assert_offsets_once_in_order(recs: &[Rec], n: usize) {
     let offsets: Vec<u64> = recs.iter().map(|r| r.header_offset).collect();
     let mut dup = offsets.clone();
     dup.sort_unstable();
@@ -214,7 +224,15 @@ fn assert_exactly_once_in_order(recs: &[Rec], n: usize) {
     for r in recs {
         assert_eq!(r.body["offset"].as_u64(), Some(r.header_offset), "{r:?}");
         assert_eq!(r.body["epoch"].as_u64(), Some(r.header_epoch), "{r:?}");
-        assert_eq!(r.header_epoch, 0, "single node: epoch 0");
+    }
+    if let Some(w) = recs
+        .windows(2)
+        .find(|w| w[1].header_epoch < w[0].header_epoch)
+    {
+        panic!(
+            "epoch goes down in the topic: offset {} has epoch {} after offset {} with epoch {}",
+            w[1].header_offset, w[1].header_epoch, w[0].header_offset, w[0].header_epoch
+        );
     }
 }
 
@@ -824,5 +842,503 @@ fn bench_kafka_sink_vs_idempotent_producer() {
         n as f64 / base_s,
         sink_n as f64 / sink_s,
         (sink_n as f64 / sink_s) / (n as f64 / base_s)
+    );
+}
+
+// ----- The Kafka sink in a pair: failover (F1) and a hung active (F4) under load -----------
+//
+// A local trio helper (witness + node a + node b on their own loopback addresses, the same
+// `[[sink]]` on both nodes, so the same transactional id): tests/common has none yet.
+
+/// The cluster key of the test pair (hex; mode 0600 as the nodes and the witness require).
+const PAIR_PSK: &str = "3c9a51e07b2d48f6a1e5c0d9b8f7e6a5d4c3b2a1908f7e6d5c4b3a2918070605";
+
+fn write_psk(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let p = dir.join("cluster.psk");
+    std::fs::write(&p, format!("{PAIR_PSK}\n")).expect("write psk");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod psk");
+}
+
+/// `twinrx witness` and the two nodes of a pair. Every process is killed by PID on drop
+/// (the nodes by `TestNode`'s own drop; SIGKILL also ends a SIGSTOPped node).
+struct Trio {
+    witness: Option<Child>,
+    witness_log: PathBuf,
+    nodes: [TestNode; 2],
+}
+
+impl Trio {
+    /// Starts the witness, then nodes a and b with `[pair]`, `[ha] witness` and `sink`.
+    fn start(scratch: &Path, sink: &str) -> Trio {
+        let wip = common::unique_ip();
+        let wdir = scratch.join("witness");
+        std::fs::create_dir_all(&wdir).expect("witness dir");
+        write_psk(&wdir);
+        let wcfg = wdir.join("witness.toml");
+        std::fs::write(
+            &wcfg,
+            format!(
+                "listen = \"{wip}:7402\"\nadmin_listen = \"{wip}:7403\"\n\
+                 data_dir = \"data\"\npsk_file = \"cluster.psk\"\n"
+            ),
+        )
+        .expect("witness config");
+        let witness_log = wdir.join("witness.log");
+        let log = std::fs::File::create(&witness_log).expect("witness log");
+        let mut witness = Command::new(BIN)
+            .args(["witness", "--config"])
+            .arg(&wcfg)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn twinrx witness");
+        wait_for("the witness's admin API", Duration::from_secs(20), || {
+            if let Ok(Some(st)) = witness.try_wait() {
+                panic!(
+                    "witness exited at start ({st}): {}",
+                    std::fs::read_to_string(&witness_log).unwrap_or_default()
+                );
+            }
+            get_json(&format!("http://{wip}:7403/status"))
+        });
+        let mut a = TestNode::new(&scratch.join("a"), "", "");
+        let mut b = TestNode::new(&scratch.join("b"), "", "");
+        let pair = format!(
+            "[pair]\npeer = [\"{ip}:7400\"]\nlisten = [\"{ip}:7400\"]\npsk_file = \"cluster.psk\"\n\n\
+             [ha]\nwitness = \"{wip}:7402\"\n\n{sink}",
+            ip = b.ip
+        );
+        for (node, name) in [(&a, "a"), (&b, "b")] {
+            write_psk(&node.dir);
+            let cfg = std::fs::read_to_string(&node.config).expect("config");
+            let cfg = cfg.replace("name = \"a\"", &format!("name = \"{name}\""));
+            std::fs::write(&node.config, format!("{cfg}\n{pair}")).expect("config");
+        }
+        a.start();
+        b.start();
+        Trio {
+            witness: Some(witness),
+            witness_log,
+            nodes: [a, b],
+        }
+    }
+
+    /// Waits until the pair is redundant (one active, one standby, both say so) and returns
+    /// the index of the active.
+    fn wait_redundant(&self, timeout: Duration) -> usize {
+        wait_for("the pair to be redundant", timeout, || {
+            let st: Vec<serde_json::Value> =
+                self.nodes.iter().map(try_status).collect::<Option<_>>()?;
+            let roles: Vec<&str> = st
+                .iter()
+                .map(|s| s["ha"]["role"].as_str().unwrap_or(""))
+                .collect();
+            let red = st.iter().all(|s| s["ha"]["redundant"] == true);
+            match roles[..] {
+                ["active", "standby"] if red => Some(0),
+                ["standby", "active"] if red => Some(1),
+                _ => None,
+            }
+        })
+    }
+
+    /// The last lines of the three processes' logs, for a failure message.
+    fn logs(&self) -> String {
+        let tail = |t: String| {
+            let l: Vec<&str> = t.lines().collect();
+            l[l.len().saturating_sub(80)..].join("\n")
+        };
+        format!(
+            "--- witness\n{}\n--- node a\n{}\n--- node b\n{}",
+            tail(std::fs::read_to_string(&self.witness_log).unwrap_or_default()),
+            tail(self.nodes[0].log_text()),
+            tail(self.nodes[1].log_text())
+        )
+    }
+}
+
+impl Drop for Trio {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+        if let Some(mut c) = self.witness.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The node's status, or None while it does not answer (killed, restarting). Never call it
+/// on a SIGSTOPped node (the request would wait for the client's timeout).
+fn try_status(node: &TestNode) -> Option<serde_json::Value> {
+    get_json(&format!("{}/status", node.admin))
+}
+
+fn ha_role(st: &serde_json::Value) -> &str {
+    st["ha"]["role"].as_str().unwrap_or("")
+}
+
+fn publishes(st: &serde_json::Value) -> bool {
+    matches!(ha_role(st), "active" | "solo")
+}
+
+fn kafka_of(st: &serde_json::Value) -> serde_json::Value {
+    st["sinks"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == "kafka").cloned())
+        .unwrap_or_else(|| panic!("no kafka sink in status: {st}"))
+}
+
+/// `twinrx gen` sending every message to each node (devices send to both addresses).
+fn gen_both(
+    nodes: &[TestNode; 2],
+    transport: &str,
+    manifest: &Path,
+    count: u64,
+    rate: u64,
+    run_id: &str,
+) -> Child {
+    Command::new(BIN)
+        .args(["gen", "--transport", transport, "--run-id", run_id])
+        .args(["--count", &count.to_string(), "--rate", &rate.to_string()])
+        .args(["--to", &format!("{}:5514", nodes[0].ip)])
+        .args(["--to", &format!("{}:5514", nodes[1].ip)])
+        .arg("--manifest")
+        .arg(manifest)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn twinrx gen")
+}
+
+/// The topic after the pair has settled: the active's whole stream delivered, the topic
+/// holding as many records as the stream. Asserts each offset once, in order, each record
+/// the stream entry itself, epochs never going down. Returns (records, stream dump path).
+fn settled_topic(
+    broker: &Broker,
+    active: &TestNode,
+    dir: &Path,
+) -> (Vec<Rec>, Vec<serde_json::Value>, PathBuf) {
+    let n = settled_len(active);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let k = kafka_of(&active.status());
+        if stream_len(active) == n && k["next_offset"].as_u64() == Some(n) {
+            break;
+        }
+        if Instant::now() > deadline {
+            // Say why: the sink's state and error, and the largest entries of the stream.
+            let text = get_text(&format!("{}/stream?from=0", active.admin)).unwrap_or_default();
+            let mut big: Vec<(usize, usize, String)> = text
+                .lines()
+                .enumerate()
+                .map(|(i, l)| (l.len(), i, l.chars().take(400).collect()))
+                .collect();
+            big.sort_unstable_by(|a, b| b.cmp(a));
+            big.truncate(3);
+            panic!("the sink did not deliver all {n} entries in 120 s: {k}\nlargest entries (bytes, offset, head): {big:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = get_text(&format!("{}/stream?from=0", active.admin)).expect("stream dump");
+    let dump = dir.join("stream.ndjson");
+    std::fs::write(&dump, &text).expect("write stream dump");
+    let stream: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("stream line is JSON"))
+        .collect();
+    assert_eq!(
+        stream.len() as u64,
+        n,
+        "the stream dump holds the whole stream"
+    );
+    let recs = wait_for(
+        &format!("{n} records in the topic"),
+        Duration::from_secs(60),
+        || {
+            let r = topic_records(&broker.addr(), "twinrx", 1);
+            (r.len() >= n as usize).then_some(r)
+        },
+    );
+    assert_eq!(
+        recs.len(),
+        stream.len(),
+        "the topic holds as many records as the stream"
+    );
+    assert_offsets_once_in_order(&recs, stream.len());
+    for (r, e) in recs.iter().zip(&stream) {
+        assert_eq!(
+            &r.body, e,
+            "topic record {} is not the stream entry",
+            r.header_offset
+        );
+    }
+    (recs, stream, dump)
+}
+
+/// `twinrx check` on a stream dump: exits 0, and every generated message is there once.
+fn check_dump(manifest: &Path, dump: &Path, sent: u64) {
+    let out = run(Command::new(BIN)
+        .args(["check", "--manifest"])
+        .arg(manifest)
+        .arg("--stream")
+        .arg(dump));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains(&format!(
+            "sent {sent}  present {sent}  missing 0  duplicated 0"
+        )),
+        "{report}"
+    );
+}
+
+/// Records per epoch in the topic, in order: [(epoch, count)].
+fn epochs_in(recs: &[Rec]) -> Vec<(u64, usize)> {
+    let mut out: Vec<(u64, usize)> = Vec::new();
+    for r in recs {
+        match out.last_mut() {
+            Some((e, c)) if *e == r.header_epoch => *c += 1,
+            _ => out.push((r.header_epoch, 1)),
+        }
+    }
+    out
+}
+
+/// Waits until one node is active with its peer in standby (a redundant pair) and its sink has
+/// delivered up to `at`; returns that node's index and its sink's next offset.
+fn fault_target(t: &Trio, at: u64) -> (usize, u64) {
+    wait_for(
+        &format!("a redundant pair whose active has delivered {at} entries"),
+        Duration::from_secs(60),
+        || {
+            let st: Vec<serde_json::Value> =
+                t.nodes.iter().map(try_status).collect::<Option<_>>()?;
+            let i = st.iter().position(|s| ha_role(s) == "active")?;
+            let next = kafka_of(&st[i])["next_offset"].as_u64()?;
+            (ha_role(&st[1 - i]) == "standby"
+                && st[i]["ha"]["redundant"] == true
+                && kafka_of(&st[i])["state"] == "delivering"
+                && next >= at)
+                .then_some((i, next))
+        },
+    )
+}
+
+const PAIR_SINK_EXTRA: &str = "batch_records_max = 500\nlinger_ms = 20";
+
+#[test]
+fn kafka_pair_failover_under_load_topic_holds_every_entry_once() {
+    let s = Scratch::new("kpairkill");
+    let broker = Broker::start(s.path());
+    let mut t = Trio::start(
+        s.path(),
+        &kafka_sink_toml(&broker.addr(), "twinrx", PAIR_SINK_EXTRA),
+    );
+    let act = t.wait_redundant(Duration::from_secs(60));
+    let stb = 1 - act;
+    // Only the active delivers; the standby's sink waits.
+    wait_for(
+        "the active's sink delivering, the standby's waiting",
+        Duration::from_secs(30),
+        || {
+            let a = kafka_of(&t.nodes[act].status());
+            let b = kafka_of(&t.nodes[stb].status());
+            (a["state"] == "delivering" && b["state"] == "standby").then_some(())
+        },
+    );
+    let epoch_before = t.nodes[act].status()["ha"]["epoch"]
+        .as_u64()
+        .expect("ha.epoch");
+    let manifest = s.path().join("m.json");
+    let n = 20_000;
+    let mut g = gen_both(&t.nodes, "tcp", &manifest, n, 3500, "pairkill");
+    // The node active at that moment (the pair may have switched under load: see the report).
+    let (act, killed_at) = fault_target(&t, 5000);
+    let stb = 1 - act;
+    // F1 under load: the active is powered off.
+    let t0 = Instant::now();
+    t.nodes[act].kill9();
+    let failover = wait_for("the standby to take over", Duration::from_secs(30), || {
+        let st = try_status(&t.nodes[stb])?;
+        publishes(&st).then(|| t0.elapsed())
+    });
+    let resumed = wait_for(
+        "the new active's sink to deliver",
+        Duration::from_secs(60),
+        || {
+            let k = kafka_of(&try_status(&t.nodes[stb])?);
+            (k["state"] == "delivering" && k["next_offset"].as_u64() > Some(killed_at))
+                .then(|| t0.elapsed())
+        },
+    );
+    wait_child(&mut g, "gen", Duration::from_secs(120));
+    // F3: the killed node comes back with its data dir and rejoins as standby.
+    t.nodes[act].start();
+    // Whichever node is active once the pair is redundant again (the rejoin may cost another
+    // failover: see the report), the topic must hold the stream exactly once.
+    let act2 = t.wait_redundant(Duration::from_secs(120));
+    let new_active = &t.nodes[act2];
+    let epoch_after = new_active.status()["ha"]["epoch"]
+        .as_u64()
+        .expect("ha.epoch");
+    assert!(
+        epoch_after > epoch_before,
+        "failover raises the epoch ({epoch_before} -> {epoch_after})"
+    );
+    assert_eq!(
+        kafka_of(&t.nodes[1 - act2].status())["state"],
+        "standby",
+        "the standby's sink waits"
+    );
+    let (recs, _stream, dump) = settled_topic(&broker, new_active, s.path());
+    let epochs = epochs_in(&recs);
+    assert!(
+        epochs.len() >= 2 && epochs.last().unwrap().0 == epoch_after,
+        "the topic holds entries of the first epoch and then the new active's epoch: {epochs:?}"
+    );
+    check_dump(&manifest, &dump, n);
+    // The same check on what the monitoring pipeline reads: the topic itself.
+    let topic_dump = s.path().join("topic.ndjson");
+    let text: String = recs.iter().map(|r| format!("{}\n", r.body)).collect();
+    std::fs::write(&topic_dump, text).expect("topic dump");
+    check_dump(&manifest, &topic_dump, n);
+    eprintln!(
+        "FIGURES pair SIGKILL: records={} killed_at_offset={killed_at} failover_ms={} \
+         new_sink_delivering_ms={} epochs(epoch,records)={epochs:?} active_at_end={} killed={}",
+        recs.len(),
+        failover.as_millis(),
+        resumed.as_millis(),
+        ["a", "b"][act2],
+        ["a", "b"][act],
+    );
+}
+
+#[test]
+fn kafka_pair_sigstopped_old_active_is_fenced_and_writes_nothing() {
+    use nix::sys::signal::Signal;
+    let s = Scratch::new("kpairstop");
+    let broker = Broker::start(s.path());
+    let t = Trio::start(
+        s.path(),
+        &kafka_sink_toml(&broker.addr(), "twinrx", PAIR_SINK_EXTRA),
+    );
+    let old = t.wait_redundant(Duration::from_secs(60));
+    wait_for(
+        "the active's sink delivering",
+        Duration::from_secs(30),
+        || (kafka_of(&t.nodes[old].status())["state"] == "delivering").then_some(()),
+    );
+    let manifest = s.path().join("m.json");
+    let n = 20_000;
+    // UDP, as most devices send: the hung node's socket fills and drops, the sender never
+    // blocks, so the new active keeps receiving at full rate while the old one is stopped.
+    let mut g = gen_both(&t.nodes, "udp", &manifest, n, 3500, "pairstop");
+    // The node active at that moment (the pair may have switched under load: see the report).
+    let (old, _) = fault_target(&t, 4000);
+    let new = 1 - old;
+    let before = t.nodes[old].status();
+    let epoch_old = before["ha"]["epoch"].as_u64().expect("ha.epoch");
+    // F4 under load: the active hangs, maybe in the middle of a transaction.
+    let t0 = Instant::now();
+    t.nodes[old].signal(Signal::SIGSTOP);
+    let failover = wait_for("the standby to take over", Duration::from_secs(30), || {
+        publishes(&try_status(&t.nodes[new])?).then(|| t0.elapsed())
+    });
+    // Stay stopped ~3 s (longer than the failover) and until the new active's sink delivers.
+    let new_epoch_delivering = wait_for(
+        "the new active's sink to deliver, 3 s after SIGSTOP",
+        Duration::from_secs(60),
+        || {
+            let st = try_status(&t.nodes[new])?;
+            let k = kafka_of(&st);
+            (t0.elapsed() >= Duration::from_secs(3)
+                && k["state"] == "delivering"
+                && k["epoch"].as_u64() > Some(epoch_old))
+            .then_some(k)
+        },
+    );
+    let stopped_for = t0.elapsed();
+    t.nodes[old].signal(Signal::SIGCONT);
+    // The old active wakes up: it finds it was deposed and stops publishing.
+    // The old active wakes up: it finds it was deposed, stops publishing, its sink waits (or
+    // was fenced by the broker when it tried to finish the transaction it was in).
+    let woke = wait_for(
+        "the old active to see it is deposed",
+        Duration::from_secs(30),
+        || {
+            let st = try_status(&t.nodes[old])?;
+            let k = kafka_of(&st);
+            (!publishes(&st) && (k["state"] == "standby" || k["state"] == "fenced")).then_some(st)
+        },
+    );
+    let woke_sink = kafka_of(&woke);
+    let woke_epoch = woke["ha"]["epoch"].as_u64().expect("ha.epoch");
+    assert!(
+        woke_epoch > epoch_old,
+        "the deposed node follows the new epoch: {woke}"
+    );
+    wait_child(&mut g, "gen", Duration::from_secs(120));
+    // While it stays deposed (same epoch), the old node's sink delivers nothing more.
+    let later = t.nodes[old].status();
+    let old_sink = kafka_of(&later);
+    let still_deposed = later["ha"]["epoch"].as_u64() == Some(woke_epoch);
+    if still_deposed {
+        assert!(!publishes(&later), "{later}");
+        assert!(
+            old_sink["state"] == "standby" || old_sink["state"] == "fenced",
+            "the deposed node's sink: {old_sink}"
+        );
+        assert_eq!(
+            old_sink["delivered"], woke_sink["delivered"],
+            "the deposed node's sink delivered after it woke up: {woke_sink} -> {old_sink}"
+        );
+    }
+    // Whichever node is active once the pair is redundant again (the rejoin may cost another
+    // failover: see the report), the topic must hold the stream exactly once.
+    let act2 = t.wait_redundant(Duration::from_secs(120));
+    let epoch_end = t.nodes[act2].status()["ha"]["epoch"]
+        .as_u64()
+        .expect("ha.epoch");
+    assert!(
+        epoch_end > epoch_old,
+        "failover raises the epoch ({epoch_old} -> {epoch_end})"
+    );
+    let (recs, _stream, dump) = settled_topic(&broker, &t.nodes[act2], s.path());
+    // What the old node had counted as delivered when it woke is in the topic, all of it
+    // before the first record of a newer epoch.
+    let first_new = recs
+        .iter()
+        .position(|r| r.header_epoch > epoch_old)
+        .expect("records of the new epoch");
+    if let Some(d) = woke_sink["delivered_offset"].as_u64() {
+        assert!(
+            d < first_new as u64,
+            "the old node claims offset {d} delivered, at or past the new epoch's first record {first_new}"
+        );
+    }
+    let epochs = epochs_in(&recs);
+    check_dump(&manifest, &dump, n);
+    let before_sink = kafka_of(&before);
+    eprintln!(
+        "FIGURES pair SIGSTOP: records={} stopped_ms={} failover_ms={} epochs(epoch,records)={epochs:?} \
+         old sink before SIGSTOP delivered={} delivered_offset={} | on waking state={} delivered={} | \
+         after gen state={} delivered={} delivered_offset={} fenced={} still_deposed={still_deposed} active_at_end={} | new sink at SIGCONT next_offset={}",
+        recs.len(),
+        stopped_for.as_millis(),
+        failover.as_millis(),
+        before_sink["delivered"],
+        before_sink["delivered_offset"],
+        woke_sink["state"],
+        woke_sink["delivered"],
+        old_sink["state"],
+        old_sink["delivered"],
+        old_sink["delivered_offset"],
+        old_sink["fenced"],
+        ["a", "b"][act2],
+        new_epoch_delivering["next_offset"],
     );
 }
