@@ -76,12 +76,7 @@ fn enter_ns(ns: &str) {
     let f = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
     // SAFETY: setns on a valid fd with a valid flag; affects only this thread.
     let rc = unsafe { setns(f.as_raw_fd(), CLONE_NEWNET) };
-    assert_eq!(
-        rc,
-        0,
-        "setns({path}): {}",
-        std::io::Error::last_os_error()
-    );
+    assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
 }
 
 /// Runs `f` on a fresh thread inside namespace `ns`.
@@ -285,7 +280,10 @@ impl NetTrio {
                 tmpfs.push(Tmpfs::mount(&nd.join("data"), size));
             }
             if opts.loop_disks {
-                disks.insert(n, LoopDisk::new(&nd.join("disk.img"), 400, &nd.join("data")));
+                disks.insert(
+                    n,
+                    LoopDisk::new(&nd.join("disk.img"), 400, &nd.join("data")),
+                );
             }
             let peer = match (n, &opts.a_peer_override) {
                 (Node::A, Some(p)) => p.clone(),
@@ -385,11 +383,20 @@ impl NetTrio {
         let ns = self.lab.ns(Host::W);
         common::wait_for("the witness's admin API", Duration::from_secs(20), || {
             if let Some(st) = self.lab.try_wait(pid) {
-                panic!("witness exited during start-up ({st}):\n{}", self.tail_log("witness.log"));
+                panic!(
+                    "witness exited during start-up ({st}):\n{}",
+                    self.tail_log("witness.log")
+                );
             }
-            http_ns(&ns, "10.88.0.13:7403", "GET", "/status", Duration::from_secs(1))
-                .ok()
-                .filter(|(c, _)| *c == 200)
+            http_ns(
+                &ns,
+                "10.88.0.13:7403",
+                "GET",
+                "/status",
+                Duration::from_secs(1),
+            )
+            .ok()
+            .filter(|(c, _)| *c == 200)
         });
     }
 
@@ -453,9 +460,10 @@ impl NetTrio {
     /// `twinrx status` (human text) run inside the node's namespace, for the report and docs.
     fn status_text(&self, n: Node) -> String {
         // `timeout`: a SIGSTOPped node accepts the connection but never answers.
-        let out = self
-            .lab
-            .exec(n.host(), &["timeout", "3", BIN, "status", "--node", ADMIN_URL]);
+        let out = self.lab.exec(
+            n.host(),
+            &["timeout", "3", BIN, "status", "--node", ADMIN_URL],
+        );
         if out.status.code() == Some(124) {
             return "(no answer within 3 s: the node is stopped)\n".into();
         }
@@ -498,15 +506,19 @@ impl NetTrio {
 
     /// The node that publishes now (waits for exactly one).
     fn active(&self) -> Node {
-        common::wait_for("exactly one publishing node", Duration::from_secs(20), || {
-            let a = self.view(Node::A).is_some_and(|v| v.publishes());
-            let b = self.view(Node::B).is_some_and(|v| v.publishes());
-            match (a, b) {
-                (true, false) => Some(Node::A),
-                (false, true) => Some(Node::B),
-                _ => None,
-            }
-        })
+        common::wait_for(
+            "exactly one publishing node",
+            Duration::from_secs(20),
+            || {
+                let a = self.view(Node::A).is_some_and(|v| v.publishes());
+                let b = self.view(Node::B).is_some_and(|v| v.publishes());
+                match (a, b) {
+                    (true, false) => Some(Node::A),
+                    (false, true) => Some(Node::B),
+                    _ => None,
+                }
+            },
+        )
     }
 
     /// Starts `twinrx gen` in the devices' namespace, sending to both nodes.
@@ -551,8 +563,8 @@ impl NetTrio {
         let t = Instant::now();
         let out = self.lab.exec_timeout(
             n.host(),
-            &[BIN, "resync", "--node", ADMIN_URL, "--timeout-secs", "120"],
-            Duration::from_secs(150),
+            &[BIN, "resync", "--node", ADMIN_URL, "--timeout-secs", "60"],
+            Duration::from_secs(90),
         );
         let so = String::from_utf8_lossy(&out.stdout).into_owned();
         let se = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -815,7 +827,11 @@ impl Samples {
                 Some(v) => format!("{}{}", v.role, if v.publishing { "+pub" } else { "" }),
                 None => "-".to_string(),
             };
-            if out.last().map(|l| l.split('@').next() != Some(r.as_str())).unwrap_or(true) {
+            if out
+                .last()
+                .map(|l| l.split('@').next() != Some(r.as_str()))
+                .unwrap_or(true)
+            {
                 out.push(format!("{r}@{}", s.t));
             }
         }
@@ -970,11 +986,7 @@ fn run_pattern_inner(p: Pattern, seed: u64) -> Outcome {
     let rep = run.trio.check(&stream);
     let g = |k: &str| rep[k].as_u64().unwrap_or(u64::MAX);
     let (sent, present, missing, dup) = (g("sent"), g("present"), g("missing"), g("duplicated"));
-    if !(missing == 0
-        && dup == 0
-        && rep["offset_gaps"] == 0
-        && rep["epoch_regressions"] == 0)
-    {
+    if !(missing == 0 && dup == 0 && rep["offset_gaps"] == 0 && rep["epoch_regressions"] == 0) {
         run.failures.push(format!(
             "check: sent {sent} present {present} missing {missing} duplicated {dup} \
              offset gaps {} epoch regressions {}; examples {} {}",
@@ -984,10 +996,16 @@ fn run_pattern_inner(p: Pattern, seed: u64) -> Outcome {
             rep["duplicated_examples"]
         ));
     }
-    if let Some(lim) = p.expects_failover().filter(|&f| f).map(|_| FAILOVER_LIMIT_MS) {
+    if let Some(lim) = p
+        .expects_failover()
+        .filter(|&f| f)
+        .map(|_| FAILOVER_LIMIT_MS)
+    {
         match run.failover_ms {
             Some(ms) if ms <= lim => {}
-            Some(ms) => run.failures.push(format!("failover took {ms} ms (limit {lim})")),
+            Some(ms) => run
+                .failures
+                .push(format!("failover took {ms} ms (limit {lim})")),
             None => run.failures.push("no failover observed".into()),
         }
     }
@@ -1061,7 +1079,10 @@ fn failover_pattern(
     std::thread::sleep(Duration::from_millis(100));
     let t_fault = sampler.mark();
     inject(&mut trio, active);
-    trio.note(format!("fault injected on the active {} at {t_fault} ms", active.name()));
+    trio.note(format!(
+        "fault injected on the active {} at {t_fault} ms",
+        active.name()
+    ));
     let mut took = None;
     let fault_at = Instant::now();
     wait_cond(Duration::from_secs(10), || {
@@ -1383,7 +1404,10 @@ fn f12(rng: &mut Rng) -> Run {
     let mut sampler = Sampler::start(&trio);
     let t = sampler.mark();
     trio.lab.partition_nodes();
-    trio.note(format!("nodes partitioned at {t} ms (active {})", active.name()));
+    trio.note(format!(
+        "nodes partitioned at {t} ms (active {})",
+        active.name()
+    ));
     std::thread::sleep(Duration::from_millis(rng.range(3500, 4500)));
     snapshot(&mut trio, "during the partition");
     trio.lab.heal_nodes();
@@ -1431,7 +1455,10 @@ fn f13(rng: &mut Rng) -> Run {
     let e0 = trio.view(active).map(|v| v.epoch);
     let t_stop = sampler.mark();
     trio.lab.signal(trio.pid(active), Signal::SIGSTOP);
-    trio.note(format!("active {} SIGSTOPped at {t_stop} ms", active.name()));
+    trio.note(format!(
+        "active {} SIGSTOPped at {t_stop} ms",
+        active.name()
+    ));
     std::thread::sleep(Duration::from_secs(3));
     snapshot(&mut trio, "witness down, active stopped");
     trio.lab.signal(trio.pid(active), Signal::SIGCONT);
@@ -1503,7 +1530,11 @@ fn f12_kill(rng: &mut Rng) -> Run {
         publisher.other().name(),
         sv.as_ref().and_then(View::of)
     ));
-    snapshot_one(&mut trio, publisher.other(), "partitioned, publisher killed");
+    snapshot_one(
+        &mut trio,
+        publisher.other(),
+        "partitioned, publisher killed",
+    );
     trio.lab.heal_nodes();
     trio.note("partition healed");
     trio.start_node(publisher);
@@ -1675,8 +1706,18 @@ fn slow_link(rng: &mut Rng) -> Run {
         let mut t = NetTrio::build("slow", &opts);
         let ns = t.lab.ns(Host::A);
         let seed = rng.next();
-        t.proxies.push(SlowProxy::start(&ns, "127.0.0.1:17400", "10.88.0.12:7400", seed));
-        t.proxies.push(SlowProxy::start(&ns, "127.0.0.1:17401", "10.89.0.12:7400", seed ^ 1));
+        t.proxies.push(SlowProxy::start(
+            &ns,
+            "127.0.0.1:17400",
+            "10.88.0.12:7400",
+            seed,
+        ));
+        t.proxies.push(SlowProxy::start(
+            &ns,
+            "127.0.0.1:17401",
+            "10.89.0.12:7400",
+            seed ^ 1,
+        ));
         t.start_all();
         t
     };
@@ -1881,8 +1922,15 @@ fn campaign() {
     println!();
     println!(
         "{:<11} {:>4} {:>6} {:>22} {:>8} {:>9} {:>7} {:>5} {:>6}",
-        "pattern", "runs", "passed", "failover ms p50/p99/max", "sent", "in stream", "missing",
-        "dup", "2-pub"
+        "pattern",
+        "runs",
+        "passed",
+        "failover ms p50/p99/max",
+        "sent",
+        "in stream",
+        "missing",
+        "dup",
+        "2-pub"
     );
     let mut bad = Vec::new();
     for (p, rs) in &results {
