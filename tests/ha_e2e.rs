@@ -57,8 +57,8 @@ fn f1_sigkill_active_fails_over_within_bound_then_resync() {
     let mut t = Trio::new("ha-f1");
     let act = t.start();
     let sby = Trio::other(act);
-    let mut g = t.gen("f1", 25_000, 5000, "udp");
-    t.wait_stream_end(act, 4000, 30 * SEC);
+    let mut g = t.gen("f1", 12_000, 2000, "udp");
+    t.wait_stream_end(act, 2000, 30 * SEC);
     let before = stream_end(&ha(&t, sby));
     let epoch_before = epoch(&ha(&t, act));
     let t0 = Instant::now();
@@ -86,8 +86,8 @@ fn f2_sigterm_active_hands_over_and_exits_0() {
     let mut t = Trio::new("ha-f2");
     let act = t.start();
     let sby = Trio::other(act);
-    let mut g = t.gen("f2", 25_000, 5000, "tcp");
-    t.wait_stream_end(act, 4000, 30 * SEC);
+    let mut g = t.gen("f2", 12_000, 2000, "tcp");
+    t.wait_stream_end(act, 2000, 30 * SEC);
     let before = stream_end(&ha(&t, sby));
     let t0 = Instant::now();
     t.node(act).signal(Signal::SIGTERM);
@@ -113,8 +113,8 @@ fn f2_sigterm_active_hands_over_and_exits_0() {
 fn f3_sigkill_and_immediate_restart_of_active() {
     let mut t = Trio::new("ha-f3");
     let act = t.start();
-    let mut g = t.gen("f3", 25_000, 5000, "tcp");
-    t.wait_stream_end(act, 4000, 30 * SEC);
+    let mut g = t.gen("f3", 12_000, 2000, "tcp");
+    t.wait_stream_end(act, 2000, 30 * SEC);
     let t0 = Instant::now();
     t.node_mut(act).kill9();
     t.node_mut(act).start();
@@ -139,8 +139,8 @@ fn f4_sigstop_active_is_deposed_and_steps_down_after_sigcont() {
     let mut t = Trio::new("ha-f4");
     let act = t.start();
     let sby = Trio::other(act);
-    let mut g = t.gen("f4", 25_000, 5000, "udp");
-    t.wait_stream_end(act, 4000, 30 * SEC);
+    let mut g = t.gen("f4", 12_000, 2000, "udp");
+    t.wait_stream_end(act, 2000, 30 * SEC);
     let before = stream_end(&ha(&t, sby));
     let old_epoch = epoch(&ha(&t, act));
     let t0 = Instant::now();
@@ -189,8 +189,8 @@ fn f10_sigkill_standby_no_failover_active_goes_solo() {
     let mut t = Trio::new("ha-f10k");
     let act = t.start();
     let sby = Trio::other(act);
-    let mut g = t.gen("f10k", 25_000, 5000, "udp");
-    t.wait_stream_end(act, 4000, 30 * SEC);
+    let mut g = t.gen("f10k", 12_000, 2000, "udp");
+    t.wait_stream_end(act, 2000, 30 * SEC);
     let ep = epoch(&ha(&t, act));
     t.node_mut(sby).kill9();
     let solo = wait_for("[ha-f10k] the active to go solo", 10 * SEC, || {
@@ -224,8 +224,8 @@ fn f10_sigstop_standby_3s_no_failover() {
     let mut t = Trio::new("ha-f10s");
     let act = t.start();
     let sby = Trio::other(act);
-    let mut g = t.gen("f10s", 25_000, 5000, "udp");
-    t.wait_stream_end(act, 4000, 30 * SEC);
+    let mut g = t.gen("f10s", 12_000, 2000, "udp");
+    t.wait_stream_end(act, 2000, 30 * SEC);
     let ep = epoch(&ha(&t, act));
     let t0 = Instant::now();
     t.node(sby).signal(Signal::SIGSTOP);
@@ -261,7 +261,7 @@ fn f13_witness_down_pair_carries_on_but_cannot_promote_until_it_returns() {
     let mut t = Trio::new("ha-f13");
     let act = t.start();
     let sby = Trio::other(act);
-    let mut g = t.gen("f13", 50_000, 5000, "udp");
+    let mut g = t.gen("f13", 24_000, 2000, "udp");
     t.wait_stream_end(act, 3000, 30 * SEC);
     let ep = epoch(&ha(&t, act));
     t.w.kill9();
@@ -317,8 +317,8 @@ fn f15_wiped_data_dir_rebuilt_by_resync() {
     let mut t = Trio::new("ha-f15");
     let act = t.start();
     let sby = Trio::other(act);
-    let mut g = t.gen("f15", 25_000, 5000, "udp");
-    t.wait_stream_end(act, 4000, 30 * SEC);
+    let mut g = t.gen("f15", 12_000, 2000, "udp");
+    t.wait_stream_end(act, 2000, 30 * SEC);
     let ep = epoch(&ha(&t, act));
     t.node_mut(sby).kill9();
     let data = t.node(sby).data_dir();
@@ -365,7 +365,7 @@ fn planned_switchover_under_load_swaps_roles_without_loss() {
     let mut t = Trio::new("ha-swo");
     let act = t.start();
     let sby = Trio::other(act);
-    let mut g = t.gen("swo", 25_000, 5000, "udp");
+    let mut g = t.gen("swo", 12_000, 2000, "udp");
     t.wait_stream_end(act, 3000, 30 * SEC);
     logger_both(&t, "TOKEN-swo-logger-before");
     snmptrap_both(&t, "TOKEN-swo-trap-before");
@@ -411,7 +411,7 @@ fn planned_switchover_under_load_swaps_roles_without_loss() {
 fn a_stranger_with_the_wrong_key_is_refused_and_the_pair_is_unaffected() {
     let mut t = Trio::new("ha-stranger");
     let act = t.start();
-    let mut g = t.gen("stranger", 20_000, 5000, "udp");
+    let mut g = t.gen("stranger", 10_000, 2000, "udp");
     t.wait_stream_end(act, 3000, 30 * SEC);
     let b_link = format!("{}:7400", t.b.ip);
     let failures = |t: &Trio| -> u64 {

@@ -503,10 +503,40 @@ pub struct Trio {
     pub b: TestNode,
     pub tag: String,
     pub scratch: Scratch,
+    /// Held while the trio lives (dropped last, after its processes are killed).
+    _permit: TrioPermit,
+}
+
+/// At most this many trios run at once in one test binary: each is three processes under
+/// load, and the failure tests measure timings (2-core CI machines).
+const TRIOS_AT_ONCE: usize = 2;
+static TRIOS: (std::sync::Mutex<usize>, std::sync::Condvar) =
+    (std::sync::Mutex::new(0), std::sync::Condvar::new());
+
+struct TrioPermit;
+
+impl TrioPermit {
+    fn acquire() -> TrioPermit {
+        let mut n = TRIOS.0.lock().unwrap_or_else(|e| e.into_inner());
+        while *n >= TRIOS_AT_ONCE {
+            n = TRIOS.1.wait(n).unwrap_or_else(|e| e.into_inner());
+        }
+        *n += 1;
+        TrioPermit
+    }
+}
+
+impl Drop for TrioPermit {
+    fn drop(&mut self) {
+        let mut n = TRIOS.0.lock().unwrap_or_else(|e| e.into_inner());
+        *n -= 1;
+        TRIOS.1.notify_one();
+    }
 }
 
 impl Trio {
     pub fn new(tag: &str) -> Trio {
+        let permit = TrioPermit::acquire();
         let s = Scratch::new(tag);
         let psk = s.path().join("cluster.psk");
         write_psk(&psk, TRIO_KEY);
@@ -531,6 +561,7 @@ impl Trio {
             b,
             tag: tag.to_string(),
             scratch: s,
+            _permit: permit,
         }
     }
 
