@@ -223,7 +223,7 @@ async fn stream(State(node): State<Arc<Node>>, Query(q): Query<StreamQuery>) -> 
                     let next = recs.last()?.0.next();
                     let mut out = Vec::with_capacity(recs.iter().map(|(_, b)| b.len() + 1).sum());
                     for (_, line) in recs {
-                        out.extend_from_slice(&line);
+                        out.extend_from_slice(&crate::stream::for_consumers(&line));
                         out.push(b'\n');
                     }
                     return Some((Ok::<_, std::io::Error>(out), (handle, next, sub)));

@@ -193,6 +193,40 @@ impl EntryHead {
     }
 }
 
+/// Where the merger's `matches` facts start in a stored line, if it has them. `matches` is
+/// always the last field, and `,"` never occurs inside a JSON string (a quote in a string is
+/// escaped), so the cut is exact.
+fn matches_at(line: &[u8]) -> Option<usize> {
+    const FIELD: &[u8] = b",\"matches\":[";
+    if !line.ends_with(b"]}") {
+        return None;
+    }
+    line.windows(FIELD.len()).rposition(|w| w == FIELD)
+}
+
+/// The line as consumers get it (`/stream`, `tail`, sinks): without the merger's `matches`
+/// facts, which only the nodes need.
+pub fn for_consumers(line: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    match matches_at(line) {
+        Some(at) => {
+            let mut out = Vec::with_capacity(at + 1);
+            out.extend_from_slice(&line[..at]);
+            out.push(b'}');
+            std::borrow::Cow::Owned(out)
+        }
+        None => std::borrow::Cow::Borrowed(line),
+    }
+}
+
+/// [`for_consumers`] for an owned line, in place.
+pub fn into_consumer_line(mut line: Vec<u8>) -> Vec<u8> {
+    if let Some(at) = matches_at(&line) {
+        line.truncate(at);
+        line.push(b'}');
+    }
+    line
+}
+
 /// What the merger's state is rebuilt from: a stored line read back as the merger's outputs
 /// (its `matches`, then the entry itself), in the order the merger returned them.
 #[derive(Debug, serde::Deserialize)]
@@ -342,6 +376,13 @@ mod tests {
                 }),
             ]
         );
+        // Consumers get the entry without the facts, as valid JSON.
+        let shown = for_consumers(&line);
+        let v: serde_json::Value = serde_json::from_slice(&shown).expect("json");
+        assert!(v.get("matches").is_none() && v["offset"] == 5, "{v}");
+        let plain = entry_json(Offset(6), Epoch(2), &[(NodeId::A, Seq(12))], false, &r, &[]).0;
+        assert_eq!(for_consumers(&plain).as_ref(), plain.as_slice());
+        assert_eq!(into_consumer_line(line.clone()), shown.into_owned());
         // A line without the fields the merger needs is reported, not guessed.
         let bad = LogLine::parse(br#"{"offset":1,"epoch":1,"copies":["a:1"]}"#).expect("parses");
         assert!(bad.outputs().is_none());

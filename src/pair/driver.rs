@@ -174,6 +174,8 @@ pub fn missing_addresses(ips: &[std::net::IpAddr]) -> Vec<std::net::IpAddr> {
 }
 
 const HEALTH_EVERY: Duration = Duration::from_millis(100);
+/// Bytes of entries in one `Append` at most (past the first entry): well within a frame.
+const APPEND_BYTES_MAX: usize = 4 << 20;
 
 impl Driver {
     pub async fn run(mut self) {
@@ -333,9 +335,15 @@ impl Driver {
                     self.pair.send_witness(b);
                 }
                 Party::Node(_) => {
-                    let entries = match &msg {
+                    let mut msg = msg;
+                    let entries = match &mut msg {
                         HaMsg::Append { from, upto, .. } => match self.read_entries(*from, *upto) {
-                            Some(e) => e,
+                            Some(e) => {
+                                // A byte budget may cut the range: the follower acks what it
+                                // got and the rest is sent again.
+                                *upto = Offset(from.0 + e.len() as u64);
+                                e
+                            }
                             None => return false,
                         },
                         _ => Vec::new(),
@@ -430,10 +438,14 @@ impl Driver {
         false
     }
 
+    /// The entries `[from, upto)`, or a prefix of them within [`APPEND_BYTES_MAX`] (at least
+    /// one entry); `None` when not readable.
     fn read_entries(&self, from: Offset, upto: Offset) -> Option<Vec<Vec<u8>>> {
         let n = upto.0.saturating_sub(from.0) as usize;
-        match self.stream.read(Seq(from.0 + 1), n, usize::MAX) {
-            Ok(recs) if recs.len() == n => Some(recs.into_iter().map(|(_, l)| l).collect()),
+        match self.stream.read(Seq(from.0 + 1), n, APPEND_BYTES_MAX) {
+            Ok(recs) if !recs.is_empty() && recs.len() <= n => {
+                Some(recs.into_iter().map(|(_, l)| l).collect())
+            }
             Ok(recs) => {
                 tracing::debug!(
                     from = from.0,

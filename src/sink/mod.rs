@@ -524,7 +524,7 @@ impl Driver {
                     Some(h) if h.offset == want => batch.push(Entry {
                         offset: h.offset,
                         epoch: h.epoch,
-                        line,
+                        line: crate::stream::into_consumer_line(line),
                     }),
                     other => {
                         let e = SinkError::Retry(format!(
