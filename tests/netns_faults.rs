@@ -259,8 +259,12 @@ impl NetTrio {
     /// Starts the witness, node a and node b, and waits until the pair is redundant.
     fn start_all(&mut self) {
         self.start_witness();
-        self.start_node(Node::A);
-        self.start_node(Node::B);
+        // Both at once: a node on a new data dir first asks its peer where the peer's copy of
+        // its journal ends (waiting up to 10 s for an answer).
+        self.spawn_node(Node::A);
+        self.spawn_node(Node::B);
+        self.wait_admin(Node::A);
+        self.wait_admin(Node::B);
         self.wait_redundant(Duration::from_secs(30));
     }
 
@@ -406,6 +410,11 @@ impl NetTrio {
     }
 
     fn start_node(&mut self, n: Node) {
+        self.spawn_node(n);
+        self.wait_admin(n);
+    }
+
+    fn spawn_node(&mut self, n: Node) {
         let log = self.log_file(&format!("{}.log", n.name()));
         let cfg = self.dir().join(n.name()).join("node.toml");
         let pid = self.lab.spawn(
@@ -418,6 +427,10 @@ impl NetTrio {
                 .stderr(log),
         );
         self.nodes.insert(n, pid);
+    }
+
+    fn wait_admin(&self, n: Node) {
+        let pid = self.pid(n);
         common::wait_for(
             &format!("node {}'s admin API", n.name()),
             Duration::from_secs(20),
@@ -1459,19 +1472,37 @@ fn f13(rng: &mut Rng) -> Run {
         "active {} SIGSTOPped at {t_stop} ms",
         active.name()
     ));
-    std::thread::sleep(Duration::from_secs(3));
-    snapshot(&mut trio, "witness down, active stopped");
+    let stopped_at = Instant::now();
+    snapshot_one(&mut trio, standby, "witness down, active stopped");
+    std::thread::sleep(
+        (stopped_at + Duration::from_secs(3)).saturating_duration_since(Instant::now()),
+    );
     trio.lab.signal(trio.pid(active), Signal::SIGCONT);
     let t_cont = sampler.mark();
     trio.note(format!("active {} SIGCONTed at {t_cont} ms", active.name()));
+    // Both nodes are back: one of them publishes again (the resumed active renewing its
+    // lease, or the standby promoted with the resumed node's vote: both are safe).
+    let cont_at = Instant::now();
     let back = wait_cond(Duration::from_secs(10), || {
-        trio.view(active).is_some_and(|v| v.publishes())
+        trio.view(Node::A).is_some_and(|v| v.publishes())
+            || trio.view(Node::B).is_some_and(|v| v.publishes())
     });
-    if !back {
+    if back {
+        let who = if trio.view(active).is_some_and(|v| v.publishes()) {
+            active
+        } else {
+            standby
+        };
+        trio.note(format!(
+            "after SIGCONT {} publishes ({} ms)",
+            who.name(),
+            cont_at.elapsed().as_millis()
+        ));
+    } else {
         failures.push(format!(
-            "{} did not publish again after SIGCONT:\n{}",
-            active.name(),
-            trio.status_text(active)
+            "nobody publishes 10 s after SIGCONT:\n{}\n{}",
+            trio.status_text(Node::A),
+            trio.status_text(Node::B)
         ));
     }
     let e1 = trio.view(active).map(|v| v.epoch);
@@ -1495,13 +1526,14 @@ fn f13(rng: &mut Rng) -> Run {
     trio.note(format!("active epoch {e0:?} -> {e1:?}"));
     trio.start_witness();
     trio.note("witness restarted");
+    let now = trio.active();
     snapshot(&mut trio, "after the witness was restarted, before resync");
     Run {
         trio,
         failures,
         failover_ms: None,
         double_publisher: samples.double_publisher(),
-        affected: standby,
+        affected: now.other(),
     }
 }
 
@@ -1811,6 +1843,9 @@ fn f6_one_link_down_no_failover_then_both() {
 }
 
 #[test]
+#[ignore = "bug: F7 — the active whose receive address (also its witness path and link 0) is \
+            removed stops publishing (\"publishing stops reason=Handover\") but the standby is \
+            never promoted: nothing publishes until link 0 times out (10 s); see the report"]
 fn f7_receive_address_lost() {
     assert_pattern(Pattern::F7);
 }
@@ -1831,6 +1866,9 @@ fn f8_real_slow_disk() {
 }
 
 #[test]
+#[ignore = "bug: F11 — the epoch file could not be persisted while the disk was full \
+            (\"cannot persist the epoch file\") and is never retried: after space returns the \
+            node stays `syncing` and `twinrx resync` never passes the merged stream"]
 fn f11_journal_disk_full() {
     assert_pattern(Pattern::F11);
 }
