@@ -286,7 +286,7 @@ if phase throughput; then
       fi
       "$BIN" gen "${TO[@]}" --count "$COUNT" --rate "$R" --run-id "tp$SETUP$R" \
         --manifest "$D/m.json" --timeout-s 300 2>"$D/gen.err"
-      committed=$(h settle "$U" "$COUNT" 3 120)
+      committed=$(h settle "$U" "$COUNT" 10 180)
       curl -sf "$U/stream?from=0" > "$D/stream.ndjson"
       read -r missing dup present gaps < <("$BIN" check --json --manifest "$D/m.json" \
         --stream "$D/stream.ndjson" 2>/dev/null | h check || echo "- - - -")
@@ -297,7 +297,7 @@ if phase throughput; then
         drops=$(h get "$U" receivers.syslog.udp_kernel_drops)
       fi
       lossless=no; [ "$missing" = 0 ] && [ "$dup" = 0 ] && lossless=yes
-      echo "BENCH throughput setup=$SETUP rate=$R sent=$sent send_rate=$srate committed=$committed missing=$missing duplicated=$dup offset_gaps=$gaps udp_kernel_drops=$drops lossless=$lossless"
+      echo "BENCH throughput setup=$SETUP rate=$R sent=$sent send_rate=$srate (messages/s, each to every node) committed=$committed missing=$missing duplicated=$dup offset_gaps=$gaps udp_kernel_drops=$drops lossless=$lossless"
       rm -f "$D/stream.ndjson"
     done
   done
@@ -353,7 +353,7 @@ if phase failover; then
   done
   touch "$D/stop"; wait "$LOADER" 2>/dev/null || true; LOADER=""
   total=$(python3 -c 'import json,sys; print(sum(json.load(open(f))["attempted"] for f in sys.argv[1:]))' "$D"/m-*.json)
-  committed=$(h settle "${URL[$ACTIVE]}" "$total" 3 120)
+  committed=$(h settle "${URL[$ACTIVE]}" "$total" 10 180)
   curl -sf "${URL[$ACTIVE]}/stream?from=0" > "$D/stream.ndjson"
   MAN=(); for f in "$D"/m-*.json; do MAN+=(--manifest "$f"); done
   read -r missing dup present gaps < <("$BIN" check --json "${MAN[@]}" --stream "$D/stream.ndjson" 2>/dev/null | h check || echo "- - - -")
@@ -374,7 +374,7 @@ if phase resync; then
   j0=$(du -sb "$jdir" | cut -f1); a0=$(h get "${URL[$ACTIVE]}" journal.appended)
   "$BIN" gen --to "${IP[$ACTIVE]}:5514" --transport tcp --size 1024 --count "$N" --rate 0 \
     --run-id rs --manifest "$D/m.json" --timeout-s 1200 2>"$D/gen.err"
-  committed=$(h settle "${URL[$ACTIVE]}" "$N" 3 300)
+  committed=$(h settle "${URL[$ACTIVE]}" "$N" 15 600)
   j1=$(du -sb "$jdir" | cut -f1); a1=$(h get "${URL[$ACTIVE]}" journal.appended)
   jbytes=$((j1 - j0))
   t0=$(now_ns)
