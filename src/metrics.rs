@@ -244,8 +244,17 @@ impl Collector for NodeCollector {
                 None,
                 MetricType::Histogram,
             )?;
-            // Prometheus buckets are cumulative; the last one is +Inf.
-            let mut b: Vec<(f64, u64)> = buckets;
+            // The encoder accumulates per-bucket counts itself: give it each bucket's own
+            // count (the snapshot is cumulative). The last bucket is +Inf.
+            let mut prev = 0;
+            let mut b: Vec<(f64, u64)> = buckets
+                .into_iter()
+                .map(|(le, cum)| {
+                    let own = cum.saturating_sub(prev);
+                    prev = cum;
+                    (le, own)
+                })
+                .collect();
             if let Some(last) = b.last_mut() {
                 last.0 = f64::INFINITY;
             }

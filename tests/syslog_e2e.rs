@@ -71,6 +71,21 @@ fn logger_rfc3164_and_rfc5424_over_udp_tcp_octet_and_tcp_lf_each_once_parsed() {
         .map(|e| e["offset"].as_u64().expect("offset"))
         .collect();
     assert_eq!(offsets, (0..6).collect::<Vec<_>>());
+    // The latency histogram counts each entry once: the +Inf bucket equals the count (6).
+    let metrics = get_text(&format!("{}/metrics", node.admin)).expect("metrics");
+    let value = |prefix: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    assert_eq!(
+        value("twinrx_stream_latency_seconds_bucket{le=\"+Inf\"}"),
+        Some(6),
+        "{metrics}"
+    );
+    assert_eq!(value("twinrx_stream_latency_seconds_count"), Some(6));
     node.signal(nix::sys::signal::Signal::SIGTERM);
     let st = node.wait_exit(Duration::from_secs(10));
     assert!(st.success(), "SIGTERM must exit 0, got {st}");
