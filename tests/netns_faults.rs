@@ -203,7 +203,6 @@ struct View {
     publishing: bool,
     redundant: bool,
     stream_end: u64,
-    commit_end: u64,
 }
 
 impl View {
@@ -215,7 +214,6 @@ impl View {
             publishing: ha["publishing"] == true,
             redundant: ha["redundant"] == true,
             stream_end: ha["stream_end"].as_u64().unwrap_or(0),
-            commit_end: ha["commit_end"].as_u64().unwrap_or(0),
         })
     }
     fn publishes(&self) -> bool {
@@ -239,7 +237,7 @@ struct NetTrio {
     // directory.
     proxies: Vec<SlowProxy>,
     lab: NetLab,
-    tmpfs: Vec<Tmpfs>,
+    _tmpfs: Vec<Tmpfs>,
     disks: BTreeMap<Node, LoopDisk>,
     scratch: Scratch,
     nodes: BTreeMap<Node, u32>,
@@ -329,7 +327,7 @@ impl NetTrio {
         NetTrio {
             proxies: Vec::new(),
             lab,
-            tmpfs,
+            _tmpfs: tmpfs,
             disks,
             scratch,
             nodes: BTreeMap::new(),
@@ -817,15 +815,6 @@ impl Samples {
             .into_iter()
             .find(|iv| iv.1 > t_fault && iv.0 >= t_fault - 20)
             .map(|iv| (iv.1 - t_fault).max(0) as u64)
-    }
-
-    fn epochs(&self, n: Node) -> Vec<u64> {
-        let mut e: Vec<u64> = self.by[&n]
-            .iter()
-            .filter_map(|s| s.v.as_ref().map(|v| v.epoch))
-            .collect();
-        e.dedup();
-        e
     }
 
     /// Whether `n` published (with a growing stream) at any time after `t`.
