@@ -37,28 +37,73 @@ struct Entry<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     raw_hex: Option<String>,
     /// Later copies of earlier entries, matched since the previous entry (pair only).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    matches: Vec<MatchFact>,
+    #[serde(skip_serializing_if = "<[MatchRun]>::is_empty")]
+    matches: &'a [MatchRun],
 }
 
-/// A `Matched` fact of the merger as stored in the stream log (see [`LogLine`]): the copy
-/// `copy` (`node:seq`) received at `received_ns` is another copy of the entry at `entry`.
-#[derive(Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct MatchFact {
-    pub entry: u64,
-    pub copy: String,
-    pub key: String,
-    pub received_ns: i64,
-}
+/// A run of the merger's `Matched` facts as stored in the stream log (see [`LogLine`]):
+/// records `node:seq .. node:seq+count-1` are later copies of the entries at
+/// `entry .. entry+count-1`, in that order; `last_ns` is the receive time of the last record
+/// of the run and `max_ns` the latest of the run. Copies arrive at both nodes in the same
+/// order, so a long catch-up of matched records is a handful of runs, whatever its length.
+/// Stored as a JSON array `[node, seq, entry, count, last_ns, max_ns]`, node 0 = a, 1 = b.
+#[derive(Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatchRun(pub u8, pub u64, pub u64, pub u64, pub i64, pub i64);
 
-impl MatchFact {
-    pub fn of(m: &dedup::Matched) -> MatchFact {
-        MatchFact {
-            entry: m.entry.0,
-            copy: format!("{}:{}", m.copy.node, m.copy.seq),
-            key: m.key.to_string(),
-            received_ns: m.received_at.0,
+impl MatchRun {
+    /// Adds `m` to the last run of `runs` when it continues it, else starts a new run.
+    pub fn push(runs: &mut Vec<MatchRun>, m: &dedup::Matched) {
+        let t = m.received_at.0;
+        if let Some(r) = runs.last_mut() {
+            if r.0 == m.copy.node.0 && r.1 + r.3 == m.copy.seq.0 && r.2 + r.3 == m.entry.0 {
+                r.3 += 1;
+                r.4 = t;
+                r.5 = r.5.max(t);
+                return;
+            }
         }
+        runs.push(MatchRun(m.copy.node.0, m.copy.seq.0, m.entry.0, 1, t, t));
+    }
+
+    /// Applies the run to a fold of the stream log (what its facts, one by one, would do):
+    /// the entries are no longer open; the node's records up to the run's last are accounted
+    /// for. `None` for a malformed run (unknown node, empty, overflowing).
+    pub fn apply(
+        &self,
+        progress: &mut dedup::Progress,
+        history: &mut dedup::MemHistory,
+    ) -> Option<()> {
+        let node = match self.0 {
+            0 => NodeId::A,
+            1 => NodeId::B,
+            _ => return None,
+        };
+        let last = self.3.checked_sub(1)?;
+        let seq_last = self.1.checked_add(last)?;
+        let entry_last = self.2.checked_add(last)?;
+        for e in self.2..=entry_last {
+            history.apply(&dedup::Output::Matched(dedup::Matched {
+                entry: Offset(e),
+                copy: dedup::JournalPos {
+                    node,
+                    seq: Seq(seq_last),
+                },
+                key: twinrx_types::Key::default(),
+                received_at: twinrx_types::UnixNanos(self.4),
+            }));
+        }
+        progress.apply(&dedup::Output::Matched(dedup::Matched {
+            entry: Offset(entry_last),
+            copy: dedup::JournalPos {
+                node,
+                seq: Seq(seq_last),
+            },
+            key: twinrx_types::Key::default(),
+            received_at: twinrx_types::UnixNanos(self.4),
+        }));
+        let max = twinrx_types::UnixNanos(self.5);
+        progress.newest = Some(progress.newest.map_or(max, |n| n.max(max)));
+        Some(())
     }
 }
 
@@ -78,7 +123,7 @@ pub fn entry_json(
     copies: &[(NodeId, Seq)],
     late: bool,
     rec: &Record,
-    matches: &[dedup::Matched],
+    matches: &[MatchRun],
 ) -> (Vec<u8>, Parsed) {
     use chrono::Datelike;
     let at = chrono::DateTime::from_timestamp_nanos(rec.received_at.0);
@@ -98,7 +143,7 @@ pub fn entry_json(
         parse_error: None,
         raw: None,
         raw_hex: None,
-        matches: matches.iter().map(MatchFact::of).collect(),
+        matches,
     };
     fn keep_raw<'a>(entry: &mut Entry<'a>, raw: &'a [u8], why: String) -> Parsed {
         entry.parse_error = Some(why);
@@ -152,7 +197,7 @@ pub fn undecodable_entry(
     why: &str,
     key: twinrx_types::Key,
     received_at: twinrx_types::UnixNanos,
-    matches: &[dedup::Matched],
+    matches: &[MatchRun],
 ) -> Vec<u8> {
     let at = chrono::DateTime::from_timestamp_nanos(received_at.0);
     let mut v = serde_json::json!({
@@ -166,7 +211,7 @@ pub fn undecodable_entry(
         "raw_hex": hex(payload),
     });
     if !matches.is_empty() {
-        v["matches"] = serde_json::json!(matches.iter().map(MatchFact::of).collect::<Vec<_>>());
+        v["matches"] = serde_json::json!(matches);
     }
     serde_json::to_vec(&v).expect("json value serialization cannot fail")
 }
@@ -241,7 +286,7 @@ pub struct LogLine {
     #[serde(default)]
     pub late: bool,
     #[serde(default)]
-    pub matches: Vec<MatchFact>,
+    pub matches: Vec<MatchRun>,
 }
 
 fn parse_copy(c: &str) -> Option<dedup::JournalPos> {
@@ -257,28 +302,19 @@ impl LogLine {
         serde_json::from_slice(line).ok()
     }
 
-    /// The merger outputs this line stands for, or `None` if a field is malformed.
-    pub fn outputs(&self) -> Option<Vec<dedup::Output>> {
-        let mut out = Vec::with_capacity(self.matches.len() + 1);
-        for m in &self.matches {
-            out.push(dedup::Output::Matched(dedup::Matched {
-                entry: Offset(m.entry),
-                copy: parse_copy(&m.copy)?,
-                key: twinrx_types::Key::from_hex(&m.key)?,
-                received_at: twinrx_types::UnixNanos(m.received_ns),
-            }));
-        }
+    /// The entry this line stores, as the merger output it was, or `None` if a field is
+    /// malformed. (Its `matches` runs come before it in the merger's output order.)
+    pub fn entry(&self) -> Option<dedup::Entry> {
         let received_at = chrono::DateTime::parse_from_rfc3339(self.received_at.as_deref()?)
             .ok()?
             .timestamp_nanos_opt()?;
-        out.push(dedup::Output::Entry(dedup::Entry {
+        Some(dedup::Entry {
             offset: Offset(self.offset),
             copy: parse_copy(self.copies.first()?)?,
             key: twinrx_types::Key::from_hex(self.key.as_deref()?)?,
             received_at: twinrx_types::UnixNanos(received_at),
             late: self.late,
-        }));
-        Some(out)
+        })
     }
 }
 
@@ -346,45 +382,90 @@ mod tests {
 
     #[test]
     fn a_stored_line_reads_back_as_the_merger_outputs_it_stands_for() {
-        let m = dedup::Matched {
-            entry: Offset(3),
+        let fact = |seq: u64, entry: u64, t: i64| dedup::Matched {
+            entry: Offset(entry),
             copy: dedup::JournalPos {
                 node: NodeId::B,
-                seq: Seq(9),
+                seq: Seq(seq),
             },
             key: Key([7; 16]),
-            received_at: UnixNanos(1_764_036_000_000_000_555),
+            received_at: UnixNanos(t),
         };
-        let r = rec(b"<13>1 2026-11-25T01:02:03Z host app 42 ID7 - hello");
-        let (line, _) = entry_json(Offset(5), Epoch(2), &[(NodeId::A, Seq(11))], true, &r, &[m]);
-        let l = LogLine::parse(&line).expect("log line");
-        assert_eq!((l.offset, l.epoch), (5, 2));
-        let outs = l.outputs().expect("outputs");
+        // Facts b:9->3, b:10->4, b:11->5 are one run; b:12->9 starts another.
+        let facts = [
+            fact(9, 3, 100),
+            fact(10, 4, 300),
+            fact(11, 5, 200),
+            fact(12, 9, 400),
+        ];
+        let mut runs = Vec::new();
+        for f in &facts {
+            MatchRun::push(&mut runs, f);
+        }
         assert_eq!(
-            outs,
+            runs,
             vec![
-                dedup::Output::Matched(m),
-                dedup::Output::Entry(dedup::Entry {
-                    offset: Offset(5),
-                    copy: dedup::JournalPos {
-                        node: NodeId::A,
-                        seq: Seq(11)
-                    },
-                    key: r.key,
-                    received_at: r.received_at,
-                    late: true,
-                }),
+                MatchRun(1, 9, 3, 3, 200, 300),
+                MatchRun(1, 12, 9, 1, 400, 400)
             ]
         );
+        let r = rec(b"<13>1 2026-11-25T01:02:03Z host app 42 ID7 - hello");
+        let (line, _) = entry_json(
+            Offset(10),
+            Epoch(2),
+            &[(NodeId::A, Seq(11))],
+            true,
+            &r,
+            &runs,
+        );
+        let l = LogLine::parse(&line).expect("log line");
+        assert_eq!((l.offset, l.epoch), (10, 2));
+        assert_eq!(l.matches, runs);
+        let entry = dedup::Entry {
+            offset: Offset(10),
+            copy: dedup::JournalPos {
+                node: NodeId::A,
+                seq: Seq(11),
+            },
+            key: r.key,
+            received_at: r.received_at,
+            late: true,
+        };
+        assert_eq!(l.entry(), Some(entry));
+        // Applying the runs folds exactly as applying the facts one by one.
+        let (mut p1, mut h1) = (dedup::Progress::start(), dedup::MemHistory::new());
+        let (mut p2, mut h2) = (dedup::Progress::start(), dedup::MemHistory::new());
+        for o in [3, 4, 5, 9].map(|o| {
+            dedup::Output::Entry(dedup::Entry {
+                offset: Offset(o),
+                ..entry
+            })
+        }) {
+            for (p, h) in [(&mut p1, &mut h1), (&mut p2, &mut h2)] {
+                p.apply(&o);
+                h.apply(&o);
+            }
+        }
+        for f in &facts {
+            p1.apply(&dedup::Output::Matched(*f));
+            h1.apply(&dedup::Output::Matched(*f));
+        }
+        for run in &runs {
+            run.apply(&mut p2, &mut h2).expect("well-formed run");
+        }
+        assert_eq!(p1, p2);
+        assert_eq!((h1.open_len(), h2.open_len()), (0, 0));
         // Consumers get the entry without the facts, as valid JSON.
         let shown = for_consumers(&line);
         let v: serde_json::Value = serde_json::from_slice(&shown).expect("json");
-        assert!(v.get("matches").is_none() && v["offset"] == 5, "{v}");
+        assert!(v.get("matches").is_none() && v["offset"] == 10, "{v}");
         let plain = entry_json(Offset(6), Epoch(2), &[(NodeId::A, Seq(12))], false, &r, &[]).0;
         assert_eq!(for_consumers(&plain).as_ref(), plain.as_slice());
         assert_eq!(into_consumer_line(line.clone()), shown.into_owned());
         // A line without the fields the merger needs is reported, not guessed.
         let bad = LogLine::parse(br#"{"offset":1,"epoch":1,"copies":["a:1"]}"#).expect("parses");
-        assert!(bad.outputs().is_none());
+        assert!(bad.entry().is_none());
+        assert!(MatchRun(7, 1, 1, 1, 0, 0).apply(&mut p1, &mut h1).is_none());
+        assert!(MatchRun(0, 1, 1, 0, 0, 0).apply(&mut p1, &mut h1).is_none());
     }
 }

@@ -173,12 +173,16 @@ impl Fold {
                 start: offset,
             });
         }
-        match parsed.and_then(|l| l.outputs()) {
-            Some(outs) => {
-                for o in &outs {
-                    self.progress.apply(o);
-                    self.history.apply(o);
-                }
+        let ok = parsed.as_ref().is_some_and(|l| {
+            l.matches
+                .iter()
+                .all(|r| r.apply(&mut self.progress, &mut self.history).is_some())
+        });
+        match parsed.and_then(|l| l.entry()).filter(|_| ok) {
+            Some(e) => {
+                let out = Output::Entry(e);
+                self.progress.apply(&out);
+                self.history.apply(&out);
             }
             None => {
                 self.unreadable += 1;
@@ -212,10 +216,8 @@ struct Publishing {
     merger: Merger,
     own: Tail,
     copy: Tail,
-    /// `Matched` facts since the last entry built (stored with the next entry).
-    pending: Vec<dedup::Matched>,
-    /// Since when `pending` has held at least `PENDING_FACTS_MAX` facts.
-    pending_full_since: Option<std::time::Instant>,
+    /// `Matched` facts since the last entry built, as runs (stored with the next entry).
+    pending: Vec<stream::MatchRun>,
 }
 
 pub struct Writer {
@@ -244,11 +246,6 @@ struct Holds {
 /// Records per merger batch at most (one append and one fsync per batch).
 const BATCH_RECORDS: usize = 2048;
 const BATCH_BYTES: usize = 8 << 20;
-/// Facts waiting for an entry beyond which the matching node is not read for a while
-/// (bounds a stored line to about 1 MB), and the absolute bound (about 6 MB).
-const PENDING_FACTS_MAX: usize = 8192;
-const PENDING_FACTS_HARD: usize = 50_000;
-const PENDING_HOLD_MAX: Duration = Duration::from_secs(2);
 /// Margin for a clock that steps back, when pruning the history index.
 const CLOCK_STEP_MARGIN_MS: u64 = 60_000;
 
@@ -276,29 +273,12 @@ impl Writer {
                 None => Next::Cmd(self.rt.block_on(self.cmds.recv())),
                 Some(p) => {
                     let cmds = &mut self.cmds;
-                    // Facts wait for the next entry to be stored: while too many wait, the node
-                    // whose records keep matching is not read (the other node's records bring
-                    // entries), unless that has lasted a while (the other node is idle).
-                    let (hold_own, hold_copy) = match p.pending_full_since {
-                        Some(t) if t.elapsed() < PENDING_HOLD_MAX => {
-                            let n = p.pending.last().map(|m| m.copy.node);
-                            (n == Some(self.me), n == Some(self.me.peer()))
-                        }
-                        _ => (false, false),
-                    };
-                    let hard = p.pending.len() >= PENDING_FACTS_HARD;
-                    let (hold_own, hold_copy) = (
-                        hold_own
-                            || hard && p.pending.last().is_some_and(|m| m.copy.node == self.me),
-                        hold_copy
-                            || hard && p.pending.last().is_some_and(|m| m.copy.node != self.me),
-                    );
                     self.rt.block_on(async {
                         tokio::select! {
                             biased;
                             c = cmds.recv() => Next::Cmd(c),
-                            b = p.own.next_batch(BATCH_RECORDS, BATCH_BYTES), if !hold_own => Next::Batch(self.me, b),
-                            b = p.copy.next_batch(BATCH_RECORDS, BATCH_BYTES), if !hold_copy => Next::Batch(self.me.peer(), b),
+                            b = p.own.next_batch(BATCH_RECORDS, BATCH_BYTES) => Next::Batch(self.me, b),
+                            b = p.copy.next_batch(BATCH_RECORDS, BATCH_BYTES) => Next::Batch(self.me.peer(), b),
                             _ = tokio::time::sleep(Duration::from_millis(100)) => Next::Tick,
                         }
                     })
@@ -477,7 +457,6 @@ impl Writer {
                     own: self.own.tail(own_from),
                     copy: self.copy.tail(copy_from),
                     pending: Vec::new(),
-                    pending_full_since: None,
                 });
             }
             DiskCmd::Stop => self.stop_publishing(publishing),
@@ -535,12 +514,7 @@ impl Writer {
             };
             self.fold.history.apply(&out);
             match out {
-                Output::Matched(m) => {
-                    p.pending.push(m);
-                    if p.pending.len() >= PENDING_FACTS_MAX && p.pending_full_since.is_none() {
-                        p.pending_full_since = Some(std::time::Instant::now());
-                    }
-                }
+                Output::Matched(m) => stream::MatchRun::push(&mut p.pending, &m),
                 Output::Entry(e) => {
                     let line = match &decoded {
                         Ok(r) => {
@@ -574,7 +548,6 @@ impl Writer {
                         }
                     };
                     p.pending.clear();
-                    p.pending_full_since = None;
                     lines.push(line);
                 }
             }
