@@ -477,3 +477,32 @@ fn a_stranger_with_the_wrong_key_is_refused_and_the_pair_is_unaffected() {
         h["epoch"]
     );
 }
+
+/// G1 for messages only one node got (the other's kernel dropped them, or it was cut off):
+/// whatever node holds them, they are published, once. Sent unpaced after a load to both, so
+/// the standby's copies arrive at the active long after its own records (regression: they were
+/// held back behind thousands of matched copies and never merged).
+#[test]
+fn messages_only_one_node_received_are_published_once() {
+    let mut t = Trio::new("ha-onenode");
+    let act = t.start();
+    let sby = Trio::other(act);
+    let mut both = t.gen("both", 20_000, 0, "udp");
+    both.wait(60 * SEC);
+    let only = |run_id: &str, node: &TestNode| -> std::path::PathBuf {
+        let manifest = t.dir().join(format!("{run_id}.json"));
+        let out = std::process::Command::new(BIN)
+            .args(["gen", "--run-id", run_id, "--count", "1500", "--rate", "0"])
+            .args(["--to", &format!("{}:5514", node.ip)])
+            .arg("--manifest")
+            .arg(&manifest)
+            .output()
+            .expect("run gen");
+        assert!(out.status.success(), "{out:?}");
+        manifest
+    };
+    let m_sby = only("only-standby", t.node(sby));
+    let m_act = only("only-active", t.node(act));
+    let stream = t.final_check(&[&both.manifest, &m_sby, &m_act]);
+    assert!(stream.len() >= 20_000 + 3000, "{} entries", stream.len());
+}
