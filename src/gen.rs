@@ -254,7 +254,8 @@ fn message(args: &GenArgs, run: &str, n: u64, host: &str) -> Vec<u8> {
 }
 
 enum Conn {
-    Udp(UdpSocket),
+    /// Datagrams go through the shared batch (`send_batch`).
+    Udp,
     Tcp(Option<TcpStream>),
     Tls(Option<Box<rustls_stream::Stream>>),
 }
@@ -347,7 +348,7 @@ pub fn run(args: GenArgs) -> anyhow::Result<i32> {
         .to
         .iter()
         .map(|d| match args.transport {
-            GenTransport::Udp => Conn::Udp(udp.try_clone().expect("cloning a bound UDP socket")),
+            GenTransport::Udp => Conn::Udp,
             GenTransport::Tcp => connect(*d).unwrap_or(Conn::Tcp(None)),
             GenTransport::Tls => connect(*d).unwrap_or(Conn::Tls(None)),
         })
@@ -360,8 +361,14 @@ pub fn run(args: GenArgs) -> anyhow::Result<i32> {
     let deadline = started + Duration::from_secs(args.timeout_s);
     let mut attempted = 0;
     let mut frame = Vec::with_capacity(args.size + 16);
+    // UDP goes out in batches of one sendmmsg(2) each (a device fleet is many senders; one
+    // sendto per datagram made this generator, not the receiver, the bottleneck).
+    let mut batch: Vec<(Vec<u8>, usize)> = Vec::with_capacity(UDP_BATCH);
     for i in 0..args.count {
         let n = args.first + i;
+        if args.rate > 0 && !batch.is_empty() && due_in(args.rate, started, i).is_some() {
+            send_batch(&udp, &args.to, &mut batch, &mut errors);
+        }
         if !pace(args.rate, started, i, deadline) {
             break;
         }
@@ -379,7 +386,10 @@ pub fn run(args: GenArgs) -> anyhow::Result<i32> {
         }
         for (d, conn) in conns.iter_mut().enumerate() {
             let ok = match conn {
-                Conn::Udp(s) => s.send_to(&msg, args.to[d]).is_ok(),
+                Conn::Udp => {
+                    batch.push((msg.clone(), d));
+                    true
+                }
                 Conn::Tcp(slot) => write_or_drop(slot, &frame),
                 Conn::Tls(slot) => match slot {
                     Some(s) => {
@@ -404,7 +414,11 @@ pub fn run(args: GenArgs) -> anyhow::Result<i32> {
             }
         }
         attempted += 1;
+        if batch.len() >= UDP_BATCH {
+            send_batch(&udp, &args.to, &mut batch, &mut errors);
+        }
     }
+    send_batch(&udp, &args.to, &mut batch, &mut errors);
     for conn in &mut conns {
         match conn {
             Conn::Tcp(Some(s)) => {
@@ -471,14 +485,67 @@ fn finish(
     Ok(0)
 }
 
+/// Datagrams per sendmmsg(2).
+const UDP_BATCH: usize = 64;
+
+/// Sends the queued datagrams (`(bytes, destination index)`) with sendmmsg(2); a datagram the
+/// kernel refuses is counted as a send error for its destination and skipped.
+fn send_batch(
+    sock: &UdpSocket,
+    dests: &[SocketAddr],
+    batch: &mut Vec<(Vec<u8>, usize)>,
+    errors: &mut [u64],
+) {
+    use nix::sys::socket::{sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+    use std::io::IoSlice;
+    use std::os::fd::AsRawFd;
+    let mut done = 0;
+    while done < batch.len() {
+        let rest = &batch[done..];
+        let addrs: Vec<Option<SockaddrStorage>> = rest
+            .iter()
+            .map(|(_, d)| Some(SockaddrStorage::from(dests[*d])))
+            .collect();
+        let iovs: Vec<[IoSlice<'_>; 1]> = rest.iter().map(|(m, _)| [IoSlice::new(m)]).collect();
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(rest.len(), None);
+        let cmsgs: [nix::sys::socket::ControlMessage<'_>; 0] = [];
+        match sendmmsg(
+            sock.as_raw_fd(),
+            &mut headers,
+            &iovs,
+            addrs,
+            cmsgs,
+            MsgFlags::empty(),
+        ) {
+            Ok(sent) => match sent.count() {
+                0 => {
+                    errors[rest[0].1] += 1;
+                    done += 1;
+                }
+                k => done += k,
+            },
+            Err(_) => {
+                errors[rest[0].1] += 1;
+                done += 1;
+            }
+        }
+    }
+    batch.clear();
+}
+
+/// How long until message `i` is due at `rate` per second, if it is not due yet (> 1 ms).
+fn due_in(rate: u64, started: Instant, i: u64) -> Option<Duration> {
+    let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+    let now = Instant::now();
+    (due > now + Duration::from_millis(1)).then(|| due - now)
+}
+
 /// Sleeps until message `i` is due at `rate` per second (0: no pacing); false once the
 /// deadline has passed.
 fn pace(rate: u64, started: Instant, i: u64, deadline: Instant) -> bool {
     if rate > 0 {
-        let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
-        let now = Instant::now();
-        if due > now + Duration::from_millis(1) {
-            std::thread::sleep(due - now);
+        if let Some(wait) = due_in(rate, started, i) {
+            std::thread::sleep(wait);
         }
     }
     Instant::now() <= deadline
