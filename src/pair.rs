@@ -55,6 +55,8 @@ pub struct LinkView {
     pub side: LinkSide,
     pub stats: Arc<LinkStats>,
     state: Mutex<LinkState>,
+    /// Unix ms of the last control message received on this link (0: none).
+    last_rx_ms: AtomicU64,
 }
 
 #[derive(Debug, Clone)]
@@ -241,6 +243,7 @@ pub async fn start(
                 remote: None,
                 last_error: None,
             }),
+            last_rx_ms: AtomicU64::new(0),
         }));
     }
     let pair = Arc::new(Pair {
@@ -586,6 +589,9 @@ impl Pair {
     /// A control-lane message from the peer on link `link`: to the HA driver.
     fn on_control(&self, link: usize, msg: Vec<u8>) {
         self.control.received.fetch_add(1, Relaxed);
+        if let Some(l) = self.links.get(link) {
+            l.last_rx_ms.store(crate::node::unix_ms(), Relaxed);
+        }
         self.control
             .received_bytes
             .fetch_add(msg.len() as u64, Relaxed);
@@ -604,13 +610,35 @@ impl Pair {
 
     /// Sends to the peer on `link`, or on the first link up for `None`. Dropped (counted) if
     /// no link is up or the queue is full: the HA core resends what matters.
+    ///
+    /// "Up" is what the session believes; a link whose local address vanished (F7) still looks
+    /// up until its idle timeout. So `None` picks the live link the peer was heard on most
+    /// recently: that path works both ways.
     pub fn send_peer(&self, link: Option<u8>, msg: Vec<u8>) {
         let senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
         let pick = match link {
             Some(l) => senders.get(usize::from(l)).and_then(|s| s.as_ref()),
-            None => senders.iter().flatten().find(|s| !s.is_closed()),
+            None => senders
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.as_ref().filter(|s| !s.is_closed()).map(|s| (i, s)))
+                .max_by_key(|(i, _)| self.links.get(*i).map_or(0, |l| l.last_rx_ms.load(Relaxed)))
+                .map(|(_, s)| s),
         };
         let sent = pick.is_some_and(|s| matches!(s.try_send(msg), Ok(true)));
+        if !sent {
+            self.control.send_dropped.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Sends on every live link (small messages that must get through: votes, acks,
+    /// handover); the peer's HA core ignores the copies.
+    pub fn send_peer_all(&self, msg: Vec<u8>) {
+        let senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sent = false;
+        for s in senders.iter().flatten().filter(|s| !s.is_closed()) {
+            sent |= matches!(s.try_send(msg.clone()), Ok(true));
+        }
         if !sent {
             self.control.send_dropped.fetch_add(1, Relaxed);
         }

@@ -348,7 +348,13 @@ impl Driver {
                         },
                         _ => Vec::new(),
                     };
-                    self.pair.send_peer(link, encode_peer(&msg, &entries));
+                    let bytes = encode_peer(&msg, &entries);
+                    match (link, &msg) {
+                        (None, HaMsg::Append { .. }) | (Some(_), _) => {
+                            self.pair.send_peer(link, bytes)
+                        }
+                        (None, _) => self.pair.send_peer_all(bytes),
+                    }
                 }
             },
             Action::PersistEpoch(st) => {

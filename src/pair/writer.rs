@@ -386,16 +386,33 @@ impl Writer {
 
     fn command(&mut self, cmd: DiskCmd, publishing: &mut Option<Publishing>) {
         match cmd {
-            DiskCmd::Persist(st) => match store_epoch(&self.data_dir, st) {
-                Ok(()) => {
-                    let _ = self.done.send(DiskDone::Persisted(st));
+            DiskCmd::Persist(st) => {
+                // Retried until it succeeds (a full disk frees up, F11): everything after it in
+                // the FIFO depends on it, and a vote that is not durable is never sent.
+                let mut logged = false;
+                loop {
+                    match store_epoch(&self.data_dir, st) {
+                        Ok(()) => {
+                            if logged {
+                                tracing::info!("epoch file persisted again");
+                            }
+                            let _ = self.done.send(DiskDone::Persisted(st));
+                            break;
+                        }
+                        Err(e) => {
+                            if !logged {
+                                tracing::error!(error = %e, "cannot persist the epoch file; retrying");
+                                self.note_error(format!("persisting the epoch file: {e}"));
+                                logged = true;
+                            }
+                            if self.cmds.is_closed() {
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_millis(200));
+                        }
+                    }
                 }
-                Err(e) => {
-                    // Never report it: a vote that is not durable must not be sent.
-                    tracing::error!(error = %e, "cannot persist the epoch file");
-                    self.note_error(format!("persisting the epoch file: {e}"));
-                }
-            },
+            }
             DiskCmd::Truncate(from) => {
                 self.stop_publishing(publishing);
                 if from < self.end() {
