@@ -569,8 +569,8 @@ impl NetTrio {
         assert!(load.manifest.exists(), "gen wrote no manifest");
     }
 
-    /// `twinrx resync` against `n` (inside its namespace); panics unless it exits 0.
-    fn resync(&mut self, n: Node) {
+    /// `twinrx resync` against `n`; Err with its output and both statuses unless it exits 0.
+    fn try_resync(&mut self, n: Node) -> Result<(), String> {
         let t = Instant::now();
         let out = self.lab.exec_timeout(
             n.host(),
@@ -580,13 +580,13 @@ impl NetTrio {
         let so = String::from_utf8_lossy(&out.stdout).into_owned();
         let se = String::from_utf8_lossy(&out.stderr).into_owned();
         if !out.status.success() {
-            panic!(
+            return Err(format!(
                 "twinrx resync on {} failed ({}):\nstdout: {so}\nstderr: {se}\na: {}\nb: {}",
                 n.name(),
                 out.status,
                 self.status_text(Node::A),
                 self.status_text(Node::B)
-            );
+            ));
         }
         self.note(format!(
             "resync {} ok in {} ms: {}",
@@ -594,6 +594,21 @@ impl NetTrio {
             t.elapsed().as_millis(),
             so.lines().last().unwrap_or("")
         ));
+        Ok(())
+    }
+
+    /// The committed stream of one node (when the pair could not be made redundant again).
+    fn stream_of(&self, n: Node) -> String {
+        let (code, body) = http_ns(
+            &self.lab.ns(n.host()),
+            ADMIN,
+            "GET",
+            "/stream?from=0",
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|e| panic!("stream from {}: {e}", n.name()));
+        assert_eq!(code, 200, "stream from {}: {body}", n.name());
+        body
     }
 
     /// Waits until both nodes' committed streams stop growing and agree, then returns the
@@ -977,14 +992,25 @@ fn run_pattern_inner(p: Pattern, seed: u64) -> Outcome {
     };
     // The common end: resync of the affected node, both redundant, identical streams, check.
     let affected = run.affected;
-    run.trio.resync(affected);
-    run.trio.wait_redundant(Duration::from_secs(60));
+    let resynced = run.trio.try_resync(affected);
     let status_after = format!(
         "--- twinrx status on a after recovery:\n{}\n--- on b:\n{}",
         run.trio.status_text(Node::A),
         run.trio.status_text(Node::B)
     );
-    let stream = run.trio.dump();
+    let stream = match resynced {
+        Ok(()) => {
+            run.trio.wait_redundant(Duration::from_secs(60));
+            run.trio.dump()
+        }
+        Err(e) => {
+            // Still count what the publisher holds, so the figures say what was (not) lost.
+            run.failures.push(e);
+            let publisher = run.trio.active();
+            std::thread::sleep(Duration::from_secs(6));
+            run.trio.stream_of(publisher)
+        }
+    };
     let rep = run.trio.check(&stream);
     let g = |k: &str| rep[k].as_u64().unwrap_or(u64::MAX);
     let (sent, present, missing, dup) = (g("sent"), g("present"), g("missing"), g("duplicated"));
@@ -1831,10 +1857,10 @@ fn f6_one_link_down_no_failover_then_both() {
     assert_pattern(Pattern::F6);
 }
 
+// Known product bug (not ignored: it fails most runs but not all): the active stops
+// publishing when its receive address goes, but its handover reaches the standby only when
+// the dead link 0 times out (10 s). See docs/operations.md "F7".
 #[test]
-#[ignore = "bug: F7 — the active whose receive address (also its witness path and link 0) is \
-            removed stops publishing (\"publishing stops reason=Handover\") but the standby is \
-            never promoted: nothing publishes until link 0 times out (10 s); see the report"]
 fn f7_receive_address_lost() {
     assert_pattern(Pattern::F7);
 }
