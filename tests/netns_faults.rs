@@ -1857,9 +1857,6 @@ fn f6_one_link_down_no_failover_then_both() {
     assert_pattern(Pattern::F6);
 }
 
-// Known product bug (not ignored: it fails most runs but not all): the active stops
-// publishing when its receive address goes, but its handover reaches the standby only when
-// the dead link 0 times out (10 s). See docs/operations.md "F7".
 #[test]
 fn f7_receive_address_lost() {
     assert_pattern(Pattern::F7);
@@ -1881,9 +1878,6 @@ fn f8_real_slow_disk() {
 }
 
 #[test]
-#[ignore = "bug: F11 — the epoch file could not be persisted while the disk was full \
-            (\"cannot persist the epoch file\") and is never retried: after space returns the \
-            node stays `syncing` and `twinrx resync` never passes the merged stream"]
 fn f11_journal_disk_full() {
     assert_pattern(Pattern::F11);
 }
