@@ -76,6 +76,9 @@ pub struct Config {
     pub handover_timeout_ms: u64,
     /// Most entries in one `Append`.
     pub append_batch_max: u64,
+    /// Most entries sent to the follower and not yet acknowledged (flow control: the link's
+    /// priority lane is never flooded, the journal copy still gets its share).
+    pub append_window_max: u64,
     pub health: HealthLimits,
 }
 
@@ -90,7 +93,8 @@ impl Config {
             lease_ms: 800,
             lease_margin_ms: 100,
             handover_timeout_ms: 2000,
-            append_batch_max: 4096,
+            append_batch_max: 512,
+            append_window_max: 2048,
             health: HealthLimits::default(),
         }
     }
@@ -130,6 +134,12 @@ impl Config {
         }
         if self.append_batch_max == 0 {
             problems.push("ha.append_batch_max = 0: must be positive".into());
+        }
+        if self.append_window_max < self.append_batch_max {
+            problems.push(format!(
+                "ha.append_window_max = {}: must be at least ha.append_batch_max ({})",
+                self.append_window_max, self.append_batch_max
+            ));
         }
         if problems.is_empty() {
             Ok(ValidConfig(self))

@@ -697,6 +697,7 @@ impl HaCore {
 
     fn send_appends(&mut self) {
         let batch = self.c().append_batch_max;
+        let window = self.c().append_window_max;
         let suspected = self.peer_suspected();
         let State::Leader(l) = &mut self.state else {
             return;
@@ -705,7 +706,10 @@ impl HaCore {
             return;
         }
         let mut out = Vec::new();
-        while l.f_next < self.end && out.len() < 8 {
+        while l.f_next < self.end
+            && out.len() < 8
+            && l.f_next.0 - l.f_match.0.min(l.f_next.0) < window
+        {
             let from = l.f_next;
             // One run per message: entries of one epoch.
             let idx = self.runs.partition_point(|r| r.start <= from);

@@ -174,8 +174,9 @@ pub fn missing_addresses(ips: &[std::net::IpAddr]) -> Vec<std::net::IpAddr> {
 }
 
 const HEALTH_EVERY: Duration = Duration::from_millis(100);
-/// Bytes of entries in one `Append` at most (past the first entry): well within a frame.
-const APPEND_BYTES_MAX: usize = 4 << 20;
+/// Bytes of entries in one `Append` at most (past the first entry): well within a frame, and
+/// small enough that heartbeats behind it on the priority lane are not delayed.
+const APPEND_BYTES_MAX: usize = 1 << 20;
 
 impl Driver {
     pub async fn run(mut self) {
