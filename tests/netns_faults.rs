@@ -1462,25 +1462,37 @@ fn f12(rng: &mut Rng) -> Run {
 /// promoted (no majority) and must not publish; SIGCONT: the active carries on.
 fn f13(rng: &mut Rng) -> Run {
     let mut trio = NetTrio::new("f13", &TrioOpts::default());
-    let active = trio.active();
-    let standby = active.other();
+    let first = trio.active();
     let mut failures = Vec::new();
     let (count, rate) = load_for(14);
     let load = trio.start_load(count, rate);
     at_load_ms(&load, rng.range(1000, 2000));
     let mut sampler = Sampler::start(&trio);
+    let e_first = trio.view(first).map(|v| v.epoch);
     trio.kill_witness();
     trio.note("witness SIGKILLed");
     // The pair carries on without the witness.
     let wd = wait_cond(Duration::from_secs(5), || {
-        trio.status(active)
+        trio.status(first)
             .is_some_and(|s| s["ha"]["witness_reachable"] == false)
     });
     if !wd {
         failures.push("the active never noticed the witness was down".into());
     }
     std::thread::sleep(Duration::from_millis(rng.range(500, 1500)));
+    // The node to stop is the one publishing now (the roles should not have changed when
+    // the witness went; if they did, it is noted: a handover is safe, but unexpected).
+    let active = trio.active();
+    let standby = active.other();
     let e0 = trio.view(active).map(|v| v.epoch);
+    if active != first || e0 != e_first {
+        trio.note(format!(
+            "NOTE: roles changed after the witness went down: {} (epoch {e_first:?}) -> {} \
+             (epoch {e0:?})",
+            first.name(),
+            active.name()
+        ));
+    }
     let t_stop = sampler.mark();
     trio.lab.signal(trio.pid(active), Signal::SIGSTOP);
     trio.note(format!(
