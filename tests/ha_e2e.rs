@@ -506,3 +506,89 @@ fn messages_only_one_node_received_are_published_once() {
     let stream = t.final_check(&[&both.manifest, &m_sby, &m_act]);
     assert!(stream.len() >= 20_000 + 3000, "{} entries", stream.len());
 }
+
+/// Two-node policy `fence_command` (no witness): after SIGKILL of the active the standby runs
+/// the fence command (here it records that it ran and succeeds: the peer is already dead) and
+/// only then promotes; nothing is lost. With a fence command that fails, it never promotes.
+#[test]
+fn fence_command_policy_promotes_only_after_fencing() {
+    let fence = |name: &str, dir: &std::path::Path| {
+        format!(
+            "policy = \"fence_command\"\nfence_command = \"touch {}/fenced-by-{name}\"\n",
+            dir.display()
+        )
+    };
+    let mut t = Trio::with_ha("ha-fence", Some(&fence));
+    let act = t.start();
+    let sby = Trio::other(act);
+    let mut g = t.gen("fence", 8000, 2000, "udp");
+    t.wait_stream_end(act, 1500, 30 * SEC);
+    let before = stream_end(&ha(&t, sby));
+    let t0 = Instant::now();
+    t.node(act).signal(Signal::SIGKILL);
+    let took = wait_takeover(&t, sby, before, t0, 20 * SEC);
+    eprintln!(
+        "[ha-fence] failover with fence_command: {} ms",
+        took.as_millis()
+    );
+    let marker = t.dir().join(format!("fenced-by-{sby}"));
+    assert!(
+        marker.exists(),
+        "{sby} promoted without running its fence command"
+    );
+    t.node_mut(act).wait_exit(10 * SEC);
+    t.node_mut(act).start();
+    t.resync(act);
+    g.wait(120 * SEC);
+    t.final_check(&[&g.manifest]);
+}
+
+#[test]
+fn fence_command_that_fails_never_promotes() {
+    let fence = |_: &str, _: &std::path::Path| {
+        "policy = \"fence_command\"\nfence_command = \"exit 1\"\nfence_timeout_ms = 2000\n"
+            .to_string()
+    };
+    let mut t = Trio::with_ha("ha-nofence", Some(&fence));
+    let act = t.start();
+    let sby = Trio::other(act);
+    t.node(act).signal(Signal::SIGKILL);
+    t.node_mut(act).wait_exit(10 * SEC);
+    // Well past detection (0.8 s) and several fence attempts: still not publishing.
+    let deadline = Instant::now() + 6 * SEC;
+    while Instant::now() < deadline {
+        let h = ha(&t, sby);
+        assert!(
+            h["publishing"] != true && h["role"] != "active" && h["role"] != "solo",
+            "promoted although fencing failed: {h:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Two-node policy `ping_targets`: the standby promotes while a majority of the targets
+/// answers (127.0.0.1 here).
+#[test]
+fn ping_targets_policy_promotes_when_targets_answer() {
+    let ping = |_: &str, _: &std::path::Path| {
+        "policy = \"ping_targets\"\nping_targets = [\"127.0.0.1\"]\n".to_string()
+    };
+    let mut t = Trio::with_ha("ha-ping", Some(&ping));
+    let act = t.start();
+    let sby = Trio::other(act);
+    let mut g = t.gen("ping", 8000, 2000, "udp");
+    t.wait_stream_end(act, 1500, 30 * SEC);
+    let before = stream_end(&ha(&t, sby));
+    let t0 = Instant::now();
+    t.node(act).signal(Signal::SIGKILL);
+    let took = wait_takeover(&t, sby, before, t0, 20 * SEC);
+    eprintln!(
+        "[ha-ping] failover with ping_targets: {} ms",
+        took.as_millis()
+    );
+    t.node_mut(act).wait_exit(10 * SEC);
+    t.node_mut(act).start();
+    t.resync(act);
+    g.wait(120 * SEC);
+    t.final_check(&[&g.manifest]);
+}

@@ -536,6 +536,12 @@ impl Drop for TrioPermit {
 
 impl Trio {
     pub fn new(tag: &str) -> Trio {
+        Trio::with_ha(tag, None)
+    }
+
+    /// A trio whose nodes use `ha` as the body of their `[ha]` section instead of the witness
+    /// (the witness process still runs, unused): the two-node policies.
+    pub fn with_ha(tag: &str, ha: Option<&dyn Fn(&str, &Path) -> String>) -> Trio {
         let permit = TrioPermit::acquire();
         let s = Scratch::new(tag);
         let psk = s.path().join("cluster.psk");
@@ -546,12 +552,15 @@ impl Trio {
         for (node, name, peer) in [(&a, "a", b.ip), (&b, "b", a.ip)] {
             let text = std::fs::read_to_string(&node.config).expect("read config");
             let text = text.replacen("name = \"a\"", &format!("name = \"{name}\""), 1);
+            let ha_body = match ha {
+                Some(f) => f(name, s.path()),
+                None => format!("witness = \"{}\"\n", w.addr()),
+            };
             let text = format!(
                 "{text}\n[pair]\npeer = [\"{peer}:7400\"]\nlisten = [\"{}:7400\"]\npsk_file = \"{}\"\n\n\
-                 [ha]\nwitness = \"{}\"\n",
+                 [ha]\n{ha_body}",
                 node.ip,
                 psk.display(),
-                w.addr()
             );
             std::fs::write(&node.config, text).expect("write config");
         }
