@@ -534,6 +534,9 @@ impl Drop for TrioPermit {
     }
 }
 
+/// Writes the body of a node's `[ha]` section: (node name, the trio's directory) → TOML.
+pub type HaBody = dyn Fn(&str, &Path) -> String;
+
 impl Trio {
     pub fn new(tag: &str) -> Trio {
         Trio::with_ha(tag, None)
@@ -541,7 +544,7 @@ impl Trio {
 
     /// A trio whose nodes use `ha` as the body of their `[ha]` section instead of the witness
     /// (the witness process still runs, unused): the two-node policies.
-    pub fn with_ha(tag: &str, ha: Option<&dyn Fn(&str, &Path) -> String>) -> Trio {
+    pub fn with_ha(tag: &str, ha: Option<&HaBody>) -> Trio {
         let permit = TrioPermit::acquire();
         let s = Scratch::new(tag);
         let psk = s.path().join("cluster.psk");
