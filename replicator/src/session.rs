@@ -354,16 +354,7 @@ impl Session {
     /// Like [`Session::send_control`] but never waits: `Ok(false)` if the control queue is
     /// full (the message was not queued). For drivers that must not block, e.g. the HA tick.
     pub fn try_send_control(&self, msg: Vec<u8>) -> Result<bool, Error> {
-        self.check_control(&msg)?;
-        let out = Out {
-            frame_type: ty::CONTROL,
-            payload: msg,
-        };
-        match self.control.try_send(out) {
-            Ok(()) => Ok(true),
-            Err(mpsc::error::TrySendError::Full(_)) => Ok(false),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(self.closed_error()),
-        }
+        self.control_sender().try_send(msg)
     }
 
     fn closed_error(&self) -> Error {

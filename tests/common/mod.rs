@@ -27,6 +27,23 @@ pub fn unique_ip() -> Ipv4Addr {
     )
 }
 
+/// Starts `twinrx <command> --config CONFIG` with its log (stderr) appended to `log`.
+pub fn spawn_logged(command: &str, config: &Path, log: &Path) -> Child {
+    let logf = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open the process log");
+    Command::new(BIN)
+        .args([command, "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(logf)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn twinrx {command}: {e}"))
+}
+
 /// A scratch directory removed on drop.
 pub struct Scratch(pub PathBuf);
 
@@ -101,33 +118,8 @@ impl TestNode {
     }
 
     pub fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("node log");
-        let child = Command::new(BIN)
-            .args(["node", "--config"])
-            .arg(&self.config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn twinrx node");
-        self.child = Some(child);
-        let admin = self.admin.clone();
-        let log = self.log.clone();
-        wait_for("the node's admin API", Duration::from_secs(20), || {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(st)) = c.try_wait() {
-                    panic!(
-                        "node exited during start-up ({st}):\n{}",
-                        std::fs::read_to_string(&log).unwrap_or_default()
-                    );
-                }
-            }
-            get_json(&format!("{admin}/status"))
-        });
+        self.spawn();
+        self.wait_admin(Duration::from_secs(20));
     }
 
     pub fn pid(&self) -> i32 {
@@ -412,20 +404,7 @@ impl TrioWitness {
     }
 
     pub fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("witness log");
-        let child = Command::new(BIN)
-            .args(["witness", "--config"])
-            .arg(&self.config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn twinrx witness");
-        self.child = Some(child);
+        self.child = Some(spawn_logged("witness", &self.config, &self.log));
         let url = format!("{}/status", self.admin);
         let log = self.log.clone();
         wait_for("the witness's admin API", Duration::from_secs(20), || {
@@ -842,20 +821,7 @@ impl TestNode {
     /// Starts the process without waiting for its admin API (a node of a pair waits for its
     /// peer up to 10 s before it serves: start both, then `wait_admin` on each).
     pub fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("node log");
-        let child = Command::new(BIN)
-            .args(["node", "--config"])
-            .arg(&self.config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn twinrx node");
-        self.child = Some(child);
+        self.child = Some(spawn_logged("node", &self.config, &self.log));
     }
 
     /// Waits for the admin API of a spawned node (panics if the process exits first).
