@@ -53,6 +53,10 @@ pub fn status_json(node: &Node) -> Value {
         next
     } else if sink_trouble {
         "check the sinks' targets (see problems); entries wait on disk and are delivered once they recover".to_string()
+    } else if !problems.is_empty() {
+        "see problems".to_string()
+    } else if node.ha.is_some() {
+        "nothing to do: the pair is redundant".to_string()
     } else {
         "nothing to do: the node is receiving and publishing".to_string()
     };
@@ -142,14 +146,31 @@ fn ha_json(node: &Node) -> (Value, String, Vec<String>, Option<String>) {
     let red = redundant(st);
     let witness = h.settings.witness;
     let mut problems = Vec::new();
-    let next = if red {
+    let addresses_missing = node.stats.receive_addresses_missing.load(Relaxed);
+    let next = if addresses_missing {
+        Some(format!(
+            "restore this node's receive address(es) on the host (see problems); the peer \
+             publishes meanwhile. Then run `twinrx resync` on {me}"
+        ))
+    } else if !st.healthy {
+        Some(format!(
+            "this node's pipeline stalls (journal writes, disk space or the merger: see its log \
+             and `journal` above); the peer publishes meanwhile. Once it is fixed, run \
+             `twinrx resync` on {me}"
+        ))
+    } else if red {
         None
+    } else if st.role.is_active() && !st.publishing {
+        Some(format!(
+            "this node cannot renew its lease (cut off from the peer and the witness?), so it \
+             does not publish; restore its network, then run `twinrx resync` on {me}"
+        ))
     } else if !st.peer_reachable {
         let since = v.peer_down_since.map(rfc3339).unwrap_or_default();
         problems.push(format!("peer {peer} unreachable since {since}"));
         Some(if st.role.is_active() {
             format!(
-                "peer {peer} is down since {since}; this node publishes alone ({role}). When {peer} is back, run `twinrx resync` on {peer}"
+                "peer {peer} is down or cut off since {since}; this node publishes alone ({role}). When {peer} is back, run `twinrx resync` on {peer}"
             )
         } else {
             format!(
@@ -159,7 +180,9 @@ fn ha_json(node: &Node) -> (Value, String, Vec<String>, Option<String>) {
                 } else if witness.is_none() {
                     "no witness is configured, so this node cannot take over alone; bring back the peer"
                 } else {
-                    "it takes over once it is promoted (wait a few seconds)"
+                    "if the peer is down, this node takes over within seconds; if only the links \
+                     between the nodes are cut, the peer stays active (the witness holds its \
+                     lease): restore the links, then run `twinrx resync` on this node"
                 }
             )
         })
@@ -181,12 +204,17 @@ fn ha_json(node: &Node) -> (Value, String, Vec<String>, Option<String>) {
             witness.map(|w| w.to_string()).unwrap_or_default()
         ));
     }
-    if node.stats.receive_addresses_missing.load(Relaxed) {
+    if addresses_missing {
         problems.push(
             "a receive address of this node is gone from the host: devices cannot reach it (it \
              hands over to the peer)"
                 .into(),
         );
+    }
+    if st.role.is_active() && !st.publishing {
+        problems.push(format!(
+            "this node is {role} but does not publish: its lease lapsed"
+        ));
     }
     if !st.healthy {
         problems.push(
