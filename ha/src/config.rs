@@ -35,7 +35,7 @@ pub struct HealthLimits {
 impl Default for HealthLimits {
     fn default() -> Self {
         HealthLimits {
-            fsync_latency_ms_max: 500,
+            fsync_latency_ms_max: 1000,
             disk_free_bytes_min: 64 << 20,
             merger_stall_ms_max: 1000,
             sink_stall_ms_max: None,

@@ -184,6 +184,7 @@ impl Driver {
         let mut shutdown_reply: Option<oneshot::Sender<()>> = None;
         let mut next_health = tokio::time::Instant::now();
         let mut lags = [Duration::ZERO; 3];
+        let mut health_ok = true;
         let mut view = HaView {
             status: self.core.status(),
             stats: self.core.stats(),
@@ -273,6 +274,15 @@ impl Driver {
                         lags[2] = t.saturating_duration_since(next_health);
                         next_health = t + HEALTH_EVERY;
                         let h = self.health(lags.iter().copied().min().unwrap_or_default());
+                        let ok = self.settings.core.get().health.accepts(&h);
+                        if ok != health_ok {
+                            health_ok = ok;
+                            if ok {
+                                tracing::info!("pipeline health back within limits");
+                            } else {
+                                tracing::warn!(health = ?h, "pipeline health outside limits (an active hands over to a healthy standby)");
+                            }
+                        }
                         self.core.handle_input(now, Input::Health(h));
                     } else {
                         self.core.handle_timeout(now);
