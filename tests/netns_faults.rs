@@ -634,20 +634,8 @@ impl NetTrio {
             }
         });
         assert!(ok, "the nodes' committed streams never agreed and settled");
-        let get = |n: Node| {
-            let (code, body) = http_ns(
-                &self.lab.ns(n.host()),
-                ADMIN,
-                "GET",
-                "/stream?from=0",
-                Duration::from_secs(60),
-            )
-            .unwrap_or_else(|e| panic!("stream from {}: {e}", n.name()));
-            assert_eq!(code, 200, "stream from {}: {body}", n.name());
-            body
-        };
-        let a = get(Node::A);
-        let b = get(Node::B);
+        let a = self.stream_of(Node::A);
+        let b = self.stream_of(Node::B);
         if a != b {
             let la: Vec<&str> = a.lines().collect();
             let lb: Vec<&str> = b.lines().collect();

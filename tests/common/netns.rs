@@ -172,19 +172,9 @@ pub fn addr_of(host: Host, net: Net) -> Option<Ipv4Addr> {
     }
 }
 
-/// Waits until `f` returns Some, or panics with `what` after `timeout`.
-pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+/// Waits until `f` returns Some, or panics with `what` after `timeout` (the harness's
+/// `wait_for`).
+pub use super::wait_for as wait_until;
 
 enum Kid {
     Running(Child),
