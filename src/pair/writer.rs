@@ -442,11 +442,20 @@ impl Writer {
                     return;
                 }
                 let _ = epoch;
-                if self.append(&lines) {
-                    for (i, l) in lines.iter().enumerate() {
-                        self.fold.apply_line(Offset(from.0 + i as u64), l);
+                // Retried until it succeeds (a full disk frees up, F11): the HA core already
+                // counts these entries as in flight, and a failed append was rolled back.
+                loop {
+                    if self.append(&lines) {
+                        for (i, l) in lines.iter().enumerate() {
+                            self.fold.apply_line(Offset(from.0 + i as u64), l);
+                        }
+                        let _ = self.done.send(DiskDone::Appended(upto));
+                        break;
                     }
-                    let _ = self.done.send(DiskDone::Appended(upto));
+                    if self.cmds.is_closed() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
                 }
             }
             DiskCmd::Start { epoch, from } => {
