@@ -47,6 +47,18 @@ pub(crate) fn record_digest(seq: Seq, payload: &[u8]) -> [u8; 16] {
     d
 }
 
+/// Tells the peer why shipping or copying stopped (best effort: the session may be gone).
+async fn report_error(
+    tx: &mpsc::Sender<Out>,
+    closed_rx: &mut tokio::sync::watch::Receiver<Option<CloseReason>>,
+    frame_type: u8,
+    msg: ErrorMsg,
+) {
+    if let Err(e) = send_control(tx, frame_type, msg.encode(), closed_rx).await {
+        tracing::debug!(error = %e, frame_type, "could not report the error to the peer");
+    }
+}
+
 async fn send_control(
     tx: &mpsc::Sender<Out>,
     frame_type: u8,
@@ -242,22 +254,18 @@ impl JournalShipper {
             _ => {}
         }
         tracing::warn!(peer = %port.peer, error = %err, "journal shipping stopped");
-        let msg = ErrorMsg {
-            code,
-            seq,
-            seq2,
-            detail: err.to_string(),
-        };
-        if let Err(e) = send_control(
+        report_error(
             &port.control,
-            ty::SHIP_ERROR,
-            msg.encode(),
             &mut port.closed,
+            ty::SHIP_ERROR,
+            ErrorMsg {
+                code,
+                seq,
+                seq2,
+                detail: err.to_string(),
+            },
         )
-        .await
-        {
-            tracing::debug!(error = %e, "could not report the shipping error to the peer");
-        }
+        .await;
         err
     }
 
@@ -833,22 +841,18 @@ impl JournalCopier {
     }
 
     async fn report(&self, port: &mut CopyPort, code: u8, seq: Seq, seq2: Seq, err: &Error) {
-        let msg = ErrorMsg {
-            code,
-            seq,
-            seq2,
-            detail: err.to_string(),
-        };
-        if let Err(e) = send_control(
+        report_error(
             &port.control,
-            ty::COPY_ERROR,
-            msg.encode(),
             &mut port.closed,
+            ty::COPY_ERROR,
+            ErrorMsg {
+                code,
+                seq,
+                seq2,
+                detail: err.to_string(),
+            },
         )
-        .await
-        {
-            tracing::debug!(error = %e, "could not report the copy error to the peer");
-        }
+        .await;
     }
 
     fn peer_failed(&self, node: NodeId, m: ErrorMsg, stats: &LinkStats) -> Error {

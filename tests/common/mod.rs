@@ -44,6 +44,14 @@ pub fn spawn_logged(command: &str, config: &Path, log: &Path) -> Child {
         .unwrap_or_else(|e| panic!("spawn twinrx {command}: {e}"))
 }
 
+/// Kills and waits for a child the harness started, if it still holds one.
+pub fn reap(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
 /// A scratch directory removed on drop.
 pub struct Scratch(pub PathBuf);
 
@@ -171,10 +179,7 @@ impl TestNode {
 
 impl Drop for TestNode {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        reap(&mut self.child);
     }
 }
 
@@ -439,10 +444,7 @@ impl TrioWitness {
 
 impl Drop for TrioWitness {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        reap(&mut self.child);
     }
 }
 
@@ -468,10 +470,7 @@ impl GenRun {
 
 impl Drop for GenRun {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        reap(&mut self.child);
     }
 }
 
