@@ -115,6 +115,9 @@ pub struct Pair {
     witness_sender: Mutex<Option<replicator::ControlSender>>,
     /// The HA driver's inbox (set once the driver exists).
     events: std::sync::OnceLock<mpsc::UnboundedSender<driver::Event>>,
+    /// With HA: a link whose session is up but that carried no control message for this long
+    /// is shown `silent` (the session's own idle timeout is longer). 0: not tracked.
+    silent_after_ms: AtomicU64,
     /// Wakes waiters when the copier starts or stops.
     copy_changed: Notify,
     /// A new data directory: shippers report the peer's copy position and wait (F15).
@@ -256,6 +259,7 @@ pub async fn start(
         senders: Mutex::new(vec![None; settings.links.len()]),
         witness_sender: Mutex::new(None),
         events: std::sync::OnceLock::new(),
+        silent_after_ms: AtomicU64::new(0),
         copy_changed: Notify::new(),
         fresh: fresh_shared,
         settings,
@@ -604,8 +608,29 @@ impl Pair {
     }
 
     /// Connects the HA driver's inbox (once).
-    pub fn set_driver(&self, tx: mpsc::UnboundedSender<driver::Event>) {
+    pub fn set_driver(&self, tx: mpsc::UnboundedSender<driver::Event>, silent_after_ms: u64) {
         let _ = self.events.set(tx);
+        self.silent_after_ms.store(silent_after_ms, Relaxed);
+    }
+
+    /// What a link is to an operator: `up` (session established and, with HA, heard from
+    /// recently), `silent` (established, but no control message for longer than the failover
+    /// delay: the path is likely cut; the session's idle timeout will close it), or `down`.
+    fn link_state(&self, l: &LinkView) -> &'static str {
+        if !l.state().up {
+            return "down";
+        }
+        let after = self.silent_after_ms.load(Relaxed);
+        let last = l.last_rx_ms.load(Relaxed);
+        if after > 0 && last > 0 && crate::node::unix_ms().saturating_sub(last) > after {
+            "silent"
+        } else {
+            "up"
+        }
+    }
+
+    fn link_up(&self, l: &LinkView) -> bool {
+        self.link_state(l) == "up"
     }
 
     /// Sends to the peer on `link`, or on the first link up for `None`. Dropped (counted) if
@@ -849,18 +874,28 @@ impl Pair {
                 )
             });
         }
-        let down: Vec<_> = self.links.iter().filter(|l| !l.state().up).collect();
+        let down: Vec<_> = self.links.iter().filter(|l| !self.link_up(l)).collect();
         if !down.is_empty() && down.len() < self.links.len() {
             for l in &down {
                 let st = l.state();
+                let what = if st.up {
+                    format!(
+                        "silent (nothing heard for {} ms)",
+                        crate::node::unix_ms().saturating_sub(l.last_rx_ms.load(Relaxed))
+                    )
+                } else {
+                    format!(
+                        "down since {}{}",
+                        rfc3339(st.since),
+                        st.last_error.map(|e| format!(" ({e})")).unwrap_or_default()
+                    )
+                };
                 problems.push(format!(
-                    "link {} ({} {}) to node {peer} down since {}{}: the pair runs on the other \
-                     link(s), without redundancy on this path",
+                    "link {} ({} {}) to node {peer} {what}: the pair runs on the other link(s), \
+                     without redundancy on this path",
                     l.index,
                     l.side.as_str(),
                     l.side.addr(),
-                    rfc3339(st.since),
-                    st.last_error.map(|e| format!(" ({e})")).unwrap_or_default()
                 ));
             }
             next.get_or_insert_with(|| {
@@ -869,7 +904,7 @@ impl Pair {
                     .to_string()
             });
         }
-        if !self.links.is_empty() && self.links.iter().all(|l| !l.state().up) {
+        if !self.links.is_empty() && self.links.iter().all(|l| !self.link_up(l)) {
             problems.push(format!("no link to node {peer} is up"));
             next.get_or_insert_with(|| {
                 format!(
@@ -910,7 +945,11 @@ impl Pair {
                     "index": l.index,
                     "side": l.side.as_str(),
                     "address": l.side.addr().to_string(),
-                    "state": if st.up { "up" } else { "down" },
+                    "state": self.link_state(l),
+                    "last_heard_ms_ago": match l.last_rx_ms.load(Relaxed) {
+                        0 => Value::Null,
+                        t => json!(crate::node::unix_ms().saturating_sub(t)),
+                    },
                     "since": rfc3339(st.since),
                     "remote": st.remote.map(|a| a.to_string()),
                     "last_error": st.last_error,
@@ -929,7 +968,7 @@ impl Pair {
         json!({
             "peer": self.settings.peer.to_string(),
             "links": links,
-            "links_up": self.links.iter().filter(|l| l.state().up).count(),
+            "links_up": self.links.iter().filter(|l| self.link_up(l)).count(),
             "shipping": {
                 "journal_last_seq": own_last,
                 "shipped_seq": sent,
@@ -982,9 +1021,10 @@ impl Pair {
         family(
             enc,
             "twinrx_link_up",
-            "1 while the link's session to the peer is established",
+            "1 while the link's session to the peer is established and, with HA, heard from \
+             within the failover delay",
             Gauge,
-            &per_link(&|i| u64::from(self.links[i].state().up)),
+            &per_link(&|i| u64::from(self.link_up(&self.links[i]))),
         )?;
         let mut bytes = Vec::new();
         for (i, s) in idx.iter().enumerate() {
@@ -1148,7 +1188,7 @@ pub fn start_ha(
             }
         });
     }
-    pair.set_driver(ev_tx.clone());
+    pair.set_driver(ev_tx.clone(), settings.core.get().failover_after_ms);
     let view = Arc::new(Mutex::new(None));
     let d = driver::Driver {
         core,
