@@ -927,6 +927,9 @@ struct Outcome {
     missing: u64,
     duplicated: u64,
     double_publisher: bool,
+    /// The run passed but noted something unexpected (a line starting `NOTE:`): the logs are
+    /// kept and the campaign prints the detail.
+    noted: bool,
     detail: String,
 }
 
@@ -1029,6 +1032,7 @@ fn run_pattern_inner(p: Pattern, seed: u64) -> Outcome {
         run.failures.push(format!("double publisher: {d}"));
     }
     let passed = run.failures.is_empty();
+    let noted = run.trio.log.iter().any(|l| l.contains("NOTE:"));
     let mut detail = run.trio.log.join("\n");
     if !passed {
         let kept = run.trio.keep_logs();
@@ -1038,11 +1042,19 @@ fn run_pattern_inner(p: Pattern, seed: u64) -> Outcome {
             run.failures.join("; "),
             kept.display()
         );
+    } else if noted {
+        let kept = run.trio.keep_logs();
+        detail = format!(
+            "{} seed {seed} passed with a note\n{detail}\n{status_after}\nlogs kept in {}",
+            p.name(),
+            kept.display()
+        );
     } else {
         detail = format!("{detail}\n{status_after}");
     }
     Outcome {
         passed,
+        noted,
         failover_ms: run.failover_ms,
         sent,
         in_stream: present,
@@ -1954,10 +1966,11 @@ fn campaign() {
     for round in 0..rounds {
         for &p in &patterns {
             let s = rng.next();
+            let t0 = Instant::now();
             let o = run_pattern(p, s);
             println!(
                 "round {} {}: {} failover {:?} ms sent {} in stream {} missing {} dup {} \
-                 double publisher {} (seed {s})",
+                 double publisher {} (seed {s}, {} s)",
                 round + 1,
                 p.name(),
                 if o.passed { "PASS" } else { "FAIL" },
@@ -1966,9 +1979,10 @@ fn campaign() {
                 o.in_stream,
                 o.missing,
                 o.duplicated,
-                o.double_publisher
+                o.double_publisher,
+                t0.elapsed().as_secs()
             );
-            if !o.passed || std::env::var_os("FAULT_VERBOSE").is_some() {
+            if !o.passed || o.noted || std::env::var_os("FAULT_VERBOSE").is_some() {
                 println!("{}", o.detail);
             }
             results.entry(p).or_default().push((s, o));
