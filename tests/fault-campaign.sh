@@ -4,7 +4,7 @@
 # `fault-injection` feature, and prints a table per pattern (runs, passed, failover ms
 # p50/p99/max, sent / in stream / missing / duplicated, double publishers). Exit non-zero on
 # any failed run (a loss, a duplicate, a double publisher, a failover over 3 s, a failed
-# resync). Needs root, iproute2, iputils-ping (deploy/install-test-peers.sh).
+# resync). Needs root, iproute2, iputils-ping, nftables (deploy/install-test-peers.sh).
 #
 #   tests/fault-campaign.sh [--rounds N] [--patterns F5,F7,...] [--seed S] [--verbose]
 #

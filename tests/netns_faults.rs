@@ -1755,6 +1755,7 @@ fn slow_link(rng: &mut Rng) -> Run {
             },
             format!(
                 "userspace TCP proxy in ns a (50 ms per chunk each way, 5 % chunks +200..400 ms) \
+                 and nftables dropping 5 % of the TCP packets each way in ns a and b, \
                  because: {e}"
             ),
         ),
@@ -1785,6 +1786,11 @@ fn slow_link(rng: &mut Rng) -> Run {
             "10.89.0.12:7400",
             seed ^ 1,
         ));
+        for h in [Host::A, Host::B] {
+            if let Err(e) = t.lab.tcp_loss(h, 50) {
+                panic!("{e}");
+            }
+        }
         t.start_all();
         t
     };
@@ -1804,6 +1810,18 @@ fn slow_link(rng: &mut Rng) -> Run {
             "false failover on a slow link: epoch {e0:?} -> {e1:?}, {} publishing {pubs}",
             active.name()
         ));
+    }
+    if netem.is_err() {
+        let (a, b) = (
+            trio.lab.tcp_loss_counts(Host::A),
+            trio.lab.tcp_loss_counts(Host::B),
+        );
+        trio.note(format!(
+            "TCP packets dropped in 20 s (sent, received): a {a:?}, b {b:?}"
+        ));
+        if a.0 + a.1 + b.0 + b.1 == 0 {
+            failures.push("the loss rules dropped no packet: the links were not impaired".into());
+        }
     }
     let t_kill = sampler.mark();
     trio.kill_node(active);

@@ -603,6 +603,51 @@ impl NetLab {
         ))
     }
 
+    /// Drops `per_mille`/1000 of `host`'s TCP packets at random, each way, on every interface
+    /// but loopback (nftables `numgen random`; UDP, i.e. the devices' messages, untouched): real
+    /// packet loss for the cluster links and the witness sessions, which TCP retransmits. For
+    /// kernels without `sch_netem`. Needs the `nft` tool (package nftables).
+    pub fn tcp_loss(&self, host: Host, per_mille: u32) -> Result<(), String> {
+        let t = "twx_impair";
+        let rules = format!(
+            "add table ip {t}; \
+             add chain ip {t} out {{ type filter hook output priority 0; policy accept; }}; \
+             add rule ip {t} out oifname \"lo\" accept; \
+             add rule ip {t} out meta l4proto tcp numgen random mod 1000 < {per_mille} counter drop; \
+             add chain ip {t} in {{ type filter hook input priority 0; policy accept; }}; \
+             add rule ip {t} in iifname \"lo\" accept; \
+             add rule ip {t} in meta l4proto tcp numgen random mod 1000 < {per_mille} counter drop"
+        );
+        let out = self
+            .command(host, "nft")
+            .arg(&rules)
+            .output()
+            .map_err(|e| format!("cannot run nft (package nftables) in {host:?}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "nft refused the loss rules in {host:?} ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    /// Packets dropped so far by [`NetLab::tcp_loss`] on `host`: (sent side, received side).
+    pub fn tcp_loss_counts(&self, host: Host) -> (u64, u64) {
+        let out = self.exec_ok(host, &["nft", "list", "table", "ip", "twx_impair"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut counts = text.lines().filter(|l| l.contains("drop")).map(|l| {
+            l.split_whitespace()
+                .skip_while(|w| *w != "packets")
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        });
+        (counts.next().unwrap_or(0), counts.next().unwrap_or(0))
+    }
+
     /// Removes a netem qdisc set by [`NetLab::netem`] (nothing to do when there is none).
     pub fn netem_clear(&self, host: Host, net: Net) {
         let show = self.exec_ok(host, &["tc", "qdisc", "show", "dev", net.iface()]);
