@@ -24,7 +24,7 @@ while [ $# -gt 0 ]; do
         --patterns) patterns="$2"; shift 2 ;;
         --seed) seed="$2"; shift 2 ;;
         --verbose) verbose=1; shift ;;
-        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "fault-campaign.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
