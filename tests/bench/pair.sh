@@ -46,7 +46,7 @@ while [ $# -gt 0 ]; do
     --quick) COUNT=20000; RATES="20000 0"; LAT_SECONDS=3; FAILOVERS=3
              RESYNC_BYTES=$((100 * 1024 * 1024)); shift ;;
     --keep) KEEP=1; shift ;;
-    -h|--help) sed -n 2,25p "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done

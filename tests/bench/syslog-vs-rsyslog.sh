@@ -15,7 +15,7 @@ while [ $# -gt 0 ]; do
     --seconds) SECONDS_PER_STEP=$2; shift 2 ;;
     --rates) RATES=$2; shift 2 ;;
     --transports) TRANSPORTS=$2; shift 2 ;;
-    -h|--help) sed -n 2,9p "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
