@@ -49,6 +49,14 @@ fn key(i: u64) -> Key {
     Key(k)
 }
 
+/// Record `i` of `node`'s journal.
+fn pos(node: NodeId, i: u64) -> JournalPos {
+    JournalPos {
+        node,
+        seq: Seq(i + 1),
+    }
+}
+
 fn main() {
     let mut entries: u64 = 1_000_000;
     let mut args = std::env::args().skip(1);
@@ -68,10 +76,7 @@ fn main() {
     for i in 0..entries {
         h.apply(&Output::Entry(Entry {
             offset: Offset(i),
-            copy: JournalPos {
-                node: NodeId::A,
-                seq: Seq(i + 1),
-            },
+            copy: pos(NodeId::A, i),
             key: key(i),
             received_at: at(i),
             late: false,
@@ -94,10 +99,7 @@ fn main() {
     for i in (0..entries).step_by(2) {
         h.apply(&Output::Matched(Matched {
             entry: Offset(i),
-            copy: JournalPos {
-                node: NodeId::B,
-                seq: Seq(i + 1),
-            },
+            copy: pos(NodeId::B, i),
             key: key(i),
             received_at: at(i),
         }));

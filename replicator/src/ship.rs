@@ -52,8 +52,15 @@ async fn report_error(
     tx: &mpsc::Sender<Out>,
     closed_rx: &mut tokio::sync::watch::Receiver<Option<CloseReason>>,
     frame_type: u8,
-    msg: ErrorMsg,
+    (code, seq, seq2): (u8, Seq, Seq),
+    err: &Error,
 ) {
+    let msg = ErrorMsg {
+        code,
+        seq,
+        seq2,
+        detail: err.to_string(),
+    };
     if let Err(e) = send_control(tx, frame_type, msg.encode(), closed_rx).await {
         tracing::debug!(error = %e, frame_type, "could not report the error to the peer");
     }
@@ -258,12 +265,8 @@ impl JournalShipper {
             &port.control,
             &mut port.closed,
             ty::SHIP_ERROR,
-            ErrorMsg {
-                code,
-                seq,
-                seq2,
-                detail: err.to_string(),
-            },
+            (code, seq, seq2),
+            &err,
         )
         .await;
         err
@@ -845,12 +848,8 @@ impl JournalCopier {
             &port.control,
             &mut port.closed,
             ty::COPY_ERROR,
-            ErrorMsg {
-                code,
-                seq,
-                seq2,
-                detail: err.to_string(),
-            },
+            (code, seq, seq2),
+            err,
         )
         .await;
     }
