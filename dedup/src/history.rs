@@ -1,8 +1,9 @@
 //! The merger's view of the stream it already wrote: the [`History`] trait and an in-memory
 //! implementation, [`MemHistory`], for tests and small deployments.
 //!
-//! The merger keeps only a window of recent unmatched entries in memory. A record whose match
-//! window reaches further back (a node catching up after a partition, a recovered merger) is
+//! The merger keeps only the recent unmatched entries in memory. A record whose match range
+//! (the horizon `H`, unbounded by default) reaches further back (every record, with the
+//! default `H`; a node catching up after a partition, a recovered merger) is
 //! matched through `History`, which the binary implements over the stream on disk (an index
 //! keyed by `(key, node, received_at)` of the entries that stand for one copy and were not
 //! matched since).
@@ -43,8 +44,8 @@ pub trait History {
     ) -> Result<Option<OpenEntry>, Self::Error>;
 }
 
-/// A history that is never consulted: for a merger whose window covers everything (e.g. a
-/// benchmark of in-order journals). If it is consulted it answers "no open entry", which would
+/// A history that is never consulted: for a merger with a finite horizon that its memory
+/// covers entirely (e.g. a benchmark of in-order journals). If it is consulted it answers "no open entry", which would
 /// be wrong; use it only where [`crate::Stats::history_lookups`] stays 0.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoHistory;

@@ -11,20 +11,26 @@
 //! call, so a queue would only hide both rules.
 //!
 //! Matching rule (SPEC "De-duplication"): a record from node N matches the open entry (one
-//! copy, unmatched) from the other node with the same key and a receive time within `W` of its
-//! own that comes first in `(received_at, offset)` order; if there is none, it is a new entry.
-//! With each node's receive times nondecreasing in seq order this online pairing has the same
-//! size per key as the reference's (a maximum matching), whatever the interleaving: the
+//! copy, unmatched) from the other node with the same key and a receive time within the
+//! *horizon* `H` of its own that comes first in `(received_at, offset)` order (each node's
+//! journal order while its clock does not step back); if there is none, it is a new entry.
+//! `H` is unbounded by default: copies of one key pair one-to-one however late one node got
+//! its copy (a relay's backlog, a TCP sender's buffer, an inform retried to the node that did
+//! not answer), so k copies on one node and m on the other give max(k, m) events. With each
+//! node's receive times nondecreasing in seq order this online pairing has the same size per
+//! key as the reference's (a maximum matching of "within `H`"), whatever the interleaving: the
 //! earliest candidate is the one the records still to come (all later) can least use. If a
-//! clock steps backwards the pairing stays one-to-one and within `W` but may be smaller than
-//! the maximum (an extra event, never a lost one).
+//! clock steps backwards the pairing stays one-to-one and within `H` but, with a finite `H`,
+//! may be smaller than the maximum (an extra event, never a lost one). The window `W` is how
+//! close *live* copies are: it decides `late` and counts the copies matched more than `W`
+//! apart ([`Stats::matched_late`]); it never limits pairing.
 //!
-//! Memory: the merger holds the open entries whose receive time is at or above a *horizon*
+//! Memory: the merger holds the open entries whose receive time is at or above a *floor*
 //! that trails the newest receive time seen by `memory_ms` (and is raised further if more than
-//! `memory_entries_max` are held). A record whose window `[t - W, t + W]` lies at or above the
-//! horizon is matched in memory; any other (a late record) is matched through the
-//! [`History`], which covers the whole stream. Both answer the same question, so the horizon
-//! changes speed and memory, never the outputs.
+//! `memory_entries_max` are held). A record whose range `[t - H, t + H]` lies at or above the
+//! floor is matched in memory; any other (with the default unbounded `H`, every record) is
+//! matched through the [`History`], which covers the whole stream. Both answer the same
+//! question, so the floor changes speed and memory, never the outputs.
 //!
 //! Failover: the state that matters (which entries are open, which records are accounted for,
 //! the next offset) is all in the stream log, so [`Merger::recover`] needs only the
@@ -42,12 +48,18 @@ use crate::record::{Entry, JournalPos, Matched, Output, Progress, Record};
 /// Merger settings as given (e.g. from the `[merger]` table of the node's TOML).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// `W`: two copies of one event differ in receive time by at most this.
+    /// `W`: how far apart in receive time the two copies of a *live* event are expected to
+    /// be (both nodes receiving). Decides `late` and [`Stats::matched_late`]; never limits
+    /// pairing.
     pub window_ms: u64,
+    /// `H`: two copies of one key pair only when their receive times differ by at most this;
+    /// `None` (the default): no limit, every copy pairs whatever its delay. At least
+    /// `window_ms`.
+    pub horizon_ms: Option<u64>,
     /// Open entries are kept in memory while their receive time is within this of the newest
     /// receive time seen; older ones are matched through the history. At least `window_ms`.
     pub memory_ms: u64,
-    /// At most this many open entries in memory (the horizon moves up to keep it so).
+    /// At most this many open entries in memory (the floor moves up to keep it so).
     pub memory_entries_max: usize,
     /// Seed of the in-memory hash table (keys come from device content; a per-node random seed
     /// keeps crafted keys from colliding in the table). Any value is correct.
@@ -58,6 +70,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             window_ms: 5_000,
+            horizon_ms: None,
             memory_ms: 30_000,
             memory_entries_max: 1 << 20,
             hash_seed: 0,
@@ -86,6 +99,10 @@ pub enum ConfigError {
     MemoryBelowWindow { memory_ms: u64, window_ms: u64 },
     #[error("merger.memory_entries_max = 0: must be at least 1")]
     MemoryEntriesZero,
+    #[error(
+        "merger.horizon_ms = {horizon_ms}: must be at least merger.window_ms ({window_ms}), or live copies would not pair"
+    )]
+    HorizonBelowWindow { horizon_ms: u64, window_ms: u64 },
 }
 
 impl Config {
@@ -104,6 +121,14 @@ impl Config {
         }
         if self.memory_entries_max == 0 {
             return Err(ConfigError::MemoryEntriesZero);
+        }
+        if let Some(h) = self.horizon_ms {
+            if h < self.window_ms {
+                return Err(ConfigError::HorizonBelowWindow {
+                    horizon_ms: h,
+                    window_ms: self.window_ms,
+                });
+            }
         }
         Ok(ValidConfig(self))
     }
@@ -140,8 +165,11 @@ pub struct Stats {
     pub late: u64,
     /// Records suppressed as the peer copy of an entry.
     pub matched: u64,
-    /// Of `matched`, those matched through the history (late copies).
+    /// Of `matched`, those matched through the history.
     pub matched_from_history: u64,
+    /// Of `matched`, copies received more than `W` apart from their entry's copy (one node
+    /// got its copy late: a relay's backlog, a retried inform, a node back from a reboot).
+    pub matched_late: u64,
     /// Lookups in the history (each is a disk index read in the binary).
     pub history_lookups: u64,
     /// Open entries dropped from memory (they stay matchable through the history).
@@ -165,16 +193,18 @@ pub struct Stats {
 ///
 /// Invariants: every record fed is accounted for by exactly one output; entries get offsets
 /// `next_offset, next_offset + 1, ...` with no gap; an entry is named by at most one `Matched`,
-/// whose copy is from the other node, with the same key, within `W`.
+/// whose copy is from the other node, with the same key, within `H`.
 #[derive(Debug)]
 pub struct Merger {
     window_ns: i64,
+    /// `H` in ns; `i64::MAX` when unbounded.
+    horizon_ns: i64,
     memory_ns: i64,
     memory_entries_max: usize,
     progress: Progress,
-    /// Open entries with `received_at >= horizon` are all in `open` (some older ones may
+    /// Open entries with `received_at >= floor` are all in `open` (some older ones may
     /// linger until the next sweep; they are never consulted).
-    horizon: i64,
+    floor: i64,
     open: HashMap<Key, Slot, SeededKeyHash>,
     open_len: usize,
     inserted_since_sweep: usize,
@@ -246,13 +276,19 @@ impl Merger {
         let memory_ns = i64::try_from(c.memory_ms)
             .unwrap_or(i64::MAX)
             .saturating_mul(NS_PER_MS);
+        let horizon_ns = c.horizon_ms.map_or(i64::MAX, |h| {
+            i64::try_from(h)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(NS_PER_MS)
+        });
         Merger {
             window_ns,
+            horizon_ns,
             memory_ns,
             memory_entries_max: c.memory_entries_max,
             progress,
-            // Every entry already in the stream is below the horizon, i.e. in the history.
-            horizon: progress.newest.map_or(i64::MIN, |t| t.0.saturating_add(1)),
+            // Every entry already in the stream is below the floor, i.e. in the history.
+            floor: progress.newest.map_or(i64::MIN, |t| t.0.saturating_add(1)),
             open: HashMap::with_hasher(SeededKeyHash(c.hash_seed)),
             open_len: 0,
             inserted_since_sweep: 0,
@@ -285,11 +321,11 @@ impl Merger {
         }
         let t = record.received_at.0;
         let peer = record.node.peer();
-        let from = t.saturating_sub(self.window_ns);
-        let to = t.saturating_add(self.window_ns);
+        let from = t.saturating_sub(self.horizon_ns);
+        let to = t.saturating_add(self.horizon_ns);
 
-        // Find the earliest open entry of the peer within the window.
-        let found = if from >= self.horizon {
+        // Find the earliest open entry of the peer within the horizon.
+        let found = if from >= self.floor {
             self.earliest_in_memory(record.key, peer, from, to)
         } else {
             self.stats.history_lookups += 1;
@@ -302,14 +338,17 @@ impl Merger {
             if h.is_some() {
                 self.stats.matched_from_history += 1;
             }
-            h.map(|e| e.offset)
+            h.map(|e| (e.offset, e.received_at.0))
         };
 
         let newest_before = self.progress.newest.map_or(i64::MIN, |n| n.0);
         let output = match found {
-            Some(offset) => {
+            Some((offset, entry_at)) => {
                 self.remove_open(record.key, offset);
                 self.stats.matched += 1;
+                if t.abs_diff(entry_at) > self.window_ns.unsigned_abs() {
+                    self.stats.matched_late += 1;
+                }
                 Output::Matched(Matched {
                     entry: offset,
                     copy: record.pos(),
@@ -319,7 +358,9 @@ impl Merger {
             }
             None => {
                 let offset = self.progress.next_offset;
-                let late = to < newest_before;
+                // Published more than W after it was received, on the merger's clock (the
+                // newest receive time it accounted for).
+                let late = t.saturating_add(self.window_ns) < newest_before;
                 self.stats.entries += 1;
                 if late {
                     self.stats.late += 1;
@@ -336,9 +377,9 @@ impl Merger {
         self.progress.apply(&output);
         self.stats.records += 1;
 
-        self.raise_horizon(self.progress.newest.map_or(i64::MIN, |n| n.0));
+        self.raise_floor(self.progress.newest.map_or(i64::MIN, |n| n.0));
         if let Output::Entry(e) = &output {
-            if t >= self.horizon {
+            if t >= self.floor {
                 self.insert_open(
                     e.key,
                     Open {
@@ -355,7 +396,7 @@ impl Merger {
     /// Frees memory when traffic is idle: open entries older than `now - memory_ms` move to
     /// the history. Never changes any output.
     pub fn handle_tick(&mut self, now: UnixNanos) {
-        self.raise_horizon(now.0);
+        self.raise_floor(now.0);
         self.sweep();
     }
 
@@ -371,19 +412,26 @@ impl Merger {
         }
     }
 
-    fn raise_horizon(&mut self, newest: i64) {
+    fn raise_floor(&mut self, newest: i64) {
         let h = newest.saturating_sub(self.memory_ns);
-        if h > self.horizon {
-            self.horizon = h;
+        if h > self.floor {
+            self.floor = h;
         }
     }
 
-    fn earliest_in_memory(&self, key: Key, node: NodeId, from: i64, to: i64) -> Option<Offset> {
+    /// The earliest open entry in memory: (offset, receive time).
+    fn earliest_in_memory(
+        &self,
+        key: Key,
+        node: NodeId,
+        from: i64,
+        to: i64,
+    ) -> Option<(Offset, i64)> {
         let slot = self.open.get(&key)?;
         slot.iter()
             .filter(|o| o.node == node && o.received_at >= from && o.received_at <= to)
             .min_by_key(|o| (o.received_at, o.offset))
-            .map(|o| o.offset)
+            .map(|o| (o.offset, o.received_at))
     }
 
     fn remove_open(&mut self, key: Key, offset: Offset) {
@@ -419,13 +467,13 @@ impl Merger {
         }
     }
 
-    /// Drops open entries below the horizon, raising the horizon first if memory is over its
+    /// Drops open entries below the floor, raising the floor first if memory is over its
     /// limit. Dropped entries stay in the history, which answers for everything below the
-    /// horizon.
+    /// floor.
     fn sweep(&mut self) {
         self.inserted_since_sweep = 0;
         if self.open_len > self.memory_entries_max {
-            // Keep the newest half of the limit: raise the horizon above the time of the
+            // Keep the newest half of the limit: raise the floor above the time of the
             // (open_len - keep)-th oldest entry.
             let keep = self.memory_entries_max / 2;
             let mut times: Vec<i64> = self
@@ -436,16 +484,16 @@ impl Merger {
             let cut = times.len().saturating_sub(keep).saturating_sub(1);
             let (_, nth, _) = times.select_nth_unstable(cut);
             let h = nth.saturating_add(1);
-            if h > self.horizon {
-                self.horizon = h;
+            if h > self.floor {
+                self.floor = h;
             }
         }
-        let horizon = self.horizon;
+        let floor = self.floor;
         let mut dropped = 0usize;
         self.open.retain(|_, slot| {
             let before = 1 + slot.more.len();
-            slot.more.retain(|o| o.received_at >= horizon);
-            if slot.first.received_at < horizon {
+            slot.more.retain(|o| o.received_at >= floor);
+            if slot.first.received_at < floor {
                 match slot.more.pop() {
                     Some(o) => slot.first = o,
                     None => {
@@ -621,8 +669,11 @@ mod tests {
     }
 
     #[test]
-    fn skew_up_to_the_window_matches_beyond_it_does_not() {
-        let mut d = Driver::new(Config::default());
+    fn skew_up_to_a_short_horizon_matches_beyond_it_does_not() {
+        let mut d = Driver::new(Config {
+            horizon_ms: Some(5_000),
+            ..Config::default()
+        });
         let (a1, b1) = (rec(A, 1, 1, 0), rec(B, 1, 1, 5_000));
         let (a2, b2) = (rec(A, 2, 2, 20_000), rec(B, 2, 2, 25_001));
         assert_eq!(
@@ -634,9 +685,42 @@ mod tests {
                 entry(2, b2, false),
             ]
         );
-        // B's clock running behind A's by the window works the same way.
+        // B's clock running behind A's by the horizon works the same way.
         let (a3, b3) = (rec(A, 3, 3, 40_000), rec(B, 3, 3, 35_000));
         assert_eq!(d.feed(&[b3, a3]), vec![entry(3, b3, false), matched(3, a3)]);
+    }
+
+    /// Issue #24: a relay queued node A's copies while A rebooted and delivered them 31 s
+    /// later; under the default (unbounded) horizon they are the same events, counted as late
+    /// matches; genuine repeats (a second copy on both nodes) stay separate events.
+    #[test]
+    fn a_relay_backlog_delivered_long_after_w_pairs_with_the_live_copies() {
+        let mut d = Driver::new(Config::default());
+        let b: Vec<Record> = (0..3)
+            .map(|i| rec(B, i + 1, i as u8, i as i64 * 10))
+            .collect();
+        // The same three messages reach A 31 s later, then a genuine repeat of key 0 reaches
+        // both nodes 60 s later.
+        let a: Vec<Record> = (0..3)
+            .map(|i| rec(A, i + 1, i as u8, 31_000 + i as i64 * 10))
+            .collect();
+        let (b4, a4) = (rec(B, 4, 0, 91_000), rec(A, 4, 0, 91_002));
+        let out = d.feed(&[b[0], b[1], b[2], a[0], a[1], a[2], b4, a4]);
+        assert_eq!(
+            out,
+            vec![
+                entry(0, b[0], false),
+                entry(1, b[1], false),
+                entry(2, b[2], false),
+                matched(0, a[0]),
+                matched(1, a[1]),
+                matched(2, a[2]),
+                entry(3, b4, false),
+                matched(3, a4),
+            ]
+        );
+        let s = d.merger.stats();
+        assert_eq!((s.entries, s.matched, s.matched_late), (4, 4, 3));
     }
 
     #[test]
@@ -671,19 +755,33 @@ mod tests {
         let s = d.merger.stats();
         assert_eq!((s.entries, s.matched, s.late), (601, 599, 1));
         assert!(s.matched_from_history > 500, "{s:?}");
-        // Entry 100 (the message B missed) stays single: nothing matched it.
+        // Key 100 has two copies on A (entries 100 and 350) and one on B (at second 350): one
+        // to one in journal order, B's copy pairs with A's first, entry 100 (a late match, 250 s
+        // apart); entry 350 stays single. Two events for the key either way.
+        let pair_of_350 = b
+            .iter()
+            .position(|r| r.received_at == rec(B, 0, 0, 350_002).received_at);
+        assert_eq!(
+            out[pair_of_350.expect("b holds second 350")],
+            matched(100, b[pair_of_350.expect("idem")])
+        );
         assert!(d
             .log
             .iter()
-            .all(|o| !matches!(o, Output::Matched(m) if m.entry == Offset(100))));
+            .all(|o| !matches!(o, Output::Matched(m) if m.entry == Offset(350))));
+        assert_eq!(s.matched_late, 1);
     }
 
     #[test]
     fn a_clock_step_back_can_cost_an_extra_event_never_a_loss() {
         // b1 at 0; A stamps a1 at +4 s, then A's clock steps back and a2 is stamped at -4 s;
-        // b2 at +8 s. Best pairing: a2-b1, a1-b2 (2 events). Online, a1 arrives first and takes
-        // b1, the earliest candidate; a2 and b2 are then alone: 3 events, every record once.
-        let mut d = Driver::new(Config::default());
+        // b2 at +8 s. Best pairing within a 5 s horizon: a2-b1, a1-b2 (2 events). Online, a1
+        // arrives first and takes b1, the earliest candidate; a2 and b2 are then alone (12 s
+        // apart): 3 events, every record once.
+        let mut d = Driver::new(Config {
+            horizon_ms: Some(5_000),
+            ..Config::default()
+        });
         let (b1, a1, a2, b2) = (
             rec(B, 1, 1, 0),
             rec(A, 1, 1, 4_000),
@@ -699,7 +797,7 @@ mod tests {
                 entry(2, b2, false),
             ]
         );
-        let reference = crate::reference(&[a1, a2], &[b1, b2], 5_000);
+        let reference = crate::reference(&[a1, a2], &[b1, b2], Some(5_000));
         assert_eq!(reference.len(), 2);
     }
 
@@ -893,6 +991,15 @@ mod tests {
             }
             .validate(),
             Err(ConfigError::WindowZero)
+        );
+        assert_eq!(
+            Config {
+                horizon_ms: Some(4_999),
+                ..Config::default()
+            }
+            .validate()
+            .map_err(|e| e.to_string()),
+            Err("merger.horizon_ms = 4999: must be at least merger.window_ms (5000), or live copies would not pair".into())
         );
     }
 }

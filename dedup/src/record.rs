@@ -48,7 +48,7 @@ impl fmt::Display for JournalPos {
 /// It stands for exactly one journal record when it is emitted (the merger never waits for
 /// the peer copy); if the peer copy arrives later it is recorded as a [`Matched`] fact naming
 /// this entry's offset, so the entry stands for `copy` plus every `Matched` copy that names it
-/// (at most one, from the other node).
+/// (at most one, from the other node, however late it came within the horizon `H`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Entry {
     pub offset: Offset,
@@ -56,8 +56,10 @@ pub struct Entry {
     pub key: Key,
     /// Receive time of `copy`.
     pub received_at: UnixNanos,
-    /// The record arrived more than the window `W` behind the newest receive time the merger
-    /// had seen (e.g. a node's journal catching up after a partition) and matched nothing.
+    /// Published more than the window `W` after it was received, on the merger's clock: the
+    /// record's receive time is more than `W` behind the newest receive time of any record
+    /// accounted for before it (a node's journal catching up after a partition or a restart
+    /// of the merger's peer link), and it matched no earlier entry.
     pub late: bool,
 }
 
@@ -160,25 +162,27 @@ impl Progress {
     }
 
     /// Open entries of `node` received before this time can never be matched any more, so a
-    /// history index may forget them (bounded disk for the index); `None`: keep everything.
+    /// history index may forget them (bounded memory or disk for the index); `None`: keep
+    /// everything (an unbounded horizon, or nothing of the peer consumed yet).
     ///
     /// Only the other node's records can match them, and those still to come are received no
     /// earlier than its last consumed record, minus `clock_step_margin_ms` for a clock that
-    /// steps back: pruning below `last_received(peer) - W - margin` never changes an output
+    /// steps back: pruning below `last_received(peer) - H - margin` never changes an output
     /// while no clock steps back by more than the margin. Before the peer's first record is
     /// consumed, its whole journal may still come: nothing is prunable.
     pub fn prunable_before(
         &self,
         node: NodeId,
-        window_ms: u64,
+        horizon_ms: Option<u64>,
         clock_step_margin_ms: u64,
     ) -> Option<UnixNanos> {
+        let horizon_ms = horizon_ms?;
         let peer_last = self
             .last_received
             .get(usize::from(node.peer().0))
             .copied()
             .flatten()?;
-        let back_ns = i64::try_from(window_ms.saturating_add(clock_step_margin_ms))
+        let back_ns = i64::try_from(horizon_ms.saturating_add(clock_step_margin_ms))
             .unwrap_or(i64::MAX)
             .saturating_mul(1_000_000);
         Some(UnixNanos(peer_last.0.saturating_sub(back_ns)))

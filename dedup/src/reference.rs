@@ -3,13 +3,14 @@
 //! the property tests hold the streaming [`crate::Merger`] against it.
 //!
 //! Rule: two records with the same key from different nodes are copies of one event when
-//! their receive times differ by at most `W`. Matching is one-to-one, in time order: per key,
-//! walk node A's and node B's records sorted by receive time; the earlier of the two heads is
-//! either matched with the other head (within `W`) or, if it is too far before it, it can match
-//! nothing later either (every later record of the other node is later still), so it is an
-//! event of its own. This greedy pairing is a maximum matching of the "within `W`" relation,
-//! so k copies on A and m on B inside one window give max(k, m) events (tested against a
-//! brute-force maximum matching below).
+//! their receive times differ by at most the horizon `H` (`None`: unbounded, the default).
+//! Matching is one-to-one, in time order: per key, walk node A's and node B's records sorted
+//! by receive time; the earlier of the two heads is either matched with the other head (within
+//! `H`) or, if it is too far before it, it can match nothing later either (every later record
+//! of the other node is later still), so it is an event of its own. This greedy pairing is a
+//! maximum matching of the "within `H`" relation, so k copies on A and m on B inside one
+//! horizon give max(k, m) events (tested against a brute-force maximum matching below); with
+//! the unbounded horizon, max(k, m) per key over the whole journals.
 
 use std::collections::BTreeMap;
 
@@ -25,8 +26,12 @@ pub struct RefEvent {
 }
 
 /// The expected events of two whole journals, in key order then time order.
-pub fn reference(journal_a: &[Record], journal_b: &[Record], window_ms: u64) -> Vec<RefEvent> {
-    let w = i128::from(window_ms) * 1_000_000;
+pub fn reference(
+    journal_a: &[Record],
+    journal_b: &[Record],
+    horizon_ms: Option<u64>,
+) -> Vec<RefEvent> {
+    let w = horizon_ms.map_or(i128::MAX, |h| i128::from(h) * 1_000_000);
     let mut per_key: BTreeMap<Key, [Vec<&Record>; 2]> = BTreeMap::new();
     for r in journal_a.iter().chain(journal_b) {
         let side = if r.node == NodeId::A { 0 } else { 1 };
@@ -116,7 +121,7 @@ mod tests {
     #[test]
     fn copies_on_both_nodes_are_one_event() {
         let (a, b) = journals(&[(1, 1000)], &[(1, 1003)]);
-        let ev = reference(&a, &b, 5000);
+        let ev = reference(&a, &b, Some(5000));
         assert_eq!(
             ev,
             vec![RefEvent {
@@ -132,16 +137,43 @@ mod tests {
             &[(1, 0), (1, 100), (1, 200)],
             &[(1, 50), (1, 150), (1, 250), (1, 300), (1, 350)],
         );
-        assert_eq!(reference(&a, &b, 5000).len(), 5);
-        assert_eq!(reference(&b, &a, 5000).len(), 5);
+        assert_eq!(reference(&a, &b, Some(5000)).len(), 5);
+        assert_eq!(reference(&b, &a, Some(5000)).len(), 5);
     }
 
     #[test]
-    fn skew_beyond_the_window_gives_two_events() {
+    fn skew_beyond_a_short_horizon_gives_two_events() {
         let (a, b) = journals(&[(1, 0)], &[(1, 5001)]);
-        assert_eq!(reference(&a, &b, 5000).len(), 2);
+        assert_eq!(reference(&a, &b, Some(5000)).len(), 2);
         let (a, b) = journals(&[(1, 0)], &[(1, 5000)]);
-        assert_eq!(reference(&a, &b, 5000).len(), 1);
+        assert_eq!(reference(&a, &b, Some(5000)).len(), 1);
+    }
+
+    #[test]
+    fn with_the_unbounded_horizon_a_copy_days_late_is_the_same_event() {
+        // A node down for a weekend; its relay delivers the backlog on Monday.
+        let day = 86_400_000;
+        let (a, b) = journals(
+            &[(1, 0), (2, 10), (1, 3 * day)],
+            &[(1, 3 * day), (2, 3 * day)],
+        );
+        let ev = reference(&a, &b, None);
+        // Key 1: 2 copies on A, 1 on B: 2 events; key 2: 1 and 1: 1 event.
+        assert_eq!(
+            counts_per_key(&ev).values().copied().collect::<Vec<_>>(),
+            [2, 1]
+        );
+        assert_eq!(
+            ev[0].copies,
+            vec![a[0].pos(), b[0].pos()],
+            "one-to-one in journal order: A's first copy pairs with B's first"
+        );
+        // The same journals with a one-day horizon: nothing pairs across the weekend.
+        let ev = reference(&a, &b, Some(day as u64));
+        assert_eq!(
+            counts_per_key(&ev).values().copied().collect::<Vec<_>>(),
+            [2, 2]
+        );
     }
 
     /// Brute-force maximum bipartite matching (Kuhn's augmenting paths).
@@ -193,7 +225,7 @@ mod tests {
             let a: Vec<(u8, i64)> = ta.iter().map(|&t| (9, t)).collect();
             let b: Vec<(u8, i64)> = tb.iter().map(|&t| (9, t)).collect();
             let (ja, jb) = journals(&a, &b);
-            let events = reference(&ja, &jb, 5000);
+            let events = reference(&ja, &jb, Some(5000));
             let expected = na + nb - max_matching(&ta, &tb, 5000);
             assert_eq!(events.len(), expected, "a={ta:?} b={tb:?}");
         }

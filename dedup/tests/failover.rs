@@ -34,15 +34,20 @@ fn recovery_after_any_record_loses_and_doubles_nothing() {
     for runs_plan in &orders {
         for at in 0..=total {
             for lost in 0..=3 {
-                for (memory_ms, entries_max) in [(60_000, 1 << 20), (5_000, 2)] {
+                for (horizon_ms, memory_ms, entries_max) in [
+                    (None, 60_000, 1 << 20),
+                    (None, 5_000, 2),
+                    (Some(5_000), 60_000, 1 << 20),
+                    (Some(5_000), 5_000, 2),
+                ] {
                     let plan = Plan {
                         runs: runs_plan.clone(),
                         crashes: vec![(at, lost), (at + 7, 1)],
                         tick_ms: None,
                         prune_margin_ms: Some(0),
                     };
-                    let log = drive(&j, &plan, config(memory_ms, entries_max, 7));
-                    if let Err(e) = check(&j, &log, true) {
+                    let log = drive(&j, &plan, config(horizon_ms, memory_ms, entries_max, 7));
+                    if let Err(e) = check(&j, &log, horizon_ms, true) {
                         panic!("order {runs_plan:?}, crash after {at} lost {lost}: {e}");
                     }
                     runs += 1;
@@ -50,5 +55,5 @@ fn recovery_after_any_record_loses_and_doubles_nothing() {
             }
         }
     }
-    assert_eq!(runs, 3 * (total + 1) * 4 * 2);
+    assert_eq!(runs, 3 * (total + 1) * 4 * 4);
 }

@@ -7,8 +7,8 @@
 //! - every journal record is accounted for exactly once (an entry's copy or a `Matched` copy),
 //!   and no output names a record that is not in the journals;
 //! - entry offsets are contiguous from 0;
-//! - each entry is matched at most once, by a copy from the other node, same key, within `W`
-//!   (so an event stands for at most one copy per node);
+//! - each entry is matched at most once, by a copy from the other node, same key, within the
+//!   horizon `H` (so an event stands for at most one copy per node);
 //! - the number of events per key equals the reference's (monotone clocks) or is at least it
 //!   (a clock stepped back: pairing stays valid but may not be maximal);
 //! - `late` is set exactly on entries more than `W` older than the newest record before them.
@@ -18,7 +18,7 @@
 
 mod common;
 
-use common::{check, config, drive, journals, step_back, Event, Plan, STEP_MAX_MS};
+use common::{backlog, check, config, drive, journals, step_back, Event, Plan, STEP_MAX_MS};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 
@@ -36,7 +36,9 @@ fn event(n_keys: u8) -> impl Strategy<Value = Event> {
             3 => 0u32..50,
             3 => 0u32..3_000,
             2 => (0u32..12).prop_map(|x| x * 500),
-            1 => 0u32..30_000
+            1 => 0u32..30_000,
+            // Simulated time over days: quiet hours between bursts.
+            1 => 0u32..200_000_000
         ],
         0u8..10,
         jitter(),
@@ -76,6 +78,27 @@ fn plan() -> impl Strategy<Value = Plan> {
         })
 }
 
+/// The horizon `H`: the default (unbounded), or configured, down to `W` itself.
+fn horizon() -> impl Strategy<Value = Option<u64>> {
+    prop_oneof![
+        3 => Just(None),
+        1 => Just(Some(5_000u64)),
+        1 => Just(Some(60_000u64)),
+        1 => Just(Some(3_600_000u64)),
+        1 => Just(Some(86_400_000u64)),
+    ]
+}
+
+/// A node away behind a queued sender (none, or on A or B): start and length in ms after T0,
+/// from a few ms to beyond any horizon above.
+fn outage() -> impl Strategy<Value = Option<(bool, i64, i64)>> {
+    prop::option::of((
+        any::<bool>(),
+        0i64..200_000,
+        prop_oneof![0i64..6_000, 0i64..120_000, 0i64..172_800_000],
+    ))
+}
+
 fn cfg() -> impl Strategy<Value = (u64, usize, u64)> {
     (
         prop_oneof![Just(5_000u64), Just(6_000), Just(60_000)],
@@ -94,7 +117,8 @@ proptest! {
         ..ProptestConfig::default()
     })]
 
-    /// Nondecreasing clocks per node, random skew between them: exact per-key counts.
+    /// Nondecreasing clocks per node, random skew between them, a node away behind a queued
+    /// sender (its copies delivered late, beyond `W` and beyond `H`): exact per-key counts.
     #[test]
     fn streaming_equals_reference(
         events in events(),
@@ -103,12 +127,17 @@ proptest! {
             -12_000i64..12_000,
             (-24i64..24).prop_map(|x| x * 500)
         ],
+        outage in outage(),
         plan in plan(),
+        horizon_ms in horizon(),
         (memory_ms, entries_max, seed) in cfg(),
     ) {
-        let j = journals(&events, skew_b_ms);
-        let log = drive(&j, &plan, config(memory_ms, entries_max, seed));
-        if let Err(e) = check(&j, &log, true) {
+        let mut j = journals(&events, skew_b_ms);
+        if let Some((on_b, start_ms, len_ms)) = outage {
+            backlog(&mut j[usize::from(on_b)], start_ms, len_ms);
+        }
+        let log = drive(&j, &plan, config(horizon_ms, memory_ms, entries_max, seed));
+        if let Err(e) = check(&j, &log, horizon_ms, true) {
             prop_assert!(false, "{}", e);
         }
     }
@@ -120,14 +149,15 @@ proptest! {
         skew_b_ms in -3_000i64..3_000,
         step in (any::<bool>(), 0usize..48, 1i64..=STEP_MAX_MS as i64),
         plan in plan(),
+        horizon_ms in horizon(),
         (memory_ms, entries_max, seed) in cfg(),
     ) {
         let mut j = journals(&events, skew_b_ms);
         let (on_b, at, step_ms) = step;
         step_back(&mut j[usize::from(on_b)], at, step_ms);
         let plan = Plan { prune_margin_ms: plan.prune_margin_ms.map(|_| STEP_MAX_MS), ..plan };
-        let log = drive(&j, &plan, config(memory_ms, entries_max, seed));
-        if let Err(e) = check(&j, &log, false) {
+        let log = drive(&j, &plan, config(horizon_ms, memory_ms, entries_max, seed));
+        if let Err(e) = check(&j, &log, horizon_ms, false) {
             prop_assert!(false, "{}", e);
         }
     }
@@ -151,19 +181,24 @@ proptest! {
         events in events(),
         skew_b_ms in -12_000i64..12_000,
         step in (any::<bool>(), 0usize..48, 0i64..=STEP_MAX_MS as i64),
+        outage in outage(),
         plan in plan(),
+        horizon_ms in horizon(),
         seed in any::<u64>(),
     ) {
         let mut j = journals(&events, skew_b_ms);
         let (on_b, at, step_ms) = step;
         step_back(&mut j[usize::from(on_b)], at, step_ms);
+        if let Some((on_b, start_ms, len_ms)) = outage {
+            backlog(&mut j[usize::from(on_b)], start_ms, len_ms);
+        }
         let all_in_memory = drive(
             &j,
             &Plan { tick_ms: None, prune_margin_ms: None, ..plan.clone() },
-            config(3_600_000, 1 << 20, 0),
+            config(horizon_ms, u64::MAX / 2, 1 << 20, 0),
         );
         let plan = Plan { prune_margin_ms: plan.prune_margin_ms.map(|_| STEP_MAX_MS), ..plan };
-        let mostly_history = drive(&j, &plan, config(5_000, 1, seed));
+        let mostly_history = drive(&j, &plan, config(horizon_ms, 5_000, 1, seed));
         prop_assert_eq!(all_in_memory, mostly_history);
     }
 }
