@@ -33,6 +33,9 @@ pub struct RawConfig {
     /// `[ha]`: witness, policy and timings of the pair (`crate::pair::ha_config`).
     #[serde(default)]
     pub ha: Option<crate::pair::ha_config::RawHa>,
+    /// `[merger]`: the pair's de-duplication horizon (`crate::pair::ha_config::RawMerger`).
+    #[serde(default)]
+    pub merger: Option<crate::pair::ha_config::RawMerger>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -668,11 +671,19 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<NodeConfig, Vec<String>> 
                     "ha: an [ha] section needs a [pair] section (a single node has no HA)".into(),
                 );
             }
+            if raw.merger.is_some() {
+                problems.push(
+                    "merger: a [merger] section needs a [pair] section (a single node has one \
+                     journal and nothing to merge)"
+                        .into(),
+                );
+            }
             None
         }
         (Some(_), p) => {
             let links = p.as_ref().map_or(1, |p| p.links.len());
-            crate::pair::ha_config::validate(raw.ha.as_ref(), name, links, &mut problems)
+            let merger = raw.merger.clone().unwrap_or_default();
+            crate::pair::ha_config::validate(raw.ha.as_ref(), &merger, name, links, &mut problems)
         }
     };
     if !problems.is_empty() {

@@ -236,6 +236,21 @@ impl Collector for NodeCollector {
                 s.stream_kept_raw.load(Relaxed),
             )],
         )?;
+        family(
+            &mut enc,
+            "twinrx_merger_matched",
+            "Records suppressed as the other node's copy of a published entry",
+            Counter,
+            &[(vec![], s.merger_matched.load(Relaxed))],
+        )?;
+        family(
+            &mut enc,
+            "twinrx_merger_late_copies",
+            "Of the matched records, copies received more than the window W apart from their \
+             entry's (one node got the message late: relay backlog, inform retry, reboot)",
+            Counter,
+            &[(vec![], s.merger_matched_late.load(Relaxed))],
+        )?;
         {
             let (buckets, sum, count) = s.stream_latency.snapshot();
             let mut m = enc.encode_descriptor(

@@ -42,6 +42,14 @@ pub struct NodeStats {
     pub stream_latency: LatencyHistogram,
     pub stream_kept_raw: AtomicU64,
     pub stream_bad_records: AtomicU64,
+    /// Records the merger found to be the other node's copy of an entry already published.
+    pub merger_matched: AtomicU64,
+    /// Of those, copies received more than `W` apart from their entry's (one node got the
+    /// message late: a relay's backlog, a retried inform, a node back from a reboot).
+    pub merger_matched_late: AtomicU64,
+    /// While this node publishes: per node (a, b), the highest journal seq its merger has
+    /// accounted for in the stored stream (an entry or a copy of one).
+    pub merger_consumed: [AtomicU64; 2],
     pub stream_last_error: Mutex<Option<String>>,
     /// Unix ms when the journal append in progress started (0: none): health's fsync latency.
     pub journal_busy_since_ms: AtomicU64,

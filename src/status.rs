@@ -88,6 +88,12 @@ pub fn status_json(node: &Node) -> Value {
             "next_offset": stream_next,
             "committed_end": (*node.gate.committed.borrow()).min(stream_next),
             "kept_raw": s.stream_kept_raw.load(Relaxed),
+            "matched_copies": s.merger_matched.load(Relaxed),
+            "late_copies": s.merger_matched_late.load(Relaxed),
+            "merged_seq": {
+                "a": s.merger_consumed[0].load(Relaxed),
+                "b": s.merger_consumed[1].load(Relaxed),
+            },
             "latency_us_p50": s.stream_latency.quantile_us(0.50),
             "latency_us_p99": s.stream_latency.quantile_us(0.99),
             "last_error": stream_error,

@@ -40,9 +40,22 @@ pub struct RawHa {
     pub lease_margin_ms: Option<u64>,
     #[serde(default)]
     pub handover_timeout_ms: Option<u64>,
-    /// De-duplication window W (SPEC "De-duplication"), default 5000.
+    /// De-duplication window W (SPEC "De-duplication"), default 5000: how close live copies
+    /// are (`late`, late-copy counts); it does not limit pairing (that is `[merger] horizon_s`).
     #[serde(default)]
     pub dedup_window_ms: Option<u64>,
+}
+
+/// The `[merger]` section: how the active pairs the two nodes' copies (SPEC "De-duplication").
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawMerger {
+    /// The horizon `H` in seconds: copies of one key pair one-to-one in journal order when
+    /// their receive times are at most this far apart. Absent (the default): no limit, all
+    /// the history the journals hold, so a node away for a weekend and its relay's weekend
+    /// backlog still pair.
+    #[serde(default)]
+    pub horizon_s: Option<u64>,
 }
 
 /// A validated `[ha]` section.
@@ -65,6 +78,7 @@ impl HaSettings {
 /// Validates `[ha]` for node `me` with `links` cluster links.
 pub fn validate(
     raw: Option<&RawHa>,
+    merger: &RawMerger,
     me: NodeId,
     links: usize,
     problems: &mut Vec<String>,
@@ -151,13 +165,23 @@ pub fn validate(
             None
         }
     };
+    let window_ms = raw.dedup_window_ms.unwrap_or(5000);
     let dedup = match (dedup::Config {
-        window_ms: raw.dedup_window_ms.unwrap_or(5000),
+        window_ms,
+        horizon_ms: merger.horizon_s.map(|s| s.saturating_mul(1000)),
         ..dedup::Config::default()
     })
     .validate()
     {
         Ok(d) => Some(d),
+        Err(dedup::ConfigError::HorizonBelowWindow { .. }) => {
+            problems.push(format!(
+                "merger.horizon_s = {}: must be at least ha.dedup_window_ms ({window_ms} ms), or \
+                 live copies would not pair",
+                merger.horizon_s.unwrap_or_default()
+            ));
+            None
+        }
         Err(e) => {
             problems.push(format!("ha.dedup_window_ms: {e}"));
             None
@@ -183,7 +207,13 @@ mod tests {
     fn check(text: &str) -> Result<HaSettings, Vec<String>> {
         let raw: RawHa = toml::from_str(text).expect("toml");
         let mut problems = Vec::new();
-        match validate(Some(&raw), NodeId::A, 1, &mut problems) {
+        match validate(
+            Some(&raw),
+            &RawMerger::default(),
+            NodeId::A,
+            1,
+            &mut problems,
+        ) {
             Some(s) if problems.is_empty() => Ok(s),
             _ => Err(problems),
         }
@@ -197,6 +227,27 @@ mod tests {
         assert_eq!(s.core.get().heartbeat_interval_ms, 200);
         assert_eq!(s.core.get().links, 1);
         assert_eq!(s.dedup.get().window_ms, 5000);
+        assert_eq!(s.dedup.get().horizon_ms, None, "H is unbounded by default");
+    }
+
+    #[test]
+    fn a_horizon_below_the_window_names_both_keys() {
+        let raw: RawHa = toml::from_str("dedup_window_ms = 5000\n").expect("toml");
+        let mut problems = Vec::new();
+        let merger = RawMerger { horizon_s: Some(4) };
+        assert!(validate(Some(&raw), &merger, NodeId::A, 1, &mut problems).is_none());
+        assert_eq!(
+            problems,
+            [
+                "merger.horizon_s = 4: must be at least ha.dedup_window_ms (5000 ms), or live \
+              copies would not pair"
+            ]
+        );
+        let merger = RawMerger {
+            horizon_s: Some(600),
+        };
+        let s = validate(Some(&raw), &merger, NodeId::A, 1, &mut Vec::new()).expect("valid");
+        assert_eq!(s.dedup.get().horizon_ms, Some(600_000));
     }
 
     #[test]

@@ -340,12 +340,12 @@ impl Writer {
     }
 
     fn prune(&mut self) {
-        let w = self.dedup.get().window_ms;
+        let h = self.dedup.get().horizon_ms;
         for n in [NodeId::A, NodeId::B] {
             if let Some(before) = self
                 .fold
                 .progress
-                .prunable_before(n, w, CLOCK_STEP_MARGIN_MS)
+                .prunable_before(n, h, CLOCK_STEP_MARGIN_MS)
             {
                 self.fold.history.prune(n, before);
             }
@@ -511,6 +511,37 @@ impl Writer {
     /// Feeds a batch of `node`'s records to the merger and stores the entries; false when
     /// publishing must stop (lease lapsed, disk or merger error).
     fn publish(&mut self, p: &mut Publishing, node: NodeId, batch: &[(Seq, Vec<u8>)]) -> bool {
+        let before = p.merger.stats();
+        let published = self.publish_batch(p, node, batch);
+        if !published {
+            // The batch's outputs are derived again by the next merger: count them then.
+            return false;
+        }
+        let after = p.merger.stats();
+        self.stats
+            .merger_matched
+            .fetch_add(after.matched - before.matched, Relaxed);
+        self.stats
+            .merger_matched_late
+            .fetch_add(after.matched_late - before.matched_late, Relaxed);
+        // The merger's own progress: a batch of copies only (no entry) is accounted for
+        // although its facts are stored with the next entry.
+        let progress = p.merger.progress();
+        for (n, c) in [NodeId::A, NodeId::B]
+            .into_iter()
+            .zip(&self.stats.merger_consumed)
+        {
+            c.store(progress.consumed(n).0, Relaxed);
+        }
+        true
+    }
+
+    fn publish_batch(
+        &mut self,
+        p: &mut Publishing,
+        node: NodeId,
+        batch: &[(Seq, Vec<u8>)],
+    ) -> bool {
         let mut lines = Vec::with_capacity(batch.len());
         let mut received = Vec::with_capacity(batch.len());
         for (seq, payload) in batch {
