@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{get_json, get_text, unique_ip, wait_for, Scratch, BIN};
+use common::{get_json, get_text, keep_evidence, unique_ip, wait_for, Evidence, Scratch, BIN};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::net::{Ipv4Addr, TcpListener};
@@ -103,6 +103,13 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut procs = vec![Evidence::new("lab", &self.out, None)];
+            for n in ["a", "b", "witness"] {
+                procs.push(Evidence::new(n, &self.dir.join(format!("{n}.log")), None));
+            }
+            keep_evidence(&procs, None);
+        }
         // A failed test: kill the children the lab started (from lab.json), then the lab.
         if let Some(mut c) = self.child.take() {
             if let Some(doc) = std::fs::read_to_string(self.dir.join("lab.json"))

@@ -102,6 +102,7 @@ impl Broker {
             }
             TcpStream::connect(&addr).ok()
         });
+        note(&format!("broker: up on {addr}"));
     }
 
     /// Stops the broker gracefully (SIGTERM; SIGKILL after 20 s) and waits for it.
@@ -109,6 +110,7 @@ impl Broker {
         let Some(mut c) = self.child.take() else {
             return;
         };
+        note("broker: SIGTERM");
         let pid = nix::unistd::Pid::from_raw(c.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -125,6 +127,9 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            keep_evidence(&[Evidence::new("broker", &self.log, None)], None);
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -865,6 +870,7 @@ fn write_psk(dir: &Path) {
 struct Trio {
     witness: Option<Child>,
     witness_log: PathBuf,
+    witness_admin: String,
     nodes: [TestNode; 2],
 }
 
@@ -922,6 +928,7 @@ impl Trio {
         Trio {
             witness: Some(witness),
             witness_log,
+            witness_admin: format!("http://{wip}:7403"),
             nodes: [a, b],
         }
     }
@@ -944,26 +951,17 @@ impl Trio {
             }
         })
     }
-
-    /// The last lines of the three processes' logs, for a failure message.
-    fn logs(&self) -> String {
-        let tail = |t: String| {
-            let l: Vec<&str> = t.lines().collect();
-            l[l.len().saturating_sub(80)..].join("\n")
-        };
-        format!(
-            "--- witness\n{}\n--- node a\n{}\n--- node b\n{}",
-            tail(std::fs::read_to_string(&self.witness_log).unwrap_or_default()),
-            tail(self.nodes[0].log_text()),
-            tail(self.nodes[1].log_text())
-        )
-    }
 }
 
 impl Drop for Trio {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("{}", self.logs());
+            // The nodes keep their own evidence when they drop, after this.
+            let admin = self
+                .witness
+                .is_some()
+                .then_some(self.witness_admin.as_str());
+            keep_evidence(&[Evidence::new("witness", &self.witness_log, admin)], None);
         }
         if let Some(mut c) = self.witness.take() {
             let _ = c.kill();

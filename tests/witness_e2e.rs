@@ -114,6 +114,10 @@ impl TestWitness {
 
 impl Drop for TestWitness {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let admin = self.child.is_some().then_some(self.admin.as_str());
+            keep_evidence(&[Evidence::new("witness", &self.log, admin)], None);
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();

@@ -4,10 +4,12 @@
 #![allow(dead_code)]
 pub mod netns;
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_twinrx");
@@ -74,6 +76,151 @@ impl Drop for Scratch {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Evidence of a failing test: every harness object that owns processes calls
+// `keep_evidence` from its `Drop` while the test panics, so a failure always leaves its logs,
+// the live processes' status and the test's timeline behind.
+
+/// The test's own timeline: what the harness and the test did, in milliseconds since the
+/// test began. One per test thread (libtest runs each test on its own thread); clones share it.
+#[derive(Clone)]
+pub struct Timeline(Arc<(Instant, Mutex<Vec<String>>)>);
+
+thread_local! {
+    static TIMELINE: Timeline = Timeline(Arc::new((Instant::now(), Mutex::new(Vec::new()))));
+}
+
+impl Timeline {
+    /// The timeline of the calling test.
+    pub fn current() -> Timeline {
+        TIMELINE.with(Timeline::clone)
+    }
+
+    pub fn note(&self, what: &str) {
+        let ms = self.0 .0.elapsed().as_millis();
+        let mut lines = self.0 .1.lock().unwrap_or_else(|e| e.into_inner());
+        lines.push(format!("{ms:>8} ms  {what}"));
+    }
+
+    pub fn text(&self) -> String {
+        let lines = self.0 .1.lock().unwrap_or_else(|e| e.into_inner());
+        lines.iter().map(|l| format!("{l}\n")).collect()
+    }
+}
+
+/// Notes `what` in the calling test's timeline (kept with the logs if the test fails).
+pub fn note(what: &str) {
+    Timeline::current().note(what);
+}
+
+/// One process's evidence: its log, and its `/status` URL while it runs.
+pub struct Evidence {
+    pub name: String,
+    pub log: PathBuf,
+    pub status_url: Option<String>,
+}
+
+impl Evidence {
+    /// A process's evidence; `admin` (`http://host:port`) only while the process runs.
+    pub fn new(name: &str, log: &Path, admin: Option<&str>) -> Evidence {
+        Evidence {
+            name: name.to_string(),
+            log: log.to_path_buf(),
+            status_url: admin.map(|a| format!("{a}/status")),
+        }
+    }
+}
+
+/// The name of the calling test (libtest names each test's thread after the test).
+fn test_name() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("test")
+        .replace("::", "-")
+        .replace('/', "-")
+}
+
+/// Logs already kept by this test binary, and the evidence directories it made: a trio keeps
+/// its nodes' logs, and their own drops, which run after, then keep nothing twice.
+static KEPT: Mutex<(BTreeSet<PathBuf>, BTreeSet<PathBuf>)> =
+    Mutex::new((BTreeSet::new(), BTreeSet::new()));
+
+/// The last `n` lines of a log (empty when it cannot be read).
+pub fn log_tail(log: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Keeps the evidence of a failing test in `$TWINRX_EVIDENCE_DIR` (else the temporary
+/// directory) `/twinrx-failed-<test>/`: each process's log, its `/status` JSON if it answers
+/// within 2 s, the test's timeline, and the plain files directly in `extra_files` (manifests,
+/// gen logs, dumps); prints the directory and the last 40 lines of each log. Called from
+/// `Drop` impls while the test panics, so it never panics itself (a second panic aborts).
+pub fn keep_evidence(procs: &[Evidence], extra_files: Option<&Path>) {
+    let root = std::env::var_os("TWINRX_EVIDENCE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let test = test_name();
+    let keep = root.join(format!("twinrx-failed-{test}"));
+    let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+    let fresh: Vec<&Evidence> = procs.iter().filter(|p| !kept.0.contains(&p.log)).collect();
+    if fresh.is_empty() {
+        return;
+    }
+    if kept.1.insert(keep.clone()) {
+        // The first evidence of this test in this run: nothing of an earlier run mixes in.
+        let _ = std::fs::remove_dir_all(&keep);
+    }
+    if let Err(e) = std::fs::create_dir_all(&keep) {
+        eprintln!(
+            "[{test}] cannot keep the evidence in {}: {e}",
+            keep.display()
+        );
+        return;
+    }
+    let said = |what: &Path, r: std::io::Result<()>| {
+        if let Err(e) = r {
+            eprintln!("[{test}] cannot keep {}: {e}", what.display());
+        }
+    };
+    for e in extra_files
+        .and_then(|d| std::fs::read_dir(d).ok())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if e.path().is_file() {
+            said(
+                &e.path(),
+                std::fs::copy(e.path(), keep.join(e.file_name())).map(drop),
+            );
+        }
+    }
+    for p in fresh {
+        kept.0.insert(p.log.clone());
+        let to = keep.join(format!("{}.log", p.name));
+        said(&p.log, std::fs::copy(&p.log, to).map(drop));
+        if let Some(url) = &p.status_url {
+            let status = get_json_within(url, Duration::from_secs(2))
+                .and_then(|v| serde_json::to_string_pretty(&v).ok())
+                .unwrap_or_else(|| format!("no answer from {url} within 2 s\n"));
+            let to = keep.join(format!("{}.status.json", p.name));
+            said(&to, std::fs::write(&to, status));
+        }
+        eprintln!(
+            "----- [{test}] {} log (last 40 lines) -----\n{}",
+            p.name,
+            log_tail(&p.log, 40)
+        );
+    }
+    let timeline = Timeline::current().text();
+    let to = keep.join("timeline.txt");
+    said(&to, std::fs::write(&to, &timeline));
+    eprintln!("----- [{test}] timeline -----\n{timeline}");
+    eprintln!("[{test}] evidence kept in {}", keep.display());
+}
+
 /// Waits until `f` returns Some, or panics with `what` after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
@@ -111,6 +258,7 @@ impl TestNode {
              [admin]\nlisten = \"{ip}:7401\"\n\n{extra}\n"
         );
         std::fs::write(&config, text).expect("write config");
+        Timeline::current();
         TestNode {
             ip,
             dir: dir.to_path_buf(),
@@ -130,11 +278,25 @@ impl TestNode {
         self.wait_admin(Duration::from_secs(20));
     }
 
+    /// The node's name in evidence and the timeline: its directory's name (a, b, old, ...).
+    pub fn label(&self) -> String {
+        self.dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "node".into())
+    }
+
+    pub fn evidence(&self) -> Evidence {
+        let admin = self.child.is_some().then_some(self.admin.as_str());
+        Evidence::new(&self.label(), &self.log, admin)
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().expect("node running").id() as i32
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        note(&format!("{}: {sig} (pid {})", self.label(), self.pid()));
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("kill");
     }
 
@@ -145,6 +307,7 @@ impl TestNode {
             child.try_wait().ok().flatten()
         });
         self.child = None;
+        note(&format!("{}: exited ({st})", self.label()));
         st
     }
 
@@ -179,6 +342,9 @@ impl TestNode {
 
 impl Drop for TestNode {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            keep_evidence(&[self.evidence()], None);
+        }
         reap(&mut self.child);
     }
 }
@@ -408,8 +574,14 @@ impl TrioWitness {
         format!("{}:7402", self.ip)
     }
 
+    pub fn evidence(&self) -> Evidence {
+        let admin = self.child.is_some().then_some(self.admin.as_str());
+        Evidence::new("witness", &self.log, admin)
+    }
+
     pub fn start(&mut self) {
         self.child = Some(spawn_logged("witness", &self.config, &self.log));
+        note("witness: started");
         let url = format!("{}/status", self.admin);
         let log = self.log.clone();
         wait_for("the witness's admin API", Duration::from_secs(20), || {
@@ -426,6 +598,7 @@ impl TrioWitness {
     }
 
     pub fn kill9(&mut self) {
+        note("witness: SIGKILL");
         let mut c = self.child.take().expect("witness running");
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(c.id() as i32),
@@ -444,6 +617,9 @@ impl TrioWitness {
 
 impl Drop for TrioWitness {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            keep_evidence(&[self.evidence()], None);
+        }
         reap(&mut self.child);
     }
 }
@@ -460,6 +636,7 @@ impl GenRun {
     pub fn wait(&mut self, timeout: Duration) {
         let mut c = self.child.take().expect("gen running");
         let st = wait_for("gen to finish", timeout, || c.try_wait().ok().flatten());
+        note(&format!("gen {}: finished ({st})", self.manifest.display()));
         assert!(
             st.success(),
             "gen: {st}\n{}",
@@ -562,12 +739,15 @@ impl Trio {
     /// Starts the witness and both nodes and waits until the pair is redundant; returns the
     /// name of the active.
     pub fn start(&mut self) -> &'static str {
+        note(&format!("[{}] trio: starting", self.tag));
         self.w.start();
         self.a.spawn();
         self.b.spawn();
         self.a.wait_admin(Duration::from_secs(30));
         self.b.wait_admin(Duration::from_secs(30));
-        self.wait_redundant(Duration::from_secs(30))
+        let active = self.wait_redundant(Duration::from_secs(30));
+        note(&format!("[{}] trio: started, {active} active", self.tag));
+        active
     }
 
     pub fn node(&self, name: &str) -> &TestNode {
@@ -603,10 +783,14 @@ impl Trio {
             let (ha, hb) = (ha_of(&self.a), ha_of(&self.b));
             if let (Some(ha), Some(hb)) = (&ha, &hb) {
                 if ha["redundant"] == true && hb["redundant"] == true {
-                    match (role_of(ha), role_of(hb)) {
-                        ("active", "standby") => return "a",
-                        ("standby", "active") => return "b",
-                        _ => {}
+                    let active = match (role_of(ha), role_of(hb)) {
+                        ("active", "standby") => "a",
+                        ("standby", "active") => "b",
+                        _ => "",
+                    };
+                    if !active.is_empty() {
+                        note(&format!("[{}] redundant: {active} active", self.tag));
+                        return active;
                     }
                 }
             }
@@ -651,6 +835,9 @@ impl Trio {
             .stderr(logf)
             .spawn()
             .expect("spawn gen");
+        note(&format!(
+            "gen {run_id}: started, {count} {protocol} messages at {rate}/s over {transport}"
+        ));
         GenRun {
             child: Some(child),
             manifest,
@@ -670,6 +857,7 @@ impl Trio {
 
     /// `twinrx resync --node URL` of node `name`: asserts exit 0, returns its output.
     pub fn resync(&self, name: &str) -> String {
+        note(&format!("[{}] resync {name}: started", self.tag));
         let out = Command::new(BIN)
             .args([
                 "resync",
@@ -685,6 +873,7 @@ impl Trio {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        note(&format!("[{}] resync {name}: {}", self.tag, out.status));
         if !out.status.success() {
             self.dump_logs_tail();
         }
@@ -701,6 +890,7 @@ impl Trio {
     /// `twinrx check` on the dump passes (every message once, offsets contiguous, epochs
     /// non-decreasing). Returns the parsed dump.
     pub fn final_check(&self, manifests: &[&Path]) -> Vec<serde_json::Value> {
+        note(&format!("[{}] final check: started", self.tag));
         self.wait_redundant(Duration::from_secs(30));
         let stable = Duration::from_millis(600);
         let mut last: Option<(u64, Instant)> = None;
@@ -734,6 +924,11 @@ impl Trio {
                 Some(da)
             },
         );
+        note(&format!(
+            "[{}] final check: both streams identical and settled, {} entries",
+            self.tag,
+            dump.lines().count()
+        ));
         let path = self.dir().join("stream.ndjson");
         std::fs::write(&path, &dump).expect("write dump");
         let mut cmd = Command::new(BIN);
@@ -743,6 +938,10 @@ impl Trio {
         }
         let out = cmd.arg("--stream").arg(&path).output().expect("run check");
         let text = String::from_utf8_lossy(&out.stdout).to_string();
+        note(&format!(
+            "[{}] final check: twinrx check {}",
+            self.tag, out.status
+        ));
         eprintln!("[{}] twinrx check:\n{text}", self.tag);
         if !out.status.success() {
             eprintln!(
@@ -775,14 +974,10 @@ impl Trio {
             ("a", &self.a.log),
             ("b", &self.b.log),
         ] {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let from = lines.len().saturating_sub(40);
             eprintln!(
-                "----- [{}] {what} log (last {} lines) -----\n{}",
+                "----- [{}] {what} log (last 40 lines) -----\n{}",
                 self.tag,
-                lines.len() - from,
-                lines[from..].join("\n")
+                log_tail(log, 40)
             );
         }
     }
@@ -791,27 +986,12 @@ impl Trio {
 impl Drop for Trio {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            // Keep the evidence: copy logs (not data) next to the scratch dir.
-            let keep = std::env::temp_dir().join(format!("twinrx-failed-{}", self.tag));
-            let _ = std::fs::create_dir_all(&keep);
-            for (what, log) in [
-                ("witness", &self.w.log),
-                ("a", &self.a.log),
-                ("b", &self.b.log),
-            ] {
-                let _ = std::fs::copy(log, keep.join(format!("{what}.log")));
-            }
-            for e in std::fs::read_dir(self.scratch.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let p = e.path();
-                if p.is_file() {
-                    let _ = std::fs::copy(&p, keep.join(e.file_name()));
-                }
-            }
-            eprintln!("[{}] logs kept in {}", self.tag, keep.display());
+            // Before the fields drop: the processes still run and answer /status.
+            note(&format!("[{}] trio: test failed", self.tag));
+            keep_evidence(
+                &[self.w.evidence(), self.a.evidence(), self.b.evidence()],
+                Some(self.scratch.path()),
+            );
         }
     }
 }
@@ -820,7 +1000,9 @@ impl TestNode {
     /// Starts the process without waiting for its admin API (a node of a pair waits for its
     /// peer up to 10 s before it serves: start both, then `wait_admin` on each).
     pub fn spawn(&mut self) {
-        self.child = Some(spawn_logged("node", &self.config, &self.log));
+        let child = spawn_logged("node", &self.config, &self.log);
+        note(&format!("{}: spawned (pid {})", self.label(), child.id()));
+        self.child = Some(child);
     }
 
     /// Waits for the admin API of a spawned node (panics if the process exits first).
@@ -838,5 +1020,6 @@ impl TestNode {
             }
             get_json_within(&format!("{admin}/status"), Duration::from_secs(2))
         });
+        note(&format!("{}: admin API up", self.label()));
     }
 }
