@@ -578,13 +578,15 @@ fn kafka_three_partitions_resume_from_the_highest_offset_of_all_partitions() {
     );
 }
 
-fn file_lines(path: &Path, keep: usize) -> (Vec<serde_json::Value>, usize) {
-    let mut files: Vec<PathBuf> = (1..=keep)
+/// The entries of the file sink's files, oldest first, and the rotated files that exist
+/// (`path.N` .. `path.1`; the current `path` may be missing: a crash inside a rotation).
+fn file_lines(path: &Path, keep: usize) -> (Vec<serde_json::Value>, Vec<PathBuf>) {
+    let rotated: Vec<PathBuf> = (1..=keep)
         .rev()
         .map(|i| PathBuf::from(format!("{}.{i}", path.display())))
         .filter(|p| p.exists())
         .collect();
-    let rotated = files.len();
+    let mut files = rotated.clone();
     files.push(path.to_path_buf());
     let mut out = Vec::new();
     for f in files {
@@ -615,10 +617,14 @@ fn file_sink_delivers_once_in_order_resumes_after_sigkill_and_rotates() {
         (sink_status(&node, "file")["next_offset"].as_u64() >= Some(2000)).then_some(())
     });
     node.kill9();
-    // A write cut short by the crash: a torn last line, cut on restart.
+    // A write cut short by the crash: a torn last line, cut on restart. The kill may land in
+    // a rotation after `path` was renamed to `path.1` and before the new `path` was created
+    // (src/sink/file.rs: the sink then resumes from the newest rotated file); the torn write
+    // then went to the newly created file, so create it as the sink would have.
     {
         use std::io::Write as _;
         let mut f = std::fs::OpenOptions::new()
+            .create(true)
             .append(true)
             .open(&out)
             .expect("sink file");
@@ -648,16 +654,16 @@ fn file_sink_delivers_once_in_order_resumes_after_sigkill_and_rotates() {
         "the files hold the stream entries as they are"
     );
     assert!(
-        rotated >= 5,
-        "expected rotations, got {rotated} rotated files"
+        rotated.len() >= 5,
+        "expected rotations, got {} rotated files",
+        rotated.len()
     );
-    for i in 1..=rotated {
-        let len = std::fs::metadata(format!("{}.{i}", out.display()))
-            .expect("rotated")
-            .len();
+    for f in &rotated {
+        let len = std::fs::metadata(f).expect("rotated").len();
         assert!(
             (200_000..400_000).contains(&len),
-            "rotated file {i} has {len} bytes"
+            "rotated file {} has {len} bytes",
+            f.display()
         );
     }
     // keep_files bounds the rotated files: restart with keep_files = 2 and rotate once more.
