@@ -339,17 +339,34 @@ impl Writer {
         Offset(self.stream.next_seq().0 - 1)
     }
 
+    /// Bounds the history index: forgets open entries no record still to come can match
+    /// (older than the horizon behind the peer's progress), and entries whose record the
+    /// journals no longer hold (the default horizon is "all the history the journals
+    /// retain").
     fn prune(&mut self) {
         let h = self.dedup.get().horizon_ms;
         for n in [NodeId::A, NodeId::B] {
-            if let Some(before) = self
+            let by_horizon = self
                 .fold
                 .progress
-                .prunable_before(n, h, CLOCK_STEP_MARGIN_MS)
-            {
+                .prunable_before(n, h, CLOCK_STEP_MARGIN_MS);
+            if let Some(before) = by_horizon.max(self.first_retained_at(n)) {
                 self.fold.history.prune(n, before);
             }
         }
+    }
+
+    /// Receive time of the oldest record of `node`'s journal this node still holds, when
+    /// retention (or a replaced disk) removed older ones; None while it holds them all.
+    fn first_retained_at(&self, node: NodeId) -> Option<UnixNanos> {
+        let journal = if node == self.me { &self.own } else { &self.copy };
+        let first = journal.first_seq();
+        if first.0 <= 1 {
+            return None;
+        }
+        let recs = journal.read(first, 1, 0).ok()?;
+        let (_, payload) = recs.first()?;
+        Record::decode(payload).ok().map(|r| r.received_at)
     }
 
     fn refold(&mut self) {
