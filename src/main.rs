@@ -8,6 +8,7 @@ mod config;
 mod datadir;
 mod fault;
 mod gen;
+mod journal_cmd;
 mod lab;
 mod metrics;
 mod node;
@@ -156,6 +157,9 @@ enum JournalCommand {
     Verify {
         /// A journal directory (e.g. DATA_DIR/journal or DATA_DIR/stream).
         dir: PathBuf,
+        /// Print one JSON object instead of plain lines.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -207,12 +211,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Gen(args) => gen::run(args),
         Command::Check(args) => check::run(args),
         Command::Journal {
-            command: JournalCommand::Verify { dir },
-        } => {
-            let report =
-                journal::verify(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
-            println!("{report:?}");
-            Ok(0)
-        }
+            command: JournalCommand::Verify { dir, json },
+        } => journal_cmd::verify(&dir, json),
     }
 }
