@@ -176,24 +176,19 @@ pub fn switchover(target: &Target, timeout_secs: u64) -> anyhow::Result<i32> {
     }
 }
 
-/// One line about a resync in progress, from `.ha.resync` (fields may be missing).
+/// One line about a resync, from `.ha.resync` (fields may be missing): its state and error
+/// only. Where it stands is [`Progress`], read from the positions the node reports (the
+/// `phase`, `done` and `total` it also sends are not shown: they counted against a target of 0
+/// before the peer was heard, #25).
 fn resync_line(r: &serde_json::Value) -> String {
     let mut s = format!("resync {}", r["state"].as_str().unwrap_or("-"));
-    if let Some(p) = r["phase"].as_str() {
-        s += &format!(", phase {p}");
-    }
-    if let (Some(d), Some(t)) = (r["done"].as_u64(), r["total"].as_u64()) {
-        if let Some(pct) = d.min(t).saturating_mul(100).checked_div(t) {
-            s += &format!(" ({pct}%)");
-        }
-    }
     match (r["done_bytes"].as_u64(), r["total_bytes"].as_u64()) {
         (Some(d), Some(t)) if t > 0 => {
             s += &format!(
                 ", {} of {} ({}%)",
                 bytes(d),
                 bytes(t),
-                d.saturating_mul(100) / t
+                d.min(t).saturating_mul(100) / t
             )
         }
         (Some(d), _) => s += &format!(", {} done", bytes(d)),
@@ -203,6 +198,165 @@ fn resync_line(r: &serde_json::Value) -> String {
         s += &format!(": {e}");
     }
     s
+}
+
+/// Where a pair's catch-up stands, from one status document of either node: how much of the
+/// merged stream the following node holds against the active's end, how far the peer holds
+/// this node's journal, and whether this node copies the peer's journal. A position the node
+/// has not heard yet is `None` and shown as "not known yet", never as 0 (#25).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Progress {
+    /// This node's name and role, and its peer's.
+    me: String,
+    role: String,
+    peer: String,
+    peer_role: Option<String>,
+    /// True when this node is the active (then the peer is the one catching up).
+    leads: bool,
+    /// Merged-stream entries the catching-up node holds (`None`: the peer's position is not
+    /// known yet).
+    held: Option<u64>,
+    /// The active's stream end (`None`: not known yet).
+    target: Option<u64>,
+    /// This node's journal: its last seq, and how far the peer's copy of it is durable
+    /// (`None`: the peer has not acknowledged anything since this node started).
+    journal_last: Option<u64>,
+    peer_holds: Option<u64>,
+    /// This node's copy of the peer's journal follows it.
+    copying: Option<bool>,
+}
+
+impl Progress {
+    fn of(v: &serde_json::Value) -> Progress {
+        let ha = &v["ha"];
+        let role = ha["role"].as_str().unwrap_or("-").to_string();
+        let peer_role = ha["peer_role"]
+            .as_str()
+            .filter(|_| ha["peer_reachable"].as_bool() == Some(true))
+            .map(str::to_string);
+        let is_active = |r: &str| matches!(r, "active" | "solo");
+        let leads = is_active(&role);
+        let own_end = ha["stream_end"].as_u64();
+        // The peer's stream end is what its last heartbeat said: meaningful only once it has
+        // been heard since this node started (peer_role is null until then).
+        let peer_end = peer_role.as_ref().and(ha["peer_stream_end"].as_u64());
+        let (held, target) = if leads {
+            (peer_end, own_end)
+        } else {
+            let target = match (&peer_role, peer_end) {
+                (Some(r), Some(e)) if is_active(r) => Some(e),
+                _ => None,
+            };
+            (own_end, target)
+        };
+        let sh = &v["pair"]["shipping"];
+        let journal_last = sh["journal_last_seq"].as_u64();
+        // The peer's acknowledgements are counted from this node's start: 0 means none yet.
+        let peer_holds = sh["peer_acked_seq"].as_u64().filter(|&n| n > 0);
+        Progress {
+            me: str_of(&v["node"]),
+            role,
+            peer: peer_name(v),
+            peer_role,
+            leads,
+            held,
+            target,
+            journal_last,
+            peer_holds,
+            copying: v["pair"]["copy"]["copying"].as_bool(),
+        }
+    }
+
+    /// The node that catches up and the node it follows.
+    fn follower_leader(&self) -> (&str, &str) {
+        if self.leads {
+            (&self.peer, &self.me)
+        } else {
+            (&self.me, &self.peer)
+        }
+    }
+
+    /// One line: what is held of what, and what is left.
+    fn line(&self) -> String {
+        let (follower, leader) = self.follower_leader();
+        let mut s = format!("node {follower} ");
+        s += &match (self.held, self.target) {
+            (Some(h), Some(t)) => {
+                // The active's end comes with its last heartbeat: the follower may already
+                // hold more.
+                let t = t.max(h);
+                format!("holds {h} of {t} merged-stream entries, {} to go", t - h)
+            }
+            (Some(h), None) => match &self.peer_role {
+                Some(r) if !self.leads => format!(
+                    "holds {h} merged-stream entries; the target is not known yet (node \
+                     {leader} is {r}, not active)"
+                ),
+                _ => format!(
+                    "holds {h} merged-stream entries; the target is not known yet (no recent \
+                     heartbeat from node {leader})"
+                ),
+            },
+            (None, Some(t)) => {
+                format!("has not reported its merged-stream position yet (node {leader} is at {t})")
+            }
+            (None, None) => "merged-stream position: not known yet".into(),
+        };
+        s += &match (self.peer_holds, self.journal_last) {
+            (Some(a), Some(l)) => format!(
+                "; node {} holds node {}'s journal up to seq {a} of {l}, {} to go",
+                self.peer,
+                self.me,
+                l.saturating_sub(a)
+            ),
+            (None, Some(l)) => format!(
+                "; node {} has not acknowledged node {}'s journal yet ({l} records)",
+                self.peer, self.me
+            ),
+            _ => String::new(),
+        };
+        s += &format!(
+            "; copy of node {}'s journal {}; role {}",
+            self.peer,
+            match self.copying {
+                Some(true) => "following",
+                Some(false) => "not running",
+                None => "-",
+            },
+            self.role
+        );
+        s
+    }
+}
+
+/// The end of a resync: the pair is redundant by both roles *and* the catching-up node holds
+/// the active's merged stream. `leader_before` is the active's stream end as this node said at
+/// an earlier poll: a standby's position reaches the active with its heartbeat, so an active
+/// compares it with where it was itself before, not now. Returns the final line.
+fn caught_up(
+    v: &serde_json::Value,
+    p: &Progress,
+    leader_before: Option<u64>,
+    elapsed: Duration,
+) -> Option<String> {
+    let ha = &v["ha"];
+    if ha["redundant"].as_bool() != Some(true) || p.copying != Some(true) {
+        return None;
+    }
+    let (held, target) = (p.held?, p.target?);
+    let reference = if p.leads { leader_before? } else { target };
+    if held < reference {
+        return None;
+    }
+    let (follower, leader) = p.follower_leader();
+    // A standby holds only what the active sent it: the active is at least as far.
+    let target = target.max(held);
+    Some(format!(
+        "pair redundant: node {leader} active at {target} merged-stream entries, node \
+         {follower} standby holding {held}; epoch {} ({:.1} s)",
+        str_of(&ha["epoch"]),
+        elapsed.as_secs_f64()
+    ))
 }
 
 fn bytes(n: u64) -> String {
@@ -237,21 +391,37 @@ pub fn resync(target: &Target, timeout_secs: u64) -> anyhow::Result<i32> {
     let status_url = format!("{base}/status");
     let deadline = started + Duration::from_secs(timeout_secs);
     let mut shown = String::new();
+    // The active's stream ends at the last polls, oldest first (see `caught_up`).
+    let mut leader_ends: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
+    // Since when the pair has looked redundant from this node, at every poll.
+    let mut redundant_since: Option<Instant> = None;
     loop {
         // The node answers 202 once the resync is under way, so a "failed" state read after it
         // is this resync's.
         let line = match get_json(&status_url) {
             Ok(v) => {
                 let ha = &v["ha"];
-                if ha["redundant"].as_bool() == Some(true) {
-                    println!(
-                        "pair redundant: {} + peer {}, epoch {} ({} s)",
-                        str_of(&ha["role"]),
-                        str_of(&ha["peer_role"]),
-                        str_of(&ha["epoch"]),
-                        started.elapsed().as_secs()
-                    );
-                    return Ok(0);
+                let p = Progress::of(&v);
+                // This node sees the roles first; the peer sees this node's new role with its
+                // next heartbeat. "Redundant" once it has held for two heartbeats.
+                let hold =
+                    Duration::from_millis(2 * ha["heartbeat_interval_ms"].as_u64().unwrap_or(200));
+                match caught_up(&v, &p, leader_ends.front().copied(), started.elapsed()) {
+                    Some(done) if redundant_since.is_some_and(|t| t.elapsed() >= hold) => {
+                        println!("{done}");
+                        return Ok(0);
+                    }
+                    Some(_) => {
+                        redundant_since.get_or_insert_with(Instant::now);
+                    }
+                    None => redundant_since = None,
+                }
+                if leader_ends.len() == 2 {
+                    leader_ends.pop_front();
+                }
+                match p.target.filter(|_| p.leads) {
+                    Some(t) => leader_ends.push_back(t),
+                    None => leader_ends.clear(),
                 }
                 let r = &ha["resync"];
                 if r["state"].as_str() == Some("failed") {
@@ -261,10 +431,10 @@ pub fn resync(target: &Target, timeout_secs: u64) -> anyhow::Result<i32> {
                     );
                     return Ok(1);
                 }
-                if r.is_object() {
-                    resync_line(r)
+                if ha.is_object() {
+                    p.line()
                 } else {
-                    "waiting for the resync to report".into()
+                    "waiting for the node to report its HA state".into()
                 }
             }
             Err(e) => format!("node not answering: {e:#}"),
@@ -306,7 +476,7 @@ fn render_status(v: &serde_json::Value) -> String {
     let mut s = String::new();
     let ha = &v["ha"];
     if ha.is_object() {
-        s += &render_ha(ha);
+        s += &render_ha(v);
     }
     s += &format!(
         "node {}  role {}  version {}  up {}s\n",
@@ -445,7 +615,8 @@ fn render_status(v: &serde_json::Value) -> String {
 
 /// The HA block of `twinrx status`: role, epoch, peer, links, witness, positions, resync,
 /// and the next step in plain words.
-fn render_ha(ha: &serde_json::Value) -> String {
+fn render_ha(v: &serde_json::Value) -> String {
+    let ha = &v["ha"];
     let yes_no = |x: &serde_json::Value| match x.as_bool() {
         Some(true) => "yes",
         Some(false) => "no",
@@ -492,6 +663,9 @@ fn render_ha(ha: &serde_json::Value) -> String {
     );
     if ha["resync"].is_object() {
         s += &format!("          {}\n", resync_line(&ha["resync"]));
+        if ha["resync"]["state"].as_str() == Some("running") {
+            s += &format!("          {}\n", Progress::of(v).line());
+        }
     }
     if let Some(next) = ha["next_step"].as_str() {
         s += &format!("\nNext step: {next}\n");
@@ -562,7 +736,17 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("commit end 120  stream end 118  redundant no  healthy no"));
-        assert!(text.contains("resync running, phase journal, 3.0 MiB of 12.0 MiB (25%)"));
+        assert!(
+            text.contains("resync running, 3.0 MiB of 12.0 MiB (25%)"),
+            "{text}"
+        );
+        // No peer heard yet: the target is not known, never 0.
+        assert!(
+            text.contains(
+                "node b has not reported its merged-stream position yet (node a is at 118)"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("\nNext step: run `twinrx resync` on node b\n"),
             "{text}"
@@ -584,6 +768,80 @@ mod tests {
             "{sparse}"
         );
         assert!(!sparse.contains("Next step"), "{sparse}");
+    }
+
+    /// A node back from a restart, before its peer's first heartbeat (the "2500 of 0" of #25).
+    fn restarted() -> serde_json::Value {
+        json!({
+            "node": "b",
+            "ha": {"role": "syncing", "peer": "a", "peer_role": null, "peer_reachable": true,
+                   "stream_end": 2049, "peer_stream_end": 0, "redundant": false},
+            "pair": {"shipping": {"journal_last_seq": 2074, "peer_acked_seq": 0},
+                     "copy": {"copying": false}}
+        })
+    }
+
+    #[test]
+    fn progress_before_the_peer_is_heard_says_not_known_never_of_0() {
+        let v = restarted();
+        let line = Progress::of(&v).line();
+        assert_eq!(
+            line,
+            "node b holds 2049 merged-stream entries; the target is not known yet (no recent \
+             heartbeat from node a); node a has not acknowledged node b's journal yet (2074 \
+             records); copy of node a's journal not running; role syncing"
+        );
+        assert!(!line.contains(" of 0"), "{line}");
+        assert_eq!(caught_up(&v, &Progress::of(&v), None, Duration::ZERO), None);
+    }
+
+    #[test]
+    fn a_standby_behind_the_active_counts_what_is_left_and_is_not_redundant_yet() {
+        let mut v = restarted();
+        v["ha"] = json!({"role": "standby", "peer": "a", "peer_role": "active",
+                         "peer_reachable": true, "redundant": true, "epoch": 3,
+                         "stream_end": 132_252, "peer_stream_end": 137_000});
+        v["pair"] = json!({"shipping": {"journal_last_seq": 2074, "peer_acked_seq": 2000},
+                           "copy": {"copying": true}});
+        let p = Progress::of(&v);
+        assert_eq!(
+            p.line(),
+            "node b holds 132252 of 137000 merged-stream entries, 4748 to go; node a holds node \
+             b's journal up to seq 2000 of 2074, 74 to go; copy of node a's journal following; \
+             role standby"
+        );
+        assert_eq!(caught_up(&v, &p, None, Duration::from_secs(3)), None);
+        v["ha"]["stream_end"] = json!(137_000);
+        let p = Progress::of(&v);
+        assert_eq!(
+            caught_up(&v, &p, None, Duration::from_millis(1500)).as_deref(),
+            Some(
+                "pair redundant: node a active at 137000 merged-stream entries, node b standby \
+                 holding 137000; epoch 3 (1.5 s)"
+            )
+        );
+    }
+
+    #[test]
+    fn on_the_active_the_standby_must_reach_where_the_active_was_before() {
+        let v = json!({
+            "node": "a",
+            "ha": {"role": "active", "peer": "b", "peer_role": "standby", "peer_reachable": true,
+                   "redundant": true, "epoch": 2, "stream_end": 1000, "peer_stream_end": 900},
+            "pair": {"shipping": {"journal_last_seq": 10, "peer_acked_seq": 10},
+                     "copy": {"copying": true}}
+        });
+        let p = Progress::of(&v);
+        assert!(
+            p.line()
+                .starts_with("node b holds 900 of 1000 merged-stream entries, 100 to go"),
+            "{}",
+            p.line()
+        );
+        // Without an earlier sample of the active's end there is nothing to compare with.
+        assert_eq!(caught_up(&v, &p, None, Duration::ZERO), None);
+        assert_eq!(caught_up(&v, &p, Some(950), Duration::ZERO), None);
+        assert!(caught_up(&v, &p, Some(900), Duration::ZERO).is_some());
     }
 
     #[test]

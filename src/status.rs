@@ -247,6 +247,9 @@ fn ha_json(node: &Node) -> (Value, String, Vec<String>, Option<String>) {
         "witness_reachable": st.witness_reachable,
         "witness_down_since": witness.and(v.witness_down_since.map(rfc3339)),
         "policy": format!("{:?}", h.settings.policy()).to_lowercase(),
+        // How often the nodes tell each other their roles: a role change reaches the peer's
+        // status within about this (`twinrx resync` waits that long before "redundant").
+        "heartbeat_interval_ms": h.settings.core.get().heartbeat_interval_ms,
         "commit_end": st.commit_end.0,
         "stream_end": v.stream_end,
         "resync": v.resync.as_ref().map(|r| json!({
