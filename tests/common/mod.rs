@@ -636,7 +636,12 @@ impl GenRun {
     pub fn wait(&mut self, timeout: Duration) {
         let mut c = self.child.take().expect("gen running");
         let st = wait_for("gen to finish", timeout, || c.try_wait().ok().flatten());
-        note(&format!("gen {}: finished ({st})", self.manifest.display()));
+        let run = self
+            .manifest
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy();
+        note(&format!("gen {run}: finished ({st})"));
         assert!(
             st.success(),
             "gen: {st}\n{}",
