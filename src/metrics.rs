@@ -364,7 +364,18 @@ fn ha_metrics(enc: &mut DescriptorEncoder, v: &crate::pair::driver::HaView) -> s
     for (name, help, value) in gauges {
         family(enc, name, help, Gauge, &[(vec![], value)])?;
     }
-    let counters: [(&str, &str, u64); 6] = [
+    let counters: [(&str, &str, u64); 8] = [
+        (
+            "twinrx_ha_health_handovers",
+            "Of the handovers, those this node made because its pipeline was unhealthy",
+            v.stats.health_handovers_total,
+        ),
+        (
+            "twinrx_ha_health_dwells",
+            "Times this node took over from a peer that handed over for its health (no health \
+             handover back during the dwell)",
+            v.stats.health_dwells_total,
+        ),
         (
             "twinrx_ha_promotions",
             "Times this node was promoted to active",

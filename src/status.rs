@@ -252,6 +252,7 @@ fn ha_json(node: &Node) -> (Value, String, Vec<String>, Option<String>) {
         "heartbeat_interval_ms": h.settings.core.get().heartbeat_interval_ms,
         "commit_end": st.commit_end.0,
         "stream_end": v.stream_end,
+        "health_dwell_left_ms": st.health_dwell_left_ms,
         "resync": v.resync.as_ref().map(|r| json!({
             "state": r.state,
             "phase": r.phase,
@@ -265,6 +266,8 @@ fn ha_json(node: &Node) -> (Value, String, Vec<String>, Option<String>) {
             "campaigns": v.stats.campaigns_total,
             "promotions": v.stats.promotions_total,
             "handovers": v.stats.handovers_total,
+            "health_handovers": v.stats.health_handovers_total,
+            "health_dwells": v.stats.health_dwells_total,
             "leases_expired": v.stats.leases_expired_total,
             "votes_granted": v.stats.votes_granted_total,
             "votes_refused": v.stats.votes_refused_total,

@@ -46,6 +46,31 @@ impl Default for HealthLimits {
 }
 
 impl HealthLimits {
+    /// Whether `peer` is clearly better than `mine` on every measure on which `mine` is outside
+    /// its limit: within half the limit (twice the disk minimum). Both nodes get the same
+    /// traffic, so slowness from load is shared; handing over to a standby that is merely
+    /// less slow moves the work to an equally loaded node and costs a pause each time.
+    pub fn clearly_better(&self, peer: &Health, mine: &Health) -> bool {
+        let half = |limit: u32, p: u32, m: u32| m <= limit || p <= limit / 2;
+        (mine.receivers_ok || peer.receivers_ok)
+            && half(
+                self.fsync_latency_ms_max,
+                peer.fsync_latency_ms,
+                mine.fsync_latency_ms,
+            )
+            && (mine.disk_free_bytes >= self.disk_free_bytes_min
+                || peer.disk_free_bytes >= self.disk_free_bytes_min.saturating_mul(2))
+            && half(
+                self.merger_stall_ms_max,
+                peer.merger_stall_ms,
+                mine.merger_stall_ms,
+            )
+            && self
+                .sink_stall_ms_max
+                .is_none_or(|l| half(l, peer.sink_stall_ms, mine.sink_stall_ms))
+            && half(self.sched_lag_ms_max, peer.sched_lag_ms, mine.sched_lag_ms)
+    }
+
     /// Whether `h` is within every limit.
     pub fn accepts(&self, h: &Health) -> bool {
         h.receivers_ok

@@ -22,5 +22,8 @@ pub mod witness;
 
 pub use config::{Config, ConfigError, HealthLimits, Policy, ValidConfig, WitnessConfig};
 pub use msg::{EpochState, HaMsg, Health, LogPos, Role, Run};
-pub use node::{Action, HaCore, Input, LinkId, Party, Restored, Stats, Status, StopReason};
+pub use node::{
+    Action, HaCore, Input, LinkId, Party, Restored, Stats, Status, StopReason, DWELL_MAX_MS,
+    DWELL_MS,
+};
 pub use witness::{Witness, WitnessAction, WitnessState, WitnessStats};

@@ -147,6 +147,10 @@ pub struct Stats {
     pub promotions_total: u64,
     pub leases_expired_total: u64,
     pub handovers_total: u64,
+    /// Of `handovers_total`, those this node made because its pipeline was unhealthy.
+    pub health_handovers_total: u64,
+    /// Dwells started: this node took over from a peer that handed over for its health.
+    pub health_dwells_total: u64,
     pub truncations_refused_total: u64,
     pub switchovers_refused_total: u64,
 }
@@ -167,6 +171,9 @@ pub struct Status {
     pub peer_role: Option<Role>,
     /// The peer's stream position as its last heartbeat said.
     pub peer_log: LogPos,
+    /// Milliseconds left of a dwell after a health handover (0: none): until then this node
+    /// does not hand back for its health.
+    pub health_dwell_left_ms: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -179,7 +186,30 @@ struct PeerView {
     epoch: Epoch,
     log: LogPos,
     healthy: bool,
+    /// The peer's last reported health measures.
+    health: Health,
 }
+
+/// After taking over from a peer that handed over for its health, this node does not hand
+/// back for health before `until`; each further health handover within `REPEAT_WINDOW_MS`
+/// doubles the dwell (`DWELL_MS` up to `DWELL_MAX_MS`). Faults that are not shared load
+/// (a frozen pipeline, a failed disk) show on one node only, so they still hand over at once
+/// when the standby is clearly better; what the dwell stops is ping-pong between two nodes
+/// that the same load slows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct HealthDwell {
+    until: Millis,
+    /// Length of the last dwell (ms); the next one within the repeat window is twice this.
+    last_ms: u64,
+    last_at: Millis,
+}
+
+/// First dwell after a health handover (ms).
+pub const DWELL_MS: u64 = 30_000;
+/// Longest dwell (ms).
+pub const DWELL_MAX_MS: u64 = 8 * 60_000;
+/// A health handover this long after the previous one starts again from `DWELL_MS`.
+const REPEAT_WINDOW_MS: u64 = 10 * 60_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Sync {
@@ -293,6 +323,7 @@ pub struct HaCore {
     /// We renewed the active's lease (or voted) and must not vote or campaign before this.
     promise_until: Millis,
     health: Option<(Millis, Health)>,
+    dwell: Option<HealthDwell>,
     next_heartbeat: Millis,
     /// Vote replies waiting for the epoch they promise to be durable.
     pending_votes: Vec<(Party, Epoch, Millis)>,
@@ -343,10 +374,12 @@ impl HaCore {
                 epoch: Epoch(0),
                 log: LogPos::default(),
                 healthy: true,
+                health: Health::default(),
             },
             witness_heard: None,
             promise_until: promise,
             health: None,
+            dwell: None,
             next_heartbeat: now,
             pending_votes: Vec::new(),
             voted_for: None,
@@ -497,6 +530,7 @@ impl HaCore {
             healthy: self.healthy(),
             peer_role: self.peer_view.role,
             peer_log: self.peer_view.log,
+            health_dwell_left_ms: self.dwell.map_or(0, |d| d.until.saturating_sub(self.now)),
         }
     }
 
@@ -531,6 +565,32 @@ impl HaCore {
                     && self.c().health.accepts(h)
             }
         }
+    }
+
+    /// An unhealthy active hands over only to a standby clearly better on what fails here
+    /// (see [`crate::HealthLimits::clearly_better`]), and not during a dwell.
+    fn health_handover_allowed(&self) -> bool {
+        let mine = self.health.map(|(_, h)| h).unwrap_or_default();
+        let better = self
+            .c()
+            .health
+            .clearly_better(&self.peer_view.health, &mine);
+        better && self.dwell.is_none_or(|d| self.now >= d.until)
+    }
+
+    fn start_dwell(&mut self, now: Millis) {
+        let ms = match self.dwell {
+            Some(d) if now.saturating_sub(d.last_at) < REPEAT_WINDOW_MS => {
+                d.last_ms.saturating_mul(2).min(DWELL_MAX_MS)
+            }
+            _ => DWELL_MS,
+        };
+        self.dwell = Some(HealthDwell {
+            until: now.saturating_add(ms),
+            last_ms: ms,
+            last_at: now,
+        });
+        self.stats.health_dwells_total += 1;
     }
 
     fn suspect_at(&self) -> Millis {
@@ -745,6 +805,7 @@ impl HaCore {
             }
         }
         let healthy = self.healthy();
+        let may_hand_over_for_health = self.health_handover_allowed();
         let policy = self.c().policy;
         let peer_ready = !self.peer_suspected()
             && self.peer_view.healthy
@@ -780,7 +841,7 @@ impl HaCore {
             }
             return;
         }
-        if !healthy && peer_ready {
+        if !healthy && peer_ready && may_hand_over_for_health {
             self.begin_handover(HandoverReason::Unhealthy);
             return;
         }
@@ -901,6 +962,9 @@ impl HaCore {
     fn finish_handover(&mut self, reason: HandoverReason) {
         let (epoch, end) = (self.epoch, self.end);
         self.stats.handovers_total += 1;
+        if reason == HandoverReason::Unhealthy {
+            self.stats.health_handovers_total += 1;
+        }
         self.advance_commit(end);
         self.send_peer(HaMsg::Handover { epoch, end });
         if self.uses_witness() {
@@ -1379,14 +1443,15 @@ impl HaCore {
                 role,
                 log,
                 commit_end,
+                health,
                 healthy,
                 sent_at,
-                ..
             } => {
                 self.peer_view.role = Some(role);
                 self.peer_view.epoch = epoch;
                 self.peer_view.log = log;
                 self.peer_view.healthy = healthy;
+                self.peer_view.health = health;
                 self.on_heartbeat(link, epoch, role, commit_end, sent_at);
             }
             HaMsg::HeartbeatAck { epoch, echo } => {
@@ -1444,6 +1509,10 @@ impl HaCore {
                     && f.campaign.is_none()
                 {
                     f.took_handover = true;
+                    if !self.peer_view.healthy {
+                        // It handed over for its health: no handing back for a while.
+                        self.start_dwell(now);
+                    }
                     // The active stopped publishing and released its lease.
                     self.peer_view.role = Some(Role::Standby);
                     self.promise_until = now;

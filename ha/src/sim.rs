@@ -1369,6 +1369,20 @@ impl Sim {
                 self.violation(format!("{pattern:?}: the active stopped committing"));
             }
         }
+        // After healing, a node that hears its peer adopts the higher epoch (a node woken from
+        // a pause must not keep acting on what it queued while stopped).
+        let epochs: Vec<Option<Epoch>> = self
+            .nodes
+            .iter()
+            .map(|n| n.core.as_ref().map(|c| c.status().epoch))
+            .collect();
+        if let [Some(ea), Some(eb)] = epochs[..] {
+            if ea != eb {
+                self.violation(format!(
+                    "{pattern:?}: epochs differ 3 s after healing: a {ea:?}, b {eb:?}"
+                ));
+            }
+        }
         // Liveness after healing: someone publishes again.
         let publishing = (0..2).any(|i| {
             let n = &self.nodes[i];

@@ -765,3 +765,150 @@ fn unhealthy_active_hands_over() {
         )
     );
 }
+
+/// A heartbeat from the active A whose pipeline is outside its limits (`health`).
+fn hb_unhealthy(epoch: u64, log: LogPos, sent_at: u64, health: Health) -> HaMsg {
+    HaMsg::Heartbeat {
+        epoch: Epoch(epoch),
+        role: Role::Active,
+        log,
+        commit_end: Offset(0),
+        health,
+        healthy: false,
+        sent_at: Millis(sent_at),
+    }
+}
+
+/// B as the caught-up standby of A's epoch 4 holding 12 entries (the inputs of
+/// `follower_adopts_higher_epoch_then_syncs_and_acks`, without its checks).
+fn caught_up_standby_b() -> HaCore {
+    let restored = Restored {
+        state: EpochState {
+            epoch: Epoch(4),
+            log_epoch: Epoch(4),
+        },
+        end: Offset(12),
+        runs: vec![Run {
+            epoch: Epoch(4),
+            start: Offset(0),
+        }],
+    };
+    let mut b = started(NodeId::B, 0, restored);
+    let log = LogPos {
+        log_epoch: Epoch(4),
+        end: Offset(12),
+    };
+    let peer = |msg| Input::Peer { link: 0, msg };
+    b.handle_input(Millis(10), peer(hb(4, Role::Active, log, 500)));
+    b.handle_input(
+        Millis(21),
+        peer(HaMsg::SyncReply {
+            epoch: Epoch(4),
+            truncate_to: Offset(12),
+            target: Offset(12),
+            commit_end: Offset(12),
+        }),
+    );
+    b.handle_input(Millis(27), Input::ResyncDone);
+    drain(&mut b);
+    assert_eq!(b.role(), Role::Standby);
+    b
+}
+
+/// Issue #25: a standby that takes over from an active that handed over for its health does
+/// not hand back for health for a dwell (30 s, doubling on repeats); a planned handover from
+/// a healthy active starts no dwell.
+#[test]
+fn taking_over_from_an_unhealthy_active_starts_a_dwell() {
+    let log = LogPos {
+        log_epoch: Epoch(4),
+        end: Offset(12),
+    };
+    let handover = HaMsg::Handover {
+        epoch: Epoch(4),
+        end: Offset(12),
+    };
+    let stalled = Health {
+        merger_stall_ms: 1_300,
+        ..Health::default()
+    };
+    let mut b = caught_up_standby_b();
+    let peer = |msg| Input::Peer { link: 0, msg };
+    b.handle_input(Millis(100), peer(hb_unhealthy(4, log, 800, stalled)));
+    b.handle_input(Millis(101), peer(handover.clone()));
+    assert_eq!(b.status().health_dwell_left_ms, DWELL_MS);
+    assert_eq!(b.stats().health_dwells_total, 1);
+    b.handle_timeout(Millis(101 + 10_000));
+    assert_eq!(b.status().health_dwell_left_ms, DWELL_MS - 10_000);
+
+    let mut b = caught_up_standby_b();
+    b.handle_input(Millis(100), peer(hb(4, Role::Active, log, 800)));
+    b.handle_input(Millis(101), peer(handover));
+    assert_eq!(
+        b.status().health_dwell_left_ms,
+        0,
+        "a switchover is no health handover"
+    );
+    assert_eq!(b.stats().health_dwells_total, 0);
+}
+
+/// Issue #25: both nodes get the same load, so an active whose merger is slow hands over only
+/// to a standby clearly better on that measure (within half the limit), never to one that is
+/// merely inside the limit.
+#[test]
+fn unhealthy_active_hands_over_only_to_a_clearly_better_standby() {
+    let stalled = Health {
+        merger_stall_ms: 1_200,
+        ..Health::default()
+    };
+    let log = LogPos {
+        log_epoch: Epoch(1),
+        end: Offset(4),
+    };
+    for (standby_stall_ms, hands_over) in [(900, false), (501, false), (500, true), (0, true)] {
+        let mut a = active_with_standby(4);
+        let standby = HaMsg::Heartbeat {
+            epoch: Epoch(1),
+            role: Role::Standby,
+            log,
+            commit_end: Offset(4),
+            health: Health {
+                merger_stall_ms: standby_stall_ms,
+                ..Health::default()
+            },
+            healthy: true,
+            sent_at: Millis(60),
+        };
+        a.handle_input(
+            Millis(2040),
+            Input::Peer {
+                link: 0,
+                msg: standby,
+            },
+        );
+        drain(&mut a);
+        a.handle_input(Millis(2050), Input::Health(stalled));
+        let acts = drain(&mut a);
+        assert_eq!(
+            acts.first() == Some(&Action::StopPublishing(StopReason::Handover)),
+            hands_over,
+            "standby stall {standby_stall_ms} ms: {acts:?}"
+        );
+    }
+    let limits = HealthLimits::default();
+    let slow_disk = Health {
+        fsync_latency_ms: 1_500,
+        ..Health::default()
+    };
+    assert!(limits.clearly_better(&Health::default(), &slow_disk));
+    assert!(!limits.clearly_better(&slow_disk, &slow_disk));
+    let gone = Health {
+        receivers_ok: false,
+        ..Health::default()
+    };
+    assert!(
+        limits.clearly_better(&Health::default(), &gone),
+        "F7: any standby that receives"
+    );
+    assert!(!limits.clearly_better(&gone, &gone));
+}
