@@ -53,7 +53,9 @@ pub struct NodeStats {
     pub stream_last_error: Mutex<Option<String>>,
     /// Unix ms when the journal append in progress started (0: none): health's fsync latency.
     pub journal_busy_since_ms: AtomicU64,
-    /// Unix ms when the merger took the batch it is working on (0: idle): merger stall.
+    /// Unix ms of the merger's last progress (a batch taken, 256 records merged, an append
+    /// started) while it has input; 0 when idle. Health's merger stall is its age: no progress
+    /// for the limit, not one long batch.
     pub merger_busy_since_ms: AtomicU64,
     /// A receive address is no longer on the host (F7).
     pub receive_addresses_missing: AtomicBool,

@@ -174,6 +174,27 @@ pub fn missing_addresses(ips: &[std::net::IpAddr]) -> Vec<std::net::IpAddr> {
 }
 
 const HEALTH_EVERY: Duration = Duration::from_millis(100);
+/// The health the core judges: each measure as good as its best of the last three reports
+/// (300 ms). A single late timer, a momentary fsync or a moment without merger progress is
+/// noise, and both nodes share the load that causes it; a measure outside its limit in three
+/// reports in a row is a node that is stuck. Real faults keep their speed: F8, F11 and F7
+/// hold their bad measure for good, so they cost 200 ms more.
+fn steady(recent: &[Health; 3]) -> Health {
+    let min = |f: fn(&Health) -> u32| recent.iter().map(f).min().unwrap_or(0);
+    Health {
+        receivers_ok: recent.iter().any(|h| h.receivers_ok),
+        fsync_latency_ms: min(|h| h.fsync_latency_ms),
+        disk_free_bytes: recent
+            .iter()
+            .map(|h| h.disk_free_bytes)
+            .max()
+            .unwrap_or(u64::MAX),
+        merger_stall_ms: min(|h| h.merger_stall_ms),
+        sink_stall_ms: min(|h| h.sink_stall_ms),
+        sched_lag_ms: min(|h| h.sched_lag_ms),
+    }
+}
+
 /// Bytes of entries in one `Append` at most (past the first entry): well within a frame, and
 /// small enough that heartbeats behind it on the priority lane are not delayed.
 const APPEND_BYTES_MAX: usize = 1 << 20;
@@ -183,7 +204,7 @@ impl Driver {
         let mut last_append: Option<(Offset, Vec<Vec<u8>>)> = None;
         let mut shutdown_reply: Option<oneshot::Sender<()>> = None;
         let mut next_health = tokio::time::Instant::now();
-        let mut lags = [Duration::ZERO; 3];
+        let mut recent = [Health::default(); 3];
         let mut health_ok = true;
         let mut view = HaView {
             status: self.core.status(),
@@ -268,12 +289,11 @@ impl Driver {
                     let now = self.clock.now();
                     let t = tokio::time::Instant::now();
                     if t >= next_health {
-                        // A single late timer is noise; lateness over three reports in a row
-                        // is a node that cannot keep up.
-                        lags.rotate_left(1);
-                        lags[2] = t.saturating_duration_since(next_health);
+                        let lag = t.saturating_duration_since(next_health);
                         next_health = t + HEALTH_EVERY;
-                        let h = self.health(lags.iter().copied().min().unwrap_or_default());
+                        recent.rotate_left(1);
+                        recent[2] = self.health(lag);
+                        let h = steady(&recent);
                         let ok = self.settings.core.get().health.accepts(&h);
                         if ok != health_ok {
                             health_ok = ok;
@@ -303,6 +323,7 @@ impl Driver {
         }
     }
 
+    /// One raw health report (see [`steady`] for what the core is given).
     fn health(&self, lag: Duration) -> Health {
         let now = crate::node::unix_ms();
         let age = |since: u64| {

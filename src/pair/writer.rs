@@ -246,6 +246,10 @@ struct Holds {
 /// Records per merger batch at most (one append and one fsync per batch).
 const BATCH_RECORDS: usize = 2048;
 const BATCH_BYTES: usize = 8 << 20;
+/// The merger reports progress (health's `merger_stall_ms` is the time since the last report
+/// while it has input) every this many records of a batch, and before the batch's append:
+/// a large or slow batch on a busy machine is progress, a frozen pipeline is not.
+const PROGRESS_EVERY: usize = 256;
 /// Margin for a clock that steps back, when pruning the history index.
 const CLOCK_STEP_MARGIN_MS: u64 = 60_000;
 
@@ -328,6 +332,13 @@ impl Writer {
         Ok(())
     }
 
+    /// The merger made progress: its stall clock restarts (see [`PROGRESS_EVERY`]).
+    fn progressed(&self) {
+        self.stats
+            .merger_busy_since_ms
+            .store(crate::node::unix_ms(), Relaxed);
+    }
+
     fn note_error(&self, e: String) {
         if let Ok(mut last) = self.stats.stream_last_error.lock() {
             *last = Some(e.clone());
@@ -359,7 +370,11 @@ impl Writer {
     /// Receive time of the oldest record of `node`'s journal this node still holds, when
     /// retention (or a replaced disk) removed older ones; None while it holds them all.
     fn first_retained_at(&self, node: NodeId) -> Option<UnixNanos> {
-        let journal = if node == self.me { &self.own } else { &self.copy };
+        let journal = if node == self.me {
+            &self.own
+        } else {
+            &self.copy
+        };
         let first = journal.first_seq();
         if first.0 <= 1 {
             return None;
@@ -561,7 +576,10 @@ impl Writer {
     ) -> bool {
         let mut lines = Vec::with_capacity(batch.len());
         let mut received = Vec::with_capacity(batch.len());
-        for (seq, payload) in batch {
+        for (i, (seq, payload)) in batch.iter().enumerate() {
+            if i % PROGRESS_EVERY == PROGRESS_EVERY - 1 {
+                self.progressed();
+            }
             let decoded = Record::decode(payload);
             let (key, at) = match &decoded {
                 Ok(r) => (r.key, r.received_at),
@@ -633,6 +651,7 @@ impl Writer {
             tracing::info!("lease lapsed or publishing stopped before the append: entries dropped");
             return false;
         }
+        self.progressed();
         if !self.append(&lines) {
             return false;
         }
