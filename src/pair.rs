@@ -874,6 +874,21 @@ impl Pair {
                 )
             });
         }
+        let snaps: Vec<_> = self.links.iter().map(|l| l.stats.snapshot()).collect();
+        if snaps.iter().any(|s| s.copy_store_failing) {
+            let errors: u64 = snaps.iter().map(|s| s.copy_store_errors).sum();
+            problems.push(format!(
+                "the copy of node {peer}'s journal cannot store on this node ({errors} failed \
+                 appends, retried every few seconds in the same session): see the data \
+                 directory's free space (journal.disk_free_bytes) and the log"
+            ));
+            next.get_or_insert_with(|| {
+                format!(
+                    "free space on node {me}'s data directory; the copy resumes by itself, then \
+                     run `twinrx resync` on node {me} if it stays behind"
+                )
+            });
+        }
         let down: Vec<_> = self.links.iter().filter(|l| !self.link_up(l)).collect();
         if !down.is_empty() && down.len() < self.links.len() {
             for l in &down {
@@ -975,6 +990,7 @@ impl Pair {
                 "peer_acked_seq": acked,
                 "lag_records": own_last.saturating_sub(acked),
                 "records_shipped": self.links.iter().map(|l| l.stats.snapshot().records_shipped).sum::<u64>(),
+                "peer_copy_store_errors": self.links.iter().map(|l| l.stats.snapshot().peer_copy_store_errors).sum::<u64>(),
                 "peer_copy_stopped": stopped_json(&peer_copy_stopped),
             },
             "copy": {
@@ -988,6 +1004,8 @@ impl Pair {
                 // then the peer's `shipping.lag_records` is this copy's lag.
                 "lag_records": Value::Null,
                 "records_copied": self.links.iter().map(|l| l.stats.snapshot().records_copied).sum::<u64>(),
+                "store_errors": self.links.iter().map(|l| l.stats.snapshot().copy_store_errors).sum::<u64>(),
+                "store_failing": self.links.iter().any(|l| l.stats.snapshot().copy_store_failing),
                 "stopped": stopped_json(&copy_stopped),
                 "last_error": copy_error,
             },

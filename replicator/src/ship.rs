@@ -19,6 +19,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use journal::{Journal, JournalHandle};
 use sha2::{Digest, Sha256};
@@ -116,7 +117,17 @@ struct Applied {
 /// Verifies, decodes and appends (with one fsync) a group of bulk frames, on a blocking
 /// thread. Frames after the first bad one are not looked at; verified ones before it are
 /// genuine and appended.
-fn apply_group(j: &mut Journal, opener: &mut Opener, raws: Vec<Vec<u8>>) -> Applied {
+/// Opens (MAC-checks) and appends a group of batches. `resuming`: the copy asked again after
+/// it could not store, and batches of the earlier request may still arrive first; until one
+/// starts where the copy ends, those that do not are dropped (opened all the same: the MAC
+/// counter counts every frame), not taken for a gap. A real gap is the shipper's to report
+/// when it reads the new request.
+fn apply_group(
+    j: &mut Journal,
+    opener: &mut Opener,
+    raws: Vec<Vec<u8>>,
+    resuming: bool,
+) -> Applied {
     let mut out = Applied {
         records: 0,
         bytes: 0,
@@ -139,6 +150,7 @@ fn apply_group(j: &mut Journal, opener: &mut Opener, raws: Vec<Vec<u8>>) -> Appl
         };
         match expect {
             None if b.first == next => {}
+            None if resuming => continue,
             // The peer's journal starts later (retention) or elsewhere: an empty copy
             // follows it.
             None if empty => reset = Some(b.first),
@@ -232,23 +244,35 @@ impl JournalShipper {
     /// journal (also reported to the peer), [`Error::PeerError`] when the peer's copier
     /// failed, [`Error::Journal`] when this journal cannot be read.
     pub async fn run(&mut self, mut port: ShipPort) -> Error {
-        let mut request = loop {
-            tokio::select! {
-                m = port.rx.recv() => match m {
-                    Some(ShipIn::Request(r)) => break r,
-                    // An ack from an earlier request: nothing to do with it.
-                    Some(ShipIn::Ack(_)) => {}
-                    Some(ShipIn::PeerError(m)) => return peer_error(m),
-                    None => return Error::Closed(closed(&mut port.closed).await),
-                },
-                r = closed(&mut port.closed) => return Error::Closed(r),
-            }
-        };
         loop {
-            self.pass_gate(&request).await;
-            match self.serve(&mut port, request).await {
-                Ok(Served::Restart(r)) => request = r,
-                Err(e) => return e,
+            let mut request = loop {
+                tokio::select! {
+                    m = port.rx.recv() => match m {
+                        Some(ShipIn::Request(r)) => break r,
+                        // An ack from an earlier request: nothing to do with it.
+                        Some(ShipIn::Ack(_)) => {}
+                        Some(ShipIn::PeerError(m)) if m.code == copy_error::JOURNAL => {
+                            LinkStats::add(&port.shared.stats.peer_copy_store_errors, 1);
+                        }
+                        Some(ShipIn::PeerError(m)) => return peer_error(m),
+                        None => return Error::Closed(closed(&mut port.closed).await),
+                    },
+                    r = closed(&mut port.closed) => return Error::Closed(r),
+                }
+            };
+            loop {
+                self.pass_gate(&request).await;
+                match self.serve(&mut port, request).await {
+                    Ok(Served::Restart(r)) => request = r,
+                    Err(Error::PeerError { code, seq, detail }) if code == copy_error::JOURNAL => {
+                        // The peer's copy cannot store (full disk): it keeps the session and
+                        // asks again from what it holds once it can; wait for that request.
+                        LinkStats::add(&port.shared.stats.peer_copy_store_errors, 1);
+                        tracing::warn!(peer = %port.peer, seq = seq.0, detail = %detail, "the peer's copy of this journal cannot store; shipping waits for its next request");
+                        break;
+                    }
+                    Err(e) => return e,
+                }
             }
         }
     }
@@ -579,6 +603,10 @@ fn ack(
     LinkStats::set(&stats.in_flight_bytes, *in_flight_bytes);
 }
 
+/// First pause before a copy that could not store asks the peer again; doubles up to the max.
+const STORE_RETRY_MIN: Duration = Duration::from_millis(200);
+const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
+
 fn peer_error(m: ErrorMsg) -> Error {
     Error::PeerError {
         code: m.code,
@@ -664,7 +692,69 @@ impl JournalCopier {
         }
     }
 
+    /// Copies until the session ends or copying cannot continue. An append that fails (a full
+    /// disk, an I/O error) is retried in this session with backoff, and never closes it: the
+    /// session also carries the heartbeats and this node's own journal shipping, and closing
+    /// it made the active see its peer come and go once a second.
     async fn copy(&mut self, port: &mut CopyPort) -> Result<std::convert::Infallible, Error> {
+        let mut backoff = STORE_RETRY_MIN;
+        let mut resuming = false;
+        loop {
+            match self.copy_from_here(port, resuming).await {
+                Err(Error::Journal(e)) => {
+                    let stats = &port.shared.stats;
+                    LinkStats::add(&stats.copy_store_errors, 1);
+                    if stats.copy_store_failing.swap(1, Ordering::AcqRel) == 0 {
+                        // A new episode (the copy stored since the last one).
+                        backoff = STORE_RETRY_MIN;
+                        tracing::warn!(peer = %port.peer, error = %e, "the copy of the peer's journal cannot store; retrying in this session");
+                    }
+                    self.discard_for(port, backoff).await?;
+                    backoff = (backoff * 2).min(STORE_RETRY_MAX);
+                    resuming = true;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Waits `pause`, discarding the batches the peer sent for the request that failed (it
+    /// ships them again from the next request).
+    async fn discard_for(&mut self, port: &mut CopyPort, pause: Duration) -> Result<(), Error> {
+        let until = tokio::time::Instant::now() + pause;
+        loop {
+            tokio::select! {
+                m = port.rx.recv() => match m {
+                    Some(CopyIn::Batch(raw)) => {
+                        port.queued.fetch_sub(raw.len() as u64, Ordering::AcqRel);
+                        // Opened all the same: the MAC counter counts every frame.
+                        let opener = port.opener.as_mut().expect("opener present between appends");
+                        if let Err(reason) = open_batch(opener, raw) {
+                            if let CloseReason::BadFrameMac { .. } = reason {
+                                port.shared.stats.auth_failure(AuthFailure::FrameMac);
+                            }
+                            port.shared.close(reason.clone());
+                            return Err(Error::Closed(reason));
+                        }
+                    }
+                    Some(CopyIn::PeerError(m)) => {
+                        let stats = port.shared.stats.clone();
+                        return Err(self.peer_failed(port.peer, m, &stats));
+                    }
+                    None => return Err(Error::Closed(closed(&mut port.closed).await)),
+                },
+                _ = tokio::time::sleep_until(until) => return Ok(()),
+                r = closed(&mut port.closed) => return Err(Error::Closed(r)),
+            }
+        }
+    }
+
+    /// One request to the peer, from what the copy holds, and the copying that follows it.
+    async fn copy_from_here(
+        &mut self,
+        port: &mut CopyPort,
+        mut resuming: bool,
+    ) -> Result<std::convert::Infallible, Error> {
         let stats = port.shared.stats.clone();
         let node = port.peer;
         // Everything appended is made durable, so the resume point is what the copy holds.
@@ -742,7 +832,7 @@ impl JournalCopier {
                             }
                         }
                         port.queued.fetch_sub(bytes, Ordering::AcqRel);
-                        self.append(port, node, raws, &stats).await?;
+                        resuming &= !self.append(port, node, raws, &stats, resuming).await?;
                         if let Some(CopyIn::PeerError(m)) = deferred {
                             return Err(self.peer_failed(node, m, &stats));
                         }
@@ -785,13 +875,15 @@ impl JournalCopier {
         }
     }
 
+    /// Appends a group of batches (see [`apply_group`]); true when it appended records.
     async fn append(
         &mut self,
         port: &mut CopyPort,
         node: NodeId,
         raws: Vec<Vec<u8>>,
         stats: &LinkStats,
-    ) -> Result<(), Error> {
+        resuming: bool,
+    ) -> Result<bool, Error> {
         if let Some(d) = self.cfg.append_delay {
             tokio::time::sleep(d).await;
         }
@@ -805,11 +897,17 @@ impl JournalCopier {
         let mut opener = port.opener.take().expect("opener present between appends");
         let (opener, applied) = self
             .with_journal(move |j| {
-                let applied = apply_group(j, &mut opener, raws);
+                let applied = apply_group(j, &mut opener, raws, resuming);
                 (opener, applied)
             })
             .await?;
         port.opener = Some(opener);
+        if applied.journal.is_none()
+            && applied.records > 0
+            && stats.copy_store_failing.swap(0, Ordering::AcqRel) == 1
+        {
+            tracing::info!(peer = %node, "the copy of the peer's journal stores again");
+        }
         LinkStats::add(&stats.records_copied, applied.records);
         LinkStats::add(&stats.record_bytes_copied, applied.bytes);
         if let Some((copy_next, first)) = applied.gap {
@@ -840,7 +938,7 @@ impl JournalCopier {
             port.shared.close(reason.clone());
             return Err(Error::Closed(reason));
         }
-        Ok(())
+        Ok(applied.records > 0)
     }
 
     async fn report(&self, port: &mut CopyPort, code: u8, seq: Seq, seq2: Seq, err: &Error) {

@@ -92,6 +92,13 @@ pub struct LinkStats {
     pub(crate) sessions_established: AtomicU64,
     pub(crate) divergences: AtomicU64,
     pub(crate) gaps: AtomicU64,
+    /// Appends to the local copy that failed (full disk, I/O error), each retried in the
+    /// session.
+    pub(crate) copy_store_errors: AtomicU64,
+    /// Gauge, 1 while the local copy cannot store (until an append succeeds again).
+    pub(crate) copy_store_failing: AtomicU64,
+    /// Times the peer reported that its copy of this journal cannot store.
+    pub(crate) peer_copy_store_errors: AtomicU64,
     auth_failures: [AtomicU64; 8],
 }
 
@@ -144,6 +151,13 @@ pub struct LinkStatsSnapshot {
     pub divergences: u64,
     /// Gaps detected (the peer no longer holds what the copy needs).
     pub gaps: u64,
+    /// Appends to the local copy that failed (full disk, I/O error); each is retried in the
+    /// same session, which keeps carrying the heartbeats.
+    pub copy_store_errors: u64,
+    /// The local copy cannot store now (its last append failed).
+    pub copy_store_failing: bool,
+    /// Times the peer reported that its copy of this journal cannot store.
+    pub peer_copy_store_errors: u64,
     /// Authentication failures per reason, in [`AuthFailure::ALL`] order.
     pub auth_failures: [(AuthFailure, u64); 8],
 }
@@ -198,6 +212,9 @@ impl LinkStats {
             reconnects: sessions.saturating_sub(1),
             divergences: l(&self.divergences),
             gaps: l(&self.gaps),
+            copy_store_errors: l(&self.copy_store_errors),
+            copy_store_failing: l(&self.copy_store_failing) != 0,
+            peer_copy_store_errors: l(&self.peer_copy_store_errors),
             auth_failures,
         }
     }
