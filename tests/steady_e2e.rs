@@ -81,10 +81,12 @@ fn a_standby_that_cannot_store_keeps_its_session_and_the_active_one_role() {
     let sessions_during = sessions_in(&t.node(sby).log_text()) - sessions_before;
     let st = t.node(sby).status();
     std::fs::remove_file(&filler).expect("remove filler");
-    note(&format!(
+    let measured = format!(
         "[steady-full] {sby}: space back; roles of {act}: {roles:?}; {sessions_during} new \
          sessions on {sby}"
-    ));
+    );
+    note(&measured);
+    eprintln!("{measured}");
     assert!(
         st["pair"]["copy"]["store_errors"].as_u64() > Some(0) || st["journal"]["failing"] == true,
         "[steady-full] the standby's disk was full: {st:#}"
