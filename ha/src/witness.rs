@@ -242,6 +242,20 @@ impl Witness {
                     recorded: self.state.record,
                     echo: sent_at,
                 };
+                if !self.durable.covers(&self.state) && self.durable.voted >= epoch {
+                    // Only the record moves: the grant itself promises nothing that is not
+                    // durable yet (the vote is), so it leaves now with the record that is
+                    // durable, and the reply naming the new record follows its fsync. A
+                    // witness on a slow disk then never lets a solo active's lease lapse.
+                    let now_msg = HaMsg::LeaseReply {
+                        epoch,
+                        granted: true,
+                        voted: self.state.voted,
+                        recorded: self.durable.record,
+                        echo: sent_at,
+                    };
+                    self.send(now, node, now_msg);
+                }
                 self.reply(now, node, msg);
             }
             HaMsg::LeaseRelease { epoch, .. } => {

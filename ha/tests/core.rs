@@ -912,3 +912,55 @@ fn unhealthy_active_hands_over_only_to_a_clearly_better_standby() {
     );
     assert!(!limits.clearly_better(&gone, &gone));
 }
+
+/// Issue #25/#26 (a solo active's lease lapsed beside `stress-ng --hdd`): once the vote for
+/// the epoch is durable, a lease grant that only moves the record leaves at once with the
+/// record that is durable; the reply naming the new record follows the fsync.
+#[test]
+fn witness_grants_a_renewal_before_the_new_record_is_durable() {
+    let mut w = Witness::new(WitnessConfig::default(), Millis(0), WitnessState::default());
+    let at = |end| LogPos {
+        log_epoch: Epoch(1),
+        end: Offset(end),
+    };
+    let request = |sent_at, end| HaMsg::LeaseRequest {
+        epoch: Epoch(1),
+        node: NodeId::A,
+        sent_at: Millis(sent_at),
+        record: at(end),
+    };
+    let grant = |echo, end| WitnessAction::Send {
+        to: NodeId::A,
+        msg: HaMsg::LeaseReply {
+            epoch: Epoch(1),
+            granted: true,
+            voted: Epoch(1),
+            recorded: at(end),
+            echo: Millis(echo),
+        },
+    };
+    w.handle_input(Millis(1000), NodeId::A, request(9, 40));
+    let first = WitnessState {
+        voted: Epoch(1),
+        record: at(40),
+    };
+    // The first grant carries the vote: it waits for the fsync.
+    assert_eq!(witness_drain(&mut w), vec![WitnessAction::Persist(first)]);
+    w.handle_persisted(Millis(1002), first);
+    assert_eq!(witness_drain(&mut w), vec![grant(9, 40)]);
+    // A renewal that moves the record only: granted now with the durable record (40).
+    w.handle_input(Millis(1200), NodeId::A, request(10, 55));
+    let second = WitnessState {
+        voted: Epoch(1),
+        record: at(55),
+    };
+    assert_eq!(
+        witness_drain(&mut w),
+        vec![grant(10, 40), WitnessAction::Persist(second)]
+    );
+    w.handle_persisted(Millis(1900), second);
+    assert_eq!(witness_drain(&mut w), vec![grant(10, 55)]);
+    // A renewal that moves nothing is answered at once, once.
+    w.handle_input(Millis(2000), NodeId::A, request(11, 55));
+    assert_eq!(witness_drain(&mut w), vec![grant(11, 55)]);
+}
