@@ -497,11 +497,13 @@ impl Driver {
                 });
                 continue;
             }
-            let recs = match self.stream.read(
-                Seq(next + 1),
-                self.cfg.batch_records_max,
-                BATCH_BYTES_MAX,
-            ) {
+            // Committed entries only: the durable end of a pair's active runs ahead of what
+            // the standby holds, and an entry delivered past the commit point may be written
+            // differently at the same offset by the next active (SPEC G3).
+            let max = usize::try_from(committed - next)
+                .unwrap_or(usize::MAX)
+                .min(self.cfg.batch_records_max);
+            let recs = match self.stream.read(Seq(next + 1), max, BATCH_BYTES_MAX) {
                 Ok(r) => r,
                 Err(e) => {
                     let e = SinkError::Retry(format!(
@@ -799,6 +801,7 @@ mod tests {
         tag: &str,
         epochs: &[u64],
         held: Option<Delivered>,
+        committed: u64,
         until: impl Fn(&SinkStats) -> bool,
     ) -> (Vec<u64>, Arc<SinkStats>) {
         let dir = std::env::temp_dir().join(format!("twinrx-sink-{tag}-{}", std::process::id()));
@@ -828,10 +831,12 @@ mod tests {
         };
         let stats = Arc::new(SinkStats::new(&cfg));
         let got = Arc::new(Mutex::new(Vec::new()));
+        let gate = crate::pair::driver::Gate::new(true);
+        gate.committed.send_replace(committed);
         let driver = Driver {
             cfg,
             stream: j.handle(),
-            gate: crate::pair::driver::Gate::new(true),
+            gate,
             stats: stats.clone(),
             rt: rt.handle().clone(),
             shutdown: rx,
@@ -866,6 +871,7 @@ mod tests {
                 offset: 2,
                 epoch: 0,
             }),
+            u64::MAX,
             |s| s.next_offset.load(Relaxed) == 7,
         );
         assert_eq!(got, vec![3, 4, 5, 6]);
@@ -884,6 +890,7 @@ mod tests {
                 offset: 1,
                 epoch: 3,
             }),
+            u64::MAX,
             |s| s.epoch_refused.load(Relaxed) >= 2,
         );
         assert_eq!(
@@ -893,6 +900,20 @@ mod tests {
         );
         assert_eq!(stats.state().0, SinkState::Stopped);
         assert_eq!(stats.lag(6), 2);
+    }
+
+    /// Caught by sink_e2e::kafka_pair_failover_under_load_topic_holds_every_entry_once: the
+    /// active's sink read a whole batch from the durable end, past the commit point; the
+    /// active was killed, the new one published its own entries from the commit point, and
+    /// the topic held the old active's at those offsets.
+    #[test]
+    fn delivers_committed_entries_only_even_when_more_are_durable() {
+        // 7 durable entries, 3 committed, batches of 2: [0, 1], then [2] alone.
+        let (got, stats) = drive("committed", &[1; 7], None, 3, |s| {
+            s.next_offset.load(Relaxed) >= 3
+        });
+        assert_eq!(got, vec![0, 1, 2]);
+        assert_eq!(stats.next_offset.load(Relaxed), 3);
     }
 
     #[test]
