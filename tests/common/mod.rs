@@ -258,6 +258,7 @@ impl TestNode {
              [admin]\nlisten = \"{ip}:7401\"\n\n{extra}\n"
         );
         std::fs::write(&config, text).expect("write config");
+        // The test's timeline counts from here at the latest.
         Timeline::current();
         TestNode {
             ip,
