@@ -10,10 +10,13 @@
 //!   speaking for node b) and non-witness messages are dropped and counted, never a panic.
 //! - **Time**: a monotonic clock (`Instant` at start → `twinrx_types::Millis`). The core has no
 //!   deadlines (its promise is checked when a request arrives), so there are no timers.
-//! - **Out** (`poll_action`, carried out in order, one core task, so nothing overtakes):
-//!   `Persist(state)` → [`state::store`] (temp file, fsync, rename, directory fsync) on a
-//!   blocking thread, then `handle_persisted`; only then can the `Send` that depends on it
-//!   come out of the core. `Send{to, msg}` → `ha::wire::encode` → every live session of node
+//! - **Out** (`poll_action`, one core task): `Persist(state)` → [`state::store`] (temp file,
+//!   fsync, rename, directory fsync) on a blocking thread, one at a time, then
+//!   `handle_persisted`; only then can the `Send` that depends on it come out of the core.
+//!   The core keeps taking requests while a persist runs (a slow disk's fsync takes seconds;
+//!   lease renewals that need nothing new on disk must not wait for it): it emits a `Send`
+//!   only once what it promises is durable, so no `Send` can overtake what it depends on. A
+//!   `Persist` emitted while one runs is kept (the latest: states only grow) and runs next. `Send{to, msg}` → `ha::wire::encode` → every live session of node
 //!   `to` (a node may have several links). If persisting fails the witness stops (exit 2):
 //!   one that cannot make its vote durable must not answer.
 //! - **Start**: the state is loaded from `DATA_DIR/witness.json` (a corrupt file refuses
@@ -171,6 +174,8 @@ async fn run_async(cfg: WitnessSettings) -> anyhow::Result<()> {
         witness: Witness::new(cfg.ha, now_ms(clock), restored),
         clock,
         dir: cfg.data_dir.clone(),
+        persisting: None,
+        persist_next: None,
         sessions: Default::default(),
         shared: shared.clone(),
     };
@@ -351,6 +356,11 @@ struct Core {
     witness: Witness,
     clock: Instant,
     dir: PathBuf,
+    /// The persist running on a blocking thread: (state, result, time it took).
+    persisting:
+        Option<tokio::task::JoinHandle<(WitnessState, anyhow::Result<()>, std::time::Duration)>>,
+    /// The next state to persist when the running one ends.
+    persist_next: Option<WitnessState>,
     /// Live sessions of each node, by id (oldest first), with their reply queues.
     sessions: [BTreeMap<u64, mpsc::Sender<Vec<u8>>>; 2],
     shared: Arc<Shared>,
@@ -402,6 +412,17 @@ impl Core {
                     Some(e) => e,
                     None => return Ok(()),
                 },
+                done = async {
+                    match self.persisting.as_mut() {
+                        Some(h) => h.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.persisting = None;
+                    let (st, result, took) = done.context("the persisting thread failed")?;
+                    self.persisted(st, result, took)?;
+                    continue;
+                }
                 _ = stopping(&mut shutdown) => return Ok(()),
             };
             match ev {
@@ -476,35 +497,59 @@ impl Core {
         }
         tracing::debug!(%node, ?msg, "witness: request");
         self.witness.handle_input(now_ms(self.clock), node, msg);
-        self.drive().await?;
+        self.drive()?;
         self.shared.view().core = self.witness.stats();
         Ok(())
     }
 
-    /// Carries out the core's actions in order (the `ha` witness contract).
-    async fn drive(&mut self) -> anyhow::Result<()> {
+    fn start_persist(&mut self, st: WitnessState) {
+        let dir = self.dir.clone();
+        self.persisting = Some(tokio::task::spawn_blocking(move || {
+            let t0 = Instant::now();
+            let result = state::store(&dir, st);
+            (st, result, t0.elapsed())
+        }));
+    }
+
+    /// A persist ended: the core learns it (and releases the replies that waited for it);
+    /// the next one starts.
+    fn persisted(
+        &mut self,
+        st: WitnessState,
+        result: anyhow::Result<()>,
+        took: std::time::Duration,
+    ) -> anyhow::Result<()> {
+        result.context(
+            "cannot persist the witness state; stopping, because a witness that cannot make \
+             its vote durable must not answer",
+        )?;
+        self.witness.handle_persisted(now_ms(self.clock), st);
+        {
+            let mut v = self.shared.view();
+            v.durable = WitnessState {
+                voted: v.durable.voted.max(st.voted),
+                record: v.durable.record.max(st.record),
+            };
+            v.persists_total += 1;
+            v.persist_ms_max = v.persist_ms_max.max(took.as_millis() as u64);
+        }
+        tracing::debug!(voted = st.voted.0, record = ?st.record, ms = took.as_millis() as u64, "witness state persisted");
+        if let Some(next) = self.persist_next.take() {
+            self.start_persist(next);
+        }
+        self.drive()
+    }
+
+    /// Carries out the core's actions (the `ha` witness contract).
+    fn drive(&mut self) -> anyhow::Result<()> {
         while let Some(action) = self.witness.poll_action() {
             match action {
                 WitnessAction::Persist(st) => {
-                    let dir = self.dir.clone();
-                    let t0 = Instant::now();
-                    tokio::task::spawn_blocking(move || state::store(&dir, st))
-                        .await
-                        .context("the persisting thread failed")?
-                        .context(
-                            "cannot persist the witness state; stopping, because a witness \
-                             that cannot make its vote durable must not answer",
-                        )?;
-                    let took = t0.elapsed();
-                    self.witness.handle_persisted(now_ms(self.clock), st);
-                    let mut v = self.shared.view();
-                    v.durable = WitnessState {
-                        voted: v.durable.voted.max(st.voted),
-                        record: v.durable.record.max(st.record),
-                    };
-                    v.persists_total += 1;
-                    v.persist_ms_max = v.persist_ms_max.max(took.as_millis() as u64);
-                    tracing::debug!(voted = st.voted.0, record = ?st.record, ms = took.as_millis() as u64, "witness state persisted");
+                    if self.persisting.is_some() {
+                        self.persist_next = Some(st);
+                    } else {
+                        self.start_persist(st);
+                    }
                 }
                 WitnessAction::Send { to, msg } => {
                     tracing::debug!(node = %to, ?msg, "witness: answer");

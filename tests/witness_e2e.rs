@@ -187,6 +187,15 @@ impl TestNodeClient {
 
     /// Sends `make(sent_at)` and returns the witness's answer to it (matched by its echo).
     fn ask(&mut self, make: impl Fn(Millis) -> HaMsg) -> HaMsg {
+        self.ask_until(make, |_| true)
+    }
+
+    /// Sends `make(sent_at)` and returns the first answer to it that `wanted` accepts.
+    fn ask_until(
+        &mut self,
+        make: impl Fn(Millis) -> HaMsg,
+        wanted: impl Fn(&HaMsg) -> bool,
+    ) -> HaMsg {
         self.clock += 1;
         let sent_at = Millis(self.clock);
         self.send(&make(sent_at));
@@ -206,7 +215,7 @@ impl TestNodeClient {
                 HaMsg::VoteReply { echo, .. } | HaMsg::LeaseReply { echo, .. } => *echo,
                 other => panic!("unexpected message from the witness: {other:?}"),
             };
-            if echo == sent_at {
+            if echo == sent_at && wanted(&msg) {
                 return msg;
             }
         }
@@ -242,14 +251,33 @@ impl TestNodeClient {
         }
     }
 
-    fn lease(&mut self, epoch: u64, record: LogPos) -> HaMsg {
-        let node = self.node;
-        self.ask(|sent_at| HaMsg::LeaseRequest {
-            epoch: Epoch(epoch),
-            node,
-            sent_at,
+    /// A lease request, and the answer that records `record`: a renewal that only moves the
+    /// record is granted at once with the record already durable, and answered again once
+    /// the new one is.
+    fn lease_recorded(&mut self, epoch: u64, record: LogPos) -> HaMsg {
+        self.lease_until(
+            epoch,
             record,
-        })
+            |m| matches!(m, HaMsg::LeaseReply { recorded, .. } if *recorded == record),
+        )
+    }
+
+    fn lease_until(
+        &mut self,
+        epoch: u64,
+        record: LogPos,
+        wanted: impl Fn(&HaMsg) -> bool,
+    ) -> HaMsg {
+        let node = self.node;
+        self.ask_until(
+            |sent_at| HaMsg::LeaseRequest {
+                epoch: Epoch(epoch),
+                node,
+                sent_at,
+                record,
+            },
+            wanted,
+        )
     }
 }
 
@@ -304,8 +332,9 @@ fn a_vote_is_persisted_before_the_answer_and_remembered_across_a_restart() {
     // Read at once, no waiting: the vote was durable before the answer left.
     assert_eq!(read_state(&w.state_file()), (1, 0, 0));
 
-    // As active of epoch 1, node a renews its lease and has its committed position recorded.
-    let reply = a.lease(1, pos(1, 10));
+    // As active of epoch 1, node a renews its lease and has its committed position recorded
+    // (the grant leaves at once; the answer naming the new record after its fsync).
+    let reply = a.lease_recorded(1, pos(1, 10));
     assert!(
         matches!(reply, HaMsg::LeaseReply { granted: true, recorded, .. } if recorded == pos(1, 10)),
         "{reply:?}"
@@ -468,7 +497,7 @@ fn strangers_and_garbage_are_refused_and_counted_and_the_right_node_is_still_ser
         healthy: true,
         sent_at: Millis(2),
     });
-    let reply = a.lease(1, pos(1, 5));
+    let reply = a.lease_recorded(1, pos(1, 5));
     assert!(
         matches!(reply, HaMsg::LeaseReply { granted: true, recorded, .. } if recorded == pos(1, 5)),
         "{reply:?}"
