@@ -297,10 +297,13 @@ impl Writer {
                             .merger_busy_since_ms
                             .store(crate::node::unix_ms(), Relaxed);
                         crate::fault::hold(crate::fault::Part::Merger);
-                        if !self.publish(p, node, &batch) {
+                        let published = self.publish(p, node, &batch);
+                        // Not publishing is not a stall: rebuilding the merger's state after a
+                        // lapsed lease (or a node woken from SIGSTOP) has no input to progress.
+                        self.stats.merger_busy_since_ms.store(0, Relaxed);
+                        if !published {
                             self.restart_publishing(&mut publishing);
                         }
-                        self.stats.merger_busy_since_ms.store(0, Relaxed);
                     }
                 }
                 Next::Batch(node, Err(e)) => {
