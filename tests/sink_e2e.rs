@@ -296,17 +296,6 @@ fn settled_len(node: &TestNode) -> u64 {
     }
 }
 
-/// The pair's stream length once it stops growing for 300 ms (the generator has finished).
-/// Still a guess, not a condition: the pair's (both journals merged, `stream.merged_seq`)
-/// comes with the pair tests' part of #26.
-fn quiet_len(node: &TestNode) -> u64 {
-    wait_for("the stream to settle", Duration::from_secs(30), || {
-        let a = stream_len(node);
-        std::thread::sleep(Duration::from_millis(300));
-        (a == stream_len(node) && a > 0).then_some(a)
-    })
-}
-
 fn gen(node: &TestNode, manifest: &Path, count: u64, rate: u64, run_id: &str) -> Child {
     Command::new(BIN)
         .args(["gen", "--transport", "tcp", "--run-id", run_id])
@@ -1054,15 +1043,38 @@ fn gen_both(
         .expect("spawn twinrx gen")
 }
 
+/// The active's stream length once it holds an entry for each of the `sent` messages (the
+/// generator has exited; it sent each message to both nodes, and the tests then require each
+/// one once in the stream, so nothing else can come).
+fn pair_settled_len(active: &TestNode, sent: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = try_status(active).unwrap_or_default();
+        let n = st["stream"]["next_offset"].as_u64().unwrap_or(0);
+        if n >= sent {
+            note(&format!("{}: stream holds {n} entries", active.label()));
+            return n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after 60 s waiting for the active's stream to hold the {sent} messages sent: {n} entries; stream {} ha {}",
+            st["stream"],
+            st["ha"]
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The topic after the pair has settled: the active's whole stream delivered, the topic
 /// holding as many records as the stream. Asserts each offset once, in order, each record
 /// the stream entry itself, epochs never going down. Returns (records, stream dump path).
 fn settled_topic(
     broker: &Broker,
     active: &TestNode,
+    sent: u64,
     dir: &Path,
 ) -> (Vec<Rec>, Vec<serde_json::Value>, PathBuf) {
-    let n = quiet_len(active);
+    let n = pair_settled_len(active, sent);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let k = kafka_of(&active.status());
@@ -1233,7 +1245,7 @@ fn kafka_pair_failover_under_load_topic_holds_every_entry_once() {
         "standby",
         "the standby's sink waits"
     );
-    let (recs, _stream, dump) = settled_topic(&broker, new_active, s.path());
+    let (recs, _stream, dump) = settled_topic(&broker, new_active, n, s.path());
     let epochs = epochs_in(&recs);
     assert!(
         epochs.len() >= 2 && epochs.last().unwrap().0 == epoch_after,
@@ -1346,7 +1358,7 @@ fn kafka_pair_sigstopped_old_active_is_fenced_and_writes_nothing() {
         epoch_end > epoch_old,
         "failover raises the epoch ({epoch_old} -> {epoch_end})"
     );
-    let (recs, _stream, dump) = settled_topic(&broker, &t.nodes[act2], s.path());
+    let (recs, _stream, dump) = settled_topic(&broker, &t.nodes[act2], n, s.path());
     // What the old node had counted as delivered when it woke is in the topic, all of it
     // before the first record of a newer epoch.
     let first_new = recs
