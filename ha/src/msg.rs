@@ -83,6 +83,50 @@ pub struct Health {
     pub sched_lag_ms: u32,
 }
 
+impl Health {
+    /// Each measure as good as its best in `recent` (the last three reports, 300 ms in the
+    /// binary). A single late timer, a momentary fsync or a moment without merger progress is
+    /// noise, and both nodes share the load that causes it; a measure outside its limit in
+    /// three reports in a row is a node that is stuck. Real faults keep their speed: F7, F8
+    /// and F11 hold their bad measure for good and cost two reports more.
+    pub fn steady(recent: &[Health]) -> Health {
+        let min = |f: fn(&Health) -> u32| recent.iter().map(f).min().unwrap_or(0);
+        Health {
+            receivers_ok: recent.is_empty() || recent.iter().any(|h| h.receivers_ok),
+            fsync_latency_ms: min(|h| h.fsync_latency_ms),
+            disk_free_bytes: recent
+                .iter()
+                .map(|h| h.disk_free_bytes)
+                .max()
+                .unwrap_or(u64::MAX),
+            merger_stall_ms: min(|h| h.merger_stall_ms),
+            sink_stall_ms: min(|h| h.sink_stall_ms),
+            sched_lag_ms: min(|h| h.sched_lag_ms),
+        }
+    }
+}
+
+impl Health {
+    /// Each measure at its worst in `recent`: what a node tells its peer, which hands over to
+    /// it only if it is clearly better even so (a load that hits both nodes in bursts must
+    /// not make an idle moment of the standby look like a better node).
+    pub fn worst(recent: &[Health]) -> Health {
+        let max = |f: fn(&Health) -> u32| recent.iter().map(f).max().unwrap_or(0);
+        Health {
+            receivers_ok: recent.iter().all(|h| h.receivers_ok),
+            fsync_latency_ms: max(|h| h.fsync_latency_ms),
+            disk_free_bytes: recent
+                .iter()
+                .map(|h| h.disk_free_bytes)
+                .min()
+                .unwrap_or(u64::MAX),
+            merger_stall_ms: max(|h| h.merger_stall_ms),
+            sink_stall_ms: max(|h| h.sink_stall_ms),
+            sched_lag_ms: max(|h| h.sched_lag_ms),
+        }
+    }
+}
+
 impl Default for Health {
     fn default() -> Self {
         Health {
@@ -108,7 +152,10 @@ pub enum HaMsg {
         role: Role,
         log: LogPos,
         commit_end: Offset,
+        /// The sender's health, each measure at its worst over its last three reports
+        /// ([`Health::worst`]).
         health: Health,
+        /// Whether the sender is within its limits ([`Health::steady`]).
         healthy: bool,
         /// Sender's clock; echoed in the ack so the active can date its lease.
         sent_at: Millis,

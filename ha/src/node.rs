@@ -56,7 +56,8 @@ pub enum Input {
     /// The local merged stream is durable up to `upto` (exclusive): local appends while
     /// publishing, or entries stored after `AcceptEntries`.
     StreamAppended { upto: Offset },
-    /// A fresh pipeline health report (send one every ~100 ms).
+    /// A fresh pipeline health report (send one every ~100 ms). The core judges each measure
+    /// as good as its best of the last three reports ([`crate::msg::Health::steady`]).
     Health(Health),
     /// SIGTERM: hand over at once if active, then report `ShutdownReady`.
     Shutdown,
@@ -186,8 +187,9 @@ struct PeerView {
     epoch: Epoch,
     log: LogPos,
     healthy: bool,
-    /// The peer's last reported health measures.
+    /// The peer's last reported health measures, and when they arrived.
     health: Health,
+    health_at: Option<Millis>,
 }
 
 /// After taking over from a peer that handed over for its health, this node does not hand
@@ -322,7 +324,10 @@ pub struct HaCore {
     witness_heard: Option<Millis>,
     /// We renewed the active's lease (or voted) and must not vote or campaign before this.
     promise_until: Millis,
-    health: Option<(Millis, Health)>,
+    /// The last health report's time and the last three reports (newest last).
+    health: Option<(Millis, [Health; 3])>,
+    /// Since when this node's health is outside its limits (None: within).
+    unhealthy_since: Option<Millis>,
     dwell: Option<HealthDwell>,
     next_heartbeat: Millis,
     /// Vote replies waiting for the epoch they promise to be durable.
@@ -375,10 +380,12 @@ impl HaCore {
                 log: LogPos::default(),
                 healthy: true,
                 health: Health::default(),
+                health_at: None,
             },
             witness_heard: None,
             promise_until: promise,
             health: None,
+            unhealthy_since: None,
             dwell: None,
             next_heartbeat: now,
             pending_votes: Vec::new(),
@@ -407,7 +414,18 @@ impl HaCore {
             Input::Witness(msg) => self.on_witness(msg),
             Input::EpochPersisted(st) => self.on_persisted(st),
             Input::StreamAppended { upto } => self.on_appended(upto),
-            Input::Health(h) => self.health = Some((self.now, h)),
+            Input::Health(h) => {
+                let mut recent = self.health.map_or([h; 3], |(_, r)| r);
+                recent.rotate_left(1);
+                recent[2] = h;
+                self.health = Some((self.now, recent));
+                let healthy = self.healthy();
+                match (healthy, self.unhealthy_since) {
+                    (true, _) => self.unhealthy_since = None,
+                    (false, None) => self.unhealthy_since = Some(self.now),
+                    (false, Some(_)) => {}
+                }
+            }
             Input::Shutdown => self.on_shutdown(),
             Input::Switchover => self.begin_handover(HandoverReason::Switchover),
             Input::ResyncDone => {
@@ -560,22 +578,37 @@ impl HaCore {
     fn healthy(&self) -> bool {
         match &self.health {
             None => true,
-            Some((at, h)) => {
+            Some((at, recent)) => {
                 self.now.saturating_sub(*at) <= self.c().health.report_stale_ms
-                    && self.c().health.accepts(h)
+                    && self.c().health.accepts(&Health::steady(recent))
             }
         }
     }
 
+    /// The health this node is judged on (and reports to its peer).
+    fn steady_health(&self) -> Health {
+        self.health
+            .map(|(_, recent)| Health::steady(&recent))
+            .unwrap_or_default()
+    }
+
     /// An unhealthy active hands over only to a standby clearly better on what fails here
     /// (see [`crate::HealthLimits::clearly_better`]), and not during a dwell.
+    ///
+    /// The peer's health must be as recent as the trouble here: a heartbeat that left before
+    /// a load hit both nodes still shows the peer idle. So the peer's report must have arrived
+    /// a heartbeat interval after this node's health went outside its limits.
     fn health_handover_allowed(&self) -> bool {
-        let mine = self.health.map(|(_, h)| h).unwrap_or_default();
+        let mine = self.steady_health();
         let better = self
             .c()
             .health
             .clearly_better(&self.peer_view.health, &mine);
-        better && self.dwell.is_none_or(|d| self.now >= d.until)
+        let fresh = match (self.unhealthy_since, self.peer_view.health_at) {
+            (Some(since), Some(at)) => at >= since.saturating_add(self.c().heartbeat_interval_ms),
+            _ => false,
+        };
+        better && fresh && self.dwell.is_none_or(|d| self.now >= d.until)
     }
 
     fn start_dwell(&mut self, now: Millis) {
@@ -701,7 +734,10 @@ impl HaCore {
             role: self.role(),
             log: self.log_pos(),
             commit_end: self.commit_end,
-            health: self.health.map(|(_, h)| h).unwrap_or_default(),
+            health: self
+                .health
+                .map(|(_, recent)| Health::worst(&recent))
+                .unwrap_or_default(),
             healthy: self.healthy(),
             sent_at: now,
         };
@@ -1452,6 +1488,7 @@ impl HaCore {
                 self.peer_view.log = log;
                 self.peer_view.healthy = healthy;
                 self.peer_view.health = health;
+                self.peer_view.health_at = Some(now);
                 self.on_heartbeat(link, epoch, role, commit_end, sent_at);
             }
             HaMsg::HeartbeatAck { epoch, echo } => {

@@ -86,13 +86,16 @@ pub enum Pattern {
     F13WitnessDown,
     /// Planned `twinrx switchover`.
     Switchover,
+    /// Both nodes slow but progressing under the same load, in bursts (fsync latency and
+    /// scheduling lag near and beyond their limits on both at once): no handover.
+    SharedLoad,
     /// Random crashes, pauses, partitions (symmetric and one-way), disk and health faults on
     /// every party; safety only, then liveness after healing.
     Chaos,
 }
 
 impl Pattern {
-    pub const ALL: [Pattern; 14] = [
+    pub const ALL: [Pattern; 15] = [
         Pattern::F1PowerOff,
         Pattern::F2Shutdown,
         Pattern::F3Reboot,
@@ -106,6 +109,7 @@ impl Pattern {
         Pattern::F12Partition,
         Pattern::F13WitnessDown,
         Pattern::Switchover,
+        Pattern::SharedLoad,
         Pattern::Chaos,
     ];
 
@@ -133,6 +137,7 @@ impl Pattern {
                 | Pattern::F10StandbyDown
                 | Pattern::F12Partition
                 | Pattern::F13WitnessDown
+                | Pattern::SharedLoad
         )
     }
 }
@@ -257,6 +262,8 @@ enum Fault {
     DiskSlow(Who, bool),
     WitnessCrash,
     WitnessRestart,
+    /// Load shared by both nodes (the same traffic): health measures around this many ms.
+    Load(u32),
     Heal,
 }
 
@@ -348,6 +355,8 @@ struct Sim {
     heal_at: u64,
     committed_at_fault: usize,
     commit_progress: bool,
+    /// Shared load level (ms) both nodes' health reports carry (`Pattern::SharedLoad`).
+    load_ms: u32,
 }
 
 fn other(i: usize) -> usize {
@@ -423,6 +432,7 @@ impl Sim {
             heal_at: 0,
             committed_at_fault: 0,
             commit_progress: false,
+            load_ms: 0,
         };
         if sim.opts.policy == Policy::Witness {
             sim.start_witness();
@@ -975,10 +985,20 @@ impl Sim {
         }
         let n = &self.nodes[i];
         let ms = |since: Option<u64>, now: u64| since.map_or(0, |s| ((now - s) / US) as u32);
+        let fsync_ms = ms(n.pending_since, self.now);
+        let stall_ms = ms(n.stalled_since, self.now);
+        // Shared load: both nodes see it, each with its own jitter (80-120 %).
+        let load = |sim: &mut Sim| {
+            let level = u64::from(sim.load_ms);
+            u32::try_from(level * sim.rng.range(80, 120) / 100).unwrap_or(u32::MAX)
+        };
+        let (load_fsync, load_lag) = (load(self), load(self));
+        let n = &self.nodes[i];
         let health = Health {
             receivers_ok: !n.addr_lost,
-            fsync_latency_ms: ms(n.pending_since, self.now),
-            merger_stall_ms: ms(n.stalled_since, self.now),
+            fsync_latency_ms: fsync_ms.max(load_fsync),
+            merger_stall_ms: stall_ms,
+            sched_lag_ms: load_lag,
             ..Health::default()
         };
         self.node_input(i, Input::Health(health));
@@ -1099,7 +1119,9 @@ impl Sim {
                     self.start_witness();
                 }
             }
+            Fault::Load(level) => self.load_ms = level,
             Fault::Heal => {
+                self.load_ms = 0;
                 self.node_link_down = [[false; 8]; 2];
                 self.witness_link_down = [[false; 2]; 2];
                 for i in 0..2 {
@@ -1193,6 +1215,15 @@ impl Sim {
             }
             Pattern::F13WitnessDown => self.apply(Fault::WitnessCrash),
             Pattern::Switchover => self.apply(Fault::Switchover(a)),
+            Pattern::SharedLoad => {
+                // Bursts of 100-800 ms at levels from idle to twice the limits.
+                let mut at = now;
+                while at < end {
+                    let level = [0, 300, 700, 1_100, 1_500, 2_000][self.rng.range(0, 5) as usize];
+                    self.push(at, Ev::Fault(Fault::Load(level)));
+                    at += self.rng.range(100_000, 800_000);
+                }
+            }
             Pattern::Chaos => {
                 self.measure = false;
                 let k = self.rng.range(2, 8);
@@ -1359,14 +1390,38 @@ impl Sim {
         if self.measure && pattern.forbids_failover() {
             if let (Some(f), Some(p)) = (self.fault_at, self.failover_at) {
                 if p < self.heal_at {
+                    let handovers: Vec<(u64, u64)> = self
+                        .nodes
+                        .iter()
+                        .map(|n| {
+                            n.core.as_ref().map_or((0, 0), |c| {
+                                let s = c.stats();
+                                (s.handovers_total, s.health_handovers_total)
+                            })
+                        })
+                        .collect();
                     self.violation(format!(
-                        "{pattern:?}: false failover after {} ms",
+                        "{pattern:?}: false failover after {} ms (handovers, of them for \
+                         health, per node: {handovers:?})",
                         (p - f) / US
                     ));
                 }
             }
             if !self.commit_progress {
                 self.violation(format!("{pattern:?}: the active stopped committing"));
+            }
+        }
+        // At most one handover per fault: one new publishing epoch at most (none where a
+        // failover is forbidden, checked above).
+        if self.measure && pattern != Pattern::Chaos {
+            let fault_epoch = self.fault_epoch;
+            let after = Epoch(fault_epoch.0 + 1);
+            let new_epochs = self.epoch_owner.range(after..).count();
+            if new_epochs > 1 {
+                let owners: Vec<_> = self.epoch_owner.range(after..).collect();
+                self.violation(format!(
+                    "{pattern:?}: {new_epochs} new publishing epochs after one fault: {owners:?}"
+                ));
             }
         }
         // After healing, a node that hears its peer adopts the higher epoch (a node woken from

@@ -174,27 +174,6 @@ pub fn missing_addresses(ips: &[std::net::IpAddr]) -> Vec<std::net::IpAddr> {
 }
 
 const HEALTH_EVERY: Duration = Duration::from_millis(100);
-/// The health the core judges: each measure as good as its best of the last three reports
-/// (300 ms). A single late timer, a momentary fsync or a moment without merger progress is
-/// noise, and both nodes share the load that causes it; a measure outside its limit in three
-/// reports in a row is a node that is stuck. Real faults keep their speed: F8, F11 and F7
-/// hold their bad measure for good, so they cost 200 ms more.
-fn steady(recent: &[Health; 3]) -> Health {
-    let min = |f: fn(&Health) -> u32| recent.iter().map(f).min().unwrap_or(0);
-    Health {
-        receivers_ok: recent.iter().any(|h| h.receivers_ok),
-        fsync_latency_ms: min(|h| h.fsync_latency_ms),
-        disk_free_bytes: recent
-            .iter()
-            .map(|h| h.disk_free_bytes)
-            .max()
-            .unwrap_or(u64::MAX),
-        merger_stall_ms: min(|h| h.merger_stall_ms),
-        sink_stall_ms: min(|h| h.sink_stall_ms),
-        sched_lag_ms: min(|h| h.sched_lag_ms),
-    }
-}
-
 /// Bytes of entries in one `Append` at most (past the first entry): well within a frame, and
 /// small enough that heartbeats behind it on the priority lane are not delayed.
 const APPEND_BYTES_MAX: usize = 1 << 20;
@@ -291,16 +270,18 @@ impl Driver {
                     if t >= next_health {
                         let lag = t.saturating_duration_since(next_health);
                         next_health = t + HEALTH_EVERY;
+                        let h = self.health(lag);
                         recent.rotate_left(1);
-                        recent[2] = self.health(lag);
-                        let h = steady(&recent);
-                        let ok = self.settings.core.get().health.accepts(&h);
+                        recent[2] = h;
+                        // Logged as the core judges it (see Health::steady).
+                        let steady = Health::steady(&recent);
+                        let ok = self.settings.core.get().health.accepts(&steady);
                         if ok != health_ok {
                             health_ok = ok;
                             if ok {
                                 tracing::info!("pipeline health back within limits");
                             } else {
-                                tracing::warn!(health = ?h, "pipeline health outside limits (an active hands over to a healthy standby)");
+                                tracing::warn!(health = ?steady, "pipeline health outside limits (an active hands over to a standby that is healthy and clearly better)");
                             }
                         }
                         self.core.handle_input(now, Input::Health(h));
