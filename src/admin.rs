@@ -199,10 +199,16 @@ async fn stream(State(node): State<Arc<Node>>, Query(q): Query<StreamQuery>) -> 
                 let durable = durable.min(*sub.1.borrow_and_update());
                 if next.0 <= durable {
                     let h = handle.clone();
+                    // Never past the committed end: a read returns up to `max` records
+                    // from `next`, as far as the journal is durable (issue #26: the sink had
+                    // the same defect and delivered uncommitted entries).
+                    let committed_left =
+                        usize::try_from(durable + 1 - next.0).unwrap_or(READ_RECORDS);
                     let max = end
                         .map(|e| (e + 1 - next.0) as usize)
                         .unwrap_or(READ_RECORDS)
-                        .min(READ_RECORDS);
+                        .min(READ_RECORDS)
+                        .min(committed_left);
                     let read =
                         tokio::task::spawn_blocking(move || h.read(next, max, READ_BYTES)).await;
                     let recs = match read {
