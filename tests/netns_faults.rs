@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::netns::{Host, Net, NetLab};
-use common::{Scratch, Tmpfs, BIN};
+use common::{fill, Scratch, Tmpfs, BIN};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -1293,27 +1293,6 @@ impl Drop for LoopDisk {
             .status();
         let _ = std::fs::remove_file(&self.img);
     }
-}
-
-/// Fills the file system under `dir` until writes fail; returns the filler's path.
-fn fill(dir: &Path) -> PathBuf {
-    let path = dir.join("filler");
-    let mut f = std::fs::File::create(&path).expect("create filler");
-    let block = vec![0x5au8; 1 << 20];
-    // Bounded: a tmpfs of at most a few GiB.
-    for _ in 0..16_384 {
-        if f.write_all(&block).is_err() {
-            break;
-        }
-    }
-    // Fill the last bytes too.
-    for _ in 0..1_000_000 {
-        if f.write_all(&block[..512]).is_err() {
-            break;
-        }
-    }
-    let _ = f.sync_all();
-    path
 }
 
 fn f11(rng: &mut Rng) -> Run {

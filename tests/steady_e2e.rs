@@ -9,31 +9,9 @@
 mod common;
 
 use common::*;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const SEC: Duration = Duration::from_secs(1);
-
-/// Fills the file system under `dir` until writes fail; returns the filler's path.
-fn fill(dir: &Path) -> PathBuf {
-    let path = dir.join("filler");
-    let mut f = std::fs::File::create(&path).expect("create filler");
-    let block = vec![0x5au8; 1 << 20];
-    // Bounded: the tmpfs below is 256 MiB.
-    for _ in 0..1_024 {
-        if f.write_all(&block).is_err() {
-            break;
-        }
-    }
-    for _ in 0..1_000_000 {
-        if f.write_all(&block[..512]).is_err() {
-            break;
-        }
-    }
-    let _ = f.sync_all();
-    path
-}
 
 /// Lines of a node's log that say a new cluster-link session came up.
 fn sessions_in(log: &str) -> usize {

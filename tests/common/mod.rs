@@ -472,6 +472,28 @@ pub fn entries_with<'a>(
         .collect()
 }
 
+/// Fills the file system under `dir` until writes fail; returns the filler's path.
+pub fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write as _;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).expect("create filler");
+    let block = vec![0x5au8; 1 << 20];
+    // Bounded: a tmpfs of at most a few GiB (16 GiB written at most).
+    for _ in 0..16_384 {
+        if f.write_all(&block).is_err() {
+            break;
+        }
+    }
+    // Fill the last bytes too.
+    for _ in 0..1_000_000 {
+        if f.write_all(&block[..512]).is_err() {
+            break;
+        }
+    }
+    let _ = f.sync_all();
+    path
+}
+
 /// A tmpfs mounted for a test (needs root), unmounted on drop even when the test fails.
 pub struct Tmpfs(pub PathBuf);
 
