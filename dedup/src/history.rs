@@ -108,16 +108,7 @@ impl MemHistory {
                     .insert(e.offset, (e.key, e.copy.node, e.received_at));
             }
             Output::Matched(m) => {
-                if let Some((key, node, received_at)) = self.by_offset.remove(&m.entry) {
-                    self.open.remove(&(
-                        key,
-                        node,
-                        OpenEntry {
-                            received_at,
-                            offset: m.entry,
-                        },
-                    ));
-                }
+                self.close(m.entry);
             }
         }
     }
@@ -146,6 +137,36 @@ impl MemHistory {
     /// Number of open entries held.
     pub fn open_len(&self) -> usize {
         self.by_offset.len()
+    }
+
+    /// Closes the open entry at `offset` (a `Matched` fact named it); false if it is not held.
+    pub fn close(&mut self, offset: Offset) -> bool {
+        match self.by_offset.remove(&offset) {
+            Some((key, node, received_at)) => {
+                self.open.remove(&(
+                    key,
+                    node,
+                    OpenEntry {
+                        received_at,
+                        offset,
+                    },
+                ));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The open entries in `(key, node, received_at, offset)` order (an index spilling to disk
+    /// writes them out as one sorted run).
+    pub fn iter_open(&self) -> impl Iterator<Item = (Key, NodeId, OpenEntry)> + '_ {
+        self.open.iter().copied()
+    }
+
+    /// Forgets everything.
+    pub fn clear(&mut self) {
+        self.open.clear();
+        self.by_offset.clear();
     }
 }
 

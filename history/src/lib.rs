@@ -1,0 +1,512 @@
+//! `history`: the merger's history index in bounded memory (SPEC "De-duplication", issue #14).
+//!
+//! The merger looks up the open entries of the stream it already wrote (one copy, not matched
+//! since) through [`dedup::History`]. While the peer is away every entry stays open, so an
+//! index held wholly in memory grows with the outage (141 bytes per entry for
+//! [`dedup::MemHistory`]: an hour at 10k messages/s is 5 GiB). [`SpillHistory`] keeps at most
+//! [`Options::mem_entries_max`] open entries in memory and writes the rest out as immutable
+//! sorted runs (33 bytes per entry on disk), of which memory keeps only:
+//! - a Bloom filter over `(key, node)` (10 bits per entry, about 1 % false positives; the keys
+//!   are already uniform 128-bit hashes, so the filter takes its probe positions from the key's
+//!   bits by double hashing instead of hashing again);
+//! - a sparse index (the first record of every block of [`BLOCK`] records), so a lookup reads
+//!   one block of about 2 KiB;
+//! - a bitmap over the run's offsets, one bit per stream entry: set when the entry is closed
+//!   (a `Matched` fact named it) or was never in the run; a run whose bits are all set is
+//!   deleted;
+//! - per node, the range of receive times it holds, so a lookup skips runs that cannot hold
+//!   an answer (during a one-sided outage every run holds one node's entries only, and the
+//!   lookups, which look for the *peer's* entries, touch no run).
+//!
+//! Pruning ([`SpillHistory::prune`]) raises a per-node floor: entries received before it are
+//! invisible to lookups at once, runs wholly below it are deleted, and entries in memory below
+//! it are dropped when memory is next written out; nothing is scanned.
+//!
+//! The runs are scratch files: a new index clears its directory. (A restart rebuilds the
+//! index from the stream.)
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use dedup::{History, MemHistory, OpenEntry, Output};
+use twinrx_types::{Key, NodeId, Offset, UnixNanos};
+
+/// Records per block of a run (one read per lookup that passes the filter).
+pub const BLOCK: usize = 64;
+/// Bytes per record in a run: key, node, receive time, offset.
+const RECORD: usize = 16 + 1 + 8 + 8;
+/// Bloom filter bits per entry and probes per lookup (1 % false positives).
+const BLOOM_BITS_PER_ENTRY: usize = 10;
+const BLOOM_PROBES: u64 = 7;
+
+/// Sizing of a [`SpillHistory`].
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Open entries kept in memory before they are written out as one sorted run.
+    pub mem_entries_max: usize,
+}
+
+impl Default for Options {
+    /// 131,072 entries in memory (about 18 MiB).
+    fn default() -> Options {
+        Options {
+            mem_entries_max: 1 << 17,
+        }
+    }
+}
+
+/// What a [`SpillHistory`] holds and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Open entries in memory.
+    pub mem_entries: u64,
+    /// Runs on disk and the entries they hold (closed ones included until the run goes).
+    pub runs: u64,
+    pub run_entries: u64,
+    pub run_bytes: u64,
+    /// Memory the runs' filters, indexes and bitmaps take.
+    pub run_mem_bytes: u64,
+    pub runs_written: u64,
+    pub runs_deleted: u64,
+    /// Block reads by lookups (filter passed).
+    pub block_reads: u64,
+    /// Failed writes of a run (the entries stay in memory and are written later).
+    pub spill_errors: u64,
+    pub last_error: Option<String>,
+}
+
+/// The merger's history: recent open entries in memory, older ones in sorted runs on disk.
+pub struct SpillHistory {
+    dir: PathBuf,
+    opts: Options,
+    mem: MemHistory,
+    /// Every entry offset below this is in a run (or was closed or pruned before it).
+    mem_lo: Offset,
+    /// One past the highest entry offset applied.
+    next: Offset,
+    runs: Vec<Run>,
+    /// Per node: entries received before it are pruned.
+    floor: [UnixNanos; 2],
+    /// Memory entries at which a failed spill is tried again.
+    retry_at: usize,
+    file_no: u64,
+    stats: Stats,
+    block_reads: std::cell::Cell<u64>,
+}
+
+impl SpillHistory {
+    /// An empty index whose runs go to `dir` (created; files left in it are removed).
+    pub fn create(dir: &Path, opts: Options) -> io::Result<SpillHistory> {
+        fs::create_dir_all(dir)?;
+        for f in fs::read_dir(dir)? {
+            let f = f?;
+            if f.file_name().to_string_lossy().ends_with(".run") {
+                fs::remove_file(f.path())?;
+            }
+        }
+        Ok(SpillHistory {
+            dir: dir.to_path_buf(),
+            opts,
+            mem: MemHistory::new(),
+            mem_lo: Offset(0),
+            next: Offset(0),
+            runs: Vec::new(),
+            floor: [UnixNanos(i64::MIN); 2],
+            retry_at: opts.mem_entries_max.max(1),
+            file_no: 0,
+            stats: Stats::default(),
+            block_reads: std::cell::Cell::new(0),
+        })
+    }
+
+    /// Folds one more stream-log output in. Never fails: a run that cannot be written (disk
+    /// full) leaves its entries in memory, counted in [`Stats::spill_errors`], and is tried
+    /// again after another quarter of [`Options::mem_entries_max`].
+    pub fn apply(&mut self, output: &Output) {
+        match output {
+            Output::Entry(e) => {
+                self.mem.apply(output);
+                self.next = self.next.max(e.offset.next());
+                if self.mem.open_len() >= self.retry_at {
+                    self.spill();
+                }
+            }
+            Output::Matched(m) => {
+                if !self.mem.close(m.entry) {
+                    self.close_in_runs(m.entry);
+                }
+            }
+        }
+    }
+
+    /// Forgets the open entries of `node` received before `before` (see
+    /// [`dedup::Progress::prunable_before`]): they are invisible at once; runs holding nothing
+    /// else are deleted.
+    pub fn prune(&mut self, node: NodeId, before: UnixNanos) {
+        let Some(f) = self.floor.get_mut(usize::from(node.0)) else {
+            return;
+        };
+        if before <= *f {
+            return;
+        }
+        *f = before;
+        let floor = self.floor;
+        let (dead, live): (Vec<Run>, Vec<Run>) = std::mem::take(&mut self.runs)
+            .into_iter()
+            .partition(|r| r.below(&floor));
+        self.runs = live;
+        for r in dead {
+            self.delete(r);
+        }
+    }
+
+    /// Open entries held (in memory and in runs; closed entries of a run not counted).
+    pub fn open_len(&self) -> u64 {
+        self.mem.open_len() as u64 + self.runs.iter().map(|r| r.open).sum::<u64>()
+    }
+
+    pub fn stats(&self) -> Stats {
+        let mut s = self.stats.clone();
+        s.mem_entries = self.mem.open_len() as u64;
+        s.runs = self.runs.len() as u64;
+        s.run_entries = self.runs.iter().map(|r| r.len).sum();
+        s.run_bytes = s.run_entries * RECORD as u64;
+        s.run_mem_bytes = self.runs.iter().map(Run::mem_bytes).sum();
+        s.block_reads = self.block_reads.get();
+        s
+    }
+
+    /// Writes the entries in memory out as one sorted run.
+    fn spill(&mut self) {
+        match self.write_run() {
+            Ok(run) => {
+                self.mem.clear();
+                self.mem_lo = self.next;
+                self.retry_at = self.opts.mem_entries_max.max(1);
+                self.stats.runs_written += 1;
+                if let Some(run) = run {
+                    self.runs.push(run);
+                }
+            }
+            Err(e) => {
+                self.stats.spill_errors += 1;
+                self.stats.last_error = Some(format!(
+                    "writing a history run in {}: {e}",
+                    self.dir.display()
+                ));
+                self.retry_at = self.mem.open_len() + (self.opts.mem_entries_max / 4).max(1);
+            }
+        }
+    }
+
+    fn write_run(&mut self) -> io::Result<Option<Run>> {
+        let floor = self.floor;
+        let entries: Vec<(Key, NodeId, OpenEntry)> = self
+            .mem
+            .iter_open()
+            .filter(|(_, n, e)| e.received_at >= floor_of(&floor, *n))
+            .collect();
+        let lo = entries
+            .iter()
+            .map(|e| e.2.offset)
+            .min()
+            .map_or(self.mem_lo, |m| m.min(self.mem_lo));
+        let hi = entries
+            .iter()
+            .map(|e| e.2.offset.next())
+            .max()
+            .map_or(self.next, |m| m.max(self.next));
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        self.file_no += 1;
+        let path = self.dir.join(format!("{:08}.run", self.file_no));
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        let mut w = BufWriter::with_capacity(1 << 16, file);
+        let width = usize::try_from(hi.0 - lo.0).unwrap_or(usize::MAX);
+        let mut closed = vec![u64::MAX; width.div_ceil(64)];
+        let mut bloom = Bloom::new(entries.len());
+        let mut index = Vec::with_capacity(entries.len().div_ceil(BLOCK));
+        let mut times: [Option<(UnixNanos, UnixNanos)>; 2] = [None; 2];
+        for (i, &(key, node, e)) in entries.iter().enumerate() {
+            let mut rec = [0u8; RECORD];
+            rec[..16].copy_from_slice(&key.0);
+            rec[16] = node.0;
+            rec[17..25].copy_from_slice(&e.received_at.0.to_le_bytes());
+            rec[25..].copy_from_slice(&e.offset.0.to_le_bytes());
+            w.write_all(&rec)?;
+            if i % BLOCK == 0 {
+                index.push((key, node, e.received_at));
+            }
+            bloom.insert(key, node);
+            let bit = (e.offset.0 - lo.0) as usize;
+            if let Some(word) = closed.get_mut(bit / 64) {
+                *word &= !(1u64 << (bit % 64));
+            }
+            if let Some(t) = times.get_mut(usize::from(node.0)) {
+                *t = Some(t.map_or((e.received_at, e.received_at), |(a, b)| {
+                    (a.min(e.received_at), b.max(e.received_at))
+                }));
+            }
+        }
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        Ok(Some(Run {
+            path,
+            file,
+            lo,
+            hi,
+            len: entries.len() as u64,
+            open: entries.len() as u64,
+            bloom,
+            index,
+            closed,
+            times,
+        }))
+    }
+
+    fn close_in_runs(&mut self, offset: Offset) {
+        let i = self.runs.partition_point(|r| r.hi() <= offset);
+        let Some(run) = self.runs.get_mut(i) else {
+            return;
+        };
+        if run.close(offset) && run.open == 0 {
+            let run = self.runs.remove(i);
+            self.delete(run);
+        }
+    }
+
+    fn delete(&mut self, run: Run) {
+        self.stats.runs_deleted += 1;
+        drop(run.file);
+        if let Err(e) = fs::remove_file(&run.path) {
+            self.stats.last_error = Some(format!("removing {}: {e}", run.path.display()));
+        }
+    }
+}
+
+fn floor_of(floor: &[UnixNanos; 2], node: NodeId) -> UnixNanos {
+    floor
+        .get(usize::from(node.0))
+        .copied()
+        .unwrap_or(UnixNanos(i64::MIN))
+}
+
+impl History for SpillHistory {
+    type Error = io::Error;
+
+    fn earliest_open(
+        &self,
+        key: Key,
+        node: NodeId,
+        from: UnixNanos,
+        to: UnixNanos,
+    ) -> io::Result<Option<OpenEntry>> {
+        let from = from.max(floor_of(&self.floor, node));
+        if from > to {
+            return Ok(None);
+        }
+        let Ok(mut best) = self.mem.earliest_open(key, node, from, to);
+        for run in &self.runs {
+            if !run.may_hold(key, node, from, to) {
+                continue;
+            }
+            let found = run.find(key, node, from, to, &self.block_reads)?;
+            if let Some(e) = found {
+                if best.is_none_or(|b| e < b) {
+                    best = Some(e);
+                }
+            }
+        }
+        Ok(best)
+    }
+}
+
+/// One sorted run on disk and what memory keeps of it.
+struct Run {
+    path: PathBuf,
+    file: File,
+    /// The stream offsets the bitmap covers: `lo..hi`.
+    lo: Offset,
+    hi: Offset,
+    len: u64,
+    /// Entries not closed.
+    open: u64,
+    bloom: Bloom,
+    /// `(key, node, received_at)` of the first record of each block.
+    index: Vec<(Key, NodeId, UnixNanos)>,
+    /// One bit per offset from `lo`: set = closed or not in the run.
+    closed: Vec<u64>,
+    /// Per node, the oldest and newest receive time held.
+    times: [Option<(UnixNanos, UnixNanos)>; 2],
+}
+
+impl Run {
+    fn hi(&self) -> Offset {
+        self.hi
+    }
+
+    fn mem_bytes(&self) -> u64 {
+        (self.bloom.bits.len() * 8
+            + self.index.len() * std::mem::size_of::<(Key, NodeId, UnixNanos)>()
+            + self.closed.len() * 8) as u64
+    }
+
+    /// Every entry it holds is below the floor of its node.
+    fn below(&self, floor: &[UnixNanos; 2]) -> bool {
+        [NodeId::A, NodeId::B].into_iter().all(|n| {
+            self.times
+                .get(usize::from(n.0))
+                .copied()
+                .flatten()
+                .is_none_or(|(_, newest)| newest < floor_of(floor, n))
+        })
+    }
+
+    fn may_hold(&self, key: Key, node: NodeId, from: UnixNanos, to: UnixNanos) -> bool {
+        let Some((oldest, newest)) = self.times.get(usize::from(node.0)).copied().flatten() else {
+            return false;
+        };
+        newest >= from && oldest <= to && self.bloom.may_contain(key, node)
+    }
+
+    fn is_closed(&self, offset: Offset) -> bool {
+        let Some(bit) = offset.0.checked_sub(self.lo.0).filter(|_| offset < self.hi) else {
+            return true;
+        };
+        let bit = bit as usize;
+        self.closed
+            .get(bit / 64)
+            .is_none_or(|w| w & (1u64 << (bit % 64)) != 0)
+    }
+
+    /// Closes `offset`; true if it was open here.
+    fn close(&mut self, offset: Offset) -> bool {
+        if self.is_closed(offset) {
+            return false;
+        }
+        let bit = (offset.0 - self.lo.0) as usize;
+        if let Some(w) = self.closed.get_mut(bit / 64) {
+            *w |= 1u64 << (bit % 64);
+            self.open -= 1;
+            return true;
+        }
+        false
+    }
+
+    fn find(
+        &self,
+        key: Key,
+        node: NodeId,
+        from: UnixNanos,
+        to: UnixNanos,
+        reads: &std::cell::Cell<u64>,
+    ) -> io::Result<Option<OpenEntry>> {
+        let target = (key, node, from);
+        let first = self
+            .index
+            .partition_point(|x| *x < target)
+            .saturating_sub(1);
+        let blocks = self.index.len();
+        let mut buf = vec![0u8; BLOCK * RECORD];
+        for b in first..blocks {
+            let start = b * BLOCK;
+            let n = (self.len as usize - start).min(BLOCK);
+            let bytes = buf.get_mut(..n * RECORD).unwrap_or_default();
+            self.file
+                .read_exact_at(bytes, (start * RECORD) as u64)
+                .map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("reading history run {}: {e}", self.path.display()),
+                    )
+                })?;
+            reads.set(reads.get() + 1);
+            for rec in bytes.chunks_exact(RECORD) {
+                let (k, n, at, offset) = decode(rec);
+                match (k, n).cmp(&(key, node)) {
+                    std::cmp::Ordering::Less => continue,
+                    std::cmp::Ordering::Greater => return Ok(None),
+                    std::cmp::Ordering::Equal => {}
+                }
+                if at < from {
+                    continue;
+                }
+                if at > to {
+                    return Ok(None);
+                }
+                if !self.is_closed(offset) {
+                    return Ok(Some(OpenEntry {
+                        received_at: at,
+                        offset,
+                    }));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn decode(rec: &[u8]) -> (Key, NodeId, UnixNanos, Offset) {
+    let mut key = [0u8; 16];
+    let mut at = [0u8; 8];
+    let mut off = [0u8; 8];
+    key.copy_from_slice(rec.get(..16).unwrap_or(&[0; 16]));
+    at.copy_from_slice(rec.get(17..25).unwrap_or(&[0; 8]));
+    off.copy_from_slice(rec.get(25..33).unwrap_or(&[0; 8]));
+    (
+        Key(key),
+        NodeId(rec.get(16).copied().unwrap_or(0)),
+        UnixNanos(i64::from_le_bytes(at)),
+        Offset(u64::from_le_bytes(off)),
+    )
+}
+
+/// A Bloom filter over `(key, node)`; the key is already a uniform hash, so its two halves
+/// are the two hashes of double hashing.
+struct Bloom {
+    bits: Vec<u64>,
+}
+
+impl Bloom {
+    fn new(entries: usize) -> Bloom {
+        let words = (entries * BLOOM_BITS_PER_ENTRY).div_ceil(64).max(1);
+        Bloom {
+            bits: vec![0; words],
+        }
+    }
+
+    fn probes(&self, key: Key, node: NodeId) -> impl Iterator<Item = usize> {
+        let mut h1 = [0u8; 8];
+        let mut h2 = [0u8; 8];
+        h1.copy_from_slice(&key.0[..8]);
+        h2.copy_from_slice(&key.0[8..]);
+        let h1 = u64::from_le_bytes(h1) ^ u64::from(node.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let h2 = u64::from_le_bytes(h2) | 1;
+        let m = self.bits.len() as u64 * 64;
+        (0..BLOOM_PROBES).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % m) as usize)
+    }
+
+    fn insert(&mut self, key: Key, node: NodeId) {
+        let probes: Vec<usize> = self.probes(key, node).collect();
+        for p in probes {
+            if let Some(w) = self.bits.get_mut(p / 64) {
+                *w |= 1u64 << (p % 64);
+            }
+        }
+    }
+
+    fn may_contain(&self, key: Key, node: NodeId) -> bool {
+        self.probes(key, node).all(|p| {
+            self.bits
+                .get(p / 64)
+                .is_some_and(|w| w & (1u64 << (p % 64)) != 0)
+        })
+    }
+}

@@ -1,0 +1,200 @@
+//! `SpillHistory` answers every lookup as `MemHistory` does (pruning included), whatever the
+//! memory size, and keeps no run file it no longer needs.
+
+use dedup::{Entry, History, JournalPos, Matched, MemHistory, Output};
+use history::{Options, SpillHistory};
+use proptest::prelude::*;
+use twinrx_types::{Key, NodeId, Offset, Seq, UnixNanos};
+
+#[derive(Clone, Debug)]
+enum Op {
+    Entry {
+        key: u8,
+        node: u8,
+        at: i64,
+    },
+    Match {
+        pick: u64,
+    },
+    Prune {
+        node: u8,
+        before: i64,
+    },
+    Lookup {
+        key: u8,
+        node: u8,
+        from: i64,
+        to: i64,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0u8..6, 0u8..2, 0i64..300).prop_map(|(key, node, at)| Op::Entry { key, node, at }),
+        3 => any::<u64>().prop_map(|pick| Op::Match { pick }),
+        1 => (0u8..2, 0i64..300).prop_map(|(node, before)| Op::Prune { node, before }),
+        4 => (0u8..6, 0u8..2, 0i64..300, 0i64..300)
+            .prop_map(|(key, node, from, to)| Op::Lookup { key, node, from, to }),
+    ]
+}
+
+fn run_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|f| f.file_name().to_string_lossy().ends_with(".run"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(300)))]
+
+    #[test]
+    fn spill_history_answers_as_the_in_memory_one(
+        mem_entries_max in 1usize..8,
+        ops in prop::collection::vec(op(), 1..400),
+    ) {
+        let dir = std::env::temp_dir().join(format!(
+            "twinrx-history-prop-{}-{}",
+            std::process::id(),
+            std::thread::current().name().unwrap_or("t").replace("::", "-")
+        ));
+        let mut spill = SpillHistory::create(&dir, Options { mem_entries_max }).expect("create");
+        let mut model = MemHistory::new();
+        let mut floor = [i64::MIN; 2];
+        let mut next = 0u64;
+        let mut entries: Vec<(Key, NodeId, i64)> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Entry { key, node, at } => {
+                    let out = Output::Entry(Entry {
+                        offset: Offset(next),
+                        copy: JournalPos { node: NodeId(node), seq: Seq(next + 1) },
+                        key: Key([key; 16]),
+                        received_at: UnixNanos(at),
+                        late: false,
+                    });
+                    next += 1;
+                    entries.push((Key([key; 16]), NodeId(node), at));
+                    spill.apply(&out);
+                    model.apply(&out);
+                }
+                Op::Match { pick } => {
+                    if next == 0 {
+                        continue;
+                    }
+                    let entry = pick % next;
+                    let (key, node, at) = entries[entry as usize];
+                    let out = Output::Matched(Matched {
+                        entry: Offset(entry),
+                        copy: JournalPos { node: node.peer(), seq: Seq(1) },
+                        key,
+                        received_at: UnixNanos(at),
+                    });
+                    spill.apply(&out);
+                    model.apply(&out);
+                }
+                Op::Prune { node, before } => {
+                    spill.prune(NodeId(node), UnixNanos(before));
+                    model.prune(NodeId(node), UnixNanos(before));
+                    floor[node as usize] = floor[node as usize].max(before);
+                }
+                Op::Lookup { key, node, from, to } => {
+                    let (k, n) = (Key([key; 16]), NodeId(node));
+                    let got = spill
+                        .earliest_open(k, n, UnixNanos(from), UnixNanos(to))
+                        .expect("lookup");
+                    let Ok(want) = model.earliest_open(
+                        k,
+                        n,
+                        UnixNanos(from.max(floor[node as usize])),
+                        UnixNanos(to),
+                    );
+                    prop_assert_eq!(got, want, "lookup {:?} {:?} {}..={}", key, n, from, to);
+                }
+            }
+        }
+        let stats = spill.stats();
+        prop_assert_eq!(run_files(&dir) as u64, stats.runs);
+        prop_assert_eq!(stats.runs_written - stats.runs_deleted >= stats.runs, true);
+        // A new index starts empty and clears the old runs.
+        drop(spill);
+        let fresh = SpillHistory::create(&dir, Options { mem_entries_max }).expect("create");
+        prop_assert_eq!(run_files(&dir), 0);
+        prop_assert_eq!(fresh.open_len(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// A one-sided outage: 100,000 entries of one node, then the peer's copies of each arrive
+/// (late) and close them; memory holds at most the configured entries, the runs go once every
+/// entry in them is matched.
+#[test]
+fn an_outage_spills_to_runs_and_the_late_copies_empty_them() {
+    let dir = std::env::temp_dir().join(format!("twinrx-history-outage-{}", std::process::id()));
+    let mut h = SpillHistory::create(
+        &dir,
+        Options {
+            mem_entries_max: 4096,
+        },
+    )
+    .expect("create");
+    let key = |i: u64| {
+        let mut k = [0u8; 16];
+        k[..8].copy_from_slice(&(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).to_le_bytes());
+        k[8..].copy_from_slice(&(i.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) ^ 0x5555).to_le_bytes());
+        Key(k)
+    };
+    let n = 100_000u64;
+    for i in 0..n {
+        h.apply(&Output::Entry(Entry {
+            offset: Offset(i),
+            copy: JournalPos {
+                node: NodeId::A,
+                seq: Seq(i + 1),
+            },
+            key: key(i),
+            received_at: UnixNanos(i as i64 * 1000),
+            late: false,
+        }));
+        assert!(h.stats().mem_entries <= 4096);
+    }
+    let s = h.stats();
+    assert_eq!(h.open_len(), n);
+    assert_eq!(s.runs, n / 4096, "{s:?}");
+    assert_eq!(run_files(&dir) as u64, s.runs);
+    // Lookups for the peer's entries touch no run (the runs hold node a only).
+    let Ok(none) = h.earliest_open(key(7), NodeId::B, UnixNanos(i64::MIN), UnixNanos(i64::MAX))
+    else {
+        panic!("lookup failed");
+    };
+    assert_eq!(none, None);
+    assert_eq!(h.stats().block_reads, 0);
+    // Every entry found, then matched by the peer's late copy.
+    for i in 0..n {
+        let found = h
+            .earliest_open(key(i), NodeId::A, UnixNanos(i64::MIN), UnixNanos(i64::MAX))
+            .expect("lookup");
+        assert_eq!(found.map(|e| e.offset), Some(Offset(i)), "entry {i}");
+        h.apply(&Output::Matched(Matched {
+            entry: Offset(i),
+            copy: JournalPos {
+                node: NodeId::B,
+                seq: Seq(i + 1),
+            },
+            key: key(i),
+            received_at: UnixNanos(i as i64 * 1000),
+        }));
+    }
+    let s = h.stats();
+    assert_eq!(h.open_len(), 0);
+    assert_eq!(s.runs, 0, "{s:?}");
+    assert_eq!(run_files(&dir), 0);
+    // About one block read per lookup: the filters keep the other runs out (a key that opens
+    // a block costs a second read now and then, and 1 % of the other runs pass the filter).
+    assert!(s.block_reads < n + n / 4, "{s:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
