@@ -257,6 +257,9 @@ pub struct RetentionReport {
     /// The registered reader that stopped retention from deleting a segment the limits
     /// would have deleted, if one did.
     pub held_by: Option<String>,
+    /// Capped readers ([`JournalHandle::register_reader_capped`]) past their ceiling whose
+    /// unread records this pass deleted.
+    pub lapsed: Vec<String>,
 }
 
 /// Counters of a journal, for status and metrics (STYLE §8).

@@ -5,7 +5,7 @@
 //! sparse-index entry (or the position where the previous read ended) nearest to the wanted
 //! seq, verify every record's CRC and seq, and never return a record beyond the durable seq.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -14,6 +14,17 @@ use twinrx_types::Seq;
 use crate::format::SegReader;
 use crate::segment::{lock, read_lock, Hint, ReaderSlot, Segment, Shared};
 use crate::{seq_opt, Error};
+
+/// Bytes of the segments in `table` from the one holding `seq` to the end.
+pub(crate) fn held_bytes(table: &[Arc<Segment>], seq: u64) -> u64 {
+    let i = table
+        .partition_point(|s| s.first_seq <= seq)
+        .saturating_sub(1);
+    table[i.min(table.len())..]
+        .iter()
+        .map(|s| s.len.load(Ordering::Acquire))
+        .sum()
+}
 
 /// What a read returns: records with their seqs, in order.
 type Records = Vec<(Seq, Vec<u8>)>;
@@ -157,20 +168,57 @@ impl JournalHandle {
     /// guard is dropped. Move it forward with [`ReaderGuard::advance`]. Seqs already deleted
     /// do not come back: a position below `first_seq` holds back all further deletion.
     pub fn register_reader(&self, name: &str, from: Seq) -> ReaderGuard {
+        self.register(name, from, None)
+    }
+
+    /// [`JournalHandle::register_reader`] with a ceiling: the reader holds retention back
+    /// only while the segments from the one holding its position to the end total at most
+    /// `hold_bytes_max` bytes. Past that, [`crate::Journal::enforce_retention`] deletes as if
+    /// the reader were not registered, names it in [`crate::RetentionReport::lapsed`] and sets
+    /// [`ReaderGuard::lapsed`]: a consumer that stays away cannot fill the disk, and learns
+    /// of the loss ([`Error::Gone`] on its next read).
+    pub fn register_reader_capped(
+        &self,
+        name: &str,
+        from: Seq,
+        hold_bytes_max: u64,
+    ) -> ReaderGuard {
+        self.register(name, from, Some(hold_bytes_max))
+    }
+
+    fn register(&self, name: &str, from: Seq, hold_bytes_max: Option<u64>) -> ReaderGuard {
         let id = self.shared.reader_id_next.fetch_add(1, Ordering::Relaxed);
         let position = Arc::new(AtomicU64::new(from.0));
+        let lapsed = Arc::new(AtomicBool::new(false));
         lock(&self.shared.readers).insert(
             id,
             ReaderSlot {
                 name: name.to_string(),
                 position: position.clone(),
+                hold_bytes_max,
+                lapsed: lapsed.clone(),
             },
         );
         ReaderGuard {
             shared: self.shared.clone(),
             id,
             position,
+            lapsed,
         }
+    }
+
+    /// Bytes of the segment files from the one holding `seq` to the end: what a reader at
+    /// `seq` holds (whole segments; all of them for a seq below `first_seq`).
+    pub fn bytes_from(&self, seq: Seq) -> u64 {
+        held_bytes(&read_lock(&self.shared.segments), seq.0)
+    }
+
+    /// Bytes of all segment files.
+    pub fn bytes(&self) -> u64 {
+        read_lock(&self.shared.segments)
+            .iter()
+            .map(|s| s.len.load(Ordering::Acquire))
+            .sum()
     }
 
     /// An async reader returning records from `from` on, waiting for new ones.
@@ -193,6 +241,7 @@ pub struct ReaderGuard {
     shared: Arc<Shared>,
     id: u64,
     position: Arc<AtomicU64>,
+    lapsed: Arc<AtomicBool>,
 }
 
 impl ReaderGuard {
@@ -205,6 +254,12 @@ impl ReaderGuard {
     /// The first seq retention must keep for this reader.
     pub fn position(&self) -> Seq {
         Seq(self.position.load(Ordering::Acquire))
+    }
+
+    /// True once retention deleted a segment this reader still held, because it held more
+    /// than its ceiling ([`JournalHandle::register_reader_capped`]). Stays set.
+    pub fn lapsed(&self) -> bool {
+        self.lapsed.load(Ordering::Acquire)
     }
 }
 

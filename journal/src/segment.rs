@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tokio::sync::watch;
@@ -101,6 +101,11 @@ impl Segment {
 pub(crate) struct ReaderSlot {
     pub name: String,
     pub position: Arc<AtomicU64>,
+    /// The most the reader may hold: bytes of the segments from the one holding its position
+    /// to the end. Past it, retention goes on as if the reader were not there.
+    pub hold_bytes_max: Option<u64>,
+    /// Set by retention when it deleted a segment this reader still held (past its ceiling).
+    pub lapsed: Arc<AtomicBool>,
 }
 
 /// Where a read ended: lets the next read of `seq` start without an index walk.

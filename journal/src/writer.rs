@@ -519,11 +519,18 @@ impl Journal {
         // Held throughout, so that a reader registering now either is seen here or sees the
         // new first seq.
         let readers = lock(&self.shared.readers);
+        let segs = read_lock(&self.shared.segments).clone();
+        // A reader past its ceiling holds nothing: retention goes on as if it were not there.
+        let over = |r: &crate::segment::ReaderSlot, position: u64| {
+            r.hold_bytes_max
+                .is_some_and(|m| crate::reader::held_bytes(&segs, position) > m)
+        };
         let reader_min = readers
             .values()
-            .map(|r| (r.position.load(Ordering::Acquire), r.name.clone()))
+            .map(|r| (r.position.load(Ordering::Acquire), r))
+            .filter(|(p, r)| !over(r, *p))
+            .map(|(p, r)| (p, r.name.clone()))
             .min();
-        let segs = read_lock(&self.shared.segments).clone();
         let mut total: u64 = segs.iter().map(|s| s.len.load(Ordering::Acquire)).sum();
         let mut report = RetentionReport::default();
         let mut failure = None;
@@ -559,15 +566,28 @@ impl Journal {
         let n = report.segments_deleted;
         if n > 0 {
             write_lock(&self.shared.segments).drain(..n);
-            self.shared
-                .first_seq
-                .store(segs[n].first_seq, Ordering::Release);
+            let first = segs[n].first_seq;
+            self.shared.first_seq.store(first, Ordering::Release);
             tracing::info!(
                 segments = n,
                 bytes = report.bytes_deleted,
-                first_seq = segs[n].first_seq,
+                first_seq = first,
                 "journal retention deleted segments"
             );
+            for r in readers.values() {
+                let position = r.position.load(Ordering::Acquire);
+                if position < first && over(r, position) {
+                    r.lapsed.store(true, Ordering::Release);
+                    tracing::warn!(
+                        reader = %r.name,
+                        position,
+                        first_seq = first,
+                        hold_bytes_max = r.hold_bytes_max,
+                        "retention deleted records a reader had not read: it held more than its ceiling"
+                    );
+                    report.lapsed.push(r.name.clone());
+                }
+            }
         }
         drop(readers);
         report.first_seq = Seq(self.shared.first_seq.load(Ordering::Acquire));
