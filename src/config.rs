@@ -348,18 +348,72 @@ fn default_admin() -> String {
     "127.0.0.1:7401".into()
 }
 
+/// `[stream]`: the merged stream's journal. Retention keys mean what the `[journal]` ones do;
+/// `hold_bytes_max` bounds what a consumer that stays away (a sink whose target is down, the
+/// peer's copy of the stream) may keep from deletion.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStream {
     #[serde(default = "default_fsync")]
     pub fsync: String,
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes_max: u64,
+    #[serde(default)]
+    pub retention_bytes_max: Option<u64>,
+    #[serde(default)]
+    pub retention_age_max_s: Option<u64>,
+    #[serde(default)]
+    pub hold_bytes_max: Option<u64>,
 }
 
 impl Default for RawStream {
     fn default() -> Self {
         RawStream {
             fsync: default_fsync(),
+            segment_bytes_max: default_segment_bytes(),
+            retention_bytes_max: None,
+            retention_age_max_s: None,
+            hold_bytes_max: None,
         }
+    }
+}
+
+/// `[stream] hold_bytes_max` when not set and `retention_bytes_max` is not set either: 1 GiB
+/// (with `retention_bytes_max` set, the default is that value).
+pub const STREAM_HOLD_BYTES_DEFAULT: u64 = 1 << 30;
+
+/// Smallest `segment_bytes_max` of the journal and the stream.
+const SEGMENT_BYTES_MIN: u64 = 64 * 1024;
+
+/// Checks the retention keys of `[section]` (journal or stream) and returns its Retention.
+fn retention_of(
+    section: &str,
+    segment_bytes_max: u64,
+    bytes_max: Option<u64>,
+    age_max_s: Option<u64>,
+    problems: &mut Vec<String>,
+) -> journal::Retention {
+    if segment_bytes_max < SEGMENT_BYTES_MIN {
+        problems.push(format!(
+            "{section}.segment_bytes_max = {segment_bytes_max}: must be at least {SEGMENT_BYTES_MIN}"
+        ));
+    }
+    if let Some(b) = bytes_max {
+        let two = segment_bytes_max.saturating_mul(2);
+        if b < two {
+            problems.push(format!(
+                "{section}.retention_bytes_max = {b}: must be at least two segments (2 ×                  {section}.segment_bytes_max = {two}): retention deletes whole segments and                  never the one being written"
+            ));
+        }
+    }
+    if age_max_s == Some(0) {
+        problems.push(format!(
+            "{section}.retention_age_max_s = 0: must be at least 1 (leave it out to keep              entries regardless of age)"
+        ));
+    }
+    journal::Retention {
+        bytes_max,
+        age_max_ms: age_max_s.map(|s| s.saturating_mul(1000)),
     }
 }
 
@@ -389,6 +443,14 @@ pub struct NodeConfig {
     pub stream_fsync: journal::FsyncPolicy,
     pub segment_bytes_max: u64,
     pub retention: journal::Retention,
+    /// `[stream] segment_bytes_max`.
+    pub stream_segment_bytes_max: u64,
+    /// `[stream] retention_bytes_max` / `retention_age_max_s`: applied by the thread that
+    /// writes the stream (the stream builder of a single node, a pair's stream writer).
+    pub stream_retention: journal::Retention,
+    /// `[stream] hold_bytes_max`: the most each consumer of the stream (a sink, the peer's
+    /// copy) keeps from retention; past it its oldest undelivered entries are deleted anyway.
+    pub stream_hold_bytes_max: u64,
     pub queue_bytes_max: usize,
     pub syslog_udp: Vec<SocketAddr>,
     pub syslog_tcp: Vec<SocketAddr>,
@@ -486,12 +548,42 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<NodeConfig, Vec<String>> 
     };
     let journal_fsync = fsync_of("journal.fsync", &raw.journal.fsync);
     let stream_fsync = fsync_of("stream.fsync", &raw.stream.fsync);
-    if raw.journal.segment_bytes_max < 64 * 1024 {
-        problems.push(format!(
-            "journal.segment_bytes_max = {}: must be at least 65536",
-            raw.journal.segment_bytes_max
-        ));
-    }
+    let retention = retention_of(
+        "journal",
+        raw.journal.segment_bytes_max,
+        raw.journal.retention_bytes_max,
+        raw.journal.retention_age_max_s,
+        &mut problems,
+    );
+    let st = &raw.stream;
+    let stream_retention = retention_of(
+        "stream",
+        st.segment_bytes_max,
+        st.retention_bytes_max,
+        st.retention_age_max_s,
+        &mut problems,
+    );
+    let stream_hold_bytes_max = match (st.hold_bytes_max, st.retention_bytes_max) {
+        (Some(h), _) => {
+            let two = st.segment_bytes_max.saturating_mul(2);
+            if h < two {
+                problems.push(format!(
+                    "stream.hold_bytes_max = {h}: must be at least two segments (2 × \
+                     stream.segment_bytes_max = {two}), or a consumer that is only a little \
+                     behind could lose entries"
+                ));
+            }
+            if let Some(r) = st.retention_bytes_max.filter(|r| h > *r) {
+                problems.push(format!(
+                    "stream.hold_bytes_max = {h}: must not be above stream.retention_bytes_max \
+                     ({r}), or a consumer that is away could keep the stream above its limit"
+                ));
+            }
+            h
+        }
+        (None, Some(r)) => r,
+        (None, None) => STREAM_HOLD_BYTES_DEFAULT.max(st.segment_bytes_max.saturating_mul(2)),
+    };
     if !(1 << 20..=1 << 30).contains(&raw.journal.queue_bytes_max) {
         problems.push(format!(
             "journal.queue_bytes_max = {}: must be between 1048576 (1 MiB) and 1073741824 (1 GiB)",
@@ -696,13 +788,10 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<NodeConfig, Vec<String>> 
         journal_fsync,
         stream_fsync,
         segment_bytes_max: raw.journal.segment_bytes_max,
-        retention: journal::Retention {
-            bytes_max: raw.journal.retention_bytes_max,
-            age_max_ms: raw
-                .journal
-                .retention_age_max_s
-                .map(|s| s.saturating_mul(1000)),
-        },
+        retention,
+        stream_segment_bytes_max: raw.stream.segment_bytes_max,
+        stream_retention,
+        stream_hold_bytes_max,
         queue_bytes_max: raw.journal.queue_bytes_max,
         syslog_udp,
         syslog_tcp,
@@ -766,6 +855,80 @@ message_bytes_max = 10
         assert!(text.contains("syslog.tls_cert_file"), "{text}");
         assert!(text.contains("syslog.message_bytes_max = 10"), "{text}");
         assert_eq!(problems.len(), 6, "{text}");
+    }
+
+    #[test]
+    fn stream_retention_keys_and_the_hold_default() {
+        let c = check("").expect("valid");
+        assert_eq!(c.stream_retention, journal::Retention::default());
+        assert_eq!(c.stream_segment_bytes_max, 64 << 20);
+        assert_eq!(c.stream_hold_bytes_max, STREAM_HOLD_BYTES_DEFAULT);
+        let c = check(
+            "[stream]\nsegment_bytes_max = 1048576\nretention_bytes_max = 268435456\n\
+             retention_age_max_s = 86400\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            c.stream_retention,
+            journal::Retention {
+                bytes_max: Some(268_435_456),
+                age_max_ms: Some(86_400_000)
+            }
+        );
+        assert_eq!(c.stream_segment_bytes_max, 1 << 20);
+        assert_eq!(
+            c.stream_hold_bytes_max, 268_435_456,
+            "default: the retention"
+        );
+        let c = check("[stream]\nretention_bytes_max = 268435456\nhold_bytes_max = 134217728\n")
+            .expect("valid");
+        assert_eq!(c.stream_hold_bytes_max, 134_217_728);
+    }
+
+    #[test]
+    fn retention_errors_name_the_key() {
+        let problems = check(
+            r#"
+[journal]
+segment_bytes_max = 1048576
+retention_bytes_max = 1048577
+[stream]
+segment_bytes_max = 1000
+retention_bytes_max = 100000000
+retention_age_max_s = 0
+hold_bytes_max = 200000000
+"#,
+        )
+        .expect_err("invalid");
+        let text = problems.join("\n");
+        assert!(
+            text.contains("journal.retention_bytes_max = 1048577: must be at least two segments"),
+            "{text}"
+        );
+        assert!(text.contains("stream.segment_bytes_max = 1000"), "{text}");
+        assert!(text.contains("stream.retention_age_max_s = 0"), "{text}");
+        assert!(
+            text.contains(
+                "stream.hold_bytes_max = 200000000: must not be above stream.retention_bytes_max"
+            ),
+            "{text}"
+        );
+        assert_eq!(problems.len(), 4, "{text}");
+        let problems = check(
+            "[stream]\nsegment_bytes_max = 1048576\nretention_bytes_max = 1048576\n\
+             hold_bytes_max = 1048576\n",
+        )
+        .expect_err("invalid");
+        let text = problems.join("\n");
+        assert!(
+            text.contains("stream.retention_bytes_max = 1048576: must be at least two segments"),
+            "{text}"
+        );
+        assert!(
+            text.contains("stream.hold_bytes_max = 1048576: must be at least two segments"),
+            "{text}"
+        );
+        assert_eq!(problems.len(), 2, "{text}");
     }
 
     #[test]

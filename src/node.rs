@@ -182,6 +182,15 @@ pub(crate) fn open_journal(
         fsync,
         retention,
     };
+    open_journal_with(dir, what, opts)
+}
+
+/// Opens (recovers) a journal directory with `opts`, logging what recovery cut.
+pub(crate) fn open_journal_with(
+    dir: std::path::PathBuf,
+    what: &str,
+    opts: Options,
+) -> anyhow::Result<Journal> {
     let (j, rec) = Journal::open(&dir, opts).with_context(|| {
         format!(
             "cannot open the {what} in {}; if it reports corruption, move the named segment \
@@ -214,12 +223,16 @@ async fn run_async(cfg: NodeConfig) -> anyhow::Result<()> {
         &cfg,
         cfg.retention,
     )?;
-    let stream_j = open_journal(
+    // The stream's retention is applied by the thread that owns its writer: the stream
+    // builder below on a single node, the pair's stream writer on a pair.
+    let stream_j = open_journal_with(
         cfg.data_dir.join("stream"),
         "stream",
-        cfg.stream_fsync,
-        &cfg,
-        journal::Retention::default(),
+        Options {
+            segment_bytes_max: cfg.stream_segment_bytes_max,
+            fsync: cfg.stream_fsync,
+            retention: cfg.stream_retention,
+        },
     )?;
     let (shutdown_tx, shutdown) = watch::channel(false);
     let syslog = Arc::new(SyslogStats::default());
@@ -316,6 +329,7 @@ async fn run_async(cfg: NodeConfig) -> anyhow::Result<()> {
     let sinks = crate::sink::start(
         &cfg.sinks,
         stream_j.handle(),
+        cfg.stream_hold_bytes_max,
         gate.clone(),
         tokio::runtime::Handle::current(),
         shutdown.clone(),
@@ -617,6 +631,10 @@ fn stream_resume_point(stream: &JournalHandle, node: NodeId) -> anyhow::Result<S
         .unwrap_or(Seq::FIRST))
 }
 
+/// How often the stream builder applies `[stream]` retention (as the journal writer does the
+/// journal's).
+const STREAM_RETENTION_EVERY: Duration = Duration::from_secs(10);
+
 fn stream_builder(
     mut stream: Journal,
     jh: JournalHandle,
@@ -628,6 +646,11 @@ fn stream_builder(
     let from = stream_resume_point(&stream.handle(), me)?;
     let mut tail = jh.tail(from);
     let mut position = from;
+    // The journal keeps what the stream does not hold yet, whatever its retention.
+    let journal_hold = jh.register_reader("stream builder", from);
+    // A single node folds nothing: its stream needs no earlier entry to go on, so the
+    // stream's retention is bounded by its consumers' holds only (sinks).
+    let mut last_retention = Instant::now();
     let mut lines: Vec<Vec<u8>> = Vec::new();
     let mut received: Vec<i64> = Vec::new();
     let mut stopping = false;
@@ -639,11 +662,19 @@ fn stream_builder(
                 break;
             }
         }
+        if last_retention.elapsed() >= STREAM_RETENTION_EVERY {
+            last_retention = Instant::now();
+            if let Err(e) = stream.enforce_retention(SystemTime::now()) {
+                tracing::warn!(error = %e, "stream retention failed");
+            }
+        }
         let batch = rt.block_on(async {
             tokio::select! {
                 b = tail.next_batch(4096, 8 * 1024 * 1024) => Some(b),
                 _ = shutdown.changed(), if !stopping => None,
                 _ = tokio::time::sleep(Duration::from_millis(100)), if stopping => None,
+                // Wakes an idle builder for the next retention pass.
+                _ = tokio::time::sleep(STREAM_RETENTION_EVERY), if !stopping => Some(Ok(Vec::new())),
             }
         });
         let batch = match batch {
@@ -724,6 +755,7 @@ fn stream_builder(
         if let Ok(mut last) = stats.stream_last_error.lock() {
             *last = None;
         }
+        journal_hold.advance(position);
         stats.stream_entries.fetch_add(lines.len() as u64, Relaxed);
         let now = listen::now_unix_nanos().0;
         for at in &received {

@@ -5,7 +5,15 @@
 //! beyond the durable seq), so it never sees an entry a restart could take back, and it never
 //! blocks the receive path: the stream builder does not wait for any sink, and a sink that
 //! falls behind (its target down, F14) only leaves entries on disk, held there by the sink's
-//! registered reader.
+//! registered reader: from the start (at the stream's first entry until the target says what
+//! it holds), at the offset after the last one delivered.
+//!
+//! The hold has a ceiling, `[stream] hold_bytes_max` (`JournalHandle::register_reader_capped`):
+//! a sink that stays down while more than that piles up no longer holds retention, whose
+//! oldest entries then go anyway. When the sink reads on, the entries it never delivered are
+//! gone: it records the gap (`gap_entries`, a `status` problem and a log line naming the
+//! offsets lost) and goes on at the first retained offset. A target that is empty starts at
+//! the first retained offset too.
 //!
 //! The contract of a [`Sink`] (the target-specific part):
 //! - [`Sink::open`] (re)connects and reads back what the target already holds: the last
@@ -138,11 +146,30 @@ pub struct SinkStats {
     /// When the call into the target in progress (open or deliver) started, Unix ms; 0 when
     /// none is: a target that hangs shows as a call that lasts.
     pub call_started_ms: AtomicU64,
+    /// Entries stream retention deleted before this sink delivered them (it stayed down past
+    /// `[stream] hold_bytes_max`), and how many such gaps.
+    pub gap_entries: AtomicU64,
+    pub gaps: AtomicU64,
+    /// The last gap in words (offsets lost), shown by `status` until the node restarts.
+    pub last_gap: Mutex<Option<String>>,
+    /// `[stream] hold_bytes_max`: the most this sink keeps from retention.
+    pub hold_bytes_max: u64,
+    /// The stream, to tell a sink that retention has already passed (`status`).
+    stream: StreamRef,
     state: Mutex<(SinkState, Option<String>)>,
 }
 
+/// The stream journal a sink reads (no `Debug` of its own).
+struct StreamRef(Option<JournalHandle>);
+
+impl std::fmt::Debug for StreamRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StreamRef")
+    }
+}
+
 impl SinkStats {
-    fn new(cfg: &SinkConfig) -> SinkStats {
+    fn new(cfg: &SinkConfig, stream: Option<JournalHandle>, hold_bytes_max: u64) -> SinkStats {
         let target = match &cfg.kind {
             SinkKind::Kafka(k) => format!("{}/{}", k.brokers, k.topic),
             SinkKind::File(f) => f.path.display().to_string(),
@@ -162,8 +189,25 @@ impl SinkStats {
             fenced: AtomicU64::new(0),
             epoch_refused: AtomicU64::new(0),
             call_started_ms: AtomicU64::new(0),
+            gap_entries: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            last_gap: Mutex::new(None),
+            hold_bytes_max,
+            stream: StreamRef(stream),
             state: Mutex::new((SinkState::Starting, None)),
         }
+    }
+
+    /// Offsets `[next, first retained)` that retention has deleted and this sink has not
+    /// delivered yet (it will record them as a gap when it reads on), if any.
+    pub fn lost_ahead(&self) -> Option<(u64, u64)> {
+        let first = self.stream.0.as_ref()?.first_seq().0.saturating_sub(1);
+        let next = self.next_offset.load(Relaxed);
+        (self.positioned.load(Relaxed) && next < first).then_some((next, first))
+    }
+
+    fn last_gap(&self) -> Option<String> {
+        self.last_gap.lock().ok().and_then(|g| g.clone())
     }
 
     pub fn state(&self) -> (SinkState, Option<String>) {
@@ -242,9 +286,12 @@ impl Sinks {
 }
 
 /// Starts one thread per configured sink, reading the stream journal `stream`.
+/// Each holds back the stream's retention at what it has not delivered, up to
+/// `hold_bytes_max` (`[stream] hold_bytes_max`).
 pub fn start(
     cfgs: &[SinkConfig],
     stream: JournalHandle,
+    hold_bytes_max: u64,
     gate: Arc<crate::pair::driver::Gate>,
     rt: tokio::runtime::Handle,
     shutdown: watch::Receiver<bool>,
@@ -255,7 +302,7 @@ pub fn start(
         threads: Vec::new(),
     };
     for cfg in cfgs {
-        let stats = Arc::new(SinkStats::new(cfg));
+        let stats = Arc::new(SinkStats::new(cfg, Some(stream.clone()), hold_bytes_max));
         let sink: Box<dyn Sink> = match &cfg.kind {
             SinkKind::Kafka(k) => Box::new(kafka::KafkaSink::new(
                 &cfg.name,
@@ -347,7 +394,9 @@ impl Driver {
     fn run(self, mut sink: Box<dyn Sink>) {
         let name = self.cfg.name.clone();
         let mut backoff = self.cfg.backoff_min;
-        let mut guard: Option<ReaderGuard> = None;
+        // Until the target says what it holds, hold everything (within the ceiling): a sink
+        // whose target is down at start must not lose what it had not delivered.
+        let mut guard = self.hold(self.stream.first_seq().0.saturating_sub(1));
         loop {
             if self.stopping() || !self.wait_active() {
                 break;
@@ -382,17 +431,11 @@ impl Driver {
             self.stats.positioned.store(true, Relaxed);
             self.stats.epoch.fetch_max(epoch, Relaxed);
             self.stats.set_state(SinkState::Delivering, None);
-            match &guard {
-                Some(g) => g.advance(Seq(next + 1)),
-                None => {
-                    guard = Some(
-                        self.stream
-                            .register_reader(&format!("sink {name}"), Seq(next + 1)),
-                    )
-                }
-            }
-            let g = guard.as_ref().expect("registered above");
-            match self.deliver_loop(&mut *sink, next, epoch, g, &mut backoff) {
+            // Positions only move forward and a lapsed guard holds nothing: a new one at
+            // what the target says (registered before the old one goes, so that nothing is
+            // released in between).
+            drop(std::mem::replace(&mut guard, self.hold(next)));
+            match self.deliver_loop(&mut *sink, next, epoch, &mut guard, &mut backoff) {
                 Stop::Shutdown => break,
                 Stop::Fenced => {
                     if !self.wait_deposed() {
@@ -416,6 +459,42 @@ impl Driver {
             self.stats.set_state(SinkState::Stopped, None);
         }
         tracing::info!(sink = %name, next_offset = self.stats.next_offset.load(Relaxed), "sink stopped");
+    }
+
+    /// A guard holding the stream's retention at `offset` and after, up to the ceiling.
+    fn hold(&self, offset: u64) -> ReaderGuard {
+        self.stream.register_reader_capped(
+            &format!("sink {}", self.cfg.name),
+            Seq(offset + 1),
+            self.stats.hold_bytes_max,
+        )
+    }
+
+    /// Retention deleted `[next, first)` before this sink delivered it: records the gap
+    /// (counter, status, log line naming the offsets) so that the sink can go on at `first`.
+    fn record_gap(&self, next: u64, first: u64) {
+        let lost = first - next;
+        self.stats.gap_entries.fetch_add(lost, Relaxed);
+        self.stats.gaps.fetch_add(1, Relaxed);
+        let msg = format!(
+            "offsets {next}..={} ({lost} entries) were deleted by stream retention before this \
+             sink delivered them (it was down while more than stream.hold_bytes_max = {} bytes \
+             piled up); it went on at offset {first}",
+            first - 1,
+            self.stats.hold_bytes_max
+        );
+        tracing::error!(
+            sink = %self.cfg.name,
+            first_lost = next,
+            last_lost = first - 1,
+            entries = lost,
+            resume_offset = first,
+            hold_bytes_max = self.stats.hold_bytes_max,
+            "sink gap: stream retention deleted entries this sink never delivered"
+        );
+        if let Ok(mut g) = self.stats.last_gap.lock() {
+            *g = Some(msg);
+        }
     }
 
     /// After a fence: on a pair, waits until this node has stopped publishing (it was deposed;
@@ -468,7 +547,7 @@ impl Driver {
         sink: &mut dyn Sink,
         mut next: u64,
         mut epoch: u64,
-        guard: &ReaderGuard,
+        guard: &mut ReaderGuard,
         backoff: &mut Duration,
     ) -> Stop {
         let name = &self.cfg.name;
@@ -505,15 +584,18 @@ impl Driver {
                 .min(self.cfg.batch_records_max);
             let recs = match self.stream.read(Seq(next + 1), max, BATCH_BYTES_MAX) {
                 Ok(r) => r,
+                Err(journal::Error::Gone { first, .. }) if first.0 > next + 1 => {
+                    // Receiving never waits for a consumer: the entries are gone, the sink
+                    // says so and goes on with the oldest one retained.
+                    let first = first.0 - 1;
+                    self.record_gap(next, first);
+                    next = first;
+                    self.stats.next_offset.store(next, Relaxed);
+                    drop(std::mem::replace(guard, self.hold(next)));
+                    continue;
+                }
                 Err(e) => {
-                    let e = SinkError::Retry(format!(
-                        "cannot read stream offset {next}: {e}{}",
-                        if matches!(e, journal::Error::Gone { .. }) {
-                            " (retention removed entries this sink never delivered)"
-                        } else {
-                            ""
-                        }
-                    ));
+                    let e = SinkError::Retry(format!("cannot read stream offset {next}: {e}"));
                     tracing::error!(sink = %name, offset = next, error = %e, "sink cannot read the stream");
                     self.note_error(SinkState::Retrying, &e);
                     return Stop::Reopen;
@@ -609,6 +691,10 @@ pub fn status_json(sinks: &[Arc<SinkStats>], stream_next: u64) -> Value {
                     "epoch_refused": s.epoch_refused.load(Relaxed),
                     "call_ms": s.call_ms(),
                     "last_error": last_error,
+                    "gap_entries": s.gap_entries.load(Relaxed),
+                    "gaps": s.gaps.load(Relaxed),
+                    "last_gap": s.last_gap(),
+                    "hold_bytes_max": s.hold_bytes_max,
                 })
             })
             .collect(),
@@ -622,6 +708,20 @@ pub fn problems(sinks: &[Arc<SinkStats>], stream_next: u64) -> Vec<String> {
         let (state, err) = s.state();
         let err = err.unwrap_or_default();
         let lag = s.lag(stream_next);
+        if let Some((next, first)) = s.lost_ahead() {
+            out.push(format!(
+                "sink {}: stream retention deleted offsets {next}..={} ({} entries) before this \
+                 sink delivered them (it held more than stream.hold_bytes_max = {} bytes); it \
+                 goes on at offset {first} once {} takes entries again",
+                s.name,
+                first - 1,
+                first - next,
+                s.hold_bytes_max,
+                s.target
+            ));
+        } else if let Some(g) = s.last_gap() {
+            out.push(format!("sink {}: {g}", s.name));
+        }
         match state {
             SinkState::Retrying => out.push(format!(
                 "sink {}: {err}; {lag} entries waiting on disk, delivered in order once it recovers",
@@ -692,6 +792,13 @@ pub fn metric_families(sinks: &[Arc<SinkStats>], stream_next: u64) -> Vec<Family
             "Times an entry was refused for an epoch below the target's",
             true,
             per(&|s| s.epoch_refused.load(Relaxed)),
+        ),
+        (
+            "twinrx_sink_gap_entries",
+            "Stream entries deleted by retention before the sink delivered them (it stayed \
+             down past stream.hold_bytes_max)",
+            true,
+            per(&|s| s.gap_entries.load(Relaxed)),
         ),
         (
             "twinrx_sink_next_offset",
@@ -804,16 +911,45 @@ mod tests {
         committed: u64,
         until: impl Fn(&SinkStats) -> bool,
     ) -> (Vec<u64>, Arc<SinkStats>) {
+        drive_with(tag, epochs, held, committed, None, until)
+    }
+
+    /// [`drive`] on a stream whose retention (`bytes_max`, segments of 200 bytes) ran once
+    /// after every entry was appended in batches of one.
+    fn drive_with(
+        tag: &str,
+        epochs: &[u64],
+        held: Option<Delivered>,
+        committed: u64,
+        retention_bytes_max: Option<u64>,
+        until: impl Fn(&SinkStats) -> bool,
+    ) -> (Vec<u64>, Arc<SinkStats>) {
         let dir = std::env::temp_dir().join(format!("twinrx-sink-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let (mut j, _) =
-            journal::Journal::open(&dir, journal::Options::default()).expect("journal");
+        let opts = match retention_bytes_max {
+            None => journal::Options::default(),
+            Some(b) => journal::Options {
+                segment_bytes_max: 200,
+                retention: journal::Retention {
+                    bytes_max: Some(b),
+                    age_max_ms: None,
+                },
+                ..journal::Options::default()
+            },
+        };
+        let (mut j, _) = journal::Journal::open(&dir, opts).expect("journal");
         let lines: Vec<Vec<u8>> = epochs
             .iter()
             .enumerate()
             .map(|(i, e)| format!("{{\"offset\":{i},\"epoch\":{e}}}").into_bytes())
             .collect();
-        j.append_batch(lines.iter()).expect("append");
+        for l in &lines {
+            j.append_batch(std::iter::once(l)).expect("append");
+        }
+        if retention_bytes_max.is_some() {
+            j.enforce_retention(std::time::SystemTime::now())
+                .expect("retention");
+        }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -829,7 +965,7 @@ mod tests {
                 start_at: config::StartAt::Start,
             }),
         };
-        let stats = Arc::new(SinkStats::new(&cfg));
+        let stats = Arc::new(SinkStats::new(&cfg, Some(j.handle()), 1 << 30));
         let got = Arc::new(Mutex::new(Vec::new()));
         let gate = crate::pair::driver::Gate::new(true);
         gate.committed.send_replace(committed);
@@ -877,6 +1013,45 @@ mod tests {
         assert_eq!(got, vec![3, 4, 5, 6]);
         assert_eq!(stats.delivered_offset(), Some(6));
         assert_eq!(stats.lag(7), 0);
+    }
+
+    #[test]
+    fn entries_retention_deleted_before_delivery_are_a_gap_and_the_sink_goes_on() {
+        // The target holds offset 2; retention has since deleted up to some offset F > 3.
+        let (got, stats) = drive_with(
+            "gap",
+            &[0; 60],
+            Some(Delivered {
+                offset: 2,
+                epoch: 0,
+            }),
+            u64::MAX,
+            Some(600),
+            |s| s.next_offset.load(Relaxed) == 60,
+        );
+        let first = *got.first().expect("delivered some");
+        assert!(first > 3, "retention deleted offsets 3.. ({got:?})");
+        assert_eq!(got, (first..60).collect::<Vec<_>>(), "from F on, in order");
+        assert_eq!(stats.gap_entries.load(Relaxed), first - 3);
+        assert_eq!(stats.gaps.load(Relaxed), 1);
+        let gap = stats.last_gap().expect("a gap in words");
+        assert!(gap.contains(&format!("offsets 3..={}", first - 1)), "{gap}");
+        let problems = problems(&[stats.clone()], 60);
+        assert!(
+            problems.iter().any(|p| p.contains("offsets 3..=")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn an_empty_target_starts_at_the_first_retained_offset_without_a_gap() {
+        let (got, stats) = drive_with("empty", &[0; 60], None, u64::MAX, Some(600), |s| {
+            s.next_offset.load(Relaxed) == 60
+        });
+        let first = *got.first().expect("delivered some");
+        assert!(first > 0, "retention deleted the first entries");
+        assert_eq!(got, (first..60).collect::<Vec<_>>());
+        assert_eq!(stats.gap_entries.load(Relaxed), 0);
     }
 
     #[test]
