@@ -1,6 +1,7 @@
 //! Admin HTTP server (default 127.0.0.1:7401): `GET /status` (JSON), `GET /metrics`
-//! (Prometheus text format), `GET /stream?from=N[&follow=1]` (the committed merged stream as
-//! NDJSON); on a pair also `POST /switchover` and `POST /resync` (JSON answers; 409 with
+//! (Prometheus text format), `GET /stream?from=N|earliest[&follow=1]` (the committed merged
+//! stream as NDJSON; `410 Gone` with `{"first_offset": F, ...}` when stream retention has
+//! deleted offset N, `from=earliest` starts at F); on a pair also `POST /switchover` and `POST /resync` (JSON answers; 409 with
 //! `{"error": ...}` when refused).
 
 use crate::node::Node;
@@ -56,6 +57,16 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
     }
 }
 
+/// A JSON answer with `code`.
+fn json(code: StatusCode, v: serde_json::Value) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
 /// Sends an operator command to the HA driver and answers with its verdict.
 async fn ha_command(
     node: &Node,
@@ -65,14 +76,6 @@ async fn ha_command(
     ok_status: StatusCode,
     ok_key: &str,
 ) -> Response {
-    let json = |code: StatusCode, v: serde_json::Value| {
-        (
-            code,
-            [(header::CONTENT_TYPE, "application/json")],
-            v.to_string(),
-        )
-            .into_response()
-    };
     let Some(ha) = &node.ha else {
         return json(
             StatusCode::CONFLICT,
@@ -155,8 +158,9 @@ async fn fault(Query(q): Query<FaultQuery>) -> Response {
 
 #[derive(serde::Deserialize)]
 struct StreamQuery {
+    /// An offset, or `earliest`: the first one retention has kept (default 0).
     #[serde(default)]
-    from: u64,
+    from: Option<String>,
     #[serde(default)]
     follow: Option<String>,
     /// Entries to return at most without `follow` (default: all that are committed).
@@ -171,22 +175,42 @@ const READ_BYTES: usize = 1 << 20;
 async fn stream(State(node): State<Arc<Node>>, Query(q): Query<StreamQuery>) -> Response {
     let follow = matches!(q.follow.as_deref(), Some("1" | "true" | "yes"));
     let handle = node.stream.clone();
-    let first = handle.first_seq();
-    if q.from + 1 < first.0 {
-        return (
+    let first_offset = handle.first_seq().0.saturating_sub(1);
+    let from = match q.from.as_deref() {
+        None => 0,
+        Some("earliest") => first_offset,
+        Some(n) => match n.parse::<u64>() {
+            Ok(n) => n,
+            Err(_) => {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({
+                        "error": format!("from = {n:?}: must be an offset (0, 1, ...) or \"earliest\"")
+                    }),
+                )
+            }
+        },
+    };
+    if from < first_offset {
+        // The stream's retention deleted it: say where the stream starts now, so that a
+        // consumer can decide (resume there, or alarm the gap).
+        return json(
             StatusCode::GONE,
-            format!(
-                "offset {} was removed by retention; the oldest offset held is {}\n",
-                q.from,
-                first.0 - 1
-            ),
-        )
-            .into_response();
+            serde_json::json!({
+                "error": format!(
+                    "offset {from} was deleted by stream retention; the oldest offset held \
+                     is {first_offset} (read from there, or ask for from=earliest)"
+                ),
+                "from": from,
+                "first_offset": first_offset,
+                "next_offset": handle.durable_seq().map_or(0, |s| s.0),
+            }),
+        );
     }
-    let end = q.limit.map(|l| q.from.saturating_add(l));
+    let end = q.limit.map(|l| from.saturating_add(l));
     let shutdown = node.shutdown.clone();
     let commits = node.gate.committed.subscribe();
-    let state = (handle, Seq(q.from + 1), (node.stream.subscribe(), commits));
+    let state = (handle, Seq(from + 1), (node.stream.subscribe(), commits));
     let body = futures_util::stream::unfold(state, move |(handle, next, mut sub)| {
         let mut shutdown = shutdown.clone();
         async move {

@@ -673,7 +673,38 @@ fn render_ha(v: &serde_json::Value) -> String {
     s + "\n"
 }
 
-pub fn tail(target: &Target, from: u64, follow: bool) -> anyhow::Result<i32> {
+/// Where `twinrx tail` starts: an offset, or `earliest` (the oldest entry stream retention
+/// has kept).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TailFrom {
+    Earliest,
+    Offset(u64),
+}
+
+impl std::str::FromStr for TailFrom {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<TailFrom, String> {
+        match s {
+            "earliest" => Ok(TailFrom::Earliest),
+            _ => s
+                .parse::<u64>()
+                .map(TailFrom::Offset)
+                .map_err(|_| format!("{s:?}: expected an offset (0, 1, ...) or \"earliest\"")),
+        }
+    }
+}
+
+impl std::fmt::Display for TailFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TailFrom::Earliest => f.write_str("earliest"),
+            TailFrom::Offset(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+pub fn tail(target: &Target, from: TailFrom, follow: bool) -> anyhow::Result<i32> {
     let url = format!(
         "{}/stream?from={from}{}",
         target.base_url()?,
@@ -686,6 +717,17 @@ pub fn tail(target: &Target, from: u64, follow: bool) -> anyhow::Result<i32> {
     if !resp.status().is_success() {
         let status = resp.status();
         let body = resp.body_mut().read_to_string().unwrap_or_default();
+        if status.as_u16() == 410 {
+            // Stream retention deleted the offset asked for.
+            let v: serde_json::Value =
+                serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+            if let Some(first) = v["first_offset"].as_u64() {
+                anyhow::bail!(
+                    "offset {from} was deleted by stream retention; the stream now starts at \
+                     offset {first}: run `twinrx tail --from earliest` (or --from {first})"
+                );
+            }
+        }
         anyhow::bail!("{url}: HTTP {status}: {}", body.trim());
     }
     let reader = std::io::BufReader::new(resp.body_mut().as_reader());
@@ -708,6 +750,16 @@ pub fn tail(target: &Target, from: u64, follow: bool) -> anyhow::Result<i32> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn tail_from_parses_an_offset_or_earliest() {
+        assert_eq!("earliest".parse::<TailFrom>(), Ok(TailFrom::Earliest));
+        assert_eq!("42".parse::<TailFrom>(), Ok(TailFrom::Offset(42)));
+        assert!("-1".parse::<TailFrom>().is_err());
+        assert!("first".parse::<TailFrom>().is_err());
+        assert_eq!(TailFrom::Earliest.to_string(), "earliest");
+        assert_eq!(TailFrom::Offset(7).to_string(), "7");
+    }
 
     #[test]
     fn status_leads_with_the_ha_block_and_its_next_step() {

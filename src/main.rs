@@ -77,9 +77,10 @@ enum Command {
     Tail {
         #[command(flatten)]
         target: client::Target,
-        /// First offset to print.
-        #[arg(long, default_value_t = 0)]
-        from: u64,
+        /// First offset to print, or `earliest`: the oldest entry stream retention has kept.
+        /// An offset retention has deleted is refused, naming the first one held.
+        #[arg(long, default_value_t = client::TailFrom::Earliest)]
+        from: client::TailFrom,
         /// Keep printing new entries as they are committed.
         #[arg(long)]
         follow: bool,
