@@ -86,6 +86,12 @@ pub fn status_json(node: &Node) -> Value {
         },
         "stream": {
             "next_offset": stream_next,
+            // What `[stream]` retention has kept: `GET /stream?from=N` below it is 410 Gone.
+            "first_offset": node.stream.first_seq().0.saturating_sub(1),
+            "bytes": node.stream.bytes(),
+            "retention_bytes_max": node.cfg.stream_retention.bytes_max,
+            "retention_age_max_s": node.cfg.stream_retention.age_max_ms.map(|ms| ms / 1000),
+            "hold_bytes_max": node.cfg.stream_hold_bytes_max,
             "committed_end": (*node.gate.committed.borrow()).min(stream_next),
             "kept_raw": s.stream_kept_raw.load(Relaxed),
             "matched_copies": s.merger_matched.load(Relaxed),
