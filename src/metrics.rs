@@ -251,6 +251,40 @@ impl Collector for NodeCollector {
             Counter,
             &[(vec![], s.merger_matched_late.load(Relaxed))],
         )?;
+        let history = s
+            .merger_history
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_default();
+        family(
+            &mut enc,
+            "twinrx_merger_history_entries",
+            "Open entries of the merger's history index (entries that may still be matched by \
+             a late copy), in memory and in sorted runs on disk",
+            Gauge,
+            &[
+                (vec![("where", "memory")], history.mem_entries),
+                (vec![("where", "disk")], history.run_entries),
+            ],
+        )?;
+        family(
+            &mut enc,
+            "twinrx_merger_history_bytes",
+            "Bytes the merger's history index takes: runs on disk, and their filters, indexes \
+             and bitmaps in memory (the entries in memory not included)",
+            Gauge,
+            &[
+                (vec![("where", "disk")], history.run_bytes),
+                (vec![("where", "memory")], history.run_mem_bytes),
+            ],
+        )?;
+        family(
+            &mut enc,
+            "twinrx_merger_history_spill_errors",
+            "Failed writes of a history run (the entries stay in memory and are written later)",
+            Counter,
+            &[(vec![], history.spill_errors)],
+        )?;
         {
             let (buckets, sum, count) = s.stream_latency.snapshot();
             let mut m = enc.encode_descriptor(

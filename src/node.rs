@@ -50,6 +50,9 @@ pub struct NodeStats {
     /// While this node publishes: per node (a, b), the highest journal seq its merger has
     /// accounted for in the stored stream (an entry or a copy of one).
     pub merger_consumed: [AtomicU64; 2],
+    /// The merger's history index (open entries in memory and in runs on disk), as of the
+    /// writer's last prune (every 5 s).
+    pub merger_history: Mutex<history::Stats>,
     pub stream_last_error: Mutex<Option<String>>,
     /// Unix ms when the journal append in progress started (0: none): health's fsync latency.
     pub journal_busy_since_ms: AtomicU64,

@@ -1150,7 +1150,7 @@ pub fn start_ha(
     JoinHandle<()>,
 )> {
     let state = writer::load_epoch(&cfg.data_dir)?.unwrap_or_default();
-    let fold = writer::Fold::of_stream(&stream.handle())?;
+    let fold = writer::Fold::of_stream(&stream.handle(), &cfg.data_dir)?;
     if fold.unreadable > 0 {
         tracing::warn!(
             lines = fold.unreadable,

@@ -17,6 +17,20 @@ pub fn status_json(node: &Node) -> Value {
     let journal_failing = s.journal_failing.load(Relaxed);
     let journal_error = s.journal_last_error.lock().ok().and_then(|e| e.clone());
     let stream_error = s.stream_last_error.lock().ok().and_then(|e| e.clone());
+    let h = s
+        .merger_history
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_default();
+    let history = json!({
+        "memory_entries": h.mem_entries,
+        "disk_entries": h.run_entries,
+        "runs": h.runs,
+        "disk_bytes": h.run_bytes,
+        "memory_bytes": h.run_mem_bytes,
+        "spill_errors": h.spill_errors,
+        "last_error": h.last_error,
+    });
     let disk_free = disk_free_bytes(&node.cfg.data_dir);
     let journal_last = node.journal.durable_seq().map(|q| q.0).unwrap_or(0);
     let stream_next = node.stream.durable_seq().map(|q| q.0).unwrap_or(0);
@@ -100,6 +114,7 @@ pub fn status_json(node: &Node) -> Value {
                 "a": s.merger_consumed[0].load(Relaxed),
                 "b": s.merger_consumed[1].load(Relaxed),
             },
+            "history": history,
             "latency_us_p50": s.stream_latency.quantile_us(0.50),
             "latency_us_p99": s.stream_latency.quantile_us(0.99),
             "last_error": stream_error,

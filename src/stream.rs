@@ -71,7 +71,7 @@ impl MatchRun {
     pub fn apply(
         &self,
         progress: &mut dedup::Progress,
-        history: &mut dedup::MemHistory,
+        mut history: impl FnMut(&dedup::Output),
     ) -> Option<()> {
         let node = match self.0 {
             0 => NodeId::A,
@@ -82,7 +82,7 @@ impl MatchRun {
         let seq_last = self.1.checked_add(last)?;
         let entry_last = self.2.checked_add(last)?;
         for e in self.2..=entry_last {
-            history.apply(&dedup::Output::Matched(dedup::Matched {
+            history(&dedup::Output::Matched(dedup::Matched {
                 entry: Offset(e),
                 copy: dedup::JournalPos {
                     node,
@@ -451,7 +451,8 @@ mod tests {
             h1.apply(&dedup::Output::Matched(*f));
         }
         for run in &runs {
-            run.apply(&mut p2, &mut h2).expect("well-formed run");
+            run.apply(&mut p2, |o| h2.apply(o))
+                .expect("well-formed run");
         }
         assert_eq!(p1, p2);
         assert_eq!((h1.open_len(), h2.open_len()), (0, 0));
@@ -465,7 +466,11 @@ mod tests {
         // A line without the fields the merger needs is reported, not guessed.
         let bad = LogLine::parse(br#"{"offset":1,"epoch":1,"copies":["a:1"]}"#).expect("parses");
         assert!(bad.entry().is_none());
-        assert!(MatchRun(7, 1, 1, 1, 0, 0).apply(&mut p1, &mut h1).is_none());
-        assert!(MatchRun(0, 1, 1, 0, 0, 0).apply(&mut p1, &mut h1).is_none());
+        assert!(MatchRun(7, 1, 1, 1, 0, 0)
+            .apply(&mut p1, |o| h1.apply(o))
+            .is_none());
+        assert!(MatchRun(0, 1, 1, 0, 0, 0)
+            .apply(&mut p1, |o| h1.apply(o))
+            .is_none());
     }
 }

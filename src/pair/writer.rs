@@ -11,7 +11,8 @@
 //! The stream log: each stored line is one entry (consumers read it) that also carries the
 //! merger's `Matched` facts produced since the previous entry (`matches`). The merger's state
 //! after a failover is a fold of the lines (`Progress`) and an index of open entries
-//! (`MemHistory`), both kept here for every line stored — accepted or published — so a
+//! (`history::SpillHistory`: bounded memory, the rest in sorted runs under
+//! `<data_dir>/history`), both kept here for every line stored — accepted or published — so a
 //! promotion starts the merger at once. Facts produced after the last stored entry are not
 //! stored; they are re-derived by the next merger (the records are fed again and matched
 //! through the history), so nothing is lost or doubled.
@@ -26,8 +27,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use dedup::{MemHistory, Merger, Output, Progress};
+use dedup::{Merger, Output, Progress};
 use ha::{EpochState, Run};
+use history::SpillHistory;
 use journal::{Journal, JournalHandle, Tail};
 use receiver::record::Record;
 use tokio::sync::mpsc;
@@ -148,20 +150,24 @@ pub fn store_epoch(data_dir: &Path, st: EpochState) -> std::io::Result<()> {
 /// The fold of a stored stream: merger progress, open-entry index, runs per epoch.
 pub struct Fold {
     pub progress: Progress,
-    pub history: MemHistory,
+    pub history: SpillHistory,
     pub runs: Vec<Run>,
     /// Lines that could not be read back as merger outputs (counted, skipped).
     pub unreadable: u64,
 }
 
 impl Fold {
-    fn new() -> Fold {
-        Fold {
+    /// An empty fold whose history index spills to `<data_dir>/history`.
+    fn new(data_dir: &Path) -> anyhow::Result<Fold> {
+        let dir = data_dir.join("history");
+        let history = SpillHistory::create(&dir, history::Options::default())
+            .with_context(|| format!("cannot create the history index in {}", dir.display()))?;
+        Ok(Fold {
             progress: Progress::start(),
-            history: MemHistory::new(),
+            history,
             runs: Vec::new(),
             unreadable: 0,
-        }
+        })
     }
 
     fn apply_line(&mut self, offset: Offset, line: &[u8]) {
@@ -173,10 +179,11 @@ impl Fold {
                 start: offset,
             });
         }
+        let history = &mut self.history;
         let ok = parsed.as_ref().is_some_and(|l| {
             l.matches
                 .iter()
-                .all(|r| r.apply(&mut self.progress, &mut self.history).is_some())
+                .all(|r| r.apply(&mut self.progress, |o| history.apply(o)).is_some())
         });
         match parsed.and_then(|l| l.entry()).filter(|_| ok) {
             Some(e) => {
@@ -192,8 +199,8 @@ impl Fold {
     }
 
     /// Reads the whole stored stream.
-    pub fn of_stream(stream: &JournalHandle) -> anyhow::Result<Fold> {
-        let mut fold = Fold::new();
+    pub fn of_stream(stream: &JournalHandle, data_dir: &Path) -> anyhow::Result<Fold> {
+        let mut fold = Fold::new(data_dir)?;
         let mut next = stream.first_seq();
         let end = stream.durable_seq().map_or(0, |s| s.0);
         while next.0 <= end {
@@ -368,6 +375,9 @@ impl Writer {
                 self.fold.history.prune(n, before);
             }
         }
+        if let Ok(mut s) = self.stats.merger_history.lock() {
+            *s = self.fold.history.stats();
+        }
     }
 
     /// Receive time of the oldest record of `node`'s journal this node still holds, when
@@ -388,7 +398,7 @@ impl Writer {
     }
 
     fn refold(&mut self) {
-        match Fold::of_stream(&self.stream.handle()) {
+        match Fold::of_stream(&self.stream.handle(), &self.data_dir) {
             Ok(f) => self.fold = f,
             Err(e) => self.note_error(format!("rebuilding the merger state: {e:#}")),
         }
