@@ -22,9 +22,20 @@
 //! invisible to lookups at once, runs wholly below it are deleted, and entries in memory below
 //! it are dropped when memory is next written out; nothing is scanned.
 //!
-//! The runs are scratch files: a new index clears its directory. (A restart rebuilds the
-//! index from the stream.)
+//! Checkpoints: [`SpillHistory::image`] makes every run durable and returns an image of the
+//! index (the runs' names and closed bits, the entries in memory, the floors), which the
+//! caller stores with the rest of its fold; [`SpillHistory::open_image`] opens the index again
+//! from it (reading only the runs' footers: filter and sparse index), so a restart does not
+//! read the history again. A run an image names is deleted only once a newer image is stored
+//! ([`SpillHistory::image_stored`]) or the pending one is dropped
+//! ([`SpillHistory::image_dropped`]).
+//!
+//! A run file: blocks of up to [`BLOCK`] records, each followed by its CRC-32C; then the
+//! Bloom filter, the sparse index and a fixed trailer, under one CRC-32C.
 
+pub mod image;
+
+use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::FileExt;
@@ -37,6 +48,14 @@ use twinrx_types::{Key, NodeId, Offset, UnixNanos};
 pub const BLOCK: usize = 64;
 /// Bytes per record in a run: key, node, receive time, offset.
 const RECORD: usize = 16 + 1 + 8 + 8;
+/// Bytes of a full block on disk: its records and their CRC-32C.
+const BLOCK_BYTES: usize = BLOCK * RECORD + 4;
+/// Bytes of a sparse-index entry in a run's footer: key, node, receive time.
+const INDEX_ENTRY: usize = 16 + 1 + 8;
+/// A run's trailer: magic, 11 fields, CRC.
+const TRAILER: usize = 8 + 11 * 8 + 8;
+const RUN_MAGIC: &[u8; 8] = b"TWXRUN01";
+const IMAGE_MAGIC: &[u8; 8] = b"TWXHIS01";
 /// Bloom filter bits per entry and probes per lookup (1 % false positives).
 const BLOOM_BITS_PER_ENTRY: usize = 10;
 const BLOOM_PROBES: u64 = 7;
@@ -92,6 +111,11 @@ pub struct SpillHistory {
     /// Memory entries at which a failed spill is tried again.
     retry_at: usize,
     file_no: u64,
+    /// Runs named by the last stored image and by the pending one: deleted only later.
+    pinned_stored: BTreeSet<u64>,
+    pinned_pending: Option<BTreeSet<u64>>,
+    /// Runs no longer used whose files an image still names.
+    doomed: Vec<(u64, PathBuf)>,
     stats: Stats,
     block_reads: std::cell::Cell<u64>,
 }
@@ -116,9 +140,136 @@ impl SpillHistory {
             floor: [UnixNanos(i64::MIN); 2],
             retry_at: opts.mem_entries_max.max(1),
             file_no: 0,
+            pinned_stored: BTreeSet::new(),
+            pinned_pending: None,
+            doomed: Vec::new(),
             stats: Stats::default(),
             block_reads: std::cell::Cell::new(0),
         })
+    }
+
+    /// Makes every run durable and returns an image of the index; until
+    /// [`SpillHistory::image_stored`] or [`SpillHistory::image_dropped`], no run it names is
+    /// deleted.
+    pub fn image(&mut self) -> io::Result<Vec<u8>> {
+        let mut synced_any = false;
+        for r in &mut self.runs {
+            if !r.synced {
+                r.file.sync_data()?;
+                r.synced = true;
+                synced_any = true;
+            }
+        }
+        if synced_any {
+            File::open(&self.dir)?.sync_all()?;
+        }
+        let mut e = image::Enc::new(IMAGE_MAGIC);
+        e.u64(self.mem_lo.0)
+            .u64(self.next.0)
+            .u64(self.file_no)
+            .i64(self.floor[0].0)
+            .i64(self.floor[1].0)
+            .u64(self.runs.len() as u64);
+        for r in &self.runs {
+            e.u64(r.file_no).u64(r.open);
+            let mut bits = Vec::with_capacity(r.closed.len() * 8);
+            for w in &r.closed {
+                bits.extend_from_slice(&w.to_le_bytes());
+            }
+            e.bytes(&bits);
+        }
+        e.u64(self.mem.open_len() as u64);
+        for (key, node, o) in self.mem.iter_open() {
+            e.entry(key, node, o.received_at, o.offset);
+        }
+        self.pinned_pending = Some(self.runs.iter().map(|r| r.file_no).collect());
+        Ok(e.finish())
+    }
+
+    /// The image last returned is stored durably: runs only older images named may go.
+    pub fn image_stored(&mut self) {
+        if let Some(p) = self.pinned_pending.take() {
+            self.pinned_stored = p;
+        }
+        self.delete_doomed();
+    }
+
+    /// The image last returned will not be stored.
+    pub fn image_dropped(&mut self) {
+        self.pinned_pending = None;
+        self.delete_doomed();
+    }
+
+    /// Opens the index an image describes (its runs in `dir`); other run files in `dir` are
+    /// removed. The image counts as stored.
+    pub fn open_image(dir: &Path, opts: Options, img: &[u8]) -> io::Result<SpillHistory> {
+        let mut d = image::Dec::open(img, IMAGE_MAGIC)?;
+        let mut h = SpillHistory {
+            dir: dir.to_path_buf(),
+            opts,
+            mem: MemHistory::new(),
+            mem_lo: Offset(d.u64()?),
+            next: Offset(d.u64()?),
+            runs: Vec::new(),
+            floor: [UnixNanos(0); 2],
+            retry_at: opts.mem_entries_max.max(1),
+            file_no: d.u64()?,
+            pinned_stored: BTreeSet::new(),
+            pinned_pending: None,
+            doomed: Vec::new(),
+            stats: Stats::default(),
+            block_reads: std::cell::Cell::new(0),
+        };
+        h.floor = [UnixNanos(d.i64()?), UnixNanos(d.i64()?)];
+        let runs = d.count(16)?;
+        for _ in 0..runs {
+            let file_no = d.u64()?;
+            let open = d.u64()?;
+            let bits = d.bytes()?;
+            let closed: Vec<u64> = bits
+                .chunks_exact(8)
+                .map(|c| {
+                    let mut w = [0u8; 8];
+                    w.copy_from_slice(c);
+                    u64::from_le_bytes(w)
+                })
+                .collect();
+            let run = Run::open(&h.dir, file_no, closed, open)?;
+            h.pinned_stored.insert(file_no);
+            h.runs.push(run);
+        }
+        let mem = d.count(RECORD)?;
+        for _ in 0..mem {
+            let (key, node, received_at, offset) = d.entry()?;
+            h.mem.apply(&Output::Entry(dedup::Entry {
+                offset,
+                copy: dedup::JournalPos {
+                    node,
+                    seq: twinrx_types::Seq(0),
+                },
+                key,
+                received_at,
+                late: false,
+            }));
+        }
+        if !d.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "checkpoint image: trailing bytes",
+            ));
+        }
+        for f in fs::read_dir(dir)? {
+            let f = f?;
+            let name = f.file_name().to_string_lossy().into_owned();
+            let named = name
+                .strip_suffix(".run")
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| h.pinned_stored.contains(&n));
+            if name.ends_with(".run") && !named {
+                fs::remove_file(f.path())?;
+            }
+        }
+        Ok(h)
     }
 
     /// Folds one more stream-log output in. Never fails: a run that cannot be written (disk
@@ -222,7 +373,8 @@ impl SpillHistory {
             return Ok(None);
         }
         self.file_no += 1;
-        let path = self.dir.join(format!("{:08}.run", self.file_no));
+        let file_no = self.file_no;
+        let path = run_path(&self.dir, file_no);
         let file = fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -235,31 +387,37 @@ impl SpillHistory {
         let mut bloom = Bloom::new(entries.len());
         let mut index = Vec::with_capacity(entries.len().div_ceil(BLOCK));
         let mut times: [Option<(UnixNanos, UnixNanos)>; 2] = [None; 2];
-        for (i, &(key, node, e)) in entries.iter().enumerate() {
-            let mut rec = [0u8; RECORD];
-            rec[..16].copy_from_slice(&key.0);
-            rec[16] = node.0;
-            rec[17..25].copy_from_slice(&e.received_at.0.to_le_bytes());
-            rec[25..].copy_from_slice(&e.offset.0.to_le_bytes());
-            w.write_all(&rec)?;
-            if i % BLOCK == 0 {
+        for block in entries.chunks(BLOCK) {
+            let mut bytes = Vec::with_capacity(BLOCK_BYTES);
+            for &(key, node, e) in block {
+                bytes.extend_from_slice(&key.0);
+                bytes.push(node.0);
+                bytes.extend_from_slice(&e.received_at.0.to_le_bytes());
+                bytes.extend_from_slice(&e.offset.0.to_le_bytes());
+                bloom.insert(key, node);
+                let bit = (e.offset.0 - lo.0) as usize;
+                if let Some(word) = closed.get_mut(bit / 64) {
+                    *word &= !(1u64 << (bit % 64));
+                }
+                if let Some(t) = times.get_mut(usize::from(node.0)) {
+                    *t = Some(t.map_or((e.received_at, e.received_at), |(a, b)| {
+                        (a.min(e.received_at), b.max(e.received_at))
+                    }));
+                }
+            }
+            if let Some(&(key, node, e)) = block.first() {
                 index.push((key, node, e.received_at));
             }
-            bloom.insert(key, node);
-            let bit = (e.offset.0 - lo.0) as usize;
-            if let Some(word) = closed.get_mut(bit / 64) {
-                *word &= !(1u64 << (bit % 64));
-            }
-            if let Some(t) = times.get_mut(usize::from(node.0)) {
-                *t = Some(t.map_or((e.received_at, e.received_at), |(a, b)| {
-                    (a.min(e.received_at), b.max(e.received_at))
-                }));
-            }
+            let crc = crc32c::crc32c(&bytes);
+            bytes.extend_from_slice(&crc.to_le_bytes());
+            w.write_all(&bytes)?;
         }
         let file = w.into_inner().map_err(|e| e.into_error())?;
-        Ok(Some(Run {
+        let run = Run {
+            file_no,
             path,
             file,
+            synced: false,
             lo,
             hi,
             len: entries.len() as u64,
@@ -268,7 +426,9 @@ impl SpillHistory {
             index,
             closed,
             times,
-        }))
+        };
+        run.file.write_all_at(&run.footer(), run.blocks_bytes())?;
+        Ok(Some(run))
     }
 
     fn close_in_runs(&mut self, offset: Offset) {
@@ -282,13 +442,43 @@ impl SpillHistory {
         }
     }
 
+    fn pinned(&self, file_no: u64) -> bool {
+        self.pinned_stored.contains(&file_no)
+            || self
+                .pinned_pending
+                .as_ref()
+                .is_some_and(|p| p.contains(&file_no))
+    }
+
     fn delete(&mut self, run: Run) {
         self.stats.runs_deleted += 1;
         drop(run.file);
-        if let Err(e) = fs::remove_file(&run.path) {
-            self.stats.last_error = Some(format!("removing {}: {e}", run.path.display()));
+        if self.pinned(run.file_no) {
+            self.doomed.push((run.file_no, run.path));
+        } else {
+            self.remove(&run.path);
         }
     }
+
+    fn delete_doomed(&mut self) {
+        for (no, path) in std::mem::take(&mut self.doomed) {
+            if self.pinned(no) {
+                self.doomed.push((no, path));
+            } else {
+                self.remove(&path);
+            }
+        }
+    }
+
+    fn remove(&mut self, path: &Path) {
+        if let Err(e) = fs::remove_file(path) {
+            self.stats.last_error = Some(format!("removing {}: {e}", path.display()));
+        }
+    }
+}
+
+fn run_path(dir: &Path, file_no: u64) -> PathBuf {
+    dir.join(format!("{file_no:08}.run"))
 }
 
 fn floor_of(floor: &[UnixNanos; 2], node: NodeId) -> UnixNanos {
@@ -330,8 +520,11 @@ impl History for SpillHistory {
 
 /// One sorted run on disk and what memory keeps of it.
 struct Run {
+    file_no: u64,
     path: PathBuf,
     file: File,
+    /// Its data reached the disk (fsync) for an image.
+    synced: bool,
     /// The stream offsets the bitmap covers: `lo..hi`.
     lo: Offset,
     hi: Offset,
@@ -350,6 +543,151 @@ struct Run {
 impl Run {
     fn hi(&self) -> Offset {
         self.hi
+    }
+
+    fn blocks_bytes(&self) -> u64 {
+        let full = self.len / BLOCK as u64;
+        let rest = self.len % BLOCK as u64;
+        full * BLOCK_BYTES as u64
+            + if rest > 0 {
+                rest * RECORD as u64 + 4
+            } else {
+                0
+            }
+    }
+
+    /// Filter, sparse index and trailer, as stored after the blocks.
+    fn footer(&self) -> Vec<u8> {
+        let mut f = Vec::with_capacity(
+            self.bloom.bits.len() * 8 + self.index.len() * INDEX_ENTRY + TRAILER,
+        );
+        for w in &self.bloom.bits {
+            f.extend_from_slice(&w.to_le_bytes());
+        }
+        for (key, node, at) in &self.index {
+            f.extend_from_slice(&key.0);
+            f.push(node.0);
+            f.extend_from_slice(&at.0.to_le_bytes());
+        }
+        f.extend_from_slice(RUN_MAGIC);
+        let t = |i: usize| self.times.get(i).copied().flatten();
+        let fields = [
+            self.len,
+            self.lo.0,
+            self.hi.0,
+            self.bloom.bits.len() as u64,
+            self.index.len() as u64,
+            u64::from(t(0).is_some()),
+            t(0).map_or(0, |x| x.0 .0 as u64),
+            t(0).map_or(0, |x| x.1 .0 as u64),
+            u64::from(t(1).is_some()),
+            t(1).map_or(0, |x| x.0 .0 as u64),
+            t(1).map_or(0, |x| x.1 .0 as u64),
+        ];
+        for v in fields {
+            f.extend_from_slice(&v.to_le_bytes());
+        }
+        let crc = u64::from(crc32c::crc32c(&f));
+        f.extend_from_slice(&crc.to_le_bytes());
+        f
+    }
+
+    /// Opens a run written by [`SpillHistory`], reading its footer.
+    fn open(dir: &Path, file_no: u64, closed: Vec<u64>, open: u64) -> io::Result<Run> {
+        let path = run_path(dir, file_no);
+        let bad = |what: &str| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("history run {}: {what}", path.display()),
+            )
+        };
+        let file = File::open(&path)?;
+        let size = file.metadata()?.len();
+        let mut trailer = [0u8; TRAILER];
+        let t_at = size
+            .checked_sub(TRAILER as u64)
+            .ok_or_else(|| bad("too short"))?;
+        file.read_exact_at(&mut trailer, t_at)?;
+        if trailer.get(..8) != Some(RUN_MAGIC.as_slice()) {
+            return Err(bad("not a run file"));
+        }
+        let field = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(trailer.get(8 + i * 8..16 + i * 8).unwrap_or(&[0; 8]));
+            u64::from_le_bytes(b)
+        };
+        let (len, lo, hi, nbloom, nindex) = (field(0), field(1), field(2), field(3), field(4));
+        let times = [
+            (field(5) != 0).then(|| (UnixNanos(field(6) as i64), UnixNanos(field(7) as i64))),
+            (field(8) != 0).then(|| (UnixNanos(field(9) as i64), UnixNanos(field(10) as i64))),
+        ];
+        let footer_len = nbloom
+            .checked_mul(8)
+            .and_then(|b| nindex.checked_mul(INDEX_ENTRY as u64).map(|i| (b, i)))
+            .and_then(|(b, i)| b.checked_add(i))
+            .ok_or_else(|| bad("footer size"))?;
+        let f_at = t_at
+            .checked_sub(footer_len)
+            .ok_or_else(|| bad("footer size"))?;
+        let mut footer = vec![
+            0u8;
+            usize::try_from(footer_len + TRAILER as u64)
+                .map_err(|_| bad("footer size"))?
+        ];
+        file.read_exact_at(&mut footer, f_at)?;
+        let crc_at = footer.len() - 8;
+        let mut c = [0u8; 8];
+        c.copy_from_slice(footer.get(crc_at..).unwrap_or(&[0; 8]));
+        if u64::from(crc32c::crc32c(footer.get(..crc_at).unwrap_or(&[]))) != u64::from_le_bytes(c) {
+            return Err(bad("footer CRC mismatch"));
+        }
+        let (bloom_bytes, rest) = footer.split_at((nbloom * 8) as usize);
+        let bits = bloom_bytes
+            .chunks_exact(8)
+            .map(|c| {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(c);
+                u64::from_le_bytes(w)
+            })
+            .collect();
+        let index = rest
+            .chunks_exact(INDEX_ENTRY)
+            .take(nindex as usize)
+            .map(|c| {
+                let mut k = [0u8; 16];
+                k.copy_from_slice(c.get(..16).unwrap_or(&[0; 16]));
+                let mut at = [0u8; 8];
+                at.copy_from_slice(c.get(17..25).unwrap_or(&[0; 8]));
+                (
+                    Key(k),
+                    NodeId(c.get(16).copied().unwrap_or(0)),
+                    UnixNanos(i64::from_le_bytes(at)),
+                )
+            })
+            .collect();
+        let run = Run {
+            file_no,
+            path: path.clone(),
+            file,
+            synced: true,
+            lo: Offset(lo),
+            hi: Offset(hi),
+            len,
+            open,
+            bloom: Bloom { bits },
+            index,
+            closed,
+            times,
+        };
+        let width = usize::try_from(hi.saturating_sub(lo)).unwrap_or(usize::MAX);
+        if run.blocks_bytes() != f_at
+            || run.closed.len() != width.div_ceil(64)
+            || run.index.len() as u64 != len.div_ceil(BLOCK as u64)
+            || run.bloom.bits.is_empty()
+        {
+            return Err(bad("sizes do not agree"));
+        }
+        Ok(run)
     }
 
     fn mem_bytes(&self) -> u64 {
@@ -414,13 +752,13 @@ impl Run {
             .partition_point(|x| *x < target)
             .saturating_sub(1);
         let blocks = self.index.len();
-        let mut buf = vec![0u8; BLOCK * RECORD];
+        let mut buf = vec![0u8; BLOCK_BYTES];
         for b in first..blocks {
             let start = b * BLOCK;
             let n = (self.len as usize - start).min(BLOCK);
-            let bytes = buf.get_mut(..n * RECORD).unwrap_or_default();
+            let bytes = buf.get_mut(..n * RECORD + 4).unwrap_or_default();
             self.file
-                .read_exact_at(bytes, (start * RECORD) as u64)
+                .read_exact_at(bytes, (b * BLOCK_BYTES) as u64)
                 .map_err(|e| {
                     io::Error::new(
                         e.kind(),
@@ -428,7 +766,19 @@ impl Run {
                     )
                 })?;
             reads.set(reads.get() + 1);
-            for rec in bytes.chunks_exact(RECORD) {
+            let (records, crc) = bytes.split_at(n * RECORD);
+            let mut c = [0u8; 4];
+            c.copy_from_slice(crc);
+            if crc32c::crc32c(records) != u32::from_le_bytes(c) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "history run {}: block {b} CRC mismatch",
+                        self.path.display()
+                    ),
+                ));
+            }
+            for rec in records.chunks_exact(RECORD) {
                 let (k, n, at, offset) = decode(rec);
                 match (k, n).cmp(&(key, node)) {
                     std::cmp::Ordering::Less => continue,

@@ -26,6 +26,13 @@ enum Op {
         from: i64,
         to: i64,
     },
+    /// Take an image and store it (`store`), or take one and drop it.
+    Image {
+        store: bool,
+    },
+    /// Drop the index and open it again from the last stored image (a restart); the model
+    /// goes back to the same point.
+    Reopen,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -35,6 +42,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..2, 0i64..300).prop_map(|(node, before)| Op::Prune { node, before }),
         4 => (0u8..6, 0u8..2, 0i64..300, 0i64..300)
             .prop_map(|(key, node, from, to)| Op::Lookup { key, node, from, to }),
+        1 => any::<bool>().prop_map(|store| Op::Image { store }),
+        1 => Just(Op::Reopen),
     ]
 }
 
@@ -67,6 +76,8 @@ proptest! {
         let mut floor = [i64::MIN; 2];
         let mut next = 0u64;
         let mut entries: Vec<(Key, NodeId, i64)> = Vec::new();
+        // The last stored image and the model at that point.
+        let mut stored: Option<(Vec<u8>, MemHistory, [i64; 2], u64)> = None;
         for op in ops {
             match op {
                 Op::Entry { key, node, at } => {
@@ -102,6 +113,36 @@ proptest! {
                     model.prune(NodeId(node), UnixNanos(before));
                     floor[node as usize] = floor[node as usize].max(before);
                 }
+                Op::Image { store } => {
+                    let img = spill.image().expect("image");
+                    if store {
+                        spill.image_stored();
+                        stored = Some((img, model.clone(), floor, next));
+                    } else {
+                        spill.image_dropped();
+                    }
+                }
+                Op::Reopen => {
+                    drop(spill);
+                    match &stored {
+                        Some((img, m, f, n)) => {
+                            spill = SpillHistory::open_image(&dir, Options { mem_entries_max }, img)
+                                .expect("open image");
+                            model = m.clone();
+                            floor = *f;
+                            next = *n;
+                            entries.truncate(next as usize);
+                        }
+                        None => {
+                            spill = SpillHistory::create(&dir, Options { mem_entries_max })
+                                .expect("create");
+                            model = MemHistory::new();
+                            floor = [i64::MIN; 2];
+                            next = 0;
+                            entries.clear();
+                        }
+                    }
+                }
                 Op::Lookup { key, node, from, to } => {
                     let (k, n) = (Key([key; 16]), NodeId(node));
                     let got = spill
@@ -118,8 +159,11 @@ proptest! {
             }
         }
         let stats = spill.stats();
-        prop_assert_eq!(run_files(&dir) as u64, stats.runs);
-        prop_assert_eq!(stats.runs_written - stats.runs_deleted >= stats.runs, true);
+        // Files: the live runs, and runs an image still names.
+        prop_assert!(run_files(&dir) as u64 >= stats.runs);
+        spill.image().expect("image");
+        spill.image_stored();
+        prop_assert_eq!(run_files(&dir) as u64, spill.stats().runs);
         // A new index starts empty and clears the old runs.
         drop(spill);
         let fresh = SpillHistory::create(&dir, Options { mem_entries_max }).expect("create");
@@ -196,5 +240,58 @@ fn an_outage_spills_to_runs_and_the_late_copies_empty_them() {
     // About one block read per lookup: the filters keep the other runs out (a key that opens
     // a block costs a second read now and then, and 1 % of the other runs pass the filter).
     assert!(s.block_reads < n + n / 4, "{s:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A damaged run is refused (open) or its lookup fails: never a wrong answer.
+#[test]
+fn a_damaged_run_is_refused_not_misread() {
+    let dir = std::env::temp_dir().join(format!("twinrx-history-damage-{}", std::process::id()));
+    let opts = Options {
+        mem_entries_max: 100,
+    };
+    let mut h = SpillHistory::create(&dir, opts).expect("create");
+    for i in 0..100u64 {
+        h.apply(&Output::Entry(Entry {
+            offset: Offset(i),
+            copy: JournalPos {
+                node: NodeId::A,
+                seq: Seq(i + 1),
+            },
+            key: Key([i as u8; 16]),
+            received_at: UnixNanos(i as i64),
+            late: false,
+        }));
+    }
+    assert_eq!(h.stats().runs, 1);
+    let img = h.image().expect("image");
+    h.image_stored();
+    drop(h);
+    let run = dir.join("00000001.run");
+    let good = std::fs::read(&run).expect("read run");
+    // A record's byte flipped: the block's CRC catches it at lookup.
+    let mut bad = good.clone();
+    bad[40] ^= 0xff;
+    std::fs::write(&run, &bad).expect("write");
+    let h = SpillHistory::open_image(&dir, opts, &img).expect("footer intact");
+    let r = h.earliest_open(Key([1; 16]), NodeId::A, UnixNanos(0), UnixNanos(1000));
+    assert!(r.is_err(), "{r:?}");
+    drop(h);
+    // The footer damaged: the run is refused at open.
+    let mut bad = good.clone();
+    let n = bad.len();
+    bad[n - 30] ^= 0xff;
+    std::fs::write(&run, &bad).expect("write");
+    assert!(SpillHistory::open_image(&dir, opts, &img).is_err());
+    // The image damaged: refused.
+    std::fs::write(&run, &good).expect("write");
+    let mut img2 = img.clone();
+    img2[10] ^= 1;
+    assert!(SpillHistory::open_image(&dir, opts, &img2).is_err());
+    let h = SpillHistory::open_image(&dir, opts, &img).expect("intact");
+    let Ok(found) = h.earliest_open(Key([1; 16]), NodeId::A, UnixNanos(0), UnixNanos(1000)) else {
+        panic!("lookup failed");
+    };
+    assert_eq!(found.map(|e| e.offset), Some(Offset(1)));
     let _ = std::fs::remove_dir_all(&dir);
 }
