@@ -776,6 +776,24 @@ impl HaCore {
                         f.sync = Sync::Idle;
                     }
                 }
+                // Every tick a synced follower repeats what it holds durably. An active that
+                // lost the ack of a `SyncReply` (or answered a late duplicate `SyncRequest`)
+                // waits for an ack before it sends anything; without this repeat the standby
+                // reported `standby`, received nothing, and fell behind the commit point for
+                // good (the active went solo past it: issue #25, seed 1065 F7AddressLost).
+                if let Some(leader) = f.leader {
+                    let synced = matches!(
+                        f.sync,
+                        Sync::Appending { .. } | Sync::CaughtUp | Sync::Persisting
+                    );
+                    if synced && leader == self.epoch && f.handing_over.is_none() {
+                        let end = self.end;
+                        self.send_peer(HaMsg::AppendAck { epoch: leader, end });
+                    }
+                }
+                let State::Follower(f) = &mut self.state else {
+                    return;
+                };
                 if let Some((epoch, end)) = f.handing_over {
                     if now < f.hold_until {
                         self.send_peer(HaMsg::Handover { epoch, end });

@@ -968,3 +968,57 @@ fn witness_grants_a_renewal_before_the_new_record_is_durable() {
     w.handle_input(Millis(2000), NodeId::A, request(11, 55));
     assert_eq!(witness_drain(&mut w), vec![grant(11, 55)]);
 }
+
+/// Issue #25 (seed 1065 F7AddressLost): an active waits for an ack after answering a
+/// `SyncRequest` (a lost ack, or a late duplicate request) before it sends any entry. A
+/// caught-up standby therefore repeats its durable end every heartbeat tick; before, it
+/// reported `standby`, received nothing, and the active went solo past it for good.
+#[test]
+fn caught_up_standby_repeats_its_ack_every_tick() {
+    let mut b = caught_up_standby_b();
+    let next = b.poll_deadline().expect("a running core has a deadline");
+    b.handle_timeout(next);
+    let ack = Action::Send {
+        to: Party::Node(NodeId::A),
+        link: None,
+        msg: HaMsg::AppendAck {
+            epoch: Epoch(4),
+            end: Offset(12),
+        },
+    };
+    assert!(drain(&mut b).contains(&ack), "no ack on the tick");
+    // And the active resumes sending on it, even right after a late duplicate SyncRequest.
+    let mut a = active_with_standby(4);
+    let peer = |msg| Input::Peer { link: 0, msg };
+    let dup = HaMsg::SyncRequest {
+        epoch: Epoch(1),
+        end: Offset(0),
+        runs: vec![],
+    };
+    a.handle_input(Millis(1970), peer(dup));
+    a.handle_input(Millis(1980), Input::StreamAppended { upto: Offset(6) });
+    let sent = |acts: &[Action]| {
+        acts.iter().any(|x| {
+            matches!(
+                x,
+                Action::Send {
+                    msg: HaMsg::Append {
+                        upto: Offset(6),
+                        ..
+                    },
+                    ..
+                }
+            )
+        })
+    };
+    assert!(!sent(&drain(&mut a)), "no Append before an ack of the sync");
+    let ack = HaMsg::AppendAck {
+        epoch: Epoch(1),
+        end: Offset(4),
+    };
+    a.handle_input(Millis(1990), peer(ack));
+    assert!(
+        sent(&drain(&mut a)),
+        "the repeated ack restarts the appends"
+    );
+}
