@@ -281,6 +281,11 @@ struct Leader {
     f_match: Offset,
     f_next: Offset,
     f_progress_at: Millis,
+    /// What the standby has received (stored or queued for its disk): the most its
+    /// acknowledgements or the heartbeats of a caught-up standby of our epoch said (at most
+    /// what we hold), and when that last grew or covered our stream.
+    f_recv: Offset,
+    f_recv_progress_at: Millis,
     /// `f_next` at the previous heartbeat tick: what was sent a tick ago or earlier.
     f_sent_at_tick: Offset,
     /// Highest end the witness recorded for our epoch.
@@ -647,10 +652,40 @@ impl HaCore {
             && self.peer_view.epoch >= self.epoch
     }
 
+    /// Solo: the active commits without its standby's acknowledgement, by the witness's
+    /// record (or a two-node policy's licence). So when the peer is gone; and when the
+    /// standby's acknowledgements have not moved for `failover_after_ms` *and* what it
+    /// received has not moved for twice that (a standby whose disk is only slow keeps
+    /// receiving: see [`HaCore::lag_record`]).
     fn is_solo(&self, l: &Leader) -> bool {
+        let fa = self.c().failover_after_ms;
         self.peer_suspected()
-            || (l.f_match < self.end
-                && self.now.saturating_sub(l.f_progress_at) >= self.c().failover_after_ms)
+            || (self.acks_lag(l)
+                && self.now.saturating_sub(l.f_recv_progress_at) >= fa.saturating_mul(2))
+    }
+
+    /// The standby's acknowledgements lag: something is not durable there and nothing more
+    /// became durable for `failover_after_ms`.
+    fn acks_lag(&self, l: &Leader) -> bool {
+        l.f_match < self.end
+            && self.now.saturating_sub(l.f_progress_at) >= self.c().failover_after_ms
+    }
+
+    /// What the witness is asked to record for this active's epoch (recorded entries are
+    /// committed). With a standby in step: the commit point (what both hold durably). Solo:
+    /// the whole stream. With a standby whose acknowledgements lag but that keeps receiving
+    /// (a slow disk, issue #25): what it received, no more. Entries it received are held by
+    /// both nodes (durable here, queued for the disk there), so the standby stays promotable
+    /// (its `LogPos` counts what it received) and takes over if this node dies; recording
+    /// the whole stream here made it stale and, with this node dead, nobody could publish.
+    fn lag_record(&self, l: &Leader, solo: bool) -> Offset {
+        if solo {
+            self.end
+        } else if self.acks_lag(l) {
+            self.commit_end.max(l.f_recv.min(self.end))
+        } else {
+            self.commit_end
+        }
     }
 
     /// Starts persisting `epoch`/`log_epoch` if they exceed what is wanted already.
@@ -924,9 +959,13 @@ impl HaCore {
     }
 
     fn lease_request(&self, solo: bool) -> HaMsg {
+        let end = match &self.state {
+            State::Leader(l) => self.lag_record(l, solo),
+            _ => self.commit_end,
+        };
         let record = LogPos {
             log_epoch: self.epoch,
-            end: if solo { self.end } else { self.commit_end },
+            end,
         };
         HaMsg::LeaseRequest {
             epoch: self.epoch,
@@ -1254,6 +1293,8 @@ impl HaCore {
             f_match: Offset(0),
             f_next: Offset(0),
             f_progress_at: now,
+            f_recv: Offset(0),
+            f_recv_progress_at: now,
             f_sent_at_tick: Offset(0),
             witness_recorded: Offset(0),
             handover: None,
@@ -1365,6 +1406,9 @@ impl HaCore {
                     self.end = upto;
                     if l.f_match >= start {
                         l.f_progress_at = now;
+                    }
+                    if l.f_recv >= start {
+                        l.f_recv_progress_at = now;
                     }
                     if licensed_policy && l.solo_license_until > now {
                         self.advance_commit(upto);
@@ -1507,6 +1551,18 @@ impl HaCore {
                 self.peer_view.healthy = healthy;
                 self.peer_view.health = health;
                 self.peer_view.health_at = Some(now);
+                let (my_epoch, my_end) = (self.epoch, self.end);
+                if let State::Leader(l) = &mut self.state {
+                    // A standby in step with our epoch holds a prefix of our stream up to what
+                    // it received (its `LogPos` end counts entries queued for its disk).
+                    if epoch == my_epoch && role == Role::Standby && log.log_epoch == my_epoch {
+                        let recv = log.end.min(my_end);
+                        if recv > l.f_recv || recv >= my_end {
+                            l.f_recv_progress_at = now;
+                        }
+                        l.f_recv = l.f_recv.max(recv);
+                    }
+                }
                 self.on_heartbeat(link, epoch, role, commit_end, sent_at);
             }
             HaMsg::HeartbeatAck { epoch, echo } => {
@@ -1544,10 +1600,13 @@ impl HaCore {
                 if end > l.f_match {
                     l.f_match = end;
                     l.f_progress_at = now;
+                    l.f_recv_progress_at = now;
                 }
                 if l.f_match >= self.end {
                     l.f_progress_at = now;
+                    l.f_recv_progress_at = now;
                 }
+                l.f_recv = l.f_recv.max(l.f_match);
                 l.f_next = l.f_next.max(l.f_match);
                 let m = l.f_match;
                 self.advance_commit(m);
@@ -1763,6 +1822,7 @@ impl HaCore {
         let d = common_prefix(&self.runs, self.end, runs, end);
         l.f_synced = false;
         l.f_match = l.f_match.min(d);
+        l.f_recv = l.f_recv.min(d);
         l.f_next = d;
         let msg = HaMsg::SyncReply {
             epoch,

@@ -1022,3 +1022,68 @@ fn caught_up_standby_repeats_its_ack_every_tick() {
         "the repeated ack restarts the appends"
     );
 }
+
+/// The record a lease request asks the witness to keep (`None`: no request among `acts`).
+fn lease_record(acts: &[Action]) -> Option<Offset> {
+    acts.iter().rev().find_map(|x| match x {
+        Action::Send {
+            msg: HaMsg::LeaseRequest { record, .. },
+            ..
+        } => Some(record.end),
+        _ => None,
+    })
+}
+
+/// Issue #25 (`stress-ng --hdd`): a standby whose disk is slow acknowledges late but keeps
+/// receiving. The active then records at the witness (which commits) only what the standby
+/// received, so the standby stays promotable, and the role stays `active`; only when what the
+/// standby receives stops moving too (2 × failover_after_ms) does the active commit alone
+/// (`solo`, the whole stream). Before, 800 ms of late acks made the active record its whole
+/// stream: the standby lacked committed entries and, the active dead, nobody published.
+#[test]
+fn slow_standby_stays_promotable_and_the_active_goes_solo_only_when_it_stops_receiving() {
+    let mut a = active_with_standby(4);
+    let peer = |msg| Input::Peer { link: 0, msg };
+    let standby_hb = |end: u64, at: u64| {
+        let log = LogPos {
+            log_epoch: Epoch(1),
+            end: Offset(end),
+        };
+        peer(hb(1, Role::Standby, log, at))
+    };
+    // The active appends up to 10; the standby receives it all but acknowledges nothing.
+    a.handle_input(Millis(2000), Input::StreamAppended { upto: Offset(10) });
+    let mut records = Vec::new();
+    let mut t = 2000;
+    while t < 3400 {
+        t += 100;
+        a.handle_input(Millis(t), standby_hb(10, t));
+        if t == 3000 {
+            // More entries the standby does not receive.
+            a.handle_input(Millis(t), Input::StreamAppended { upto: Offset(14) });
+        }
+        a.handle_timeout(Millis(t));
+        if let Some(r) = lease_record(&drain(&mut a)) {
+            records.push((t, r, a.role()));
+        }
+    }
+    // Acks lag from 2800 on: the record is what the standby received, never the whole stream.
+    assert!(
+        records.iter().all(|(t, r, role)| *role == Role::Active
+            && *r <= Offset(10)
+            && (*t < 2900 || *r == Offset(10))),
+        "{records:?}"
+    );
+    // The standby receives nothing more (entries 10..14 lost, no progress): solo after
+    // 2 × failover_after_ms without progress, recording the whole stream.
+    while t < 5000 {
+        t += 100;
+        a.handle_input(Millis(t), standby_hb(10, t));
+        a.handle_timeout(Millis(t));
+        if let Some(r) = lease_record(&drain(&mut a)) {
+            records.push((t, r, a.role()));
+        }
+    }
+    let last = records.last().copied().expect("lease requests");
+    assert_eq!((last.1, last.2), (Offset(14), Role::Solo), "{records:?}");
+}
