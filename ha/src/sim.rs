@@ -92,10 +92,15 @@ pub enum Pattern {
     /// Random crashes, pauses, partitions (symmetric and one-way), disk and health faults on
     /// every party; safety only, then liveness after healing.
     Chaos,
+    /// F1 after a slow standby (issue #25, `stress-ng --hdd` on a 2-core machine): the
+    /// standby's journal writes take 50-1000 ms in bursts while its links live, so its acks
+    /// lag the active by up to a second; 1-2.5 s into it the active is powered off. The
+    /// standby was only slow: it must take over within the bound (measured from the kill).
+    F1AfterSlowStandby,
 }
 
 impl Pattern {
-    pub const ALL: [Pattern; 15] = [
+    pub const ALL: [Pattern; 16] = [
         Pattern::F1PowerOff,
         Pattern::F2Shutdown,
         Pattern::F3Reboot,
@@ -111,6 +116,7 @@ impl Pattern {
         Pattern::Switchover,
         Pattern::SharedLoad,
         Pattern::Chaos,
+        Pattern::F1AfterSlowStandby,
     ];
 
     /// Whether the standby must take over (and the witness stays reachable to it).
@@ -126,6 +132,7 @@ impl Pattern {
                 | Pattern::F8PipelineStall
                 | Pattern::F11DiskFails
                 | Pattern::Switchover
+                | Pattern::F1AfterSlowStandby
         )
     }
 
@@ -260,6 +267,11 @@ enum Fault {
     AddrLost(usize, bool),
     DiskFail(Who, bool),
     DiskSlow(Who, bool),
+    /// A node's journal writes take `lo..=hi` µs each (None: normal again).
+    DiskLatency(usize, Option<(u64, u64)>),
+    /// The active dies after a lead-in (`Pattern::F1AfterSlowStandby`): failover is measured
+    /// from here.
+    KillActive(usize),
     WitnessCrash,
     WitnessRestart,
     /// Load shared by both nodes (the same traffic): health measures around this many ms.
@@ -291,6 +303,8 @@ struct Disk {
     busy_until: u64,
     failed: bool,
     slow: bool,
+    /// Latency of each write in µs (`Fault::DiskLatency`), overriding the normal one.
+    latency: Option<(u64, u64)>,
     queue: VecDeque<(u64, DiskOp)>,
     next_seq: u64,
 }
@@ -357,6 +371,9 @@ struct Sim {
     commit_progress: bool,
     /// Shared load level (ms) both nodes' health reports carry (`Pattern::SharedLoad`).
     load_ms: u32,
+    /// A node killed for good (`Fault::KillActive`): healing does not restart it, so the
+    /// other node must publish on its own.
+    killed: Option<usize>,
 }
 
 fn other(i: usize) -> usize {
@@ -433,6 +450,7 @@ impl Sim {
             committed_at_fault: 0,
             commit_progress: false,
             load_ms: 0,
+            killed: None,
         };
         if sim.opts.policy == Policy::Witness {
             sim.start_witness();
@@ -585,11 +603,13 @@ impl Sim {
 
     fn disk_submit(&mut self, who: Who, op: DiskOp) {
         let lat = {
-            let slow = match who {
-                Who::Node(i) => self.nodes[i].disk.slow,
-                Who::Witness => self.witness_disk.slow,
+            let (slow, latency) = match who {
+                Who::Node(i) => (self.nodes[i].disk.slow, self.nodes[i].disk.latency),
+                Who::Witness => (self.witness_disk.slow, self.witness_disk.latency),
             };
-            if slow {
+            if let Some((lo, hi)) = latency {
+                self.rng.range(lo, hi)
+            } else if slow {
                 self.rng.range(50_000, 400_000)
             } else {
                 self.rng.range(200, 3_000)
@@ -1109,6 +1129,19 @@ impl Sim {
                 Who::Node(i) => self.nodes[i].disk.slow = on,
                 Who::Witness => self.witness_disk.slow = on,
             },
+            Fault::DiskLatency(i, latency) => self.nodes[i].disk.latency = latency,
+            Fault::KillActive(i) => {
+                if let Some(p) = self.failover_at.take() {
+                    let f = self.fault_at.unwrap_or(p);
+                    self.violation(format!(
+                        "failover {} ms into the lead-in, before the active was killed",
+                        p.saturating_sub(f) / US
+                    ));
+                }
+                self.fault_at = Some(self.now);
+                self.killed = Some(i);
+                self.crash_node(i);
+            }
             Fault::WitnessCrash => {
                 self.witness = None;
                 self.witness_inc += 1;
@@ -1128,11 +1161,12 @@ impl Sim {
                     self.nodes[i].stalled_since = None;
                     self.nodes[i].addr_lost = false;
                     self.nodes[i].disk.slow = false;
+                    self.nodes[i].disk.latency = None;
                     self.nodes[i].paused_until = self.nodes[i].paused_until.min(self.now);
                     if self.nodes[i].disk.failed {
                         self.apply(Fault::DiskFail(Who::Node(i), false));
                     }
-                    if self.nodes[i].core.is_none() {
+                    if self.nodes[i].core.is_none() && self.killed != Some(i) {
                         self.start_node(i);
                     }
                 }
@@ -1223,6 +1257,23 @@ impl Sim {
                     self.push(at, Ev::Fault(Fault::Load(level)));
                     at += self.rng.range(100_000, 800_000);
                 }
+            }
+            Pattern::F1AfterSlowStandby => {
+                // Bursts of 200-800 ms at a write latency from normal to a second, then the
+                // active's power goes while the standby's disk is still slow.
+                let mut at = now;
+                let kill = r(self, 1_000_000, 2_500_000);
+                while at < end {
+                    let level = match self.rng.range(0, 3) {
+                        0 => None,
+                        1 => Some((50_000, 300_000)),
+                        2 => Some((200_000, 700_000)),
+                        _ => Some((500_000, 1_000_000)),
+                    };
+                    self.push(at, Ev::Fault(Fault::DiskLatency(s, level)));
+                    at += self.rng.range(200_000, 800_000);
+                }
+                self.push(kill, Ev::Fault(Fault::KillActive(a)));
             }
             Pattern::Chaos => {
                 self.measure = false;
@@ -1384,7 +1435,20 @@ impl Sim {
                 Some(ms) => {
                     self.violation(format!("{pattern:?}: failover took {ms} ms > {limit} ms"))
                 }
-                None => self.violation(format!("{pattern:?}: no failover within {limit} ms")),
+                None => {
+                    // Say why: a standby that lacks committed entries may not take over.
+                    let s = other(self.faulted.unwrap_or(0));
+                    let held = self.nodes[s].stream.len();
+                    let c = self.committed.len();
+                    let refused = self
+                        .witness
+                        .as_ref()
+                        .map_or(0, |w| w.stats().votes_refused_total);
+                    self.violation(format!(
+                        "{pattern:?}: no failover within {limit} ms (node {s} holds {held} \
+                         entries, {c} committed; witness refused {refused} votes)"
+                    ))
+                }
             }
         }
         if self.measure && pattern.forbids_failover() {

@@ -63,9 +63,11 @@ fn ten_thousand_schedules_hold_every_invariant() {
     for (p, v) in &s.per_pattern {
         let mut v = v.clone();
         let (_, p99, _) = percentiles(&mut v).expect("non-empty");
+        // F1AfterSlowStandby: the standby that takes over persists its vote and epoch through
+        // its slow disk (up to a second per write), so its bound is the target too.
         let bound = if matches!(
             format!("{p:?}").as_str(),
-            "F11DiskFails" | "F8PipelineStall" | "F3Reboot"
+            "F11DiskFails" | "F8PipelineStall" | "F3Reboot" | "F1AfterSlowStandby"
         ) {
             3000
         } else {
