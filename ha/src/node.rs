@@ -154,6 +154,9 @@ pub struct Stats {
     pub health_dwells_total: u64,
     pub truncations_refused_total: u64,
     pub switchovers_refused_total: u64,
+    /// Of `campaigns` refused, those where the witness said this node lacks committed
+    /// entries (it recorded a solo active's stream beyond this node's).
+    pub stale_refusals_total: u64,
 }
 
 /// A snapshot for `twinrx status`.
@@ -175,6 +178,10 @@ pub struct Status {
     /// Milliseconds left of a dwell after a health handover (0: none): until then this node
     /// does not hand back for its health.
     pub health_dwell_left_ms: u64,
+    /// The witness refused this node's candidacy because it lacks committed entries (the
+    /// active committed alone while this node was behind) and no active has been heard since:
+    /// this node must not and will not take over; the node that holds them must come back.
+    pub lacks_committed: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -342,6 +349,9 @@ pub struct HaCore {
     shutting_down: bool,
     /// The epoch we last published in (its late local appends may still land).
     published_epoch: Option<Epoch>,
+    /// The witness refused our candidacy as stale (we lack committed entries) at this time;
+    /// cleared when we win or hear an active.
+    stale_at: Option<Millis>,
     actions: VecDeque<Action>,
     stats: Stats,
 }
@@ -397,6 +407,7 @@ impl HaCore {
             voted_for: None,
             shutting_down: false,
             published_epoch: None,
+            stale_at: None,
             actions: VecDeque::new(),
             stats: Stats::default(),
             cfg,
@@ -554,6 +565,7 @@ impl HaCore {
             peer_role: self.peer_view.role,
             peer_log: self.peer_view.log,
             health_dwell_left_ms: self.dwell.map_or(0, |d| d.until.saturating_sub(self.now)),
+            lacks_committed: self.stale_at.is_some(),
         }
     }
 
@@ -1254,6 +1266,7 @@ impl HaCore {
             return;
         }
         c.phase = Phase::Won { echo, licensed };
+        self.stale_at = None;
         self.epoch = self.epoch.max(epoch);
         self.epoch_seen = self.epoch_seen.max(epoch);
         self.persist(epoch, epoch);
@@ -1468,7 +1481,25 @@ impl HaCore {
                 voter_epoch,
                 wait_ms,
                 echo,
-            } => self.on_vote_reply(epoch, granted, voter_epoch, wait_ms, echo),
+            } => {
+                let campaigning = matches!(&self.state,
+                    State::Follower(f) if f.campaign.is_some_and(|c| c.epoch == epoch));
+                if !granted && voter_epoch == Epoch(0) && wait_ms == 0 && campaigning {
+                    // The witness refuses a stale candidate this way (it recorded committed
+                    // entries beyond our stream): retrying at once cannot help. Retry once
+                    // a heartbeat (the active or our stream may come back) and say so.
+                    self.stats.stale_refusals_total += 1;
+                    self.stale_at = Some(self.now);
+                    let retry = self.now.saturating_add(self.c().heartbeat_interval_ms);
+                    if let State::Follower(f) = &mut self.state {
+                        if let Some(c) = &mut f.campaign {
+                            c.retry_at = c.retry_at.max(retry);
+                        }
+                    }
+                    return;
+                }
+                self.on_vote_reply(epoch, granted, voter_epoch, wait_ms, echo);
+            }
             HaMsg::LeaseReply {
                 epoch,
                 granted,
@@ -1672,6 +1703,7 @@ impl HaCore {
             self.stats.stale_messages_total += 1;
             return;
         }
+        self.stale_at = None;
         let promise = self.c().lease_ms + self.c().lease_margin_ms;
         if epoch > self.epoch || matches!(&self.state, State::Leader(_)) {
             if matches!(&self.state, State::Leader(_)) && epoch == self.epoch {

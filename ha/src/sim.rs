@@ -1444,9 +1444,14 @@ impl Sim {
                         .witness
                         .as_ref()
                         .map_or(0, |w| w.stats().votes_refused_total);
+                    let says = self.nodes[s]
+                        .core
+                        .as_ref()
+                        .map(|c| c.status().lacks_committed);
                     self.violation(format!(
                         "{pattern:?}: no failover within {limit} ms (node {s} holds {held} \
-                         entries, {c} committed; witness refused {refused} votes)"
+                         entries, {c} committed; witness refused {refused} votes; node {s} \
+                         reports lacks_committed={says:?})"
                     ))
                 }
             }

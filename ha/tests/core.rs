@@ -1087,3 +1087,61 @@ fn slow_standby_stays_promotable_and_the_active_goes_solo_only_when_it_stops_rec
     let last = records.last().copied().expect("lease requests");
     assert_eq!((last.1, last.2), (Offset(14), Role::Solo), "{records:?}");
 }
+
+/// Issue #25: a standby the witness refuses as stale (a solo active committed entries it
+/// lacks, and the active is gone) must not take over; it says so (`lacks_committed`,
+/// `stale_refusals_total`) and asks again once a heartbeat interval, not every millisecond
+/// (a real pair logged 7,821 refused votes at the witness).
+#[test]
+fn stale_candidate_reports_it_and_backs_off() {
+    let mut b = caught_up_standby_b();
+    // A falls silent: B suspects it at 810 and its lease promise ends at 910.
+    b.handle_timeout(Millis(910));
+    let votes = |acts: &[Action]| {
+        acts.iter()
+            .filter(|x| {
+                matches!(
+                    x,
+                    Action::Send {
+                        to: Party::Witness,
+                        msg: HaMsg::VoteRequest { .. },
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    assert_eq!(votes(&drain(&mut b)), 1, "B campaigns");
+    let stale = HaMsg::VoteReply {
+        epoch: Epoch(5),
+        granted: false,
+        voter_epoch: Epoch(0),
+        wait_ms: 0,
+        echo: Millis(910),
+    };
+    b.handle_input(Millis(912), Input::Witness(stale.clone()));
+    assert!(b.status().lacks_committed);
+    assert_eq!(b.stats().stale_refusals_total, 1);
+    let mut asked = 0;
+    for t in 913..1100 {
+        b.handle_timeout(Millis(t));
+        asked += votes(&drain(&mut b));
+    }
+    assert_eq!(asked, 0, "no retry within a heartbeat interval");
+    b.handle_timeout(Millis(1112));
+    assert_eq!(votes(&drain(&mut b)), 1, "one retry after it");
+    assert_eq!(b.role(), Role::Standby, "never promoted");
+    // An active heard again clears it.
+    let log = LogPos {
+        log_epoch: Epoch(4),
+        end: Offset(12),
+    };
+    b.handle_input(
+        Millis(1120),
+        Input::Peer {
+            link: 0,
+            msg: hb(4, Role::Active, log, 1120),
+        },
+    );
+    assert!(!b.status().lacks_committed);
+}
