@@ -53,6 +53,10 @@ pub struct NodeStats {
     /// The merger's history index (open entries in memory and in runs on disk), as of the
     /// writer's last prune (every 5 s).
     pub merger_history: Mutex<history::Stats>,
+    /// The merger's stored checkpoint: its offset + 1 (0: none yet), and why the last one
+    /// failed.
+    pub merger_checkpoint: AtomicU64,
+    pub merger_checkpoint_error: Mutex<Option<String>>,
     pub stream_last_error: Mutex<Option<String>>,
     /// Unix ms when the journal append in progress started (0: none): health's fsync latency.
     pub journal_busy_since_ms: AtomicU64,

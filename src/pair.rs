@@ -24,6 +24,7 @@
 
 pub mod config;
 pub mod driver;
+pub mod fold;
 pub mod ha_config;
 pub mod writer;
 
@@ -1150,7 +1151,7 @@ pub fn start_ha(
     JoinHandle<()>,
 )> {
     let state = writer::load_epoch(&cfg.data_dir)?.unwrap_or_default();
-    let fold = writer::Fold::of_stream(&stream.handle(), &cfg.data_dir)?;
+    let fold = fold::Fold::restore(&stream.handle(), &cfg.data_dir)?;
     if fold.unreadable > 0 {
         tracing::warn!(
             lines = fold.unreadable,
@@ -1163,6 +1164,8 @@ pub fn start_ha(
         log_epoch = state.log_epoch.0,
         stream_end = end.0,
         runs = fold.runs.len(),
+        checkpoint = ?fold.restored.checkpoint.map(|o| o.0),
+        lines_folded = fold.restored.lines_folded,
         "HA state restored"
     );
     let restored = ha::Restored {
@@ -1185,6 +1188,8 @@ pub fn start_ha(
         own,
         copy: pair.copy.clone(),
         dedup: settings.dedup,
+        checkpoints: fold::Checkpoints::new(&cfg.data_dir, settings.checkpoint, &fold, &stream_h),
+        committed: gate.committed.subscribe(),
         fold,
         clock,
         stats: stats.clone(),
@@ -1222,6 +1227,7 @@ pub fn start_ha(
         data_dir: cfg.data_dir.clone(),
         view: view.clone(),
         lease,
+        peer_hold_bytes_max: cfg.stream_hold_bytes_max,
         receive_ips: {
             let mut ips: Vec<std::net::IpAddr> = cfg
                 .syslog_udp

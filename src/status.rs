@@ -115,6 +115,8 @@ pub fn status_json(node: &Node) -> Value {
                 "b": s.merger_consumed[1].load(Relaxed),
             },
             "history": history,
+            "checkpoint_offset": s.merger_checkpoint.load(Relaxed).checked_sub(1),
+            "checkpoint_error": s.merger_checkpoint_error.lock().ok().and_then(|e| e.clone()),
             "latency_us_p50": s.stream_latency.quantile_us(0.50),
             "latency_us_p99": s.stream_latency.quantile_us(0.99),
             "last_error": stream_error,

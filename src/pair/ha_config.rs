@@ -56,6 +56,13 @@ pub struct RawMerger {
     /// backlog still pair.
     #[serde(default)]
     pub horizon_s: Option<u64>,
+    /// A checkpoint of the merger's state is taken after this many new stream entries
+    /// (default 500,000) or `checkpoint_interval_s` (default 60), whichever comes first: a
+    /// restart or failover folds at most that much of the stream again.
+    #[serde(default)]
+    pub checkpoint_entries: Option<u64>,
+    #[serde(default)]
+    pub checkpoint_interval_s: Option<u64>,
 }
 
 /// A validated `[ha]` section.
@@ -67,6 +74,14 @@ pub struct HaSettings {
     pub fence_timeout_ms: u64,
     pub ping_targets: Vec<IpAddr>,
     pub dedup: dedup::ValidConfig,
+    pub checkpoint: CheckpointEvery,
+}
+
+/// When the writer takes a merger checkpoint (`[merger] checkpoint_*`).
+#[derive(Debug, Clone, Copy)]
+pub struct CheckpointEvery {
+    pub entries: u64,
+    pub interval: std::time::Duration,
 }
 
 impl HaSettings {
@@ -187,10 +202,21 @@ pub fn validate(
             None
         }
     };
+    let checkpoint = CheckpointEvery {
+        entries: merger.checkpoint_entries.unwrap_or(500_000),
+        interval: std::time::Duration::from_secs(merger.checkpoint_interval_s.unwrap_or(60)),
+    };
+    if checkpoint.entries == 0 {
+        problems.push("merger.checkpoint_entries = 0: must be at least 1".into());
+    }
+    if checkpoint.interval.is_zero() {
+        problems.push("merger.checkpoint_interval_s = 0: must be at least 1".into());
+    }
     if problems.len() != before {
         return None;
     }
     Some(HaSettings {
+        checkpoint,
         core: core?,
         witness,
         fence_command: raw.fence_command.clone(),
@@ -234,7 +260,10 @@ mod tests {
     fn a_horizon_below_the_window_names_both_keys() {
         let raw: RawHa = toml::from_str("dedup_window_ms = 5000\n").expect("toml");
         let mut problems = Vec::new();
-        let merger = RawMerger { horizon_s: Some(4) };
+        let merger = RawMerger {
+            horizon_s: Some(4),
+            ..RawMerger::default()
+        };
         assert!(validate(Some(&raw), &merger, NodeId::A, 1, &mut problems).is_none());
         assert_eq!(
             problems,
@@ -245,6 +274,7 @@ mod tests {
         );
         let merger = RawMerger {
             horizon_s: Some(600),
+            ..RawMerger::default()
         };
         let s = validate(Some(&raw), &merger, NodeId::A, 1, &mut Vec::new()).expect("valid");
         assert_eq!(s.dedup.get().horizon_ms, Some(600_000));

@@ -27,16 +27,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use dedup::{Merger, Output, Progress};
+use dedup::{Merger, Output};
 use ha::{EpochState, Run};
-use history::SpillHistory;
 use journal::{Journal, JournalHandle, Tail};
 use receiver::record::Record;
 use tokio::sync::mpsc;
 use twinrx_types::{Epoch, Millis, NodeId, Offset, Seq, UnixNanos};
 
 use crate::node::NodeStats;
-use crate::stream::{self, LogLine, Parsed};
+use crate::pair::fold::{Checkpoints, Fold};
+use crate::stream::{self, Parsed};
 
 /// The monotonic clock shared by the HA driver and the writer (lease checks).
 #[derive(Clone, Copy, Debug)]
@@ -147,77 +147,6 @@ pub fn store_epoch(data_dir: &Path, st: EpochState) -> std::io::Result<()> {
     std::fs::File::open(data_dir)?.sync_all()
 }
 
-/// The fold of a stored stream: merger progress, open-entry index, runs per epoch.
-pub struct Fold {
-    pub progress: Progress,
-    pub history: SpillHistory,
-    pub runs: Vec<Run>,
-    /// Lines that could not be read back as merger outputs (counted, skipped).
-    pub unreadable: u64,
-}
-
-impl Fold {
-    /// An empty fold whose history index spills to `<data_dir>/history`.
-    fn new(data_dir: &Path) -> anyhow::Result<Fold> {
-        let dir = data_dir.join("history");
-        let history = SpillHistory::create(&dir, history::Options::default())
-            .with_context(|| format!("cannot create the history index in {}", dir.display()))?;
-        Ok(Fold {
-            progress: Progress::start(),
-            history,
-            runs: Vec::new(),
-            unreadable: 0,
-        })
-    }
-
-    fn apply_line(&mut self, offset: Offset, line: &[u8]) {
-        let parsed = LogLine::parse(line);
-        let epoch = parsed.as_ref().map_or(Epoch(0), |l| Epoch(l.epoch));
-        if self.runs.last().is_none_or(|r| r.epoch != epoch) {
-            self.runs.push(Run {
-                epoch,
-                start: offset,
-            });
-        }
-        let history = &mut self.history;
-        let ok = parsed.as_ref().is_some_and(|l| {
-            l.matches
-                .iter()
-                .all(|r| r.apply(&mut self.progress, |o| history.apply(o)).is_some())
-        });
-        match parsed.and_then(|l| l.entry()).filter(|_| ok) {
-            Some(e) => {
-                let out = Output::Entry(e);
-                self.progress.apply(&out);
-                self.history.apply(&out);
-            }
-            None => {
-                self.unreadable += 1;
-                self.progress.next_offset = offset.next();
-            }
-        }
-    }
-
-    /// Reads the whole stored stream.
-    pub fn of_stream(stream: &JournalHandle, data_dir: &Path) -> anyhow::Result<Fold> {
-        let mut fold = Fold::new(data_dir)?;
-        let mut next = stream.first_seq();
-        let end = stream.durable_seq().map_or(0, |s| s.0);
-        while next.0 <= end {
-            let recs = stream
-                .read(next, 4096, 16 << 20)
-                .context("reading the merged stream back")?;
-            let Some((last, _)) = recs.last() else { break };
-            let last = *last;
-            for (seq, line) in &recs {
-                fold.apply_line(Offset(seq.0 - 1), line);
-            }
-            next = last.next();
-        }
-        Ok(fold)
-    }
-}
-
 struct Publishing {
     epoch: Epoch,
     merger: Merger,
@@ -235,6 +164,9 @@ pub struct Writer {
     pub copy: JournalHandle,
     pub dedup: dedup::ValidConfig,
     pub fold: Fold,
+    pub checkpoints: Checkpoints,
+    /// Entries below this offset are committed (the HA driver's gate).
+    pub committed: tokio::sync::watch::Receiver<u64>,
     pub clock: Clock,
     pub stats: Arc<NodeStats>,
     pub cmds: mpsc::UnboundedReceiver<DiskCmd>,
@@ -281,7 +213,16 @@ impl Writer {
         };
         loop {
             let next = match publishing.as_mut() {
-                None => Next::Cmd(self.rt.block_on(self.cmds.recv())),
+                None => {
+                    let cmds = &mut self.cmds;
+                    self.rt.block_on(async {
+                        tokio::select! {
+                            c = cmds.recv() => Next::Cmd(c),
+                            // Wakes an idle writer for checkpoints and retention.
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => Next::Tick,
+                        }
+                    })
+                }
                 Some(p) => {
                     let cmds = &mut self.cmds;
                     self.rt.block_on(async {
@@ -327,9 +268,18 @@ impl Writer {
                     }
                 }
             }
+            let committed = *self.committed.borrow();
+            self.checkpoints.maybe_store(&mut self.fold, committed);
+            self.stats
+                .merger_checkpoint
+                .store(self.checkpoints.stored.map_or(0, |o| o.0 + 1), Relaxed);
+            if let Ok(mut e) = self.stats.merger_checkpoint_error.lock() {
+                e.clone_from(&self.checkpoints.last_error);
+            }
             if last_prune.elapsed() > Duration::from_secs(5) {
                 last_prune = std::time::Instant::now();
                 self.prune();
+                self.enforce_retention();
                 holds
                     .own
                     .advance(self.fold.progress.consumed(self.me).next());
@@ -397,9 +347,29 @@ impl Writer {
         Record::decode(payload).ok().map(|r| r.received_at)
     }
 
+    /// Deletes the stream's old segments past its retention, except what the merger's
+    /// checkpoint, the sinks, the standby or a resync still hold.
+    fn enforce_retention(&mut self) {
+        match self.stream.enforce_retention(std::time::SystemTime::now()) {
+            Ok(r) if r.segments_deleted > 0 => tracing::info!(
+                segments = r.segments_deleted,
+                bytes = r.bytes_deleted,
+                first_offset = r.first_seq.0.saturating_sub(1),
+                lapsed = ?r.lapsed,
+                "merged stream: retention deleted old segments"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "stream retention failed"),
+        }
+    }
+
+    /// Rebuilds the fold from the last stored checkpoint and the lines after it.
     fn refold(&mut self) {
-        match Fold::of_stream(&self.stream.handle(), &self.data_dir) {
-            Ok(f) => self.fold = f,
+        match Fold::restore(&self.stream.handle(), &self.data_dir) {
+            Ok(f) => {
+                self.fold = f;
+                self.checkpoints.fold_replaced(&self.fold);
+            }
             Err(e) => self.note_error(format!("rebuilding the merger state: {e:#}")),
         }
     }
@@ -494,6 +464,8 @@ impl Writer {
                         for (i, l) in lines.iter().enumerate() {
                             self.fold.apply_line(Offset(from.0 + i as u64), l);
                         }
+                        self.checkpoints
+                            .maybe_take(&mut self.fold, &self.stream.handle(), true);
                         let _ = self.done.send(DiskDone::Appended(upto));
                         break;
                     }
@@ -670,8 +642,20 @@ impl Writer {
         }
         // While publishing the fold follows the merger (pending facts included); when
         // publishing stops it is rebuilt from the stored lines.
+        let first = self.fold.upto;
         self.fold.progress = p.merger.progress();
         let upto = self.end();
+        self.fold.upto = upto;
+        if self.fold.runs.last().is_none_or(|r| r.epoch != p.epoch) {
+            self.fold.runs.push(Run {
+                epoch: p.epoch,
+                start: first,
+            });
+        }
+        // Exactly the fold of the stored lines only when no fact waits for the next entry.
+        let exact = p.pending.is_empty();
+        self.checkpoints
+            .maybe_take(&mut self.fold, &self.stream.handle(), exact);
         self.stats
             .stream_entries
             .fetch_add(lines.len() as u64, Relaxed);

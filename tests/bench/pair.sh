@@ -12,13 +12,21 @@
 #      (polled every 10 ms), restart, wait for redundancy, repeat; then the whole stream is checked;
 #   4. resync: the standby is stopped (SIGTERM), ~RESYNC_BYTES of 1 KiB messages go to the active
 #      (TCP), the standby is restarted and `twinrx resync` is timed until it exits 0.
+#   5. outage (not in the default phases): the standby is stopped, OUTAGE_COUNT 200-byte
+#      messages go to the active alone (TCP, unpaced); the active's RSS is sampled every second
+#      (peak and a timeline), with its history index (entries in memory / on disk) and data
+#      directory size per area; then the standby is restarted, `twinrx resync` is timed and
+#      both nodes' streams are checked; finally the active is restarted (SIGTERM) and the
+#      time from start to a redundant pair is measured.
 #
 # usage: tests/bench/pair.sh [--count N] [--rates "R1 R2 ... 0"] [--latency-rate R]
 #          [--latency-seconds S] [--failovers N] [--failover-rate R] [--resync-bytes B]
-#          [--phases "throughput latency failover resync"] [--quick] [--keep]
+#          [--phases "throughput latency failover resync outage"] [--outage-count N]
+#          [--extra-config FILE] [--quick] [--keep]
 # Defaults: --count 300000 --rates "50000 100000 150000 0" (0: as fast as the sender goes)
 #   --latency-rate 20000 --latency-seconds 10 --failovers 20 --failover-rate 5000
-#   --resync-bytes 1073741824. --quick: count 20000, rates "20000 0", latency 3 s,
+#   --resync-bytes 1073741824 --outage-count 2000000. --extra-config appends FILE to both
+#   node configs (e.g. retention keys). --quick: count 20000, rates "20000 0", latency 3 s,
 #   3 failovers, 100 MiB resync. --keep keeps the work directory (logs) and prints its path.
 # Prints lines starting with BENCH; results go to docs/PERFORMANCE.md by hand.
 # Addresses: nodes 127.0.0.71/.72, witness .73, single node .74 (ports as `twinrx lab`).
@@ -32,6 +40,8 @@ FAILOVERS=20
 FO_RATE=5000
 RESYNC_BYTES=$((1024 * 1024 * 1024))
 PHASES="throughput latency failover resync"
+OUTAGE_COUNT=2000000
+EXTRA_CONFIG=""
 KEEP=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -43,6 +53,8 @@ while [ $# -gt 0 ]; do
     --failover-rate) FO_RATE=$2; shift 2 ;;
     --resync-bytes) RESYNC_BYTES=$2; shift 2 ;;
     --phases) PHASES=$2; shift 2 ;;
+    --outage-count) OUTAGE_COUNT=$2; shift 2 ;;
+    --extra-config) EXTRA_CONFIG=$(realpath "$2"); shift 2 ;;
     --quick) COUNT=20000; RATES="20000 0"; LAT_SECONDS=3; FAILOVERS=3
              RESYNC_BYTES=$((100 * 1024 * 1024)); shift ;;
     --keep) KEEP=1; shift ;;
@@ -223,6 +235,9 @@ CONF
 }
 node_toml a $IP_A $IP_B > "$WORK/a.toml"
 node_toml b $IP_B $IP_A > "$WORK/b.toml"
+if [ -n "$EXTRA_CONFIG" ]; then
+  cat "$EXTRA_CONFIG" >> "$WORK/a.toml"; cat "$EXTRA_CONFIG" >> "$WORK/b.toml"
+fi
 cat > "$WORK/w.toml" <<CONF
 listen = "$IP_W:7402"
 admin_listen = "$IP_W:7403"
@@ -391,4 +406,63 @@ if phase resync; then
   echo "BENCH resync missed_records=$((a1 - a0)) missed_journal_bytes=$jbytes committed=$committed resync_exit=$rc seconds=$secs (restart -> resync exit 0; $secs_rs from admin up) MB_per_s=$mbps"
   echo "BENCH resync standby_stream missing=$missing duplicated=$dup offset_gaps=$gaps (its own /stream after the resync vs the manifest)"
   tail -1 "$D/resync.out" | sed 's/^/pair.sh: resync: /' >&2
+fi
+
+# ---------------------------------------------------------------- 5. outage
+if phase outage; then
+  D=$WORK/out; mkdir -p "$D"
+  fresh_pair
+  stop "$STANDBY"
+  AP=${PID[$ACTIVE]}
+  # RSS of the active every second until told to stop: "seconds rss_kib"
+  ( t0=$(date +%s); n=0
+    while [ ! -e "$D/stop-rss" ] && [ $n -lt 7200 ]; do
+      echo "$(( $(date +%s) - t0 )) $(awk '/^VmRSS/ {print $2}' "/proc/$AP/status" 2>/dev/null || echo 0)"
+      sleep 1; n=$((n + 1))
+    done ) > "$D/rss.txt" &
+  SAMPLER=$!
+  "$BIN" gen --to "${IP[$ACTIVE]}:5514" --transport tcp --size 200 --count "$OUTAGE_COUNT" --rate 0 \
+    --run-id out --manifest "$D/m.json" --timeout-s 3600 2>"$D/gen.err"
+  committed=$(h settle "${URL[$ACTIVE]}" "$OUTAGE_COUNT" 15 1800)
+  sleep 6  # one prune/stats period of the writer (5 s) so status shows the final index
+  read -r hm hd hr hdb hmb < <(h get "${URL[$ACTIVE]}" stream.history.memory_entries \
+    stream.history.disk_entries stream.history.runs stream.history.disk_bytes \
+    stream.history.memory_bytes | paste -sd' ')
+  touch "$D/stop-rss"; wait "$SAMPLER" 2>/dev/null || true
+  peak=$(sort -k2 -n "$D/rss.txt" | tail -1 | cut -d' ' -f2)
+  timeline=$(python3 -c '
+import sys
+v=[l.split() for l in open(sys.argv[1]) if l.strip()]
+step=max(1,len(v)//8)
+print(" ".join("%ss:%dMiB" % (t, int(r)//1024) for t, r in v[::step]))' "$D/rss.txt")
+  ddir=$WORK/data-$ACTIVE
+  sizes=$(for a in journal peer stream history; do
+      [ -d "$ddir/$a" ] && echo -n "$a=$(du -sb "$ddir/$a" | cut -f1) "; done; echo "total=$(du -sb "$ddir" | cut -f1)")
+  echo "BENCH outage messages=$OUTAGE_COUNT committed=$committed active_rss_peak_MiB=$((peak / 1024)) (sampled every 1 s)"
+  echo "BENCH outage rss_timeline $timeline"
+  echo "BENCH outage history memory_entries=$hm disk_entries=$hd runs=$hr disk_bytes=$hdb memory_bytes=$hmb"
+  echo "BENCH outage data_dir_bytes $sizes"
+  t0=$(now_ns)
+  start "$STANDBY"
+  h ready "${URL[$STANDBY]}" 60 || { log "restarted standby does not answer"; exit 1; }
+  rc=0; "$BIN" resync --node "${URL[$STANDBY]}" --timeout-secs 1800 > "$D/resync.out" 2>&1 || rc=$?
+  t1=$(now_ns)
+  for n in a b; do
+    read -r missing dup present gaps < <("$BIN" check --json --manifest "$D/m.json" \
+      --node "${URL[$n]}" 2>/dev/null | h check || echo "- - - -")
+    echo "BENCH outage node=$n stream missing=$missing duplicated=$dup present=$present offset_gaps=$gaps"
+  done
+  echo "BENCH outage resync_exit=$rc seconds=$(python3 -c "print(f'{($t1 - $t0) / 1e9:.2f}')") (standby restart -> resync exit 0)"
+  # restart of the node holding the whole stream: SIGTERM the active, start it, time to redundant
+  ACTIVE=$(h redundant "${URL[a]}" "${URL[b]}" 120) || { log "pair not redundant after resync"; exit 1; }
+  victim=$ACTIVE
+  stop "$victim"
+  t0=$(now_ns)
+  start "$victim"
+  h ready "${URL[$victim]}" 120 || { log "restarted node does not answer"; exit 1; }
+  t1=$(now_ns)
+  h redundant "${URL[a]}" "${URL[b]}" 300 > /dev/null || { log "pair not redundant after restart"; exit 1; }
+  t2=$(now_ns)
+  entries=$(h get "${URL[$victim]}" stream.next_offset)
+  echo "BENCH outage restart node=$victim stream_entries=$entries start_to_admin_s=$(python3 -c "print(f'{($t1 - $t0) / 1e9:.2f}')") start_to_redundant_s=$(python3 -c "print(f'{($t2 - $t0) / 1e9:.2f}')")"
 fi
