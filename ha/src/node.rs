@@ -802,11 +802,14 @@ impl HaCore {
         };
         match &mut self.state {
             State::Leader(l) => {
-                // Go-back-N: resend everything not acknowledged when something sent a tick
-                // ago or earlier is still unacknowledged (a follower whose acks merely lag by
-                // less than a tick is not flooded with copies).
+                // Go-back-N: resend what the follower has not received when something sent a
+                // tick ago or earlier is still unacknowledged (a follower whose acks merely
+                // lag by less than a tick is not flooded with copies). A standby on a slow
+                // disk acks a second late but has received nearly everything (its
+                // heartbeats say so): resending its whole unacknowledged window every tick
+                // only added load to a loaded machine.
                 if l.f_match < l.f_sent_at_tick {
-                    l.f_next = l.f_match;
+                    l.f_next = l.f_match.max(l.f_recv).min(l.f_next);
                 }
                 l.f_sent_at_tick = l.f_next;
                 let hand = l.handover.is_some();

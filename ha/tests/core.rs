@@ -1145,3 +1145,56 @@ fn stale_candidate_reports_it_and_backs_off() {
     );
     assert!(!b.status().lacks_committed);
 }
+
+/// A standby that acks late but received everything (its heartbeats say so) is not sent its
+/// whole unacknowledged window again every tick; a gap it reports is resent.
+#[test]
+fn slow_standby_is_not_resent_what_it_received() {
+    let mut a = active_with_standby(4);
+    a.handle_input(Millis(2000), Input::StreamAppended { upto: Offset(10) });
+    drain(&mut a);
+    let resent_from = |acts: &[Action]| {
+        acts.iter()
+            .filter_map(|x| match x {
+                Action::Send {
+                    msg: HaMsg::Append { from, .. },
+                    ..
+                } => Some(*from),
+                _ => None,
+            })
+            .min()
+    };
+    let standby_hb = |end: u64, at: u64| Input::Peer {
+        link: 0,
+        msg: hb(
+            1,
+            Role::Standby,
+            LogPos {
+                log_epoch: Epoch(1),
+                end: Offset(end),
+            },
+            at,
+        ),
+    };
+    let mut sent = Vec::new();
+    for t in (2100..=2700).step_by(100) {
+        a.handle_input(Millis(t), standby_hb(10, t));
+        a.handle_timeout(Millis(t));
+        sent.extend(resent_from(&drain(&mut a)));
+    }
+    assert!(sent.is_empty(), "resent {sent:?}");
+    // It received only up to 7 (an Append lost): resent from 7, not from its ack (4).
+    let mut b = active_with_standby(4);
+    b.handle_input(Millis(2000), Input::StreamAppended { upto: Offset(10) });
+    drain(&mut b);
+    let mut sent = Vec::new();
+    for t in (2100..=2700).step_by(100) {
+        b.handle_input(Millis(t), standby_hb(7, t));
+        b.handle_timeout(Millis(t));
+        sent.extend(resent_from(&drain(&mut b)));
+    }
+    assert!(
+        !sent.is_empty() && sent.iter().all(|f| *f == Offset(7)),
+        "{sent:?}"
+    );
+}
