@@ -402,13 +402,16 @@ fn retention_of(
         let two = segment_bytes_max.saturating_mul(2);
         if b < two {
             problems.push(format!(
-                "{section}.retention_bytes_max = {b}: must be at least two segments (2 ×                  {section}.segment_bytes_max = {two}): retention deletes whole segments and                  never the one being written"
+                "{section}.retention_bytes_max = {b}: must be at least two segments (2 × \
+                 {section}.segment_bytes_max = {two}): retention deletes whole segments and \
+                 never the one being written"
             ));
         }
     }
     if age_max_s == Some(0) {
         problems.push(format!(
-            "{section}.retention_age_max_s = 0: must be at least 1 (leave it out to keep              entries regardless of age)"
+            "{section}.retention_age_max_s = 0: must be at least 1 (leave it out to keep \
+             entries regardless of age)"
         ));
     }
     journal::Retention {

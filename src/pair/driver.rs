@@ -148,6 +148,38 @@ pub struct Driver {
     pub receive_ips: Vec<std::net::IpAddr>,
     /// The lease the writer checks before each append (see `writer::Lease`).
     pub lease: Arc<super::writer::Lease>,
+    /// `[stream] hold_bytes_max`: the most the peer's copy of the stream keeps from retention.
+    pub peer_hold_bytes_max: u64,
+}
+
+/// Holds the stream's retention at what the peer's copy of the stream still needs, while this
+/// node leads (the active or solo replicates its stream to the follower through `Append`s, a
+/// resync included). Its position: the follower's end as its `AppendAck`s say (in this
+/// epoch), lowered to `truncate_to` when a `SyncReply` tells the follower where to continue;
+/// when this node starts to lead, the follower's end as its last heartbeat said (0 when never
+/// heard: hold everything). Capped at `[stream] hold_bytes_max`, like a sink: a follower away
+/// longer than that no longer holds retention, and its copy then has to start again at the
+/// first retained offset. Dropped while this node follows.
+#[derive(Default)]
+pub struct PeerHold {
+    guard: Option<journal::ReaderGuard>,
+}
+
+impl PeerHold {
+    const NAME: &'static str = "peer's stream copy";
+
+    /// Re-registers at `offset` (positions only move forward; a lower one needs a new guard,
+    /// registered before the old one goes).
+    fn hold_at(&mut self, stream: &JournalHandle, offset: Offset, cap: u64) {
+        let g = stream.register_reader_capped(Self::NAME, Seq(offset.0 + 1), cap);
+        drop(self.guard.replace(g));
+    }
+
+    fn advance(&self, end: Offset) {
+        if let Some(g) = &self.guard {
+            g.advance(Seq(end.0 + 1));
+        }
+    }
 }
 
 /// The receive addresses missing from the host's interfaces (none when it cannot tell).
@@ -181,6 +213,7 @@ const APPEND_BYTES_MAX: usize = 1 << 20;
 impl Driver {
     pub async fn run(mut self) {
         let mut last_append: Option<(Offset, Vec<Vec<u8>>)> = None;
+        let mut peer_hold = PeerHold::default();
         let mut shutdown_reply: Option<oneshot::Sender<()>> = None;
         let mut next_health = tokio::time::Instant::now();
         let mut recent = [Health::default(); 3];
@@ -211,8 +244,12 @@ impl Driver {
                     match ev {
                         Event::Peer { link, bytes } => match decode_peer(&bytes) {
                             Ok((msg, entries)) => {
-                                if let HaMsg::Append { from, .. } = &msg {
-                                    last_append = Some((*from, entries));
+                                match &msg {
+                                    HaMsg::Append { from, .. } => last_append = Some((*from, entries)),
+                                    HaMsg::AppendAck { epoch, end } if *epoch == self.core.epoch() => {
+                                        peer_hold.advance(*end)
+                                    }
+                                    _ => {}
                                 }
                                 self.core.handle_input(now, Input::Peer { link, msg });
                             }
@@ -292,7 +329,24 @@ impl Driver {
             }
             let mut ready = false;
             while let Some(a) = self.core.poll_action() {
+                if let Action::Send {
+                    msg: HaMsg::SyncReply { truncate_to, .. },
+                    ..
+                } = &a
+                {
+                    // The follower continues at `truncate_to`: it needs every entry from there.
+                    peer_hold.hold_at(&self.stream, *truncate_to, self.peer_hold_bytes_max);
+                }
                 ready |= self.carry_out(a, &mut last_append);
+            }
+            let leads = matches!(self.core.role(), Role::Active | Role::Solo);
+            match (leads, peer_hold.guard.is_some()) {
+                (true, false) => {
+                    let end = self.core.status().peer_log.end;
+                    peer_hold.hold_at(&self.stream, end, self.peer_hold_bytes_max);
+                }
+                (false, true) => peer_hold.guard = None,
+                _ => {}
             }
             self.publish_view(&mut view);
             if ready {

@@ -152,6 +152,9 @@ pub struct SinkStats {
     pub gaps: AtomicU64,
     /// The last gap in words (offsets lost), shown by `status` until the node restarts.
     pub last_gap: Mutex<Option<String>>,
+    /// Offsets below this are counted in `gap_entries` already: a sink that re-reads its
+    /// target after each failure meets the same gap again.
+    gap_counted_end: AtomicU64,
     /// `[stream] hold_bytes_max`: the most this sink keeps from retention.
     pub hold_bytes_max: u64,
     /// The stream, to tell a sink that retention has already passed (`status`).
@@ -192,6 +195,7 @@ impl SinkStats {
             gap_entries: AtomicU64::new(0),
             gaps: AtomicU64::new(0),
             last_gap: Mutex::new(None),
+            gap_counted_end: AtomicU64::new(0),
             hold_bytes_max,
             stream: StreamRef(stream),
             state: Mutex::new((SinkState::Starting, None)),
@@ -473,9 +477,14 @@ impl Driver {
     /// Retention deleted `[next, first)` before this sink delivered it: records the gap
     /// (counter, status, log line naming the offsets) so that the sink can go on at `first`.
     fn record_gap(&self, next: u64, first: u64) {
-        let lost = first - next;
-        self.stats.gap_entries.fetch_add(lost, Relaxed);
+        let counted = self.stats.gap_counted_end.fetch_max(first, Relaxed);
+        let new_from = counted.max(next);
+        if new_from >= first {
+            return; // the same gap, met again after a re-open
+        }
+        self.stats.gap_entries.fetch_add(first - new_from, Relaxed);
         self.stats.gaps.fetch_add(1, Relaxed);
+        let lost = first - next;
         let msg = format!(
             "offsets {next}..={} ({lost} entries) were deleted by stream retention before this \
              sink delivered them (it was down while more than stream.hold_bytes_max = {} bytes \
@@ -1036,7 +1045,7 @@ mod tests {
         assert_eq!(stats.gaps.load(Relaxed), 1);
         let gap = stats.last_gap().expect("a gap in words");
         assert!(gap.contains(&format!("offsets 3..={}", first - 1)), "{gap}");
-        let problems = problems(&[stats.clone()], 60);
+        let problems = problems(std::slice::from_ref(&stats), 60);
         assert!(
             problems.iter().any(|p| p.contains("offsets 3..=")),
             "{problems:?}"

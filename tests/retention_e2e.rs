@@ -1,0 +1,385 @@
+//! End-to-end stream retention (issue #14 items 1 and 3) against the built `twinrx`: real
+//! processes, real files, load from `twinrx gen` over TCP.
+//!
+//! - A single node with a small `[stream]` retention deletes whole old segments (its stream
+//!   builder runs retention every 10 s); `GET /stream?from=0` is then 410 Gone with
+//!   `{"first_offset": F}`; `twinrx tail --from earliest` prints F.. the last entry without a
+//!   gap, and a restart finds the same first offset.
+//! - A file sink whose file system is full holds retention only up to
+//!   `[stream] hold_bytes_max`: receiving goes on, retention deletes what it never delivered,
+//!   `status` says which offsets it lost; once the disk has room it records the gap
+//!   (`gap_entries`, the log line naming the offsets) and delivers on from the first retained
+//!   offset. A sink whose target is empty starts at the first retained offset.
+//! - Config errors name their keys.
+//!
+//! Pair-level retention (the active's stream writer calling `enforce_retention`) is not tested
+//! here: it lands with the writer's part (src/pair/writer.rs).
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Segments of 64 KiB (the smallest allowed), the stream kept to two of them.
+const SMALL_STREAM: &str = "[stream]\nsegment_bytes_max = 65536\nretention_bytes_max = 131072\n";
+
+fn gen(node: &TestNode, manifest: &Path, count: u64, rate: u64, run_id: &str) -> Child {
+    Command::new(BIN)
+        .args(["gen", "--transport", "tcp", "--run-id", run_id])
+        .args(["--count", &count.to_string(), "--rate", &rate.to_string()])
+        .args(["--to", &format!("{}:5514", node.ip)])
+        .arg("--manifest")
+        .arg(manifest)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn twinrx gen")
+}
+
+fn wait_child(c: &mut Child, what: &str, timeout: Duration) {
+    let st = wait_for(what, timeout, || c.try_wait().ok().flatten());
+    assert!(st.success(), "{what}: {st}");
+}
+
+fn stream_status(node: &TestNode) -> serde_json::Value {
+    node.status()["stream"].clone()
+}
+
+/// Waits until the stream holds `n` entries (every message sent was received and published).
+fn wait_stream_next(node: &TestNode, n: u64, timeout: Duration) {
+    wait_for(&format!("{n} entries in the stream"), timeout, || {
+        (stream_status(node)["next_offset"].as_u64() == Some(n)).then_some(())
+    });
+}
+
+/// Waits until retention has deleted offsets below at least `min`; returns the first offset.
+fn wait_first_offset_above(node: &TestNode, min: u64, timeout: Duration) -> u64 {
+    wait_for(
+        &format!("stream retention to delete offsets below {min}"),
+        timeout,
+        || {
+            stream_status(node)["first_offset"]
+                .as_u64()
+                .filter(|f| *f >= min)
+        },
+    )
+}
+
+/// `GET url`: the status code and the body, whatever the status.
+fn get_any(url: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(60)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = agent.get(url).call().expect("admin reachable");
+    let code = resp.status().as_u16();
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(u64::MAX)
+        .read_to_string()
+        .expect("body");
+    (code, body)
+}
+
+/// The offsets `twinrx tail` prints (no follow).
+fn tail_offsets(node: &TestNode, from: &str) -> Vec<u64> {
+    let out = run(Command::new(BIN).args(["tail", "--from", from, "--node", &node.admin]));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("tail line is JSON");
+            v["offset"].as_u64().expect("offset")
+        })
+        .collect()
+}
+
+#[test]
+fn small_stream_retention_deletes_old_segments_then_410_and_tail_from_earliest() {
+    let s = Scratch::new("retention-single");
+    let mut node = TestNode::new(&s.path().join("a"), "", SMALL_STREAM);
+    node.start();
+    let n = 3000;
+    let mut g = gen(&node, &s.path().join("m.json"), n, 3000, "ret");
+    wait_child(&mut g, "gen", Duration::from_secs(60));
+    wait_stream_next(&node, n, Duration::from_secs(60));
+    // One retention pass every 10 s: wait for one after the last entry.
+    let first = wait_first_offset_above(&node, n / 2, Duration::from_secs(40));
+    let st = stream_status(&node);
+    note(&format!("stream after retention: {st}"));
+    let bytes = st["bytes"].as_u64().expect("stream.bytes");
+    assert!(
+        bytes <= 131_072 + 65_536,
+        "the stream keeps two segments and the one being written at most: {bytes} bytes"
+    );
+    assert_eq!(st["retention_bytes_max"], 131_072);
+
+    // Below the first retained offset: 410 Gone, saying where the stream starts.
+    let (code, body) = get_any(&format!("{}/stream?from=0", node.admin));
+    assert_eq!(code, 410, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("410 body is JSON");
+    assert_eq!(v["first_offset"].as_u64(), Some(first), "{v}");
+    assert_eq!(v["from"], 0, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("deleted by stream retention")),
+        "{v}"
+    );
+    let (code, _) = get_any(&format!("{}/stream?from={}", node.admin, first - 1));
+    assert_eq!(code, 410, "one below the first retained offset");
+    let (code, body) = get_any(&format!("{}/stream?from={first}&limit=1", node.admin));
+    assert_eq!(code, 200, "{body}");
+
+    // `tail --from earliest` (and the default) prints F .. n-1, contiguous.
+    let offsets = tail_offsets(&node, "earliest");
+    assert_eq!(offsets, (first..n).collect::<Vec<_>>());
+    let out = run(Command::new(BIN).args(["tail", "--node", &node.admin]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count() as u64,
+        n - first,
+        "tail without --from starts at the earliest entry too"
+    );
+    // `tail --from 0` is refused, naming the first offset held.
+    let out = Command::new(BIN)
+        .args(["tail", "--from", "0", "--node", &node.admin])
+        .output()
+        .expect("run tail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "tail --from 0 must fail: {err}");
+    assert!(
+        err.contains(&format!("the stream now starts at offset {first}"))
+            && err.contains("--from earliest"),
+        "{err}"
+    );
+
+    // A restart after deletion: the same first offset, the same entries, offsets go on.
+    node.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(node.wait_exit(Duration::from_secs(30)).success());
+    node.start();
+    assert_eq!(stream_status(&node)["first_offset"].as_u64(), Some(first));
+    assert_eq!(
+        tail_offsets(&node, "earliest"),
+        (first..n).collect::<Vec<_>>()
+    );
+    let mut g = gen(&node, &s.path().join("m2.json"), 10, 100, "ret2");
+    wait_child(&mut g, "gen", Duration::from_secs(60));
+    wait_stream_next(&node, n + 10, Duration::from_secs(30));
+    assert_eq!(
+        tail_offsets(&node, &first.to_string()),
+        (first..n + 10).collect::<Vec<_>>()
+    );
+}
+
+fn sink_status(node: &TestNode, name: &str) -> serde_json::Value {
+    let st = node.status();
+    st["sinks"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("no sink {name} in status: {st}"))
+}
+
+/// The log without its terminal colours.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ ... final byte in @..~
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) && c != '[' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn file_offsets(path: &Path) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("file line is JSON");
+            v["offset"].as_u64().expect("offset")
+        })
+        .collect()
+}
+
+#[test]
+fn a_sink_down_past_hold_bytes_max_loses_the_oldest_records_the_gap_and_goes_on() {
+    let s = Scratch::new("retention-hold");
+    let out_dir = s.path().join("out");
+    let disk = Tmpfs::mount(&out_dir, "1m");
+    let out = out_dir.join("stream.ndjson");
+    let mut node = TestNode::new(
+        &s.path().join("a"),
+        "",
+        &format!(
+            "[stream]\nsegment_bytes_max = 65536\nretention_bytes_max = 262144\n\
+             hold_bytes_max = 131072\n\n\
+             [[sink]]\nname = \"file\"\ntype = \"file\"\npath = \"{}\"\n\
+             retry_backoff_ms_min = 50\nretry_backoff_ms_max = 500\n",
+            out.display()
+        ),
+    );
+    node.start();
+    assert_eq!(sink_status(&node, "file")["hold_bytes_max"], 131_072);
+    // Delivered: 0..200.
+    let mut g = gen(&node, &s.path().join("m1.json"), 200, 1000, "hold1");
+    wait_child(&mut g, "gen", Duration::from_secs(60));
+    wait_for(
+        "the sink to deliver 200 entries",
+        Duration::from_secs(30),
+        || (sink_status(&node, "file")["next_offset"] == 200).then_some(()),
+    );
+    // The sink's disk fills up: it cannot write, and stays down.
+    let filler = fill(&disk.0);
+    let n = 4000;
+    let mut g = gen(&node, &s.path().join("m2.json"), n - 200, 4000, "hold2");
+    wait_child(&mut g, "gen", Duration::from_secs(60));
+    // Receiving never stopped: everything is in the stream.
+    wait_stream_next(&node, n, Duration::from_secs(60));
+    assert_eq!(sink_status(&node, "file")["state"], "retrying");
+    // Past the hold, retention deletes what the sink never delivered, and status says so.
+    let first = wait_first_offset_above(&node, 201, Duration::from_secs(40));
+    let st = node.status();
+    let problems = st["problems"].to_string();
+    // Either before the sink read on (retention passed it) or after (it met the gap).
+    assert!(
+        problems.contains("sink file: stream retention deleted offsets 200..=")
+            || problems.contains("sink file: offsets 200..="),
+        "{problems}"
+    );
+    let bytes = st["stream"]["bytes"].as_u64().expect("stream.bytes");
+    assert!(
+        bytes <= 262_144 + 65_536,
+        "a sink that is down keeps the stream within its retention: {bytes} bytes"
+    );
+
+    // The disk has room again: the sink records the gap and delivers on from the first
+    // retained offset.
+    std::fs::remove_file(&filler).expect("remove filler");
+    wait_for(
+        "the sink to deliver the rest",
+        Duration::from_secs(60),
+        || (sink_status(&node, "file")["next_offset"] == n).then_some(()),
+    );
+    let sink = sink_status(&node, "file");
+    note(&format!("sink after the gap: {sink}"));
+    let offsets = file_offsets(&out);
+    let resumed = offsets[200];
+    assert!(
+        resumed >= first,
+        "resumed at {resumed}, first retained {first}"
+    );
+    let mut want: Vec<u64> = (0..200).collect();
+    want.extend(resumed..n);
+    assert_eq!(
+        offsets, want,
+        "0..200, then the first retained offset .. the end"
+    );
+    assert_eq!(sink["gap_entries"].as_u64(), Some(resumed - 200), "{sink}");
+    // One gap per retention pass that deleted more of it while the sink was down.
+    assert!(sink["gaps"].as_u64() >= Some(1), "{sink}");
+    assert!(
+        sink["last_gap"]
+            .as_str()
+            .is_some_and(|g| g.contains(&format!("offsets 200..={}", resumed - 1))),
+        "{sink}"
+    );
+    assert!(
+        node.status()["problems"]
+            .to_string()
+            .contains(&format!("sink file: offsets 200..={}", resumed - 1)),
+        "the gap stays visible in status"
+    );
+    let metrics = get_text(&format!("{}/metrics", node.admin)).expect("metrics");
+    assert!(
+        metrics.contains(&format!(
+            "twinrx_sink_gap_entries_total{{sink=\"file\",type=\"file\"}} {}",
+            resumed - 200
+        )),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("gap"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let log = strip_ansi(&node.log_text());
+    assert!(
+        log.lines()
+            .any(|l| l.contains("sink gap") && l.contains("first_lost=200")),
+        "the log names the offsets lost"
+    );
+}
+
+#[test]
+fn a_sink_with_an_empty_target_starts_at_the_first_retained_offset() {
+    let s = Scratch::new("retention-empty");
+    let mut node = TestNode::new(&s.path().join("a"), "", SMALL_STREAM);
+    node.start();
+    let n = 3000;
+    let mut g = gen(&node, &s.path().join("m.json"), n, 3000, "empty");
+    wait_child(&mut g, "gen", Duration::from_secs(60));
+    wait_stream_next(&node, n, Duration::from_secs(60));
+    let first = wait_first_offset_above(&node, n / 2, Duration::from_secs(40));
+    node.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(node.wait_exit(Duration::from_secs(30)).success());
+    // A file sink added now: its file is empty.
+    let out = s.path().join("out.ndjson");
+    let cfg = std::fs::read_to_string(&node.config).expect("config");
+    std::fs::write(
+        &node.config,
+        format!(
+            "{cfg}\n[[sink]]\nname = \"file\"\ntype = \"file\"\npath = \"{}\"\n",
+            out.display()
+        ),
+    )
+    .expect("config");
+    node.start();
+    wait_for(
+        "the sink to deliver the stream",
+        Duration::from_secs(30),
+        || (sink_status(&node, "file")["next_offset"] == n).then_some(()),
+    );
+    assert_eq!(file_offsets(&out), (first..n).collect::<Vec<_>>());
+    let sink = sink_status(&node, "file");
+    assert_eq!(sink["gap_entries"], 0, "an empty target is no gap: {sink}");
+    assert!(sink["last_gap"].is_null(), "{sink}");
+}
+
+#[test]
+fn retention_config_errors_name_the_keys() {
+    let s = Scratch::new("retention-config");
+    let node = TestNode::new(
+        &s.path().join("a"),
+        "",
+        "[journal]\nretention_bytes_max = 1000\n\n\
+         [stream]\nsegment_bytes_max = 1048576\nretention_bytes_max = 4194304\n\
+         hold_bytes_max = 8388608\nretention_age_max_s = 0\n",
+    );
+    let out = Command::new(BIN)
+        .arg("node")
+        .arg("--config")
+        .arg(&node.config)
+        .output()
+        .expect("run twinrx node");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a bad config must not start: {err}");
+    for want in [
+        "3 problems",
+        "journal.retention_bytes_max = 1000: must be at least two segments (2 × journal.segment_bytes_max = 134217728)",
+        "stream.hold_bytes_max = 8388608: must not be above stream.retention_bytes_max (4194304)",
+        "stream.retention_age_max_s = 0: must be at least 1",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+}
