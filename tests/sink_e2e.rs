@@ -474,6 +474,95 @@ fn kafka_broker_stopped_under_load_then_restarted_catches_up_exactly_once_in_ord
     assert_exactly_once_in_order(&recs, n as usize);
 }
 
+/// Issue #14: a sink whose broker stays down holds the stream's retention only up to
+/// `[stream] hold_bytes_max`. Receiving goes on; retention deletes the oldest entries the sink
+/// never delivered; back up, the sink records the gap (status, metric, log) and delivers on
+/// from the first retained offset, each entry once, in order.
+#[test]
+fn kafka_broker_stopped_past_hold_bytes_max_the_sink_records_the_gap_and_goes_on() {
+    let s = Scratch::new("khold");
+    let mut broker = Broker::start(s.path());
+    let mut node = TestNode::new(
+        &s.path().join("a"),
+        "",
+        &format!(
+            "[stream]\nsegment_bytes_max = 65536\nretention_bytes_max = 262144\n\
+             hold_bytes_max = 131072\n\n{}",
+            kafka_sink_toml(&broker.addr(), "twinrx", "")
+        ),
+    );
+    node.start();
+    let mut g = gen(&node, &s.path().join("m1.json"), 200, 1000, "hold1");
+    wait_child(&mut g, "gen", Duration::from_secs(60));
+    wait_drained(&node, 200, Duration::from_secs(60));
+    broker.stop();
+    let n = 4000;
+    let mut g = gen(&node, &s.path().join("m2.json"), n - 200, 4000, "hold2");
+    wait_child(&mut g, "gen", Duration::from_secs(60));
+    // Receiving never stopped for the sink, and retention went past what it delivered.
+    wait_for(
+        "the stream to hold every message",
+        Duration::from_secs(60),
+        || (stream_len(&node) == n).then_some(()),
+    );
+    let first = wait_for(
+        "stream retention to delete what the sink never delivered",
+        Duration::from_secs(40),
+        || {
+            node.status()["stream"]["first_offset"]
+                .as_u64()
+                .filter(|f| *f > 200)
+        },
+    );
+    let st = node.status();
+    assert!(
+        st["stream"]["bytes"].as_u64() <= Some(262_144 + 65_536),
+        "the stream stays within its retention: {}",
+        st["stream"]
+    );
+    assert!(
+        st["problems"].to_string().contains("sink kafka:")
+            && st["problems"].to_string().contains("offsets 200..="),
+        "{}",
+        st["problems"]
+    );
+    broker.spawn();
+    wait_drained(&node, n, Duration::from_secs(120));
+    let recs = topic_records(&broker.addr(), "twinrx", 1);
+    let offsets: Vec<u64> = recs.iter().map(|r| r.header_offset).collect();
+    let resumed = offsets.get(200).copied().expect("entries after the gap");
+    assert!(
+        resumed >= first,
+        "resumed at {resumed}, first retained {first}"
+    );
+    let mut want: Vec<u64> = (0..200).collect();
+    want.extend(resumed..n);
+    assert_eq!(
+        offsets, want,
+        "0..200, then the first retained offset .. the end, once each"
+    );
+    let sink = sink_status(&node, "kafka");
+    assert_eq!(sink["gap_entries"].as_u64(), Some(resumed - 200), "{sink}");
+    assert!(
+        sink["last_gap"]
+            .as_str()
+            .is_some_and(|g| g.contains(&format!("offsets 200..={}", resumed - 1))),
+        "{sink}"
+    );
+    let metrics = get_text(&format!("{}/metrics", node.admin)).expect("metrics");
+    assert!(
+        metrics.contains(&format!(
+            "twinrx_sink_gap_entries_total{{sink=\"kafka\",type=\"kafka\"}} {}",
+            resumed - 200
+        )),
+        "gap metric"
+    );
+    assert!(
+        node.log_text().contains("sink gap"),
+        "the log names the gap"
+    );
+}
+
 #[test]
 fn kafka_fencing_paused_older_forwarder_is_rejected_and_the_topic_has_no_duplicate() {
     let s = Scratch::new("kfence");
