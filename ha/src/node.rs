@@ -528,6 +528,17 @@ impl HaCore {
         }
     }
 
+    /// The role `status` reports. Like [`HaCore::role`] (which heartbeats carry), except that
+    /// an active whose lease lapsed (renewals lost, or a wake from SIGSTOP with the peer
+    /// promoted meanwhile) publishes nothing and may have been deposed: it reports `syncing`
+    /// until its lease is renewed, never `active` or `solo`.
+    pub fn reported_role(&self) -> Role {
+        match &self.state {
+            State::Leader(l) if self.now >= l.lease_until => Role::Syncing,
+            _ => self.role(),
+        }
+    }
+
     pub fn epoch(&self) -> Epoch {
         self.epoch
     }
@@ -548,7 +559,7 @@ impl HaCore {
         let fa = self.c().failover_after_ms;
         let recent = |t: Option<Millis>| t.is_some_and(|t| self.now.saturating_sub(t) < fa);
         Status {
-            role: self.role(),
+            role: self.reported_role(),
             epoch: self.epoch,
             log: self.log_pos(),
             commit_end: self.commit_end,
@@ -562,7 +573,8 @@ impl HaCore {
                 .collect(),
             witness_reachable: recent(self.witness_heard),
             healthy: self.healthy(),
-            peer_role: self.peer_view.role,
+            // Unreachable: what it said last is not its role now.
+            peer_role: self.peer_view.role.filter(|_| !self.peer_suspected()),
             peer_log: self.peer_view.log,
             health_dwell_left_ms: self.dwell.map_or(0, |d| d.until.saturating_sub(self.now)),
             lacks_committed: self.stale_at.is_some(),
@@ -1512,6 +1524,15 @@ impl HaCore {
             } => {
                 self.epoch_seen = self.epoch_seen.max(voted);
                 let lease = self.c().lease_ms;
+                if !granted && voted > self.epoch && matches!(&self.state, State::Leader(_)) {
+                    // The witness voted for a higher epoch: our lease cannot be renewed there
+                    // and another node may lead. Step down and adopt the epoch (a woken active
+                    // that hears nothing from its peer otherwise stayed in epoch 1 for good).
+                    self.become_follower(None);
+                    self.epoch = voted;
+                    self.persist(voted, Epoch(0));
+                    return;
+                }
                 let State::Leader(l) = &mut self.state else {
                     return;
                 };
@@ -1560,6 +1581,15 @@ impl HaCore {
 
     fn on_peer(&mut self, link: LinkId, msg: HaMsg) {
         let now = self.now;
+        if let HaMsg::Heartbeat { epoch, .. } = &msg {
+            // A heartbeat of a lower epoch than the peer already told us is older than our
+            // last sight of it (queued while we were stopped, or on the other link): not
+            // current, not a sign of life. (Epoch 0: the peer's data was wiped.)
+            if *epoch < self.peer_view.epoch && *epoch != Epoch(0) {
+                self.stats.stale_messages_total += 1;
+                return;
+            }
+        }
         if let Some(slot) = self.peer_view.link_heard.get_mut(usize::from(link)) {
             *slot = Some(now);
         }

@@ -1198,3 +1198,107 @@ fn slow_standby_is_not_resent_what_it_received() {
         "{sent:?}"
     );
 }
+
+/// Issue #25 (kafka_pair_sigstopped_old_active_is_fenced_and_writes_nothing): the active A is
+/// stopped (SIGSTOP) for 2 s; meanwhile B promoted itself in epoch 2. On waking, A handles what
+/// was queued: B's heartbeats as its standby of epoch 1, B's vote request for epoch 2, then
+/// B's heartbeats as the active of epoch 2, the two links' queues interleaved. A must never
+/// report itself `active` (its lease lapsed), and must follow epoch 2.
+#[test]
+fn woken_active_never_reports_active_and_adopts_the_higher_epoch() {
+    let mut a = active_with_standby(4);
+    let standby_log = LogPos {
+        log_epoch: Epoch(1),
+        end: Offset(4),
+    };
+    let b_log = LogPos {
+        log_epoch: Epoch(2),
+        end: Offset(4),
+    };
+    // Stopped from 2000 to 4000 (no calls at all). Queued meanwhile, in B's clock:
+    let mut queued = Vec::new();
+    for (k, t) in (2000..2800).step_by(200).enumerate() {
+        queued.push((k as u8 % 2, hb(1, Role::Standby, standby_log, t)));
+    }
+    queued.push((
+        0,
+        HaMsg::VoteRequest {
+            epoch: Epoch(2),
+            candidate: NodeId::B,
+            log: standby_log,
+            sent_at: Millis(2900),
+        },
+    ));
+    for t in (3000..4000).step_by(200) {
+        let mut m = hb(2, Role::Active, b_log, t);
+        if let HaMsg::Heartbeat { commit_end, .. } = &mut m {
+            *commit_end = Offset(4);
+        }
+        queued.push((0, m.clone()));
+        queued.push((1, m));
+    }
+    // Link 1's queue is drained first: the newest heartbeats, then link 0's old ones.
+    queued.sort_by_key(|(l, _)| u8::from(*l == 0));
+    let mut roles = Vec::new();
+    for (link, msg) in queued {
+        a.handle_input(Millis(4000), Input::Peer { link, msg });
+        drain(&mut a);
+        roles.push(a.status().role);
+    }
+    a.handle_timeout(Millis(4001));
+    drain(&mut a);
+    roles.push(a.status().role);
+    assert!(
+        roles.iter().all(|r| !r.is_active()),
+        "reported active without a lease: {roles:?}"
+    );
+    assert_eq!(a.status().epoch, Epoch(2), "{roles:?}");
+    assert_eq!(a.status().peer_role, Some(Role::Active));
+}
+
+/// Issue #25: a woken active whose link to the peer is gone (the session timed out during the
+/// stop) hears only the witness, which refuses its lease: it voted for epoch 2 meanwhile. The
+/// active steps down and adopts epoch 2, reports `syncing` and the peer as unreachable (it
+/// reported epoch 1 and `peer_role: standby` 30 s later).
+#[test]
+fn woken_active_hearing_only_the_witness_adopts_its_epoch() {
+    let mut a = active_with_standby(4);
+    a.handle_timeout(Millis(4000));
+    let acts = drain(&mut a);
+    assert!(
+        acts.contains(&Action::StopPublishing(StopReason::LeaseExpired)),
+        "{acts:?}"
+    );
+    assert_eq!(a.status().role, Role::Syncing, "no lease: not active");
+    assert_eq!(a.status().peer_role, None, "the peer is unreachable");
+    let refused = HaMsg::LeaseReply {
+        epoch: Epoch(1),
+        granted: false,
+        voted: Epoch(2),
+        recorded: LogPos {
+            log_epoch: Epoch(2),
+            end: Offset(9),
+        },
+        echo: Millis(4000),
+    };
+    a.handle_input(Millis(4002), Input::Witness(refused));
+    let acts = drain(&mut a);
+    // It promises epoch 2 first; with the peer unheard it may then campaign above it (the
+    // witness judges its stream).
+    assert_eq!(
+        acts.first(),
+        Some(&Action::PersistEpoch(EpochState {
+            epoch: Epoch(2),
+            log_epoch: Epoch(1),
+        })),
+        "{acts:?}"
+    );
+    assert!(
+        acts.iter().all(|x| !matches!(
+            x,
+            Action::Send { msg: HaMsg::VoteRequest { epoch, .. }, .. } if *epoch <= Epoch(2)
+        )),
+        "{acts:?}"
+    );
+    assert_eq!((a.status().epoch, a.role()), (Epoch(2), Role::Syncing));
+}
