@@ -12,8 +12,11 @@
 //!   offset. A sink whose target is empty starts at the first retained offset.
 //! - Config errors name their keys.
 //!
-//! Pair-level retention (the active's stream writer calling `enforce_retention`) is not tested
-//! here: it lands with the writer's part (src/pair/writer.rs).
+//! - A pair with a small stream retention deletes on both nodes (each node's stream writer
+//!   runs it, held at the merger's checkpoint): 410 and `tail --from earliest` on both, the
+//!   pair stays redundant.
+//! - The active keeps what a stopped standby's copy of the stream still needs (age retention
+//!   of 1 s, the default hold), and deletes it once the standby has caught up.
 
 mod common;
 
@@ -382,4 +385,120 @@ fn retention_config_errors_name_the_keys() {
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
+}
+
+/// A trio whose two nodes get `extra` appended to their configs (nothing started).
+fn trio_with(tag: &str, extra: &str) -> Trio {
+    let trio = Trio::new(tag);
+    for n in [&trio.a, &trio.b] {
+        let text = std::fs::read_to_string(&n.config).expect("config");
+        std::fs::write(&n.config, format!("{text}\n{extra}\n")).expect("config");
+    }
+    trio
+}
+
+/// Waits until node `n`'s stream holds `count` entries, committed.
+fn wait_committed(n: &TestNode, count: u64, timeout: Duration) {
+    wait_for(
+        &format!("{count} committed entries on {}", n.label()),
+        timeout,
+        || {
+            let st = stream_status(n);
+            (st["next_offset"] == count && st["committed_end"] == count).then_some(())
+        },
+    );
+}
+
+#[test]
+fn pair_stream_retention_deletes_on_both_nodes_and_reads_start_at_the_first_retained_offset() {
+    let mut trio = trio_with(
+        "retention-pair",
+        &format!("{SMALL_STREAM}\n[merger]\ncheckpoint_entries = 500\n"),
+    );
+    let active = trio.start();
+    let n = 3000;
+    let mut g = trio.gen("retpair", n, 3000, "tcp");
+    g.wait(Duration::from_secs(60));
+    for name in ["a", "b"] {
+        wait_committed(trio.node(name), n, Duration::from_secs(60));
+    }
+    for name in [active, Trio::other(active)] {
+        let node = trio.node(name);
+        let first = wait_first_offset_above(node, n / 2, Duration::from_secs(60));
+        let bytes = stream_status(node)["bytes"].as_u64().expect("bytes");
+        // Retention, the segment being written, and what lies after the merger's last
+        // checkpoint (every 500 entries here, ~300 KB): the writer holds the stream there.
+        assert!(
+            bytes <= 131_072 + 5 * 65_536,
+            "{name}: the stream keeps about its retention: {bytes} bytes"
+        );
+        let (code, body) = get_any(&format!("{}/stream?from=0", node.admin));
+        assert_eq!(code, 410, "{name}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("410 body is JSON");
+        let f = v["first_offset"].as_u64().expect("first_offset");
+        assert!(f >= first, "{name}: {v}");
+        assert_eq!(
+            tail_offsets(node, "earliest"),
+            (f..n).collect::<Vec<_>>(),
+            "{name}: tail --from earliest is the first retained offset .. the end"
+        );
+    }
+    trio.wait_redundant(Duration::from_secs(30));
+}
+
+#[test]
+fn the_active_keeps_what_a_stopped_standbys_stream_copy_needs_then_deletes_it() {
+    // Entries older than 1 s go, unless someone still needs them (the default hold, 1 GiB).
+    let mut trio = trio_with(
+        "retention-peer-hold",
+        "[stream]\nsegment_bytes_max = 65536\nretention_age_max_s = 1\n\n\
+         [merger]\ncheckpoint_entries = 500\n",
+    );
+    let active = trio.start();
+    let standby = Trio::other(active);
+    let mut g = trio.gen("hold1", 300, 1000, "tcp");
+    g.wait(Duration::from_secs(60));
+    wait_committed(trio.node(standby), 300, Duration::from_secs(60));
+    trio.node_mut(standby).kill9();
+    // The active alone: 3000 more entries, 25+ segments, all older than 1 s soon.
+    let n = 3300;
+    let mut g = gen(
+        trio.node(active),
+        &trio.dir().join("m2.json"),
+        n - 300,
+        3000,
+        "hold2",
+    );
+    wait_child(&mut g, "gen", Duration::from_secs(60));
+    wait_committed(trio.node(active), n, Duration::from_secs(60));
+    // Several retention passes (every 5 s on a pair): the standby's copy ends at 300, so
+    // nothing from there on may go.
+    let until = std::time::Instant::now() + Duration::from_secs(12);
+    while std::time::Instant::now() < until {
+        let first = stream_status(trio.node(active))["first_offset"]
+            .as_u64()
+            .expect("first_offset");
+        assert!(
+            first <= 300,
+            "retention deleted offsets up to {first} the stopped standby still needs"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Back, caught up: then the old entries go.
+    trio.node_mut(standby).start();
+    trio.resync(standby);
+    wait_committed(trio.node(standby), n, Duration::from_secs(60));
+    let first = wait_first_offset_above(trio.node(active), 301, Duration::from_secs(60));
+    note(&format!(
+        "active's first offset once the standby caught up: {first}"
+    ));
+    let offsets = tail_offsets(trio.node(standby), "earliest");
+    assert_eq!(
+        offsets.last(),
+        Some(&(n - 1)),
+        "the standby holds the whole stream's end"
+    );
+    let f = offsets[0];
+    assert_eq!(offsets, (f..n).collect::<Vec<_>>());
+    trio.wait_redundant(Duration::from_secs(30));
 }
