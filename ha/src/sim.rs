@@ -97,10 +97,15 @@ pub enum Pattern {
     /// lag the active by up to a second; 1-2.5 s into it the active is powered off. The
     /// standby was only slow: it must take over within the bound (measured from the kill).
     F1AfterSlowStandby,
+    /// F4 where the links between the nodes die with the stop (issue #25: the link session
+    /// timed out during SIGSTOP): the active hangs 1.5-2.5 s, then hears only the witness
+    /// until healing. Checked at healing: the woken node reports the epoch the witness voted
+    /// for meanwhile, and no role that publishes.
+    F4HangLinksDown,
 }
 
 impl Pattern {
-    pub const ALL: [Pattern; 16] = [
+    pub const ALL: [Pattern; 17] = [
         Pattern::F1PowerOff,
         Pattern::F2Shutdown,
         Pattern::F3Reboot,
@@ -117,6 +122,7 @@ impl Pattern {
         Pattern::SharedLoad,
         Pattern::Chaos,
         Pattern::F1AfterSlowStandby,
+        Pattern::F4HangLinksDown,
     ];
 
     /// Whether the standby must take over (and the witness stays reachable to it).
@@ -133,6 +139,7 @@ impl Pattern {
                 | Pattern::F11DiskFails
                 | Pattern::Switchover
                 | Pattern::F1AfterSlowStandby
+                | Pattern::F4HangLinksDown
         )
     }
 
@@ -374,6 +381,9 @@ struct Sim {
     /// A node killed for good (`Fault::KillActive`): healing does not restart it, so the
     /// other node must publish on its own.
     killed: Option<usize>,
+    pattern: Option<Pattern>,
+    /// The node whose core handled the current event (it has seen the current time).
+    touched: Option<usize>,
 }
 
 fn other(i: usize) -> usize {
@@ -451,6 +461,8 @@ impl Sim {
             commit_progress: false,
             load_ms: 0,
             killed: None,
+            pattern: None,
+            touched: None,
         };
         if sim.opts.policy == Policy::Witness {
             sim.start_witness();
@@ -734,6 +746,7 @@ impl Sim {
         let Some(core) = &mut self.nodes[i].core else {
             return;
         };
+        self.touched = Some(i);
         core.handle_input(now, input);
         self.after_node(i);
     }
@@ -1054,7 +1067,8 @@ impl Sim {
         self.sink_epoch = epoch;
     }
 
-    fn check_publishers(&mut self) {
+    /// `handled`: the node that just handled an event (its core has seen the current time).
+    fn check_publishers(&mut self, handled: Option<usize>) {
         let mut valid = Vec::new();
         for i in 0..2 {
             let n = &self.nodes[i];
@@ -1066,6 +1080,42 @@ impl Sim {
         }
         if valid.len() > 1 {
             self.violation(format!("two publishers with valid leases: {valid:?}"));
+        }
+        // A node reports `active`/`solo` only with a lease valid on its own clock (the last
+        // StartPublishing/ExtendLease it was given): a woken or cut-off active that lost its
+        // lease does not. Checked on the node that just handled an event (a core knows the
+        // time only from its inputs).
+        if let Some(i) = handled {
+            let n = &self.nodes[i];
+            let Some(core) = &n.core else { return };
+            let role = core.status().role;
+            if role.is_active() && n.clock.local_ms(self.now) >= n.lease_until {
+                self.violation(format!("node {i} reports {role:?} without a lease"));
+            }
+        }
+    }
+
+    /// `F4HangLinksDown`, at healing: the node woken at least a second ago, hearing only the
+    /// witness, reports the epoch the witness voted for meanwhile (it asked for leases and was
+    /// told) and publishes nothing.
+    fn check_woken(&mut self) {
+        if self.pattern != Some(Pattern::F4HangLinksDown) || !self.measure {
+            return;
+        }
+        let Some(i) = self.faulted else { return };
+        let n = &self.nodes[i];
+        let awake_ms = self.now.saturating_sub(n.paused_until) / US;
+        let Some(core) = &n.core else { return };
+        if awake_ms < 1_000 || self.witness.is_none() {
+            return;
+        }
+        let st = core.status();
+        let voted = self.witness_state.voted;
+        if st.epoch < voted || st.role.is_active() {
+            self.violation(format!(
+                "node {i} awake for {awake_ms} ms reports {:?} in {:?}; the witness voted for {voted:?}",
+                st.role, st.epoch
+            ));
         }
     }
 
@@ -1190,6 +1240,7 @@ impl Sim {
 impl Sim {
     #[allow(clippy::too_many_lines)]
     fn start_pattern(&mut self, pattern: Pattern) {
+        self.pattern = Some(pattern);
         let active = (0..2).find(|i| self.nodes[*i].publishing.is_some());
         let standby = active.map(other);
         let ready = match (active, standby) {
@@ -1227,6 +1278,14 @@ impl Sim {
             Pattern::F4Hang => {
                 let us = self.rng.range(1_500_000, 5_000_000);
                 self.apply(Fault::Pause(a, us));
+            }
+            Pattern::F4HangLinksDown => {
+                let us = self.rng.range(1_500_000, 2_500_000);
+                self.apply(Fault::Pause(a, us));
+                for l in 0..8 {
+                    self.node_link_down[0][l] = true;
+                    self.node_link_down[1][l] = true;
+                }
             }
             Pattern::F5NetworkCut => self.apply(Fault::CutAll(a, true)),
             Pattern::F6OneLink => {
@@ -1342,13 +1401,20 @@ impl Sim {
             };
             if let Some(i) = target {
                 if self.nodes[i].paused_until > t {
-                    let at = self.nodes[i].paused_until;
+                    // Its inbound queues fill; on waking it drains them, the links' queues
+                    // interleaved (up to 3 ms apart).
+                    let mut at = self.nodes[i].paused_until;
+                    if matches!(ev, Ev::Deliver { .. }) {
+                        at += self.rng.range(0, 3_000);
+                    }
                     self.push(at, ev);
                     continue;
                 }
             }
+            self.touched = None;
             self.handle(ev);
-            self.check_publishers();
+            let touched = self.touched;
+            self.check_publishers(touched);
         }
     }
 
@@ -1394,6 +1460,7 @@ impl Sim {
                 self.nodes[node].timer_at = None;
                 let now = self.local(node);
                 if let Some(core) = &mut self.nodes[node].core {
+                    self.touched = Some(node);
                     core.handle_timeout(now);
                 }
                 self.after_node(node);
@@ -1416,6 +1483,7 @@ impl Sim {
             Ev::Fault(Fault::Heal) => {
                 if self.heal_at == self.now {
                     self.commit_progress = self.committed.len() > self.committed_at_fault;
+                    self.check_woken();
                 }
                 self.apply(Fault::Heal)
             }
