@@ -206,6 +206,8 @@ pub fn missing_addresses(ips: &[std::net::IpAddr]) -> Vec<std::net::IpAddr> {
 }
 
 const HEALTH_EVERY: Duration = Duration::from_millis(100);
+/// When the driver last logged that the peer needs entries retention deleted (Unix ms).
+static GONE_LOGGED_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// Bytes of entries in one `Append` at most (past the first entry): well within a frame, and
 /// small enough that heartbeats behind it on the priority lane are not delayed.
 const APPEND_BYTES_MAX: usize = 1 << 20;
@@ -526,6 +528,27 @@ impl Driver {
                     got = recs.len(),
                     "entries to send not all readable yet"
                 );
+                None
+            }
+            Err(journal::Error::Gone { first, .. }) => {
+                // Retried at every resend: say it once a minute, not every 400 ms.
+                let now = crate::node::unix_ms();
+                let last = GONE_LOGGED_MS.load(Relaxed);
+                if now.saturating_sub(last) >= 60_000
+                    && GONE_LOGGED_MS
+                        .compare_exchange(last, now, Relaxed, Relaxed)
+                        .is_ok()
+                {
+                    tracing::error!(
+                        from = from.0,
+                        first_offset = first.0 - 1,
+                        peer = %self.pair.settings.peer,
+                        "the peer's copy of the stream needs entries that stream retention has \
+                         deleted here (it was away longer than [stream] hold_bytes_max allows): \
+                         it cannot catch up from this node (issue #14: restarting its copy at \
+                         the first retained offset is not implemented yet)"
+                    );
+                }
                 None
             }
             Err(e) => {
