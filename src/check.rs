@@ -184,9 +184,14 @@ pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
                 .clone()
                 .unwrap_or_else(|| "http://127.0.0.1:7401".into());
             let url = format!("{}/stream?from=0", base.trim_end_matches('/'));
-            let mut resp = ureq::get(&url)
-                .call()
-                .with_context(|| format!("cannot read {url}"))?;
+            let mut resp = match ureq::get(&url).call() {
+                Err(ureq::Error::StatusCode(410)) => anyhow::bail!(
+                    "{url}: the node's stream retention has deleted its first entries, so the \
+                     whole stream cannot be checked from the node; check a dump you kept \
+                     (`twinrx tail > dump`, then --stream dump)"
+                ),
+                r => r.with_context(|| format!("cannot read {url}"))?,
+            };
             let reader = std::io::BufReader::new(resp.body_mut().as_reader());
             check(&manifests, reader, &allowed)?
         }

@@ -159,6 +159,18 @@ fn small_stream_retention_deletes_old_segments_then_410_and_tail_from_earliest()
         "{err}"
     );
 
+    // `twinrx check` against the node cannot see the whole stream any more, and says why.
+    let out = Command::new(BIN)
+        .args(["check", "--node", &node.admin, "--manifest"])
+        .arg(s.path().join("m.json"))
+        .output()
+        .expect("run check");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("stream retention has deleted its first entries"),
+        "{err}"
+    );
+
     // A restart after deletion: the same first offset, the same entries, offsets go on.
     node.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(node.wait_exit(Duration::from_secs(30)).success());
