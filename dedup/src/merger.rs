@@ -59,7 +59,10 @@ pub struct Config {
     /// Open entries are kept in memory while their receive time is within this of the newest
     /// receive time seen; older ones are matched through the history. At least `window_ms`.
     pub memory_ms: u64,
-    /// At most this many open entries in memory (the floor moves up to keep it so).
+    /// At most this many open entries in memory (the floor moves up to keep it so). Default
+    /// 131,072 (a table of at most about 32 MiB): with the default unbounded `H` every
+    /// record is looked up in the history anyway, so memory only speeds up a finite `H`; a
+    /// larger table would hold a flood's last 30 s (a million entries took 204 MB).
     pub memory_entries_max: usize,
     /// Seed of the in-memory hash table (keys come from device content; a per-node random seed
     /// keeps crafted keys from colliding in the table). Any value is correct.
@@ -72,7 +75,7 @@ impl Default for Config {
             window_ms: 5_000,
             horizon_ms: None,
             memory_ms: 30_000,
-            memory_entries_max: 1 << 20,
+            memory_entries_max: 1 << 17,
             hash_seed: 0,
         }
     }

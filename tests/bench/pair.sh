@@ -414,10 +414,12 @@ if phase outage; then
   fresh_pair
   stop "$STANDBY"
   AP=${PID[$ACTIVE]}
-  # RSS of the active every second until told to stop: "seconds rss_kib"
+  # RSS of the active every second until told to stop: "seconds rss_kib intake_queued_bytes
+  # history_memory_entries"
   ( t0=$(date +%s); n=0
     while [ ! -e "$D/stop-rss" ] && [ $n -lt 7200 ]; do
-      echo "$(( $(date +%s) - t0 )) $(awk '/^VmRSS/ {print $2}' "/proc/$AP/status" 2>/dev/null || echo 0)"
+      echo "$(( $(date +%s) - t0 )) $(awk '/^VmRSS/ {print $2}' "/proc/$AP/status" 2>/dev/null || echo 0)" \
+        "$(h get "${URL[$ACTIVE]}" journal.queued_bytes stream.history.memory_entries | paste -sd' ')"
       sleep 1; n=$((n + 1))
     done ) > "$D/rss.txt" &
   SAMPLER=$!
@@ -434,7 +436,7 @@ if phase outage; then
 import sys
 v=[l.split() for l in open(sys.argv[1]) if l.strip()]
 step=max(1,len(v)//8)
-print(" ".join("%ss:%dMiB" % (t, int(r)//1024) for t, r in v[::step]))' "$D/rss.txt")
+print(" ".join("%ss:%dMiB(queue %dMiB)" % (x[0], int(x[1])//1024, int(x[2] or 0) >> 20) for x in v[::step] if len(x) >= 3))' "$D/rss.txt")
   ddir=$WORK/data-$ACTIVE
   sizes=$(for a in journal peer stream history; do
       [ -d "$ddir/$a" ] && echo -n "$a=$(du -sb "$ddir/$a" | cut -f1) "; done; echo "total=$(du -sb "$ddir" | cut -f1)")
