@@ -189,10 +189,19 @@ fn ha_json(node: &Node) -> (Value, String, Vec<String>, Option<String>) {
         ))
     } else if red {
         None
-    } else if st.role.is_active() && !st.publishing {
+    } else if st.lease_lapsed || (st.role.is_active() && !st.publishing) {
         Some(format!(
             "this node cannot renew its lease (cut off from the peer and the witness?), so it \
              does not publish; restore its network, then run `twinrx resync` on {me}"
+        ))
+    } else if st.lacks_committed {
+        problems.push(format!(
+            "this node lacks entries that {peer} committed alone while this node was behind: \
+             the witness refuses its vote, so it cannot take over"
+        ));
+        Some(format!(
+            "bring back {peer} (with its data): it holds entries this node lacks; this node \
+             catches up by itself once {peer} runs"
         ))
     } else if !st.peer_reachable {
         let since = v.peer_down_since.map(rfc3339).unwrap_or_default();
@@ -240,9 +249,10 @@ fn ha_json(node: &Node) -> (Value, String, Vec<String>, Option<String>) {
                 .into(),
         );
     }
-    if st.role.is_active() && !st.publishing {
+    if st.lease_lapsed {
         problems.push(format!(
-            "this node is {role} but does not publish: its lease lapsed"
+            "this node leads epoch {} but does not publish: its lease lapsed",
+            st.epoch.0
         ));
     }
     if !st.healthy {
@@ -276,6 +286,8 @@ fn ha_json(node: &Node) -> (Value, String, Vec<String>, Option<String>) {
         "commit_end": st.commit_end.0,
         "stream_end": v.stream_end,
         "health_dwell_left_ms": st.health_dwell_left_ms,
+        "lacks_committed": st.lacks_committed,
+        "lease_lapsed": st.lease_lapsed,
         "resync": v.resync.as_ref().map(|r| json!({
             "state": r.state,
             "phase": r.phase,
@@ -295,6 +307,7 @@ fn ha_json(node: &Node) -> (Value, String, Vec<String>, Option<String>) {
             "votes_granted": v.stats.votes_granted_total,
             "votes_refused": v.stats.votes_refused_total,
             "stale_messages": v.stats.stale_messages_total,
+            "stale_refusals": v.stats.stale_refusals_total,
             "switchovers_refused": v.stats.switchovers_refused_total,
         },
         "next_step": next,

@@ -182,6 +182,10 @@ pub struct Status {
     /// active committed alone while this node was behind) and no active has been heard since:
     /// this node must not and will not take over; the node that holds them must come back.
     pub lacks_committed: bool,
+    /// This node leads its epoch but its lease lapsed: it publishes nothing and `role` says
+    /// `syncing` until the lease is renewed (cut off from the peer and the witness, or woken
+    /// from a stop).
+    pub lease_lapsed: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -578,6 +582,7 @@ impl HaCore {
             peer_log: self.peer_view.log,
             health_dwell_left_ms: self.dwell.map_or(0, |d| d.until.saturating_sub(self.now)),
             lacks_committed: self.stale_at.is_some(),
+            lease_lapsed: matches!(&self.state, State::Leader(l) if self.now >= l.lease_until),
         }
     }
 

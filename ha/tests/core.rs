@@ -1270,6 +1270,7 @@ fn woken_active_hearing_only_the_witness_adopts_its_epoch() {
         "{acts:?}"
     );
     assert_eq!(a.status().role, Role::Syncing, "no lease: not active");
+    assert!(a.status().lease_lapsed);
     assert_eq!(a.status().peer_role, None, "the peer is unreachable");
     let refused = HaMsg::LeaseReply {
         epoch: Epoch(1),
@@ -1301,4 +1302,5 @@ fn woken_active_hearing_only_the_witness_adopts_its_epoch() {
         "{acts:?}"
     );
     assert_eq!((a.status().epoch, a.role()), (Epoch(2), Role::Syncing));
+    assert!(!a.status().lease_lapsed, "a follower now");
 }
