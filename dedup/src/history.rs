@@ -157,6 +157,15 @@ impl MemHistory {
         }
     }
 
+    /// Closes every open entry whose offset is below `offset` (they left the stream);
+    /// touches only those entries.
+    pub fn close_below(&mut self, offset: Offset) {
+        let gone: Vec<Offset> = self.by_offset.range(..offset).map(|(o, _)| *o).collect();
+        for o in gone {
+            self.close(o);
+        }
+    }
+
     /// The open entries in `(key, node, received_at, offset)` order (an index spilling to disk
     /// writes them out as one sorted run).
     pub fn iter_open(&self) -> impl Iterator<Item = (Key, NodeId, OpenEntry)> + '_ {

@@ -313,6 +313,25 @@ impl SpillHistory {
         }
     }
 
+    /// Forgets every open entry whose offset is below `offset` (the stream's retention
+    /// deleted them: a copy arriving later is a new entry). Runs wholly below it are deleted;
+    /// a run it cuts has the offsets below it marked closed.
+    pub fn prune_offsets_below(&mut self, offset: Offset) {
+        self.mem.close_below(offset);
+        let cut = self.runs.partition_point(|r| r.hi <= offset);
+        let dead: Vec<Run> = self.runs.drain(..cut).collect();
+        for r in dead {
+            self.delete(r);
+        }
+        if let Some(r) = self.runs.first_mut() {
+            r.close_below(offset);
+            if r.open == 0 {
+                let r = self.runs.remove(0);
+                self.delete(r);
+            }
+        }
+    }
+
     /// Open entries held (in memory and in runs; closed entries of a run not counted).
     pub fn open_len(&self) -> u64 {
         self.mem.open_len() as u64 + self.runs.iter().map(|r| r.open).sum::<u64>()
@@ -722,6 +741,25 @@ impl Run {
         self.closed
             .get(bit / 64)
             .is_none_or(|w| w & (1u64 << (bit % 64)) != 0)
+    }
+
+    /// Closes every offset below `offset`.
+    fn close_below(&mut self, offset: Offset) {
+        let Some(bits) = offset.0.checked_sub(self.lo.0) else {
+            return;
+        };
+        let bits = usize::try_from(bits).unwrap_or(usize::MAX);
+        for (i, w) in self.closed.iter_mut().enumerate() {
+            let start = i * 64;
+            if start >= bits {
+                break;
+            }
+            let n = bits - start;
+            *w |= if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
+        }
+        // Every bit not set is an open entry (padding and absent offsets are set).
+        let set: u64 = self.closed.iter().map(|w| u64::from(w.count_ones())).sum();
+        self.open = (self.closed.len() as u64 * 64).saturating_sub(set);
     }
 
     /// Closes `offset`; true if it was open here.

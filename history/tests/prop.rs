@@ -26,6 +26,10 @@ enum Op {
         from: i64,
         to: i64,
     },
+    /// Forget entries below an offset (the stream's retention).
+    PruneOffsets {
+        pick: u64,
+    },
     /// Take an image and store it (`store`), or take one and drop it.
     Image {
         store: bool,
@@ -43,6 +47,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0u8..6, 0u8..2, 0i64..300, 0i64..300)
             .prop_map(|(key, node, from, to)| Op::Lookup { key, node, from, to }),
         1 => any::<bool>().prop_map(|store| Op::Image { store }),
+        1 => any::<u64>().prop_map(|pick| Op::PruneOffsets { pick }),
         1 => Just(Op::Reopen),
     ]
 }
@@ -112,6 +117,11 @@ proptest! {
                     spill.prune(NodeId(node), UnixNanos(before));
                     model.prune(NodeId(node), UnixNanos(before));
                     floor[node as usize] = floor[node as usize].max(before);
+                }
+                Op::PruneOffsets { pick } => {
+                    let below = Offset(pick % (next + 1));
+                    spill.prune_offsets_below(below);
+                    model.close_below(below);
                 }
                 Op::Image { store } => {
                     let img = spill.image().expect("image");

@@ -844,6 +844,10 @@ impl JournalCopier {
                     // Policy `interval`: records become durable (and acknowledgeable) here.
                     self.with_journal(|j| j.sync_if_due(std::time::Instant::now())).await??;
                 }
+                // An idle copy still gets its retention passes (the merger's hold moves on
+                // after the last batch arrived).
+                _ = tokio::time::sleep(self.cfg.retention_every.unwrap_or(Duration::MAX)),
+                    if self.cfg.retention_every.is_some() => {}
                 r = closed(&mut port.closed) => return Err(Error::Closed(r)),
             }
             if let Some(every) = self.cfg.retention_every {

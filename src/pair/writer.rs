@@ -202,6 +202,7 @@ impl Writer {
     /// Runs until the command channel closes (the driver stopped); fsyncs at the end.
     pub fn run(mut self) -> anyhow::Result<()> {
         let mut publishing: Option<Publishing> = None;
+        let mut copy_first = false;
         let mut last_prune = std::time::Instant::now();
         let holds = Holds {
             own: self
@@ -225,13 +226,29 @@ impl Writer {
                 }
                 Some(p) => {
                     let cmds = &mut self.cmds;
+                    // Commands first; then the journal not served last, so that under a flood
+                    // to both nodes neither starves the other (a copy starved behind the own
+                    // journal pairs only through the history, or after its entry left the
+                    // stream, as a second event).
+                    copy_first = !copy_first;
+                    let (me, peer) = (self.me, self.me.peer());
                     self.rt.block_on(async {
-                        tokio::select! {
-                            biased;
-                            c = cmds.recv() => Next::Cmd(c),
-                            b = p.own.next_batch(BATCH_RECORDS, BATCH_BYTES) => Next::Batch(self.me, b),
-                            b = p.copy.next_batch(BATCH_RECORDS, BATCH_BYTES) => Next::Batch(self.me.peer(), b),
-                            _ = tokio::time::sleep(Duration::from_millis(100)) => Next::Tick,
+                        if copy_first {
+                            tokio::select! {
+                                biased;
+                                c = cmds.recv() => Next::Cmd(c),
+                                b = p.copy.next_batch(BATCH_RECORDS, BATCH_BYTES) => Next::Batch(peer, b),
+                                b = p.own.next_batch(BATCH_RECORDS, BATCH_BYTES) => Next::Batch(me, b),
+                                _ = tokio::time::sleep(Duration::from_millis(100)) => Next::Tick,
+                            }
+                        } else {
+                            tokio::select! {
+                                biased;
+                                c = cmds.recv() => Next::Cmd(c),
+                                b = p.own.next_batch(BATCH_RECORDS, BATCH_BYTES) => Next::Batch(me, b),
+                                b = p.copy.next_batch(BATCH_RECORDS, BATCH_BYTES) => Next::Batch(peer, b),
+                                _ = tokio::time::sleep(Duration::from_millis(100)) => Next::Tick,
+                            }
                         }
                     })
                 }
@@ -311,40 +328,27 @@ impl Writer {
     }
 
     /// Bounds the history index: forgets open entries no record still to come can match
-    /// (older than the horizon behind the peer's progress), and entries whose record the
-    /// journals no longer hold (the default horizon is "all the history the journals
-    /// retain").
+    /// (older than the horizon behind the peer's progress), and entries the stream's
+    /// retention deleted (a copy arriving after its entry left the stream is a new entry:
+    /// the default horizon is "what the stream retains").
     fn prune(&mut self) {
         let h = self.dedup.get().horizon_ms;
         for n in [NodeId::A, NodeId::B] {
-            let by_horizon = self
+            if let Some(before) = self
                 .fold
                 .progress
-                .prunable_before(n, h, CLOCK_STEP_MARGIN_MS);
-            if let Some(before) = by_horizon.max(self.first_retained_at(n)) {
+                .prunable_before(n, h, CLOCK_STEP_MARGIN_MS)
+            {
                 self.fold.history.prune(n, before);
             }
         }
+        let first = self.stream.handle().first_seq();
+        self.fold
+            .history
+            .prune_offsets_below(Offset(first.0.saturating_sub(1)));
         if let Ok(mut s) = self.stats.merger_history.lock() {
             *s = self.fold.history.stats();
         }
-    }
-
-    /// Receive time of the oldest record of `node`'s journal this node still holds, when
-    /// retention (or a replaced disk) removed older ones; None while it holds them all.
-    fn first_retained_at(&self, node: NodeId) -> Option<UnixNanos> {
-        let journal = if node == self.me {
-            &self.own
-        } else {
-            &self.copy
-        };
-        let first = journal.first_seq();
-        if first.0 <= 1 {
-            return None;
-        }
-        let recs = journal.read(first, 1, 0).ok()?;
-        let (_, payload) = recs.first()?;
-        Record::decode(payload).ok().map(|r| r.received_at)
     }
 
     /// Deletes the stream's old segments past its retention, except what the merger's

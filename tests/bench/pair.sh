@@ -12,6 +12,10 @@
 #      (polled every 10 ms), restart, wait for redundancy, repeat; then the whole stream is checked;
 #   4. resync: the standby is stopped (SIGTERM), ~RESYNC_BYTES of 1 KiB messages go to the active
 #      (TCP), the standby is restarted and `twinrx resync` is timed until it exits 0.
+#   6. retention (not in the default phases; use with --extra-config holding retention keys):
+#      OUTAGE_COUNT 200-byte messages to BOTH nodes (TCP, unpaced); each node's data directory
+#      per area, `twinrx tail --from earliest` (count, contiguous to the last offset),
+#      `GET /stream?from=0` (410 once retention deleted offset 0), restart to redundant.
 #   5. outage (not in the default phases): the standby is stopped, OUTAGE_COUNT 200-byte
 #      messages go to the active alone (TCP, unpaced); the active's RSS is sampled every second
 #      (peak and a timeline), with its history index (entries in memory / on disk) and data
@@ -467,4 +471,44 @@ print(" ".join("%ss:%dMiB(queue %dMiB)" % (x[0], int(x[1])//1024, int(x[2] or 0)
   t2=$(now_ns)
   entries=$(h get "${URL[$victim]}" stream.next_offset)
   echo "BENCH outage restart node=$victim stream_entries=$entries start_to_admin_s=$(python3 -c "print(f'{($t1 - $t0) / 1e9:.2f}')") start_to_redundant_s=$(python3 -c "print(f'{($t2 - $t0) / 1e9:.2f}')")"
+fi
+
+# ---------------------------------------------------------------- 6. retention
+if phase retention; then
+  D=$WORK/ret; mkdir -p "$D"
+  fresh_pair
+  "$BIN" gen --to $IP_A:5514 --to $IP_B:5514 --transport tcp --size 200 --count "$OUTAGE_COUNT" \
+    --rate 0 --run-id ret --manifest "$D/m.json" --timeout-s 3600 2>"$D/gen.err"
+  committed=$(h settle "${URL[$ACTIVE]}" "$OUTAGE_COUNT" 15 1800)
+  # settle returns at the count: wait for the stream to stop growing (copies still merging)
+  committed=$(h settle "${URL[$ACTIVE]}" $((OUTAGE_COUNT * 4)) 15 1800)
+  sleep 25  # retention passes: the writer (5 s), the journal (10 s), the copy
+  echo "BENCH retention messages=$OUTAGE_COUNT stream_entries=$committed (more entries than messages: duplicates)"
+  for n in a b; do
+    ddir=$WORK/data-$n
+    sizes=$(for a in journal peer stream history; do
+        [ -d "$ddir/$a" ] && echo -n "$a=$(du -sb "$ddir/$a" | cut -f1) "; done
+        echo "total=$(du -sb "$ddir" | cut -f1) total_MiB=$(( $(du -sb "$ddir" | cut -f1) >> 20 ))")
+    echo "BENCH retention node=$n committed=$committed data_dir_bytes $sizes"
+  done
+  "$BIN" tail --node "${URL[$ACTIVE]}" --from earliest > "$D/tail.ndjson"
+  python3 - "$D/tail.ndjson" "$committed" <<'PY'
+import json, sys
+offs = [json.loads(l)["offset"] for l in open(sys.argv[1]) if l.strip()]
+end = int(sys.argv[2])
+contiguous = all(b == a + 1 for a, b in zip(offs, offs[1:]))
+print("BENCH retention tail_from_earliest entries=%d first=%s last=%s contiguous=%s reaches_last=%s"
+      % (len(offs), offs[0] if offs else "-", offs[-1] if offs else "-", contiguous,
+         bool(offs) and offs[-1] == end - 1))
+PY
+  code=$(curl -s -o "$D/gone.json" -w '%{http_code}' "${URL[$ACTIVE]}/stream?from=0")
+  echo "BENCH retention GET /stream?from=0 -> $code $(head -c 200 "$D/gone.json")"
+  victim=$ACTIVE
+  stop "$victim"
+  t0=$(now_ns)
+  start "$victim"
+  h ready "${URL[$victim]}" 120 || { log "restarted node does not answer"; exit 1; }
+  h redundant "${URL[a]}" "${URL[b]}" 300 > /dev/null || { log "pair not redundant after restart"; exit 1; }
+  t2=$(now_ns)
+  echo "BENCH retention restart node=$victim start_to_redundant_s=$(python3 -c "print(f'{($t2 - $t0) / 1e9:.2f}')")"
 fi
