@@ -52,7 +52,7 @@ pub struct RawHa {
 pub struct RawMerger {
     /// The horizon `H` in seconds: copies of one key pair one-to-one in journal order when
     /// their receive times are at most this far apart. Absent (the default): no limit, all
-    /// the history the journals hold, so a node away for a weekend and its relay's weekend
+    /// the history the stream holds, so a node away for a weekend and its relay's weekend
     /// backlog still pair.
     #[serde(default)]
     pub horizon_s: Option<u64>,
