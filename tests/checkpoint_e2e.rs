@@ -52,24 +52,6 @@ fn restored(n: &TestNode) -> (Option<u64>, u64) {
     (ck, folded)
 }
 
-/// The log without terminal colour codes (`ESC [ ... m`).
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 #[test]
 fn a_restarted_standby_folds_from_its_checkpoint_then_takes_over_exactly_once() {
     let tag = "ckpt";

@@ -22,29 +22,11 @@ mod common;
 
 use common::*;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 /// Segments of 64 KiB (the smallest allowed), the stream kept to two of them.
 const SMALL_STREAM: &str = "[stream]\nsegment_bytes_max = 65536\nretention_bytes_max = 131072\n";
-
-fn gen(node: &TestNode, manifest: &Path, count: u64, rate: u64, run_id: &str) -> Child {
-    Command::new(BIN)
-        .args(["gen", "--transport", "tcp", "--run-id", run_id])
-        .args(["--count", &count.to_string(), "--rate", &rate.to_string()])
-        .args(["--to", &format!("{}:5514", node.ip)])
-        .arg("--manifest")
-        .arg(manifest)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn twinrx gen")
-}
-
-fn wait_child(c: &mut Child, what: &str, timeout: Duration) {
-    let st = wait_for(what, timeout, || c.try_wait().ok().flatten());
-    assert!(st.success(), "{what}: {st}");
-}
 
 fn stream_status(node: &TestNode) -> serde_json::Value {
     node.status()["stream"].clone()
@@ -195,25 +177,6 @@ fn sink_status(node: &TestNode, name: &str) -> serde_json::Value {
         .as_array()
         .and_then(|a| a.iter().find(|s| s["name"] == name).cloned())
         .unwrap_or_else(|| panic!("no sink {name} in status: {st}"))
-}
-
-/// The log without its terminal colours.
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ ... final byte in @..~
-            for c in chars.by_ref() {
-                if ('@'..='~').contains(&c) && c != '[' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn file_offsets(path: &Path) -> Vec<u64> {

@@ -296,24 +296,6 @@ fn settled_len(node: &TestNode) -> u64 {
     }
 }
 
-fn gen(node: &TestNode, manifest: &Path, count: u64, rate: u64, run_id: &str) -> Child {
-    Command::new(BIN)
-        .args(["gen", "--transport", "tcp", "--run-id", run_id])
-        .args(["--count", &count.to_string(), "--rate", &rate.to_string()])
-        .args(["--to", &format!("{}:5514", node.ip)])
-        .arg("--manifest")
-        .arg(manifest)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn twinrx gen")
-}
-
-fn wait_child(c: &mut Child, what: &str, timeout: Duration) {
-    let st = wait_for(what, timeout, || c.try_wait().ok().flatten());
-    assert!(st.success(), "{what}: {st}");
-}
-
 /// Waits until the sink has delivered the whole stream and the stream holds `n` entries.
 fn wait_drained(node: &TestNode, n: u64, timeout: Duration) {
     wait_for(

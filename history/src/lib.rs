@@ -226,14 +226,7 @@ impl SpillHistory {
             let file_no = d.u64()?;
             let open = d.u64()?;
             let bits = d.bytes()?;
-            let closed: Vec<u64> = bits
-                .chunks_exact(8)
-                .map(|c| {
-                    let mut w = [0u8; 8];
-                    w.copy_from_slice(c);
-                    u64::from_le_bytes(w)
-                })
-                .collect();
+            let closed = words(bits);
             let run = Run::open(&h.dir, file_no, closed, open)?;
             h.pinned_stored.insert(file_no);
             h.runs.push(run);
@@ -496,6 +489,18 @@ impl SpillHistory {
     }
 }
 
+/// Little-endian 64-bit words (a bitmap or filter as stored).
+fn words(bytes: &[u8]) -> Vec<u64> {
+    bytes
+        .chunks_exact(8)
+        .map(|c| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            u64::from_le_bytes(w)
+        })
+        .collect()
+}
+
 fn run_path(dir: &Path, file_no: u64) -> PathBuf {
     dir.join(format!("{file_no:08}.run"))
 }
@@ -661,14 +666,7 @@ impl Run {
             return Err(bad("footer CRC mismatch"));
         }
         let (bloom_bytes, rest) = footer.split_at((nbloom * 8) as usize);
-        let bits = bloom_bytes
-            .chunks_exact(8)
-            .map(|c| {
-                let mut w = [0u8; 8];
-                w.copy_from_slice(c);
-                u64::from_le_bytes(w)
-            })
-            .collect();
+        let bits = words(bloom_bytes);
         let index = rest
             .chunks_exact(INDEX_ENTRY)
             .take(nindex as usize)

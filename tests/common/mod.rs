@@ -1051,3 +1051,41 @@ impl TestNode {
         note(&format!("{}: admin API up", self.label()));
     }
 }
+
+/// `twinrx gen` of `count` syslog messages over TCP to one node (background).
+pub fn gen(node: &TestNode, manifest: &Path, count: u64, rate: u64, run_id: &str) -> Child {
+    Command::new(BIN)
+        .args(["gen", "--transport", "tcp", "--run-id", run_id])
+        .args(["--count", &count.to_string(), "--rate", &rate.to_string()])
+        .args(["--to", &format!("{}:5514", node.ip)])
+        .arg("--manifest")
+        .arg(manifest)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn twinrx gen")
+}
+
+/// Waits for a child to exit, and asserts it succeeded.
+pub fn wait_child(c: &mut Child, what: &str, timeout: Duration) {
+    let st = wait_for(what, timeout, || c.try_wait().ok().flatten());
+    assert!(st.success(), "{what}: {st}");
+}
+
+/// A log without its terminal colours (CSI sequences: ESC [ ... final byte).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) && c != '[' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
