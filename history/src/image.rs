@@ -11,7 +11,14 @@ pub struct Enc(Vec<u8>);
 
 impl Enc {
     pub fn new(magic: &[u8; 8]) -> Enc {
-        Enc(magic.to_vec())
+        Enc::with_capacity(magic, 0)
+    }
+    /// An image of about `bytes` bytes (one allocation instead of doublings: images of a
+    /// large index are megabytes).
+    pub fn with_capacity(magic: &[u8; 8], bytes: usize) -> Enc {
+        let mut v = Vec::with_capacity(bytes + magic.len() + 4);
+        v.extend_from_slice(magic);
+        Enc(v)
     }
     pub fn u64(&mut self, v: u64) -> &mut Enc {
         self.0.extend_from_slice(&v.to_le_bytes());

@@ -10,7 +10,7 @@
 //!   are already uniform 128-bit hashes, so the filter takes its probe positions from the key's
 //!   bits by double hashing instead of hashing again);
 //! - a sparse index (the first record of every block of [`BLOCK`] records), so a lookup reads
-//!   one block of about 2 KiB;
+//!   one block of about 4 KiB;
 //! - a bitmap over the run's offsets, one bit per stream entry: set when the entry is closed
 //!   (a `Matched` fact named it) or was never in the run; a run whose bits are all set is
 //!   deleted;
@@ -45,7 +45,7 @@ use dedup::{History, MemHistory, OpenEntry, Output};
 use twinrx_types::{Key, NodeId, Offset, UnixNanos};
 
 /// Records per block of a run (one read per lookup that passes the filter).
-pub const BLOCK: usize = 64;
+pub const BLOCK: usize = 128;
 /// Bytes per record in a run: key, node, receive time, offset.
 const RECORD: usize = 16 + 1 + 8 + 8;
 /// Bytes of a full block on disk: its records and their CRC-32C.
@@ -163,7 +163,14 @@ impl SpillHistory {
         if synced_any {
             File::open(&self.dir)?.sync_all()?;
         }
-        let mut e = image::Enc::new(IMAGE_MAGIC);
+        let bytes = 64
+            + self
+                .runs
+                .iter()
+                .map(|r| 24 + r.closed.len() * 8)
+                .sum::<usize>()
+            + self.mem.open_len() * RECORD;
+        let mut e = image::Enc::with_capacity(IMAGE_MAGIC, bytes);
         e.u64(self.mem_lo.0)
             .u64(self.next.0)
             .u64(self.file_no)

@@ -139,6 +139,28 @@ impl Fold {
         Ok(fold)
     }
 
+    /// The fold of a follower's stream that restarts at `start` (issue #14: the active's
+    /// retention deleted the entries this follower lacked): no line, no open entry, and the
+    /// merger's progress `base`, which the active's last checkpoint (at an offset `X >=
+    /// start`) holds. That is the exact progress at `X` and beyond once the lines `[start,
+    /// X)` are folded on top (they account only for records `base` counts, and every record a
+    /// merger consumed is named by some line, so the last line naming a node's record in
+    /// `[start, X)` sets what `base` says), and too far ahead below `X`, where this node can
+    /// never publish: every entry below `X` is committed, and a node that lacks committed
+    /// entries is never promoted. Without `base` (the active had no checkpoint) the fold
+    /// starts empty: a promotion would feed the journals again from their first records.
+    pub fn restart_at(
+        data_dir: &Path,
+        start: Offset,
+        base: Option<Progress>,
+    ) -> anyhow::Result<Fold> {
+        let mut fold = Fold::new(data_dir)?;
+        fold.progress = base.unwrap_or_else(Progress::start);
+        fold.progress.next_offset = start;
+        fold.upto = start;
+        Ok(fold)
+    }
+
     /// The last stored checkpoint and the lines after it; the whole stream if there is no
     /// usable checkpoint.
     pub fn restore(stream: &JournalHandle, data_dir: &Path) -> anyhow::Result<Fold> {
@@ -225,7 +247,7 @@ impl Fold {
         let crc = last_line_crc(stream, self.upto)?.unwrap_or(0);
         let himg = self.history.image().context("history index image")?;
         let p = &self.progress;
-        let mut e = Enc::new(FOLD_MAGIC);
+        let mut e = Enc::with_capacity(FOLD_MAGIC, himg.len() + 128 + self.runs.len() * 16);
         e.u64(self.upto.0)
             .u64(crc)
             .u64(p.next_offset.0)
@@ -242,6 +264,54 @@ impl Fold {
         e.bytes(&himg);
         Ok(e.finish())
     }
+}
+
+const BASE_MAGIC: &[u8; 8] = b"TWXBAS01";
+
+/// The merger's progress at the stored checkpoint (its offset and [`Progress`]), or `None`
+/// when there is none or it cannot be read: what a follower whose copy restarts at this
+/// node's first retained offset folds its lines on top of (see [`Fold::restart_at`]).
+pub fn stored_progress(data_dir: &Path) -> Option<(Offset, Progress)> {
+    let img = std::fs::read(checkpoint_path(data_dir)).ok()?;
+    let mut d = Dec::open(&img, FOLD_MAGIC).ok()?;
+    let upto = Offset(d.u64().ok()?);
+    let _crc = d.u64().ok()?;
+    let p = decode_progress(&mut d).ok()?;
+    Some((upto, p))
+}
+
+/// [`Progress`] as the checkpoint image stores it (after `upto` and the line hash).
+fn decode_progress(d: &mut Dec<'_>) -> std::io::Result<Progress> {
+    Ok(Progress {
+        next_offset: Offset(d.u64()?),
+        consumed: [Seq(d.u64()?), Seq(d.u64()?)],
+        newest: d.opt_i64()?.map(UnixNanos),
+        last_received: [d.opt_i64()?.map(UnixNanos), d.opt_i64()?.map(UnixNanos)],
+    })
+}
+
+fn encode_progress(e: &mut Enc, p: &Progress) {
+    e.u64(p.next_offset.0)
+        .u64(p.consumed[0].0)
+        .u64(p.consumed[1].0)
+        .opt_i64(p.newest.map(|t| t.0))
+        .opt_i64(p.last_received[0].map(|t| t.0))
+        .opt_i64(p.last_received[1].map(|t| t.0));
+}
+
+/// The payload of a `SyncReply` that restarts the follower's copy: the checkpoint's offset
+/// and progress ([`stored_progress`]).
+pub fn encode_base(at: Offset, p: &Progress) -> Vec<u8> {
+    let mut e = Enc::new(BASE_MAGIC);
+    e.u64(at.0);
+    encode_progress(&mut e, p);
+    e.finish()
+}
+
+pub fn decode_base(b: &[u8]) -> anyhow::Result<(Offset, Progress)> {
+    let mut d = Dec::open(b, BASE_MAGIC)?;
+    let at = Offset(d.u64()?);
+    Ok((at, decode_progress(&mut d)?))
 }
 
 /// A hash (FNV-1a) of the stored line just below `upto`, if the stream still holds it.
@@ -356,6 +426,33 @@ impl Checkpoints {
                 None
             }
         }
+    }
+
+    /// Stores an image of `fold` now, whatever is committed: for a follower's copy that
+    /// restarts at `fold.upto` (every entry below is committed, [`Fold::restart_at`]), so that
+    /// a rebuild or a restart of the fold starts from it.
+    pub fn store_now(&mut self, fold: &mut Fold, stream: &JournalHandle) -> anyhow::Result<()> {
+        if self.pending.take().is_some() {
+            fold.history.image_dropped();
+        }
+        let img = match fold.image(stream) {
+            Ok(img) => img,
+            Err(e) => {
+                fold.history.image_dropped();
+                return Err(e);
+            }
+        };
+        if let Err(e) = store(&self.data_dir, &img) {
+            fold.history.image_dropped();
+            return Err(e);
+        }
+        fold.history.image_stored();
+        self.stored = Some(fold.upto);
+        self.hold.advance(Seq(fold.upto.0 + 1));
+        self.last = Instant::now();
+        self.last_upto = fold.upto;
+        self.last_error = None;
+        Ok(())
     }
 
     /// The fold was rebuilt (its history is a new index): a pending image is void.

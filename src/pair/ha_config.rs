@@ -184,6 +184,13 @@ pub fn validate(
     let dedup = match (dedup::Config {
         window_ms,
         horizon_ms: merger.horizon_s.map(|s| s.saturating_mul(1000)),
+        // With no horizon every record is looked up in the history index anyway: the
+        // in-memory table only speeds up a finite one (16,384 entries, about 2 MiB).
+        memory_entries_max: if merger.horizon_s.is_none() {
+            1 << 14
+        } else {
+            dedup::Config::default().memory_entries_max
+        },
         ..dedup::Config::default()
     })
     .validate()
