@@ -359,6 +359,61 @@ fn caught_up(
     ))
 }
 
+/// The `disk` block: per area of the data dir its size, its limit (default share or
+/// configured) and the hours of history the limit holds at the current rate.
+fn render_disk(d: &serde_json::Value) -> String {
+    let Some(areas) = d["areas"].as_object() else {
+        return String::new();
+    };
+    let b = |x: &serde_json::Value| x.as_u64().map(bytes).unwrap_or_else(|| "-".into());
+    let mut s = format!(
+        "disk      data dir {} of {} limits ({} % of the {} filesystem at most)  free {}\n",
+        b(&d["bytes"]),
+        b(&d["bytes_max"]),
+        str_of(&d["budget_pct"]),
+        b(&d["fs_bytes"]),
+        b(&d["free_bytes"]),
+    );
+    for (name, label) in [
+        ("journal", "journal"),
+        ("peer", "peer copy"),
+        ("stream", "stream"),
+        ("history", "history"),
+    ] {
+        let Some(a) = areas.get(name) else {
+            continue;
+        };
+        if a["bytes_max"].is_null() {
+            s += &format!("  {label:<9} {}\n", b(&a["bytes"]));
+            continue;
+        }
+        let limit = match (a["limit"].as_str(), a["share_pct"].as_u64()) {
+            (Some("default"), Some(p)) => format!("default, {p} %"),
+            (Some(l), _) => l.to_string(),
+            _ => "-".into(),
+        };
+        let history = match (a["hours"].as_f64(), a["entries_per_s"].as_f64()) {
+            (Some(h), Some(r)) => {
+                let held = if h < 1.0 / 60.0 {
+                    format!("{:.0} s", h * 3600.0)
+                } else if h < 1.0 {
+                    format!("{:.0} min", h * 60.0)
+                } else {
+                    format!("{h:.1} h")
+                };
+                format!("{held} of history at {r:.0} entries/s")
+            }
+            _ => "history unknown (idle)".into(),
+        };
+        s += &format!(
+            "  {label:<9} {} of {} ({limit})  {history}\n",
+            b(&a["bytes"]),
+            b(&a["bytes_max"]),
+        );
+    }
+    s
+}
+
 fn bytes(n: u64) -> String {
     const MIB: f64 = (1u64 << 20) as f64;
     if n < 1 << 20 {
@@ -506,6 +561,7 @@ fn render_status(v: &serde_json::Value) -> String {
         str_of(&v["stream"]["next_offset"]),
         str_of(&v["stream"]["kept_raw"])
     );
+    s += &render_disk(&v["disk"]);
     let r = &v["receivers"]["syslog"];
     s += &format!(
         "syslog    accepted udp {} tcp {} tls {}  discarded {}\n",
@@ -805,6 +861,45 @@ mod tests {
         );
         // Said once, at the top.
         assert_eq!(text.matches("twinrx resync").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn status_shows_each_area_its_limit_and_hours_of_history() {
+        let v = json!({"disk": {
+            "bytes": 9 << 20, "bytes_max": 80 << 20, "budget_pct": 80, "fs_bytes": 100 << 20,
+            "free_bytes": 90 << 20,
+            "areas": {
+                "journal": {"bytes": 3 << 20, "bytes_max": 20 << 20, "limit": "default",
+                            "share_pct": 20, "entries_per_s": 250.0, "hours": 2.25},
+                "peer": {"bytes": 2 << 20, "bytes_max": 20 << 20, "limit": "configured",
+                         "share_pct": null, "entries_per_s": 250.0, "hours": 0.5},
+                "stream": {"bytes": 4 << 20, "bytes_max": 40 << 20, "limit": "default",
+                           "share_pct": 40, "entries_per_s": 0.0, "hours": null},
+                "history": {"bytes": 0}
+            }
+        }});
+        let text = render_status(&v);
+        assert!(
+            text.contains(
+                "disk      data dir 9.0 MiB of 80.0 MiB limits (80 % of the 100.0 MiB filesystem at most)  free 90.0 MiB\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("  journal   3.0 MiB of 20.0 MiB (default, 20 %)  2.2 h of history at 250 entries/s\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  peer copy 2.0 MiB of 20.0 MiB (configured)  30 min of history at 250 entries/s\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "  stream    4.0 MiB of 40.0 MiB (default, 40 %)  history unknown (idle)\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("  history   0 B\n"), "{text}");
     }
 
     #[test]

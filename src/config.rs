@@ -68,8 +68,9 @@ fn default_data_dir() -> PathBuf {
 pub struct RawJournal {
     #[serde(default = "default_fsync")]
     pub fsync: String,
-    #[serde(default = "default_segment_bytes")]
-    pub segment_bytes_max: u64,
+    /// Unset: 64 MiB, or less on a small filesystem (`crate::disk`).
+    #[serde(default)]
+    pub segment_bytes_max: Option<u64>,
     #[serde(default)]
     pub retention_bytes_max: Option<u64>,
     #[serde(default)]
@@ -82,7 +83,7 @@ impl Default for RawJournal {
     fn default() -> Self {
         RawJournal {
             fsync: default_fsync(),
-            segment_bytes_max: default_segment_bytes(),
+            segment_bytes_max: None,
             retention_bytes_max: None,
             retention_age_max_s: None,
             queue_bytes_max: default_queue_bytes(),
@@ -92,9 +93,6 @@ impl Default for RawJournal {
 
 fn default_fsync() -> String {
     "batch".into()
-}
-fn default_segment_bytes() -> u64 {
-    64 * 1024 * 1024
 }
 fn default_queue_bytes() -> usize {
     64 * 1024 * 1024
@@ -356,8 +354,9 @@ fn default_admin() -> String {
 pub struct RawStream {
     #[serde(default = "default_fsync")]
     pub fsync: String,
-    #[serde(default = "default_segment_bytes")]
-    pub segment_bytes_max: u64,
+    /// Unset: 64 MiB, or less on a small filesystem (`crate::disk`).
+    #[serde(default)]
+    pub segment_bytes_max: Option<u64>,
     #[serde(default)]
     pub retention_bytes_max: Option<u64>,
     #[serde(default)]
@@ -370,7 +369,7 @@ impl Default for RawStream {
     fn default() -> Self {
         RawStream {
             fsync: default_fsync(),
-            segment_bytes_max: default_segment_bytes(),
+            segment_bytes_max: None,
             retention_bytes_max: None,
             retention_age_max_s: None,
             hold_bytes_max: None,
@@ -382,8 +381,7 @@ impl Default for RawStream {
 /// (with `retention_bytes_max` set, the default is that value).
 pub const STREAM_HOLD_BYTES_DEFAULT: u64 = 1 << 30;
 
-/// Smallest `segment_bytes_max` of the journal and the stream.
-const SEGMENT_BYTES_MIN: u64 = 64 * 1024;
+use crate::disk::SEGMENT_BYTES_MIN;
 
 /// Checks the retention keys of `[section]` (journal or stream) and returns its Retention.
 fn retention_of(
@@ -454,6 +452,14 @@ pub struct NodeConfig {
     /// `[stream] hold_bytes_max`: the most each consumer of the stream (a sink, the peer's
     /// copy) keeps from retention; past it its oldest undelivered entries are deleted anyway.
     pub stream_hold_bytes_max: u64,
+    /// The retention and segment keys as configured (`None`: unset), for the disk budget.
+    pub disk_keys: crate::disk::Keys,
+    /// The copy of the peer's journal (pair only): the journal's retention keys, or without
+    /// `journal.retention_bytes_max` its default share (set by [`NodeConfig::apply_disk_budget`]).
+    pub peer_retention: journal::Retention,
+    /// The byte limits of the data dir's areas and where each comes from; `None` until
+    /// [`NodeConfig::apply_disk_budget`] ran (at start).
+    pub disk: Option<crate::disk::Limits>,
     pub queue_bytes_max: usize,
     pub syslog_udp: Vec<SocketAddr>,
     pub syslog_tcp: Vec<SocketAddr>,
@@ -470,6 +476,26 @@ pub struct NodeConfig {
     pub pair: Option<crate::pair::config::PairSettings>,
     /// `[ha]` with its defaults; `Some` exactly when `pair` is.
     pub ha: Option<crate::pair::ha_config::HaSettings>,
+}
+
+impl NodeConfig {
+    /// Fills the unset `retention_bytes_max` keys (and `hold_bytes_max`, and the segment
+    /// sizes on a small filesystem) from the filesystem of `fs_bytes` holding `data_dir`
+    /// (docs/config.md "Disk budget"). An error lists every problem, naming the keys to set.
+    pub fn apply_disk_budget(&mut self, fs_bytes: u64) -> Result<(), Vec<String>> {
+        let limits = crate::disk::limits(fs_bytes, &self.disk_keys)?;
+        self.segment_bytes_max = limits.journal_segment_bytes_max;
+        self.stream_segment_bytes_max = limits.stream_segment_bytes_max;
+        self.retention.bytes_max = Some(limits.journal.bytes_max);
+        self.peer_retention = journal::Retention {
+            bytes_max: Some(limits.peer.unwrap_or(limits.journal).bytes_max),
+            age_max_ms: self.retention.age_max_ms,
+        };
+        self.stream_retention.bytes_max = Some(limits.stream.bytes_max);
+        self.stream_hold_bytes_max = limits.hold_bytes_max;
+        self.disk = Some(limits);
+        Ok(())
+    }
 }
 
 /// Largest message size a config may set: records keep lengths in u32 and a UDP datagram
@@ -551,9 +577,17 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<NodeConfig, Vec<String>> 
     };
     let journal_fsync = fsync_of("journal.fsync", &raw.journal.fsync);
     let stream_fsync = fsync_of("stream.fsync", &raw.stream.fsync);
+    let journal_segment = raw
+        .journal
+        .segment_bytes_max
+        .unwrap_or(crate::disk::SEGMENT_BYTES_DEFAULT);
+    let stream_segment = raw
+        .stream
+        .segment_bytes_max
+        .unwrap_or(crate::disk::SEGMENT_BYTES_DEFAULT);
     let retention = retention_of(
         "journal",
-        raw.journal.segment_bytes_max,
+        journal_segment,
         raw.journal.retention_bytes_max,
         raw.journal.retention_age_max_s,
         &mut problems,
@@ -561,14 +595,14 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<NodeConfig, Vec<String>> 
     let st = &raw.stream;
     let stream_retention = retention_of(
         "stream",
-        st.segment_bytes_max,
+        stream_segment,
         st.retention_bytes_max,
         st.retention_age_max_s,
         &mut problems,
     );
     let stream_hold_bytes_max = match (st.hold_bytes_max, st.retention_bytes_max) {
         (Some(h), _) => {
-            let two = st.segment_bytes_max.saturating_mul(2);
+            let two = stream_segment.saturating_mul(2);
             if h < two {
                 problems.push(format!(
                     "stream.hold_bytes_max = {h}: must be at least two segments (2 × \
@@ -585,7 +619,8 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<NodeConfig, Vec<String>> 
             h
         }
         (None, Some(r)) => r,
-        (None, None) => STREAM_HOLD_BYTES_DEFAULT.max(st.segment_bytes_max.saturating_mul(2)),
+        // Replaced at start by the stream's default limit (`apply_disk_budget`).
+        (None, None) => STREAM_HOLD_BYTES_DEFAULT.max(stream_segment.saturating_mul(2)),
     };
     if !(1 << 20..=1 << 30).contains(&raw.journal.queue_bytes_max) {
         problems.push(format!(
@@ -790,11 +825,21 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<NodeConfig, Vec<String>> 
         data_dir: resolve(&raw.node.data_dir),
         journal_fsync,
         stream_fsync,
-        segment_bytes_max: raw.journal.segment_bytes_max,
+        segment_bytes_max: journal_segment,
         retention,
-        stream_segment_bytes_max: raw.stream.segment_bytes_max,
+        stream_segment_bytes_max: stream_segment,
         stream_retention,
         stream_hold_bytes_max,
+        disk_keys: crate::disk::Keys {
+            journal_bytes_max: raw.journal.retention_bytes_max,
+            journal_segment_bytes_max: raw.journal.segment_bytes_max,
+            stream_bytes_max: st.retention_bytes_max,
+            stream_segment_bytes_max: st.segment_bytes_max,
+            hold_bytes_max: st.hold_bytes_max,
+            pair: raw.pair.is_some(),
+        },
+        peer_retention: retention,
+        disk: None,
         queue_bytes_max: raw.journal.queue_bytes_max,
         syslog_udp,
         syslog_tcp,
@@ -886,6 +931,49 @@ message_bytes_max = 10
         let c = check("[stream]\nretention_bytes_max = 268435456\nhold_bytes_max = 134217728\n")
             .expect("valid");
         assert_eq!(c.stream_hold_bytes_max, 134_217_728);
+    }
+
+    #[test]
+    fn the_disk_budget_fills_unset_keys_and_keeps_explicit_ones() {
+        const GIB: u64 = 1 << 30;
+        let mut c = check("[stream]\nhold_bytes_max = 134217728\n").expect("valid");
+        assert_eq!(
+            c.retention.bytes_max, None,
+            "unset until the filesystem is known"
+        );
+        c.apply_disk_budget(100 * GIB).expect("budget");
+        assert_eq!(c.retention.bytes_max, Some(25 * GIB));
+        assert_eq!(c.peer_retention.bytes_max, Some(25 * GIB));
+        assert_eq!(c.stream_retention.bytes_max, Some(55 * GIB));
+        assert_eq!(c.stream_hold_bytes_max, 128 << 20, "explicit");
+        assert_eq!(c.segment_bytes_max, 64 << 20);
+        let l = c.disk.as_ref().expect("limits");
+        assert_eq!(l.journal.source, crate::disk::Source::Default);
+        let mut c = check(
+            "[journal]\nretention_bytes_max = 1073741824\nretention_age_max_s = 3600\n\
+             [stream]\nsegment_bytes_max = 1048576\n",
+        )
+        .expect("valid");
+        c.apply_disk_budget(GIB).expect("budget");
+        assert_eq!(c.retention.bytes_max, Some(GIB), "explicit: wins");
+        assert_eq!(c.peer_retention.age_max_ms, Some(3_600_000));
+        assert_eq!(c.stream_retention.bytes_max, Some(590_558_003));
+        assert_eq!(
+            c.stream_hold_bytes_max, 590_558_003,
+            "hold: the stream's limit"
+        );
+        assert_eq!(c.stream_segment_bytes_max, 1 << 20, "explicit segment");
+        let l = c.disk.as_ref().expect("limits");
+        assert_eq!(l.warnings.len(), 1, "1 GiB + 55 % > 80 %: {:?}", l.warnings);
+        // An explicit hold above the stream's default limit names the key.
+        let mut c = check("[stream]\nhold_bytes_max = 1073741824\n").expect("valid");
+        let problems = c
+            .apply_disk_budget(GIB)
+            .expect_err("hold above the default");
+        assert!(
+            problems[0].starts_with("stream.hold_bytes_max = 1073741824"),
+            "{problems:?}"
+        );
     }
 
     #[test]

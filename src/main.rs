@@ -6,6 +6,7 @@ mod check;
 mod client;
 mod config;
 mod datadir;
+mod disk;
 mod fault;
 mod gen;
 mod journal_cmd;

@@ -318,7 +318,7 @@ impl Collector for NodeCollector {
             let kind = if counter { Counter } else { Gauge };
             family(&mut enc, name, help, kind, &items)?;
         }
-        if let Some(free) = crate::status::disk_free_bytes(&n.cfg.data_dir) {
+        if let Some(free) = crate::disk::disk_free_bytes(&n.cfg.data_dir) {
             family(
                 &mut enc,
                 "twinrx_journal_disk_free_bytes",

@@ -158,6 +158,8 @@ pub struct Node {
     pub gate: Arc<Gate>,
     /// The HA driver's snapshot and inbox (pair only).
     pub ha: Option<HaHandle>,
+    /// Each data-dir area's entries per second over the last minute (status' hours of history).
+    pub rates: Arc<crate::disk::RateWindow>,
 }
 
 /// The node's handle on its HA driver.
@@ -218,9 +220,10 @@ pub(crate) fn open_journal_with(
     Ok(j)
 }
 
-async fn run_async(cfg: NodeConfig) -> anyhow::Result<()> {
+async fn run_async(mut cfg: NodeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
+    apply_disk_budget(&mut cfg)?;
     // Before anything is opened: two nodes on one data dir would interleave journal writes.
     let _dir_lock = crate::datadir::lock(&cfg.data_dir, "node.lock", "node")?;
     let journal = open_journal(
@@ -381,16 +384,17 @@ async fn run_async(cfg: NodeConfig) -> anyhow::Result<()> {
             (Some(h), thread, Some(task))
         }
         _ => {
-            let (rt, stats, jh, shutdown, name) = (
+            let (rt, stats, jh, shutdown, name, bytes_max) = (
                 rt.clone(),
                 stats.clone(),
                 journal.handle(),
                 shutdown.clone(),
                 cfg.name,
+                cfg.stream_retention.bytes_max,
             );
             let thread = std::thread::Builder::new()
                 .name("stream-builder".into())
-                .spawn(move || stream_builder(stream_j, jh, name, rt, stats, shutdown))
+                .spawn(move || stream_builder(stream_j, jh, name, rt, stats, bytes_max, shutdown))
                 .context("cannot start the stream builder")?;
             (None, thread, None)
         }
@@ -411,18 +415,21 @@ async fn run_async(cfg: NodeConfig) -> anyhow::Result<()> {
         pair,
         gate,
         ha,
+        rates: Arc::new(crate::disk::RateWindow::default()),
     });
+    let sampler = tokio::spawn(sample_rates(node.clone()));
 
     let writer = {
-        let (rt, stats, shutdown, policy) = (
+        let (rt, stats, shutdown, policy, bytes_max) = (
             rt.clone(),
             stats.clone(),
             shutdown.clone(),
             cfg.journal_fsync,
+            cfg.retention.bytes_max,
         );
         std::thread::Builder::new()
             .name("journal-writer".into())
-            .spawn(move || journal_writer(journal, policy, rx, rt, stats, shutdown))
+            .spawn(move || journal_writer(journal, policy, rx, rt, stats, bytes_max, shutdown))
             .context("cannot start the journal writer")?
     };
     let builder = stream_thread;
@@ -470,6 +477,7 @@ async fn run_async(cfg: NodeConfig) -> anyhow::Result<()> {
         .await
         .context("joining the sinks")?;
     admin.abort();
+    sampler.abort();
     pair_result?;
     match (writer_result, builder_result) {
         (Ok(Ok(())), Ok(Ok(()))) => {
@@ -478,6 +486,60 @@ async fn run_async(cfg: NodeConfig) -> anyhow::Result<()> {
         }
         (Ok(Err(e)), _) | (_, Ok(Err(e))) => Err(e),
         _ => anyhow::bail!("a pipeline thread panicked"),
+    }
+}
+
+/// Sets the limits of the keys left unset from the filesystem holding `data_dir`
+/// (`crate::disk`), and logs them: before any journal is opened, which takes its retention.
+fn apply_disk_budget(cfg: &mut NodeConfig) -> anyhow::Result<()> {
+    let fs_bytes = crate::disk::fs_size_bytes(&cfg.data_dir).with_context(|| {
+        format!(
+            "cannot read the size of the filesystem holding data_dir {} (statvfs)",
+            cfg.data_dir.display()
+        )
+    })?;
+    if let Err(problems) = cfg.apply_disk_budget(fs_bytes) {
+        let mut msg = format!(
+            "{}: {} problem{} with the disk budget",
+            cfg.path.display(),
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" }
+        );
+        for p in problems {
+            msg.push_str("\n  ");
+            msg.push_str(&p);
+        }
+        anyhow::bail!(msg);
+    }
+    if let Some(l) = &cfg.disk {
+        for w in &l.warnings {
+            tracing::warn!(warning = %w, "disk budget");
+        }
+        tracing::info!(
+            fs_bytes = l.fs_bytes,
+            journal_bytes_max = l.journal.bytes_max,
+            journal_limit = l.journal.source.as_str(),
+            peer_bytes_max = l.peer.map(|p| p.bytes_max),
+            stream_bytes_max = l.stream.bytes_max,
+            stream_limit = l.stream.source.as_str(),
+            hold_bytes_max = l.hold_bytes_max,
+            "disk budget"
+        );
+    }
+    Ok(())
+}
+
+/// Samples each area's end seq for the status' rates, until aborted at shutdown.
+async fn sample_rates(node: Arc<Node>) {
+    let end = |h: &JournalHandle| h.durable_seq().map_or(0, |s| s.0);
+    let mut tick = tokio::time::interval(crate::disk::RATE_SAMPLE_EVERY);
+    loop {
+        tick.tick().await;
+        let peer = node.pair.as_ref().map_or(0, |p| end(&p.copy));
+        node.rates.sample(
+            Instant::now(),
+            [end(&node.journal), peer, end(&node.stream)],
+        );
     }
 }
 
@@ -506,14 +568,32 @@ pub(crate) async fn wait_for_signal() {
 const WRITE_BATCH_RECORDS_MAX: usize = 8192;
 const WRITE_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 
+/// Least time between two retention passes run because a journal went over its byte limit.
+const RETENTION_OVER_EVERY: Duration = Duration::from_millis(250);
+
+/// Runs a retention pass when `j` holds more than `bytes_max` (at most every
+/// [`RETENTION_OVER_EVERY`]): under a steady flood an area then stays within its limit (the
+/// disk budget's shares) instead of growing by up to a timed pass's interval of traffic.
+fn retention_if_over(j: &mut Journal, bytes_max: Option<u64>, last: &mut Instant, what: &str) {
+    if bytes_max.is_none_or(|m| j.handle().bytes() <= m) || last.elapsed() < RETENTION_OVER_EVERY {
+        return;
+    }
+    *last = Instant::now();
+    if let Err(e) = j.enforce_retention(SystemTime::now()) {
+        tracing::warn!(what, error = %e, "retention failed");
+    }
+}
+
 fn journal_writer(
     mut journal: Journal,
     policy: journal::FsyncPolicy,
     mut rx: IntakeRx,
     rt: tokio::runtime::Handle,
     stats: Arc<NodeStats>,
+    bytes_max: Option<u64>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let mut last_over = Instant::now();
     let tick = Duration::from_millis(5);
     let mut last_retention = Instant::now();
     let mut encoded: Vec<Vec<u8>> = Vec::new();
@@ -532,6 +612,8 @@ fn journal_writer(
                         tracing::warn!(error = %e, "journal retention failed");
                     }
                 }
+                // The last batch of a burst may have left the journal over its limit.
+                retention_if_over(&mut journal, bytes_max, &mut last_over, "journal");
                 continue;
             }
         };
@@ -577,8 +659,12 @@ fn journal_writer(
                         return Ok(());
                     }
                     // The journal stays consistent (the failed append was rolled back); the
-                    // receivers queue up behind us and UDP drops are counted. Retry.
+                    // receivers queue up behind us and UDP drops are counted. Retry, after a
+                    // retention pass: on a full disk it is what frees space.
                     std::thread::sleep(Duration::from_millis(200));
+                    if let Err(e) = journal.enforce_retention(SystemTime::now()) {
+                        tracing::warn!(error = %e, "journal retention failed");
+                    }
                 }
             }
         }
@@ -603,6 +689,7 @@ fn journal_writer(
         if let Err(e) = journal.sync_if_due(Instant::now()) {
             note_journal_error(&stats, &e.to_string());
         }
+        retention_if_over(&mut journal, bytes_max, &mut last_over, "journal");
     }
     journal.sync().context("final journal fsync")?;
     Ok(())
@@ -648,8 +735,10 @@ fn stream_builder(
     me: NodeId,
     rt: tokio::runtime::Handle,
     stats: Arc<NodeStats>,
+    bytes_max: Option<u64>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let mut last_over = Instant::now();
     let from = stream_resume_point(&stream.handle(), me)?;
     let mut tail = jh.tail(from);
     let mut position = from;
@@ -756,6 +845,10 @@ fn stream_builder(
                         return Ok(());
                     }
                     std::thread::sleep(Duration::from_millis(200));
+                    // On a full disk, retention is what frees space.
+                    if let Err(e) = stream.enforce_retention(SystemTime::now()) {
+                        tracing::warn!(error = %e, "stream retention failed");
+                    }
                 }
             }
         }
@@ -763,6 +856,7 @@ fn stream_builder(
             *last = None;
         }
         journal_hold.advance(position);
+        retention_if_over(&mut stream, bytes_max, &mut last_over, "stream");
         stats.stream_entries.fetch_add(lines.len() as u64, Relaxed);
         let now = listen::now_unix_nanos().0;
         for at in &received {

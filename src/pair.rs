@@ -220,8 +220,9 @@ pub async fn start(
         "copy of the peer's journal",
         settings.copy_fsync,
         cfg,
-        // The copy keeps what the own journal keeps; the merger's position holds the rest.
-        cfg.retention,
+        // `journal.retention_bytes_max` or the copy's default share (`crate::disk`); the
+        // merger's position holds the rest.
+        cfg.peer_retention,
     )?;
     let copier = JournalCopier::new(copy_journal, CopyConfig::default());
     let mut listeners = Vec::new();

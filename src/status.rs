@@ -5,11 +5,8 @@ use crate::node::Node;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering::Relaxed;
 
-/// Free bytes on the file system holding `path` (None when it cannot be read).
-pub fn disk_free_bytes(path: &std::path::Path) -> Option<u64> {
-    let st = nix::sys::statvfs::statvfs(path).ok()?;
-    Some((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
-}
+// Its home is `crate::disk`; the pair driver reads it from here.
+pub use crate::disk::disk_free_bytes;
 
 pub fn status_json(node: &Node) -> Value {
     let s = &node.stats;
@@ -121,6 +118,7 @@ pub fn status_json(node: &Node) -> Value {
             "latency_us_p99": s.stream_latency.quantile_us(0.99),
             "last_error": stream_error,
         },
+        "disk": disk_json(node, disk_free, h.run_bytes),
         "sinks": crate::sink::status_json(&node.sinks, stream_next),
         "pair": node.pair.as_ref().map(|p| p.status_json()),
         "receivers": {
@@ -147,6 +145,69 @@ pub fn status_json(node: &Node) -> Value {
             },
             "snmp": snmp_json(node),
         },
+    })
+}
+
+/// The `disk` object: per area of the data dir its size on disk, its limit and where the limit
+/// comes from, and the hours of history the limit holds at the last minute's rate.
+fn disk_json(node: &Node, free: Option<u64>, history_bytes: u64) -> Value {
+    let rates = node.rates.entries_per_s();
+    let limits = node.cfg.disk.as_ref();
+    let shares = if node.pair.is_some() {
+        crate::disk::PAIR_SHARES_PCT
+    } else {
+        crate::disk::SINGLE_SHARES_PCT
+    };
+    let area = |i: usize,
+                h: &journal::JournalHandle,
+                limit: Option<crate::disk::Limit>,
+                share: u64| {
+        let bytes = h.bytes();
+        let entries = h
+            .durable_seq()
+            .map_or(0, |last| (last.0 + 1).saturating_sub(h.first_seq().0));
+        let per_s = rates.map(|r| r[i]);
+        let hours = match (limit, per_s) {
+            (Some(l), Some(r)) => crate::disk::hours_of_history(l.bytes_max, bytes, entries, r),
+            _ => None,
+        };
+        json!({
+            "bytes": bytes,
+            "bytes_max": limit.map(|l| l.bytes_max),
+            "limit": limit.map(|l| l.source.as_str()),
+            "share_pct": limit.filter(|l| l.source == crate::disk::Source::Default).map(|_| share),
+            "entries": entries,
+            "entries_per_s": per_s.map(|r| (r * 10.0).round() / 10.0),
+            // null: idle (or just started), so unknown.
+            "hours": hours,
+        })
+    };
+    let mut areas = serde_json::Map::new();
+    areas.insert(
+        "journal".into(),
+        area(0, &node.journal, limits.map(|l| l.journal), shares.journal),
+    );
+    if let Some(p) = &node.pair {
+        areas.insert(
+            "peer".into(),
+            area(1, &p.copy, limits.and_then(|l| l.peer), shares.peer),
+        );
+    }
+    areas.insert(
+        "stream".into(),
+        area(2, &node.stream, limits.map(|l| l.stream), shares.stream),
+    );
+    // The merger's index: bounded by the stream's retention, no limit of its own.
+    areas.insert("history".into(), json!({ "bytes": history_bytes }));
+    let bytes: u64 = areas.values().filter_map(|a| a["bytes"].as_u64()).sum();
+    json!({
+        "data_dir": node.cfg.data_dir.display().to_string(),
+        "fs_bytes": limits.map(|l| l.fs_bytes),
+        "free_bytes": free,
+        "bytes": bytes,
+        "bytes_max": limits.map(|l| l.total_bytes_max()),
+        "budget_pct": crate::disk::SHARE_TOTAL_PCT,
+        "areas": areas,
     })
 }
 
