@@ -450,6 +450,7 @@ pub fn resync(target: &Target, timeout_secs: u64) -> anyhow::Result<i32> {
     let mut leader_ends: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
     // Since when the pair has looked redundant from this node, at every poll.
     let mut redundant_since: Option<Instant> = None;
+    let mut restart_shown = false;
     loop {
         // The node answers 202 once the resync is under way, so a "failed" state read after it
         // is this resync's.
@@ -477,6 +478,10 @@ pub fn resync(target: &Target, timeout_secs: u64) -> anyhow::Result<i32> {
                 match p.target.filter(|_| p.leads) {
                     Some(t) => leader_ends.push_back(t),
                     None => leader_ends.clear(),
+                }
+                if let Some(line) = copy_restarted_line(ha).filter(|_| !restart_shown) {
+                    println!("{line}");
+                    restart_shown = true;
                 }
                 let r = &ha["resync"];
                 if r["state"].as_str() == Some("failed") {
@@ -723,10 +728,26 @@ fn render_ha(v: &serde_json::Value) -> String {
             s += &format!("          {}\n", Progress::of(v).line());
         }
     }
+    if let Some(line) = copy_restarted_line(ha) {
+        s += &format!("          {line}\n");
+    }
     if let Some(next) = ha["next_step"].as_str() {
         s += &format!("\nNext step: {next}\n");
     }
     s + "\n"
+}
+
+/// Where this node's copy of the merged stream restarted, if the active's retention had
+/// deleted entries it lacked (issue #14), from `.ha.stream_copy_restarted`.
+fn copy_restarted_line(ha: &serde_json::Value) -> Option<String> {
+    let r = &ha["stream_copy_restarted"];
+    let offset = r["offset"].as_u64()?;
+    Some(format!(
+        "stream copy restarted at offset {offset} ({}): node {} had deleted the entries this \
+         node lacked (stream retention); this node's stream starts there",
+        str_of(&r["at"]),
+        str_of(&ha["peer"])
+    ))
 }
 
 /// Where `twinrx tail` starts: an offset, or `earliest` (the oldest entry stream retention

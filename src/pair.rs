@@ -1172,6 +1172,7 @@ pub fn start_ha(
     let restored = ha::Restored {
         state,
         end,
+        start: twinrx_types::Offset(stream.handle().first_seq().0.saturating_sub(1)),
         runs: fold.runs.clone(),
     };
     let clock = writer::Clock::start();

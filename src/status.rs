@@ -349,6 +349,7 @@ fn ha_json(node: &Node) -> (Value, String, Vec<String>, Option<String>) {
         "health_dwell_left_ms": st.health_dwell_left_ms,
         "lacks_committed": st.lacks_committed,
         "lease_lapsed": st.lease_lapsed,
+        "stream_copy_restarted": v.copy_restarted.map(|(offset, at)| json!({"offset": offset, "at": rfc3339(at)})),
         "resync": v.resync.as_ref().map(|r| json!({
             "state": r.state,
             "phase": r.phase,

@@ -483,13 +483,11 @@ fn the_active_keeps_what_a_stopped_standbys_stream_copy_needs_then_deletes_it() 
     trio.wait_redundant(Duration::from_secs(30));
 }
 
-/// Issue #14 item 3, last part. Fails today: the active's driver cannot read the entries the
-/// standby needs (`cannot read entries to send … is gone`, every 400 ms), the standby stays
-/// `syncing` and `twinrx resync` times out. Needs the HA core to tell the follower to restart
-/// its copy at the active's first retained offset (truncate its stream, `reset_to` there) and
-/// `status` to say so.
+/// Issue #14 item 3, last part: the active's retention deleted entries the standby lacks, so
+/// its `SyncReply` tells the standby to restart its copy at the first retained offset (with
+/// the merger's progress at the active's checkpoint); one `twinrx resync`, and `status` says
+/// where the copy starts.
 #[test]
-#[ignore = "needs the HA core and the stream writer to restart a follower's copy at the active's first retained offset (issue #14)"]
 fn a_standby_away_longer_than_the_retention_comes_back_with_one_resync() {
     // The hold is two segments: a standby away while more piles up no longer holds the
     // active's retention (entries older than 1 s go).
@@ -519,7 +517,11 @@ fn a_standby_away_longer_than_the_retention_comes_back_with_one_resync() {
         "active deleted up to {first} while the standby was away"
     ));
     trio.node_mut(standby).start();
-    trio.resync(standby);
+    let out = trio.resync(standby);
+    assert!(
+        out.contains("stream copy restarted at offset"),
+        "the resync says the copy restarted: {out}"
+    );
     wait_committed(trio.node(standby), n, Duration::from_secs(60));
     let offsets = tail_offsets(trio.node(standby), "earliest");
     let f = offsets[0];
@@ -528,5 +530,56 @@ fn a_standby_away_longer_than_the_retention_comes_back_with_one_resync() {
         "the standby's copy starts at the active's first retained offset"
     );
     assert_eq!(offsets, (f..n).collect::<Vec<_>>());
+    let st = trio.node(standby).status();
+    assert_eq!(
+        st["stream"]["first_offset"].as_u64(),
+        Some(f),
+        "{}",
+        st["stream"]
+    );
+    assert_eq!(
+        st["ha"]["stream_copy_restarted"]["offset"].as_u64(),
+        Some(f),
+        "status says where the copy restarted: {}",
+        st["ha"]
+    );
+    let out = Command::new(BIN)
+        .args(["status", "--node", &trio.node(standby).admin])
+        .output()
+        .expect("run twinrx status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("stream copy restarted at offset {f}")),
+        "{text}"
+    );
     trio.wait_redundant(Duration::from_secs(30));
+
+    // Then the active fails. The new active's merger starts from the progress that came with
+    // the restart (the active's checkpoint): it publishes the new messages and none of the
+    // journal records the deleted entries accounted for (without that progress: the 300
+    // records of the first load that the standby journaled, a second time).
+    trio.node_mut(active).kill9();
+    let mut g = gen(
+        trio.node(standby),
+        &trio.dir().join("m3.json"),
+        50,
+        1000,
+        "away3",
+    );
+    wait_child(&mut g, "gen", Duration::from_secs(60));
+    wait_for(
+        "the former standby to publish the new messages",
+        Duration::from_secs(60),
+        || {
+            (stream_status(trio.node(standby))["next_offset"].as_u64() >= Some(n + 50))
+                .then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let st = stream_status(trio.node(standby));
+    assert_eq!(
+        st["next_offset"].as_u64(),
+        Some(n + 50),
+        "the new active publishes each record once: {st}"
+    );
 }

@@ -162,19 +162,26 @@ pub enum HaMsg {
     },
     /// Standby → active: "I follow you in `epoch`; I will not vote before my promise expires".
     HeartbeatAck { epoch: Epoch, echo: Millis },
-    /// Follower → active: my stream's runs and end, to find where it diverges from yours.
+    /// Follower → active: my stream's runs and end, to find where it diverges from yours;
+    /// `start` is the first offset it holds (retention, or a restart of its copy, deleted the
+    /// entries below: they are committed and not compared).
     SyncRequest {
         epoch: Epoch,
         end: Offset,
         runs: Vec<Run>,
+        start: Offset,
     },
     /// Active → follower: truncate to `truncate_to` (never below the commit point), then
-    /// append until you hold `target`.
+    /// append until you hold `target`. `start` is the active's first retained offset (stream
+    /// retention deleted the committed entries below it): a follower that would then hold
+    /// less than `start` cannot get the entries in between from anyone, so it empties its
+    /// stream and continues at `start` (issue #14: a standby away longer than the retention).
     SyncReply {
         epoch: Epoch,
         truncate_to: Offset,
         target: Offset,
         commit_end: Offset,
+        start: Offset,
     },
     /// Active → follower: entries `[from, upto)` all written in `entry_epoch`.
     Append {

@@ -7,7 +7,8 @@
 //! Driving contract (the binary and the simulator both follow it):
 //! - Actions are carried out in the order polled. `PersistEpoch`, `AcceptEntries` and local
 //!   appends are reported back as `EpochPersisted` / `StreamAppended` once durable (fsync);
-//!   `TruncateStream` is applied (durably) before any later action is carried out.
+//!   `TruncateStream` and `ResetStream` are applied (durably) before any later action is
+//!   carried out.
 //! - Disk work is one FIFO: every local append issued before a `PersistEpoch` is reported
 //!   (`StreamAppended`) before that `EpochPersisted`, so appends still in flight when a node
 //!   stops publishing are labelled with the epoch they were written in.
@@ -65,6 +66,10 @@ pub enum Input {
     Switchover,
     /// The journal resync asked for by `StartResync` is complete.
     ResyncDone,
+    /// Stream retention deleted the local entries below `start` (they were committed): the
+    /// first offset this node holds. Only grows; a follower whose copy would need entries
+    /// below it is told to restart its copy there (`SyncReply::start`).
+    StreamStart { start: Offset },
     /// Result of `RunFenceCommand` (true: the peer is fenced off).
     FenceResult { ok: bool },
     /// Result of `Ping` (true: a majority of ping targets answered).
@@ -108,6 +113,11 @@ pub enum Action {
     StopPublishing(StopReason),
     /// Remove entries at offsets `>= from` (never committed ones) before anything else.
     TruncateStream { from: Offset },
+    /// Remove every entry and continue the stream at `start` (the next entry stored gets
+    /// offset `start`), before anything else: the active no longer holds the entries between
+    /// this node's end and `start` (its retention deleted them, committed). The payload of
+    /// the `SyncReply` handled just before says what the merger had accounted for there.
+    ResetStream { start: Offset },
     /// Store the entries `[from, upto)`, all of `entry_epoch`, carried by the `Append` just
     /// handled; report `StreamAppended` when durable.
     AcceptEntries {
@@ -134,6 +144,8 @@ pub struct Restored {
     pub state: EpochState,
     /// First offset not in the local merged stream.
     pub end: Offset,
+    /// First offset in the local merged stream (retention deleted the ones below).
+    pub start: Offset,
     /// Runs of the local merged stream, ascending (`Run` per epoch boundary).
     pub runs: Vec<Run>,
 }
@@ -178,6 +190,9 @@ pub struct Status {
     /// Milliseconds left of a dwell after a health handover (0: none): until then this node
     /// does not hand back for its health.
     pub health_dwell_left_ms: u64,
+    /// First offset the local stream holds (retention, or a restart of this follower's copy
+    /// at the active's first retained offset, deleted the entries below).
+    pub start: Offset,
     /// The witness refused this node's candidacy because it lacks committed entries (the
     /// active committed alone while this node was behind) and no active has been heard since:
     /// this node must not and will not take over; the node that holds them must come back.
@@ -331,6 +346,8 @@ pub struct HaCore {
     /// Target of the last `PersistEpoch`.
     wanted: EpochState,
     durable: EpochState,
+    /// First offset the local stream holds (entries below were committed and deleted).
+    start: Offset,
     end: Offset,
     pending_end: Offset,
     runs: Vec<Run>,
@@ -385,6 +402,7 @@ impl HaCore {
             epoch_seen: restored.state.epoch,
             wanted: restored.state,
             durable: restored.state,
+            start: restored.start.min(restored.end),
             end: restored.end,
             pending_end: restored.end,
             runs: restored.runs,
@@ -452,6 +470,9 @@ impl HaCore {
                 if let State::Follower(f) = &mut self.state {
                     f.resync_done = true;
                 }
+            }
+            Input::StreamStart { start } => {
+                self.start = self.start.max(start.min(self.end));
             }
             Input::FenceResult { ok } => self.on_fence_result(ok),
             Input::PingResult { reachable } => self.on_ping_result(reachable),
@@ -580,6 +601,7 @@ impl HaCore {
             // Unreachable: what it said last is not its role now.
             peer_role: self.peer_view.role.filter(|_| !self.peer_suspected()),
             peer_log: self.peer_view.log,
+            start: self.start,
             health_dwell_left_ms: self.dwell.map_or(0, |d| d.until.saturating_sub(self.now)),
             lacks_committed: self.stale_at.is_some(),
             lease_lapsed: matches!(&self.state, State::Leader(l) if self.now >= l.lease_until),
@@ -1176,6 +1198,7 @@ impl HaCore {
                 epoch: leader,
                 end: self.pending_end,
                 runs: self.runs.clone(),
+                start: self.start,
             };
             self.push(Action::StartResync);
             self.send_peer(msg);
@@ -1642,13 +1665,19 @@ impl HaCore {
                     }
                 }
             }
-            HaMsg::SyncRequest { epoch, end, runs } => self.on_sync_request(epoch, end, &runs),
+            HaMsg::SyncRequest {
+                epoch,
+                end,
+                runs,
+                start,
+            } => self.on_sync_request(epoch, end, &runs, start),
             HaMsg::SyncReply {
                 epoch,
                 truncate_to,
                 target,
                 commit_end,
-            } => self.on_sync_reply(epoch, truncate_to, target, commit_end),
+                start,
+            } => self.on_sync_reply(epoch, truncate_to, target, commit_end, start),
             HaMsg::Append {
                 epoch,
                 from,
@@ -1881,7 +1910,7 @@ impl HaCore {
         }
     }
 
-    fn on_sync_request(&mut self, epoch: Epoch, end: Offset, runs: &[Run]) {
+    fn on_sync_request(&mut self, epoch: Epoch, end: Offset, runs: &[Run], start: Offset) {
         let State::Leader(l) = &mut self.state else {
             return;
         };
@@ -1889,21 +1918,33 @@ impl HaCore {
             self.stats.stale_messages_total += 1;
             return;
         }
-        let d = common_prefix(&self.runs, self.end, runs, end);
+        // Entries below either stream's start are committed (retention deletes only those)
+        // and gone from that stream: the streams are compared from there on.
+        let from = self.start.max(start);
+        let d = common_prefix_from(&self.runs, self.end, runs, end, from);
         l.f_synced = false;
         l.f_match = l.f_match.min(d);
         l.f_recv = l.f_recv.min(d);
-        l.f_next = d;
+        // A follower that needs entries below our first retained one restarts its copy there.
+        l.f_next = d.max(self.start);
         let msg = HaMsg::SyncReply {
             epoch,
             truncate_to: d,
             target: self.end,
             commit_end: self.commit_end,
+            start: self.start,
         };
         self.send_peer(msg);
     }
 
-    fn on_sync_reply(&mut self, epoch: Epoch, truncate_to: Offset, target: Offset, commit: Offset) {
+    fn on_sync_reply(
+        &mut self,
+        epoch: Epoch,
+        truncate_to: Offset,
+        target: Offset,
+        commit: Offset,
+        start: Offset,
+    ) {
         let State::Follower(f) = &mut self.state else {
             return;
         };
@@ -1921,7 +1962,15 @@ impl HaCore {
             return;
         }
         f.sync = Sync::Appending { target };
-        if truncate_to < self.pending_end {
+        if start > truncate_to.min(self.pending_end) {
+            // The active's retention deleted (committed) entries this node lacks: nobody can
+            // send them any more. Restart the copy at the active's first retained offset.
+            self.push(Action::ResetStream { start });
+            self.start = start;
+            self.pending_end = start;
+            self.end = start;
+            self.runs.clear();
+        } else if truncate_to < self.pending_end {
             self.push(Action::TruncateStream { from: truncate_to });
             self.pending_end = truncate_to;
             self.end = self.end.min(truncate_to);
@@ -2019,7 +2068,24 @@ impl Follower {
 /// the same offset and the same epoch are the same entry (one active per epoch writes each
 /// offset once).
 pub fn common_prefix(a: &[Run], a_end: Offset, b: &[Run], b_end: Offset) -> Offset {
+    common_prefix_from(a, a_end, b, b_end, Offset(0))
+}
+
+/// [`common_prefix`] of two streams that agree below `from` (entries there are committed and
+/// deleted from at least one of them by retention): at least `from` when both reach it.
+/// Entries with the same offset and epoch have the same history before them, so comparing
+/// from `from` on is enough.
+pub fn common_prefix_from(
+    a: &[Run],
+    a_end: Offset,
+    b: &[Run],
+    b_end: Offset,
+    from: Offset,
+) -> Offset {
     let limit = a_end.min(b_end);
+    if from >= limit {
+        return limit;
+    }
     let epoch_at = |runs: &[Run], o: Offset| {
         let i = runs.partition_point(|r| r.start <= o);
         i.checked_sub(1).map(|i| runs[i].epoch)
@@ -2028,9 +2094,9 @@ pub fn common_prefix(a: &[Run], a_end: Offset, b: &[Run], b_end: Offset) -> Offs
         .iter()
         .chain(b.iter())
         .map(|r| r.start)
-        .filter(|s| *s < limit)
+        .filter(|s| *s >= from && *s < limit)
         .collect();
-    bounds.push(Offset(0));
+    bounds.push(from);
     bounds.sort_unstable();
     bounds.dedup();
     for s in bounds {

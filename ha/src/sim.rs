@@ -542,6 +542,7 @@ impl Sim {
         let restored = Restored {
             state: n.epoch_state,
             end: Offset(n.stream.len() as u64),
+            start: Offset(0),
             runs,
         };
         let now = n.clock.local_ms(self.now);
@@ -862,6 +863,14 @@ impl Sim {
                     }
                 }
                 n.pending_len = n.pending_len.min(from);
+            }
+            Action::ResetStream { start } => {
+                // The simulated streams keep everything (no retention): the active's first
+                // retained offset stays 0 and no follower may be told to restart its copy.
+                self.violation(format!(
+                    "node {i} told to restart its stream at {}",
+                    start.0
+                ));
             }
             Action::AcceptEntries {
                 from,

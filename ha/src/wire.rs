@@ -8,7 +8,7 @@
 //! 1 solo, 2 standby, 3 syncing, 4 stopped); `LogPos`: log_epoch u64, end u64; `Health`:
 //! receivers_ok u8, fsync_latency_ms u32, disk_free_bytes u64, merger_stall_ms u32,
 //! sink_stall_ms u32, sched_lag_ms u32; `Vec<Run>`: count u32 (at most `RUNS_MAX`), then per
-//! run epoch u64, start u64.
+//! run epoch u64, start u64. (`SyncRequest` and `SyncReply` end with `start`, issue #14.)
 //!
 //! Tags: 1 Heartbeat, 2 HeartbeatAck, 3 SyncRequest, 4 SyncReply, 5 Append, 6 AppendAck,
 //! 7 Handover, 8 Leaving, 9 VoteRequest, 10 VoteReply, 11 LeaseRequest, 12 LeaseReply,
@@ -106,7 +106,12 @@ pub fn encode(msg: &HaMsg, out: &mut Vec<u8>) {
             w.e(*epoch);
             w.t(*echo);
         }
-        HaMsg::SyncRequest { epoch, end, runs } => {
+        HaMsg::SyncRequest {
+            epoch,
+            end,
+            runs,
+            start,
+        } => {
             w.u8(3);
             w.e(*epoch);
             w.o(*end);
@@ -116,18 +121,21 @@ pub fn encode(msg: &HaMsg, out: &mut Vec<u8>) {
                 w.e(r.epoch);
                 w.o(r.start);
             }
+            w.o(*start);
         }
         HaMsg::SyncReply {
             epoch,
             truncate_to,
             target,
             commit_end,
+            start,
         } => {
             w.u8(4);
             w.e(*epoch);
             w.o(*truncate_to);
             w.o(*target);
             w.o(*commit_end);
+            w.o(*start);
         }
         HaMsg::Append {
             epoch,
@@ -335,13 +343,19 @@ pub fn decode(bytes: &[u8]) -> Result<HaMsg, DecodeError> {
                     start: r.o()?,
                 });
             }
-            HaMsg::SyncRequest { epoch, end, runs }
+            HaMsg::SyncRequest {
+                epoch,
+                end,
+                runs,
+                start: r.o()?,
+            }
         }
         4 => HaMsg::SyncReply {
             epoch: r.e()?,
             truncate_to: r.o()?,
             target: r.o()?,
             commit_end: r.o()?,
+            start: r.o()?,
         },
         5 => HaMsg::Append {
             epoch: r.e()?,

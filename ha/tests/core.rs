@@ -1,7 +1,7 @@
 //! Unit-level tests of the node core and the witness: exact action lists for the key
 //! transitions (openraft style) and the vote rules as tables.
 
-use ha::node::common_prefix;
+use ha::node::{common_prefix, common_prefix_from};
 use ha::*;
 use twinrx_types::{Epoch, Millis, NodeId, Offset};
 
@@ -125,6 +125,7 @@ fn follower_adopts_higher_epoch_then_syncs_and_acks() {
             log_epoch: Epoch(3),
         },
         end: Offset(10),
+        start: Offset(0),
         runs: vec![Run {
             epoch: Epoch(3),
             start: Offset(0),
@@ -162,7 +163,8 @@ fn follower_adopts_higher_epoch_then_syncs_and_acks() {
                     runs: vec![Run {
                         epoch: Epoch(3),
                         start: Offset(0)
-                    }]
+                    }],
+                    start: Offset(0),
                 }
             },
         ]
@@ -191,6 +193,7 @@ fn follower_adopts_higher_epoch_then_syncs_and_acks() {
         truncate_to: Offset(8),
         target: Offset(12),
         commit_end: Offset(8),
+        start: Offset(0),
     };
     b.handle_input(
         Millis(21),
@@ -324,6 +327,7 @@ fn node_vote_rules_table() {
                 log_epoch: Epoch(1),
             },
             end: Offset(vend),
+            start: Offset(0),
             runs: vec![Run {
                 epoch: Epoch(1),
                 start: Offset(0),
@@ -585,6 +589,210 @@ fn common_prefix_table() {
     }
 }
 
+/// Streams whose first entries retention deleted are compared from the later start on.
+#[test]
+fn common_prefix_from_table() {
+    let r = |v: &[(u64, u64)]| {
+        v.iter()
+            .map(|&(e, s)| Run {
+                epoch: Epoch(e),
+                start: Offset(s),
+            })
+            .collect::<Vec<_>>()
+    };
+    type Runs = &'static [(u64, u64)];
+    let rows: &[(Runs, u64, Runs, u64, u64, u64)] = &[
+        (&[(1, 0)], 40, &[(1, 0)], 10, 30, 10), // a follower that ends before the start
+        (&[(1, 0)], 40, &[(1, 30)], 35, 30, 35), // restarted at 30 (no run below): same
+        (&[(1, 0), (2, 32)], 40, &[(1, 30)], 35, 30, 32), // diverged after the start
+        (&[(1, 0), (2, 20)], 40, &[(1, 0), (3, 5)], 35, 25, 25), // diverged below it: at it
+        (&[(1, 0)], 40, &[], 0, 30, 0),         // empty
+    ];
+    for (a, ae, b, be, from, want) in rows {
+        assert_eq!(
+            common_prefix_from(&r(a), Offset(*ae), &r(b), Offset(*be), Offset(*from)),
+            Offset(*want),
+            "{a:?} {b:?} from {from}"
+        );
+    }
+}
+
+/// The active's retention deleted entries below 30 (all committed); a standby that was away
+/// holds 0..10: it is told to restart its copy at 30, and the active sends from there.
+#[test]
+fn a_follower_behind_the_first_retained_entry_restarts_at_it() {
+    let mut a = active_with_standby(40);
+    a.handle_input(Millis(1970), Input::StreamStart { start: Offset(30) });
+    assert_eq!(a.status().start, Offset(30));
+    let sync = HaMsg::SyncRequest {
+        epoch: Epoch(1),
+        end: Offset(10),
+        runs: vec![Run {
+            epoch: Epoch(1),
+            start: Offset(0),
+        }],
+        start: Offset(0),
+    };
+    a.handle_input(Millis(1971), Input::Peer { link: 0, msg: sync });
+    assert_eq!(
+        drain(&mut a),
+        vec![to_b(
+            None,
+            HaMsg::SyncReply {
+                epoch: Epoch(1),
+                truncate_to: Offset(10),
+                target: Offset(40),
+                commit_end: Offset(40),
+                start: Offset(30),
+            }
+        )]
+    );
+    a.handle_input(
+        Millis(1972),
+        Input::Peer {
+            link: 0,
+            msg: HaMsg::AppendAck {
+                epoch: Epoch(1),
+                end: Offset(30),
+            },
+        },
+    );
+    let acts = drain(&mut a);
+    assert!(
+        acts.iter().any(|m| matches!(
+            m,
+            Action::Send {
+                msg: HaMsg::Append {
+                    from: Offset(30),
+                    ..
+                },
+                ..
+            }
+        )),
+        "appends start at the first retained entry: {acts:?}"
+    );
+
+    // A stream that holds what the active retains is not restarted.
+    let mut a = active_with_standby(40);
+    a.handle_input(Millis(1970), Input::StreamStart { start: Offset(30) });
+    let sync = HaMsg::SyncRequest {
+        epoch: Epoch(1),
+        end: Offset(35),
+        runs: vec![Run {
+            epoch: Epoch(1),
+            start: Offset(20),
+        }],
+        start: Offset(20),
+    };
+    a.handle_input(Millis(1971), Input::Peer { link: 0, msg: sync });
+    let acts = drain(&mut a);
+    assert!(
+        acts.contains(&to_b(
+            None,
+            HaMsg::SyncReply {
+                epoch: Epoch(1),
+                truncate_to: Offset(35),
+                target: Offset(40),
+                commit_end: Offset(40),
+                start: Offset(30),
+            }
+        )),
+        "{acts:?}"
+    );
+}
+
+/// The follower's side: a `SyncReply` whose `start` is beyond what it would keep empties its
+/// stream and continues at `start`; its position and commit point are `start`.
+#[test]
+fn a_follower_told_to_restart_empties_its_stream_and_continues_at_start() {
+    let restored = Restored {
+        state: EpochState {
+            epoch: Epoch(4),
+            log_epoch: Epoch(4),
+        },
+        end: Offset(10),
+        start: Offset(0),
+        runs: vec![Run {
+            epoch: Epoch(4),
+            start: Offset(0),
+        }],
+    };
+    let mut b = started(NodeId::B, 0, restored);
+    let log = LogPos {
+        log_epoch: Epoch(4),
+        end: Offset(40),
+    };
+    b.handle_input(
+        Millis(10),
+        Input::Peer {
+            link: 0,
+            msg: hb(4, Role::Active, log, 10),
+        },
+    );
+    drain(&mut b);
+    let reply = HaMsg::SyncReply {
+        epoch: Epoch(4),
+        truncate_to: Offset(10),
+        target: Offset(40),
+        commit_end: Offset(40),
+        start: Offset(30),
+    };
+    b.handle_input(
+        Millis(11),
+        Input::Peer {
+            link: 0,
+            msg: reply,
+        },
+    );
+    let a = Party::Node(NodeId::A);
+    assert_eq!(
+        drain(&mut b),
+        vec![
+            Action::ResetStream { start: Offset(30) },
+            Action::Committed { upto: Offset(30) },
+            Action::Send {
+                to: a,
+                link: None,
+                msg: HaMsg::AppendAck {
+                    epoch: Epoch(4),
+                    end: Offset(30)
+                }
+            },
+        ]
+    );
+    assert_eq!(b.status().start, Offset(30));
+    b.handle_input(
+        Millis(12),
+        Input::Peer {
+            link: 0,
+            msg: HaMsg::Append {
+                epoch: Epoch(4),
+                from: Offset(30),
+                upto: Offset(40),
+                entry_epoch: Epoch(4),
+                commit_end: Offset(40),
+            },
+        },
+    );
+    assert_eq!(
+        drain(&mut b),
+        vec![Action::AcceptEntries {
+            from: Offset(30),
+            upto: Offset(40),
+            entry_epoch: Epoch(4)
+        }]
+    );
+    b.handle_input(Millis(13), Input::StreamAppended { upto: Offset(40) });
+    drain(&mut b);
+    assert_eq!(
+        b.log_pos(),
+        LogPos {
+            log_epoch: Epoch(4),
+            end: Offset(40)
+        }
+    );
+}
+
 #[test]
 fn config_validation_reports_every_problem() {
     let mut c = Config::new(NodeId::A);
@@ -622,6 +830,7 @@ fn active_with_standby(end: u64) -> HaCore {
         epoch: Epoch(1),
         end: Offset(0),
         runs: vec![],
+        start: Offset(0),
     };
     a.handle_input(Millis(1960), Input::Peer { link: 0, msg: sync });
     a.handle_input(
@@ -810,6 +1019,7 @@ fn caught_up_standby_b() -> HaCore {
             log_epoch: Epoch(4),
         },
         end: Offset(12),
+        start: Offset(0),
         runs: vec![Run {
             epoch: Epoch(4),
             start: Offset(0),
@@ -829,6 +1039,7 @@ fn caught_up_standby_b() -> HaCore {
             truncate_to: Offset(12),
             target: Offset(12),
             commit_end: Offset(12),
+            start: Offset(0),
         }),
     );
     b.handle_input(Millis(27), Input::ResyncDone);
@@ -994,6 +1205,7 @@ fn caught_up_standby_repeats_its_ack_every_tick() {
         epoch: Epoch(1),
         end: Offset(0),
         runs: vec![],
+        start: Offset(0),
     };
     a.handle_input(Millis(1970), peer(dup));
     a.handle_input(Millis(1980), Input::StreamAppended { upto: Offset(6) });

@@ -65,11 +65,13 @@ fn arb_msg() -> impl Strategy<Value = HaMsg> {
         (
             e.clone(),
             o.clone(),
-            proptest::collection::vec((any::<u64>(), any::<u64>()), 0..5)
+            proptest::collection::vec((any::<u64>(), any::<u64>()), 0..5),
+            o.clone()
         )
-            .prop_map(|(epoch, end, runs)| HaMsg::SyncRequest {
+            .prop_map(|(epoch, end, runs, start)| HaMsg::SyncRequest {
                 epoch,
                 end,
+                start,
                 runs: runs
                     .into_iter()
                     .map(|(e, s)| Run {
@@ -78,13 +80,14 @@ fn arb_msg() -> impl Strategy<Value = HaMsg> {
                     })
                     .collect()
             }),
-        (e.clone(), o.clone(), o.clone(), o.clone()).prop_map(
-            |(epoch, truncate_to, target, commit_end)| {
+        (e.clone(), o.clone(), o.clone(), o.clone(), o.clone()).prop_map(
+            |(epoch, truncate_to, target, commit_end, start)| {
                 HaMsg::SyncReply {
                     epoch,
                     truncate_to,
                     target,
                     commit_end,
+                    start,
                 }
             }
         ),

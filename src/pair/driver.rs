@@ -76,6 +76,9 @@ pub struct HaView {
     pub role_since: SystemTime,
     pub resync: Option<ResyncView>,
     pub last_disk_error: Option<String>,
+    /// This node's copy of the stream was restarted at this offset (the active's first
+    /// retained one: its retention had deleted entries this node lacked), and when.
+    pub copy_restarted: Option<(u64, SystemTime)>,
 }
 
 #[derive(Clone, Debug)]
@@ -229,7 +232,11 @@ impl Driver {
             role_since: SystemTime::now(),
             resync: None,
             last_disk_error: None,
+            copy_restarted: None,
         };
+        // The payload of the last `SyncReply` (the active's merger progress, for a restart).
+        let mut last_sync_base: Option<Vec<u8>> = None;
+        let mut start_told = Offset(0);
         loop {
             let deadline = self
                 .core
@@ -243,11 +250,13 @@ impl Driver {
                 ev = self.events.recv() => {
                     let Some(ev) = ev else { break };
                     let now = self.clock.now();
+                    self.tell_stream_start(now, &mut start_told);
                     match ev {
                         Event::Peer { link, bytes } => match decode_peer(&bytes) {
                             Ok((msg, entries)) => {
                                 match &msg {
                                     HaMsg::Append { from, .. } => last_append = Some((*from, entries)),
+                                    HaMsg::SyncReply { .. } => last_sync_base = entries.into_iter().next(),
                                     HaMsg::AppendAck { epoch, end } if *epoch == self.core.epoch() => {
                                         peer_hold.advance(*end)
                                     }
@@ -305,6 +314,7 @@ impl Driver {
                 }
                 _ = tokio::time::sleep_until(sleep_to) => {
                     let now = self.clock.now();
+                    self.tell_stream_start(now, &mut start_told);
                     let t = tokio::time::Instant::now();
                     if t >= next_health {
                         let lag = t.saturating_duration_since(next_health);
@@ -332,14 +342,22 @@ impl Driver {
             let mut ready = false;
             while let Some(a) = self.core.poll_action() {
                 if let Action::Send {
-                    msg: HaMsg::SyncReply { truncate_to, .. },
+                    msg:
+                        HaMsg::SyncReply {
+                            truncate_to, start, ..
+                        },
                     ..
                 } = &a
                 {
-                    // The follower continues at `truncate_to`: it needs every entry from there.
-                    peer_hold.hold_at(&self.stream, *truncate_to, self.peer_hold_bytes_max);
+                    // The follower continues at `truncate_to` (or restarts at `start`): it
+                    // needs every entry from there.
+                    let from = (*truncate_to).max(*start);
+                    peer_hold.hold_at(&self.stream, from, self.peer_hold_bytes_max);
                 }
-                ready |= self.carry_out(a, &mut last_append);
+                if let Action::ResetStream { start } = &a {
+                    view.copy_restarted = Some((start.0, SystemTime::now()));
+                }
+                ready |= self.carry_out(a, &mut last_append, &mut last_sync_base);
             }
             let leads = matches!(self.core.role(), Role::Active | Role::Solo);
             match (leads, peer_hold.guard.is_some()) {
@@ -394,8 +412,40 @@ impl Driver {
         }
     }
 
+    /// Tells the core the stream's first retained offset when retention moved it.
+    fn tell_stream_start(&mut self, now: twinrx_types::Millis, told: &mut Offset) {
+        let start = Offset(self.stream.first_seq().0.saturating_sub(1));
+        if start > *told {
+            *told = start;
+            self.core.handle_input(now, Input::StreamStart { start });
+        }
+    }
+
+    /// The payload of a `SyncReply` that restarts the follower's copy at `start`: the merger's
+    /// progress at this node's stored checkpoint (see `Fold::restart_at`), if there is one at
+    /// or after `start`.
+    fn restart_base(&self, start: Offset) -> Vec<Vec<u8>> {
+        match super::fold::stored_progress(&self.data_dir) {
+            Some((at, p)) if at >= start => vec![super::fold::encode_base(at, &p)],
+            other => {
+                tracing::warn!(
+                    start = start.0,
+                    checkpoint = ?other.map(|(at, _)| at.0),
+                    "the peer's stream copy restarts at this node's first retained offset, but \
+                     no merger checkpoint at or after it can go with it"
+                );
+                Vec::new()
+            }
+        }
+    }
+
     /// Carries out one action; true for `ShutdownReady`.
-    fn carry_out(&mut self, a: Action, last_append: &mut Option<(Offset, Vec<Vec<u8>>)>) -> bool {
+    fn carry_out(
+        &mut self,
+        a: Action,
+        last_append: &mut Option<(Offset, Vec<Vec<u8>>)>,
+        last_sync_base: &mut Option<Vec<u8>>,
+    ) -> bool {
         match a {
             Action::Send { to, link, msg } => match to {
                 Party::Witness => {
@@ -415,6 +465,19 @@ impl Driver {
                             }
                             None => return false,
                         },
+                        HaMsg::SyncReply {
+                            truncate_to, start, ..
+                        } if *start > *truncate_to => {
+                            let start = *start;
+                            tracing::warn!(
+                                from = truncate_to.0,
+                                start = start.0,
+                                peer = %self.pair.settings.peer,
+                                "the peer's copy of the stream needs entries that stream \
+                                 retention deleted here: it restarts at the first retained offset"
+                            );
+                            self.restart_base(start)
+                        }
                         _ => Vec::new(),
                     };
                     let bytes = encode_peer(&msg, &entries);
@@ -454,6 +517,18 @@ impl Driver {
             Action::TruncateStream { from } => {
                 self.gate.committed.send_modify(|c| *c = (*c).min(from.0));
                 let _ = self.disk.send(DiskCmd::Truncate(from));
+            }
+            Action::ResetStream { start } => {
+                let base = match last_sync_base.take().map(|b| super::fold::decode_base(&b)) {
+                    Some(Ok(b)) => Some(b),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %format!("{e:#}"), "undecodable merger progress with the restart of the stream copy");
+                        None
+                    }
+                    None => None,
+                };
+                self.gate.committed.send_modify(|c| *c = (*c).min(start.0));
+                let _ = self.disk.send(DiskCmd::Restart { start, base });
             }
             Action::AcceptEntries {
                 from,
@@ -544,9 +619,9 @@ impl Driver {
                         first_offset = first.0 - 1,
                         peer = %self.pair.settings.peer,
                         "the peer's copy of the stream needs entries that stream retention has \
-                         deleted here (it was away longer than [stream] hold_bytes_max allows): \
-                         it cannot catch up from this node (issue #14: restarting its copy at \
-                         the first retained offset is not implemented yet)"
+                         deleted here (it fell behind by more than [stream] hold_bytes_max while \
+                         connected): it cannot catch up until it syncs again; restart the \
+                         peer's node process, its copy then restarts at the first retained offset"
                     );
                 }
                 None

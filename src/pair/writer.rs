@@ -85,6 +85,13 @@ impl Lease {
 pub enum DiskCmd {
     Persist(EpochState),
     Truncate(Offset),
+    /// Empty the stream and continue it at `start` (the active's first retained offset), the
+    /// fold starting from `base` (the merger's progress at the active's checkpoint): see
+    /// [`Fold::restart_at`].
+    Restart {
+        start: Offset,
+        base: Option<(Offset, dedup::Progress)>,
+    },
     Accept {
         from: Offset,
         upto: Offset,
@@ -378,6 +385,51 @@ impl Writer {
         }
     }
 
+    /// Empties the stream and continues it at `start`, with the fold of [`Fold::restart_at`]
+    /// stored as the checkpoint (so a rebuild or a restart of the fold starts from it).
+    fn restart_at(
+        &mut self,
+        start: Offset,
+        base: Option<(Offset, dedup::Progress)>,
+    ) -> anyhow::Result<()> {
+        let first = self.stream.handle().first_seq();
+        let (old_first, old_end) = (Offset(first.0 - 1), self.end());
+        if self.stream.next_seq() > first {
+            self.stream
+                .truncate_from(first)
+                .context("emptying the stream")?;
+        }
+        self.stream
+            .reset_to(Seq(start.0 + 1))
+            .context("continuing the stream at the new offset")?;
+        let base = base.filter(|(at, _)| *at >= start);
+        let mut fold = Fold::restart_at(&self.data_dir, start, base.map(|(_, p)| p))?;
+        self.checkpoints
+            .store_now(&mut fold, &self.stream.handle())
+            .context("storing the merger checkpoint at the new start")?;
+        self.fold = fold;
+        match base {
+            Some((at, p)) => tracing::warn!(
+                old_first = old_first.0,
+                old_end = old_end.0,
+                start = start.0,
+                base_at = at.0,
+                consumed = ?p.consumed,
+                "merged stream copy restarted at the active's first retained offset: the \
+                 active's retention deleted the entries this node lacked"
+            ),
+            None => tracing::error!(
+                old_first = old_first.0,
+                old_end = old_end.0,
+                start = start.0,
+                "merged stream copy restarted at the active's first retained offset without \
+                 the active's merger progress (it had no checkpoint): if this node takes over, \
+                 its merger may publish the journals' old records again"
+            ),
+        }
+        Ok(())
+    }
+
     fn stop_publishing(&mut self, publishing: &mut Option<Publishing>) {
         if publishing.take().is_some() {
             // The merger may have consumed records whose outputs were not stored.
@@ -447,6 +499,16 @@ impl Writer {
                             self.note_error(format!("truncating the stream at {}: {e}", from.0))
                         }
                     }
+                }
+            }
+            DiskCmd::Restart { start, base } => {
+                self.stop_publishing(publishing);
+                if let Err(e) = self.restart_at(start, base) {
+                    tracing::error!(start = start.0, error = %format!("{e:#}"), "cannot restart the stream copy");
+                    self.note_error(format!(
+                        "restarting the stream copy at offset {}: {e:#}",
+                        start.0
+                    ));
                 }
             }
             DiskCmd::Accept {
