@@ -365,7 +365,12 @@ fn render_disk(d: &serde_json::Value) -> String {
     let Some(areas) = d["areas"].as_object() else {
         return String::new();
     };
-    let b = |x: &serde_json::Value| x.as_u64().map(bytes).unwrap_or_else(|| "-".into());
+    // Filesystems are GiB to TiB: GiB from 1 GiB on (`bytes` stays in MiB).
+    let b = |x: &serde_json::Value| match x.as_u64() {
+        Some(n) if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        Some(n) => bytes(n),
+        None => "-".into(),
+    };
     let mut s = format!(
         "disk      data dir {} of {} limits ({} % of the {} filesystem at most)  free {}\n",
         b(&d["bytes"]),
@@ -921,6 +926,11 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("  history   0 B\n"), "{text}");
+        let at = |what: &str| text.find(what).unwrap_or(usize::MAX);
+        assert!(at("  journal ") < at("  peer copy ") && at("  peer copy ") < at("  stream "));
+        assert!(at("  stream ") < at("  history "), "{text}");
+        let big = render_status(&json!({"disk": {"fs_bytes": 3u64 << 40, "areas": {}}}));
+        assert!(big.contains("the 3072.0 GiB filesystem"), "{big}");
     }
 
     #[test]
