@@ -164,7 +164,7 @@ pub enum HaMsg {
     HeartbeatAck { epoch: Epoch, echo: Millis },
     /// Follower → active: my stream's runs and end, to find where it diverges from yours;
     /// `start` is the first offset it holds (retention, or a restart of its copy, deleted the
-    /// entries below: they are committed and not compared).
+    /// committed entries below: there is nothing to compare or truncate there).
     SyncRequest {
         epoch: Epoch,
         end: Offset,

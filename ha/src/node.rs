@@ -850,12 +850,28 @@ impl HaCore {
                 if l.f_match < l.f_sent_at_tick {
                     l.f_next = l.f_match.max(l.f_recv).min(l.f_next);
                 }
+                // A follower that fell behind our first retained entry while connected (our
+                // retention held for it only up to a limit) cannot get what it lacks: tell it
+                // to restart its copy there, once a tick until it acks it.
+                let restart = (l.f_synced && l.f_match.max(l.f_recv) < self.start).then(|| {
+                    l.f_next = l.f_next.max(self.start);
+                    HaMsg::SyncReply {
+                        epoch: self.epoch,
+                        truncate_to: l.f_match,
+                        target: self.end,
+                        commit_end: self.commit_end,
+                        start: self.start,
+                    }
+                });
                 l.f_sent_at_tick = l.f_next;
                 let hand = l.handover.is_some();
                 if !hand && self.cfg.get().policy == Policy::Witness {
                     l.lease_request_at = now;
                     let msg = self.lease_request(solo == Some(true));
                     self.send(Party::Witness, msg);
+                }
+                if let Some(msg) = restart.filter(|_| !self.peer_suspected()) {
+                    self.send_peer(msg);
                 }
                 self.send_appends();
             }
@@ -908,6 +924,9 @@ impl HaCore {
         if !l.f_synced || suspected {
             return;
         }
+        // Entries below our first retained one are gone (a follower that lacks them restarts
+        // its copy at it: see `tick`).
+        l.f_next = l.f_next.max(self.start);
         let mut out = Vec::new();
         while l.f_next < self.end
             && out.len() < 8
@@ -1918,10 +1937,11 @@ impl HaCore {
             self.stats.stale_messages_total += 1;
             return;
         }
-        // Entries below either stream's start are committed (retention deletes only those)
-        // and gone from that stream: the streams are compared from there on.
-        let from = self.start.max(start);
-        let d = common_prefix_from(&self.runs, self.end, runs, end, from);
+        // The follower holds nothing below its start (its retention, or a restart of its copy,
+        // deleted committed entries there): nothing to truncate, so the streams are compared
+        // from there on. Not from our own start: a follower's uncommitted suffix may begin
+        // below it (our runs still say which epoch wrote there).
+        let d = common_prefix_from(&self.runs, self.end, runs, end, start);
         l.f_synced = false;
         l.f_match = l.f_match.min(d);
         l.f_recv = l.f_recv.min(d);
@@ -1948,10 +1968,28 @@ impl HaCore {
         let State::Follower(f) = &mut self.state else {
             return;
         };
-        if epoch != self.epoch
-            || f.leader != Some(epoch)
-            || !matches!(f.sync, Sync::Requested { .. })
-        {
+        let synced = matches!(
+            f.sync,
+            Sync::Appending { .. } | Sync::CaughtUp | Sync::Persisting
+        );
+        if epoch != self.epoch || f.leader != Some(epoch) {
+            self.stats.stale_messages_total += 1;
+            return;
+        }
+        if synced && start > self.pending_end {
+            // We follow this active (our stream is a prefix of its), but fell behind its first
+            // retained entry: every entry we hold is below it, committed. Restart there.
+            f.sync = Sync::Appending {
+                target: target.max(start),
+            };
+            self.restart_stream(start);
+            let c = commit.min(self.end);
+            self.advance_commit(c);
+            self.send_peer(HaMsg::AppendAck { epoch, end: start });
+            self.on_appended_check_target();
+            return;
+        }
+        if !matches!(f.sync, Sync::Requested { .. }) {
             self.stats.stale_messages_total += 1;
             return;
         }
@@ -1965,11 +2003,7 @@ impl HaCore {
         if start > truncate_to.min(self.pending_end) {
             // The active's retention deleted (committed) entries this node lacks: nobody can
             // send them any more. Restart the copy at the active's first retained offset.
-            self.push(Action::ResetStream { start });
-            self.start = start;
-            self.pending_end = start;
-            self.end = start;
-            self.runs.clear();
+            self.restart_stream(start);
         } else if truncate_to < self.pending_end {
             self.push(Action::TruncateStream { from: truncate_to });
             self.pending_end = truncate_to;
@@ -1982,6 +2016,15 @@ impl HaCore {
         self.send_peer(HaMsg::AppendAck { epoch, end });
         // Already holding the target: catch-up is done.
         self.on_appended_check_target();
+    }
+
+    /// Empties the local stream and continues it at `start` (see `Action::ResetStream`).
+    fn restart_stream(&mut self, start: Offset) {
+        self.push(Action::ResetStream { start });
+        self.start = start;
+        self.pending_end = start;
+        self.end = start;
+        self.runs.clear();
     }
 
     fn on_appended_check_target(&mut self) {
@@ -2071,10 +2114,9 @@ pub fn common_prefix(a: &[Run], a_end: Offset, b: &[Run], b_end: Offset) -> Offs
     common_prefix_from(a, a_end, b, b_end, Offset(0))
 }
 
-/// [`common_prefix`] of two streams that agree below `from` (entries there are committed and
-/// deleted from at least one of them by retention): at least `from` when both reach it.
-/// Entries with the same offset and epoch have the same history before them, so comparing
-/// from `from` on is enough.
+/// [`common_prefix`] of two streams compared from `from` on (`b` holds nothing below it:
+/// retention, or a restart of its copy, deleted committed entries there), so at least `from`
+/// when both reach it. `a`'s runs must still say which epoch wrote each offset from `from` on.
 pub fn common_prefix_from(
     a: &[Run],
     a_end: Offset,

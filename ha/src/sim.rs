@@ -202,6 +202,8 @@ pub struct Outcome {
     /// Fault → first publish by the other node, in simulated ms.
     pub failover_ms: Option<u64>,
     pub events: u64,
+    /// Followers told to restart their copy at the active's first retained offset.
+    pub stream_restarts: u64,
 }
 
 const US: u64 = 1000;
@@ -209,6 +211,9 @@ const WARMUP_US: u64 = 2_500 * US;
 const FAULT_US: u64 = 4_000 * US;
 const HEAL_US: u64 = 3_000 * US;
 const APP_TICK_MS: u64 = 50;
+/// Chance per app tick that stream retention deletes a node's oldest entries (1 %: every 5 s
+/// of simulated time on average).
+const RETENTION_PPM: u64 = 10_000;
 /// Bound on one schedule's events (a core that asks to be woken in a loop is a bug).
 const EVENTS_MAX: u64 = 200_000;
 
@@ -325,6 +330,9 @@ struct SimNode {
     disk: Disk,
     epoch_state: EpochState,
     stream: Vec<(Epoch, u64)>,
+    /// First retained offset: retention deleted the (committed) entries below. They stay in
+    /// `stream` for the checks, but cannot be sent to the peer.
+    start: u64,
     /// Durable + pending length (where the next write lands).
     pending_len: u64,
     publishing: Option<Epoch>,
@@ -369,6 +377,8 @@ struct Sim {
     faulted: Option<usize>,
     failover_at: Option<u64>,
     event_count: u64,
+    /// Followers told to restart their copy at the active's first retained offset.
+    stream_restarts: u64,
     measure: bool,
     fault_plan: Option<(u64, Pattern)>,
     fault_epoch: Epoch,
@@ -417,6 +427,7 @@ impl Sim {
             lease_until: Millis(0),
             commit: 0,
             verified: 0,
+            start: 0,
             timer_at: None,
             stalled_since: None,
             addr_lost: false,
@@ -452,6 +463,7 @@ impl Sim {
             faulted: None,
             failover_at: None,
             event_count: 0,
+            stream_restarts: 0,
             measure: false,
             fault_plan: None,
             fault_epoch: Epoch(0),
@@ -542,7 +554,7 @@ impl Sim {
         let restored = Restored {
             state: n.epoch_state,
             end: Offset(n.stream.len() as u64),
-            start: Offset(0),
+            start: Offset(n.start),
             runs,
         };
         let now = n.clock.local_ms(self.now);
@@ -785,6 +797,10 @@ impl Sim {
                     Party::Witness => Who::Witness,
                 };
                 let payload = match &msg {
+                    HaMsg::Append { from, .. } if from.0 < self.nodes[i].start => {
+                        // Retention deleted them: the binary cannot read them, sends nothing.
+                        return;
+                    }
                     HaMsg::Append { from, upto, .. } => {
                         let s = &self.nodes[i].stream;
                         let hi = (upto.0 as usize).min(s.len());
@@ -865,12 +881,29 @@ impl Sim {
                 n.pending_len = n.pending_len.min(from);
             }
             Action::ResetStream { start } => {
-                // The simulated streams keep everything (no retention): the active's first
-                // retained offset stays 0 and no follower may be told to restart its copy.
-                self.violation(format!(
-                    "node {i} told to restart its stream at {}",
-                    start.0
-                ));
+                // Retention deletes only committed entries, so a copy restarts at most at the
+                // end of the committed history; the entries below stay in `stream` as the
+                // committed ones (for the checks), the rest is gone.
+                let start = start.0;
+                let c = self.committed.len() as u64;
+                if start > c {
+                    self.violation(format!(
+                        "node {i} restarts its stream at {start}, beyond the committed history ({c})"
+                    ));
+                    return;
+                }
+                self.stream_restarts += 1;
+                let n = &mut self.nodes[i];
+                n.stream = self.committed[..start as usize].to_vec();
+                n.start = n.start.max(start);
+                n.verified = n.verified.min(start);
+                n.pending_len = start;
+                for (_, op) in n.disk.queue.iter_mut() {
+                    if let DiskOp::Write { from, entries, .. } = op {
+                        entries.clear();
+                        *from = 0;
+                    }
+                }
             }
             Action::AcceptEntries {
                 from,
@@ -998,6 +1031,7 @@ impl Sim {
     }
 
     fn app_tick(&mut self, i: usize) {
+        self.retention_pass(i);
         let now_local = self.local(i);
         let n = &self.nodes[i];
         let stalled = n.stalled_since.is_some();
@@ -1049,6 +1083,30 @@ impl Sim {
             .clock
             .global_of(Millis(now_local.0 + APP_TICK_MS));
         self.push(next.max(self.now + 1), Ev::AppTick { node: i, inc });
+    }
+
+    /// Now and then stream retention deletes a node's oldest entries: any committed ones
+    /// (the binary's peer hold is capped, so an active may delete what its standby lacks).
+    fn retention_pass(&mut self, i: usize) {
+        if self.nodes[i].core.is_none() || !self.rng.chance(RETENTION_PPM) {
+            return;
+        }
+        let n = &self.nodes[i];
+        let cap = n
+            .commit
+            .min(self.committed.len() as u64)
+            .min(n.stream.len() as u64);
+        if cap <= n.start {
+            return;
+        }
+        let start = self.rng.range(n.start + 1, cap);
+        self.nodes[i].start = start;
+        self.node_input(
+            i,
+            Input::StreamStart {
+                start: Offset(start),
+            },
+        );
     }
 
     /// The node's sink forwards committed entries, stamped with its epoch; the sink rejects
@@ -1613,6 +1671,7 @@ pub fn run_schedule(seed: u64, opts: &SimOptions) -> Outcome {
         measured: sim.measure,
         failover_ms,
         events: sim.event_count,
+        stream_restarts: sim.stream_restarts,
     }
 }
 
@@ -1632,6 +1691,7 @@ pub struct Summary {
     pub schedules: u64,
     pub measured: u64,
     pub events: u64,
+    pub stream_restarts: u64,
     pub failed: Vec<Outcome>,
     pub failover_ms: Vec<u64>,
     pub per_pattern: BTreeMap<Pattern, Vec<u64>>,
@@ -1641,6 +1701,7 @@ impl Summary {
     pub fn add(&mut self, o: Outcome) {
         self.schedules += 1;
         self.events += o.events;
+        self.stream_restarts += o.stream_restarts;
         if o.measured {
             self.measured += 1;
         }
@@ -1658,9 +1719,10 @@ impl Summary {
         let mut v = self.failover_ms.clone();
         let (p50, p99, max) = percentiles(&mut v).unwrap_or((0, 0, 0));
         format!(
-            "schedules={} violations={} failover_ms_p50={p50} failover_ms_p99={p99} failover_ms_max={max}",
+            "schedules={} violations={} failover_ms_p50={p50} failover_ms_p99={p99} failover_ms_max={max} stream_restarts={}",
             self.schedules,
-            self.failed.len()
+            self.failed.len(),
+            self.stream_restarts
         )
     }
 }

@@ -605,7 +605,7 @@ fn common_prefix_from_table() {
         (&[(1, 0)], 40, &[(1, 0)], 10, 30, 10), // a follower that ends before the start
         (&[(1, 0)], 40, &[(1, 30)], 35, 30, 35), // restarted at 30 (no run below): same
         (&[(1, 0), (2, 32)], 40, &[(1, 30)], 35, 30, 32), // diverged after the start
-        (&[(1, 0), (2, 20)], 40, &[(1, 0), (3, 5)], 35, 25, 25), // diverged below it: at it
+        (&[(1, 0), (2, 20)], 40, &[(2, 25)], 35, 25, 35), // restarted inside a run
         (&[(1, 0)], 40, &[], 0, 30, 0),         // empty
     ];
     for (a, ae, b, be, from, want) in rows {
