@@ -34,6 +34,14 @@ fn hb(epoch: u64, role: Role, log: LogPos, sent_at: u64) -> HaMsg {
     }
 }
 
+fn to_a(msg: HaMsg) -> Action {
+    Action::Send {
+        to: Party::Node(NodeId::A),
+        link: None,
+        msg,
+    }
+}
+
 fn to_b(link: Option<u8>, msg: HaMsg) -> Action {
     Action::Send {
         to: Party::Node(NodeId::B),
@@ -1046,6 +1054,89 @@ fn caught_up_standby_b() -> HaCore {
     drain(&mut b);
     assert_eq!(b.role(), Role::Standby);
     b
+}
+
+/// A connected standby that fell behind the active's first retained entry (the active's
+/// peer hold is capped): the active tells it once a tick to restart its copy there; the
+/// standby, whose entries are then all committed, empties its stream and catches up from it.
+/// A restart that would not be beyond what it holds is stale.
+#[test]
+fn a_connected_standby_behind_the_first_retained_entry_is_told_to_restart() {
+    let mut a = active_with_standby(40);
+    a.handle_input(Millis(1980), Input::StreamAppended { upto: Offset(100) });
+    a.handle_input(Millis(1981), Input::StreamStart { start: Offset(60) });
+    drain(&mut a);
+    a.handle_timeout(Millis(2100));
+    let acts = drain(&mut a);
+    let restart = HaMsg::SyncReply {
+        epoch: Epoch(1),
+        truncate_to: Offset(40),
+        target: Offset(100),
+        commit_end: Offset(40),
+        start: Offset(60),
+    };
+    assert!(acts.contains(&to_b(None, restart)), "{acts:?}");
+    assert!(
+        !acts.iter().any(|m| matches!(
+            m,
+            Action::Send {
+                msg: HaMsg::Append { from, .. },
+                ..
+            } if from.0 < 60
+        )),
+        "nothing below the first retained entry is sent: {acts:?}"
+    );
+
+    let mut b = caught_up_standby_b();
+    let peer = |msg| Input::Peer { link: 0, msg };
+    let stale = b.stats().stale_messages_total;
+    b.handle_input(
+        Millis(30),
+        peer(HaMsg::SyncReply {
+            epoch: Epoch(4),
+            truncate_to: Offset(5),
+            target: Offset(50),
+            commit_end: Offset(12),
+            start: Offset(12),
+        }),
+    );
+    assert_eq!(drain(&mut b), vec![], "not beyond what it holds: stale");
+    assert_eq!(b.stats().stale_messages_total, stale + 1);
+    b.handle_input(
+        Millis(31),
+        peer(HaMsg::SyncReply {
+            epoch: Epoch(4),
+            truncate_to: Offset(12),
+            target: Offset(50),
+            commit_end: Offset(50),
+            start: Offset(30),
+        }),
+    );
+    assert_eq!(
+        drain(&mut b),
+        vec![
+            Action::ResetStream { start: Offset(30) },
+            Action::Committed { upto: Offset(30) },
+            to_a(HaMsg::AppendAck {
+                epoch: Epoch(4),
+                end: Offset(30)
+            }),
+        ]
+    );
+    assert_eq!(b.role(), Role::Syncing, "catching up again");
+    b.handle_input(
+        Millis(32),
+        peer(HaMsg::Append {
+            epoch: Epoch(4),
+            from: Offset(30),
+            upto: Offset(50),
+            entry_epoch: Epoch(4),
+            commit_end: Offset(50),
+        }),
+    );
+    b.handle_input(Millis(33), Input::StreamAppended { upto: Offset(50) });
+    assert_eq!(b.role(), Role::Standby);
+    assert_eq!(b.status().start, Offset(30));
 }
 
 /// Issue #25: a standby that takes over from an active that handed over for its health does

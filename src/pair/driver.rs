@@ -211,6 +211,8 @@ pub fn missing_addresses(ips: &[std::net::IpAddr]) -> Vec<std::net::IpAddr> {
 const HEALTH_EVERY: Duration = Duration::from_millis(100);
 /// When the driver last logged that the peer needs entries retention deleted (Unix ms).
 static GONE_LOGGED_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// When the driver last logged that the peer's copy restarts at the first retained offset.
+static RESTART_LOGGED_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// Bytes of entries in one `Append` at most (past the first entry): well within a frame, and
 /// small enough that heartbeats behind it on the priority lane are not delayed.
 const APPEND_BYTES_MAX: usize = 1 << 20;
@@ -469,13 +471,23 @@ impl Driver {
                             truncate_to, start, ..
                         } if *start > *truncate_to => {
                             let start = *start;
-                            tracing::warn!(
-                                from = truncate_to.0,
-                                start = start.0,
-                                peer = %self.pair.settings.peer,
-                                "the peer's copy of the stream needs entries that stream \
-                                 retention deleted here: it restarts at the first retained offset"
-                            );
+                            // Repeated once a tick until the peer acks it: say it every 10 s.
+                            let now = crate::node::unix_ms();
+                            let last = RESTART_LOGGED_MS.load(Relaxed);
+                            if now.saturating_sub(last) >= 10_000
+                                && RESTART_LOGGED_MS
+                                    .compare_exchange(last, now, Relaxed, Relaxed)
+                                    .is_ok()
+                            {
+                                tracing::warn!(
+                                    from = truncate_to.0,
+                                    start = start.0,
+                                    peer = %self.pair.settings.peer,
+                                    "the peer's copy of the stream needs entries that stream \
+                                     retention deleted here: it restarts at the first retained \
+                                     offset"
+                                );
+                            }
                             self.restart_base(start)
                         }
                         _ => Vec::new(),
@@ -619,9 +631,8 @@ impl Driver {
                         first_offset = first.0 - 1,
                         peer = %self.pair.settings.peer,
                         "the peer's copy of the stream needs entries that stream retention has \
-                         deleted here (it fell behind by more than [stream] hold_bytes_max while \
-                         connected): it cannot catch up until it syncs again; restart the \
-                         peer's node process, its copy then restarts at the first retained offset"
+                         deleted here (it fell behind by more than [stream] hold_bytes_max): it \
+                         is told to restart its copy at the first retained offset"
                     );
                 }
                 None
