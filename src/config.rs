@@ -377,8 +377,9 @@ impl Default for RawStream {
     }
 }
 
-/// `[stream] hold_bytes_max` when not set and `retention_bytes_max` is not set either: 1 GiB
-/// (with `retention_bytes_max` set, the default is that value).
+/// `[stream] hold_bytes_max` as validated when neither it nor `retention_bytes_max` is set:
+/// a placeholder until the node starts, where [`NodeConfig::apply_disk_budget`] makes it the
+/// stream's default limit (with `retention_bytes_max` set, the default is that value).
 pub const STREAM_HOLD_BYTES_DEFAULT: u64 = 1 << 30;
 
 use crate::disk::SEGMENT_BYTES_MIN;

@@ -327,6 +327,37 @@ impl Collector for NodeCollector {
                 &[(vec![], free)],
             )?;
         }
+        // Each area of the data dir: its size and its limit (the disk budget, `crate::disk`).
+        let mut sizes: Vec<(Labels<'_>, u64)> = vec![
+            (vec![("area", "journal")], n.journal.bytes()),
+            (vec![("area", "stream")], n.stream.bytes()),
+        ];
+        if let Some(p) = &n.pair {
+            sizes.push((vec![("area", "peer")], p.copy.bytes()));
+        }
+        family(
+            &mut enc,
+            "twinrx_disk_area_bytes",
+            "Bytes of an area of the data directory (journal, peer copy, stream)",
+            Gauge,
+            &sizes,
+        )?;
+        if let Some(l) = &n.cfg.disk {
+            let mut limits: Vec<(Labels<'_>, u64)> = vec![
+                (vec![("area", "journal")], l.journal.bytes_max),
+                (vec![("area", "stream")], l.stream.bytes_max),
+            ];
+            if let Some(p) = l.peer {
+                limits.push((vec![("area", "peer")], p.bytes_max));
+            }
+            family(
+                &mut enc,
+                "twinrx_disk_area_limit_bytes",
+                "Retention limit of an area of the data directory (default share or configured)",
+                Gauge,
+                &limits,
+            )?;
+        }
         if let Some(v) =
             n.ha.as_ref()
                 .and_then(|h| h.view.lock().ok().and_then(|v| v.clone()))

@@ -574,14 +574,25 @@ const RETENTION_OVER_EVERY: Duration = Duration::from_millis(250);
 /// Runs a retention pass when `j` holds more than `bytes_max` (at most every
 /// [`RETENTION_OVER_EVERY`]): under a steady flood an area then stays within its limit (the
 /// disk budget's shares) instead of growing by up to a timed pass's interval of traffic.
-fn retention_if_over(j: &mut Journal, bytes_max: Option<u64>, last: &mut Instant, what: &str) {
-    if bytes_max.is_none_or(|m| j.handle().bytes() <= m) || last.elapsed() < RETENTION_OVER_EVERY {
-        return;
+/// Returns whether a pass is due and was put off (the caller runs this again soon, or the last
+/// batch of a burst would leave the area over its limit until the next timed pass).
+fn retention_if_over(
+    j: &mut Journal,
+    bytes_max: Option<u64>,
+    last: &mut Instant,
+    what: &str,
+) -> bool {
+    if bytes_max.is_none_or(|m| j.handle().bytes() <= m) {
+        return false;
+    }
+    if last.elapsed() < RETENTION_OVER_EVERY {
+        return true;
     }
     *last = Instant::now();
     if let Err(e) = j.enforce_retention(SystemTime::now()) {
         tracing::warn!(what, error = %e, "retention failed");
     }
+    false
 }
 
 fn journal_writer(
@@ -613,6 +624,7 @@ fn journal_writer(
                     }
                 }
                 // The last batch of a burst may have left the journal over its limit.
+                // (The idle tick calls it again within 5 ms if it was put off.)
                 retention_if_over(&mut journal, bytes_max, &mut last_over, "journal");
                 continue;
             }
@@ -764,6 +776,7 @@ fn stream_builder(
                 tracing::warn!(error = %e, "stream retention failed");
             }
         }
+        let over_put_off = retention_if_over(&mut stream, bytes_max, &mut last_over, "stream");
         let batch = rt.block_on(async {
             tokio::select! {
                 b = tail.next_batch(4096, 8 * 1024 * 1024) => Some(b),
@@ -771,6 +784,10 @@ fn stream_builder(
                 _ = tokio::time::sleep(Duration::from_millis(100)), if stopping => None,
                 // Wakes an idle builder for the next retention pass.
                 _ = tokio::time::sleep(STREAM_RETENTION_EVERY), if !stopping => Some(Ok(Vec::new())),
+                // Or sooner for the one put off over the limit.
+                _ = tokio::time::sleep(RETENTION_OVER_EVERY), if over_put_off && !stopping => {
+                    Some(Ok(Vec::new()))
+                }
             }
         });
         let batch = match batch {
@@ -856,7 +873,6 @@ fn stream_builder(
             *last = None;
         }
         journal_hold.advance(position);
-        retention_if_over(&mut stream, bytes_max, &mut last_over, "stream");
         stats.stream_entries.fetch_add(lines.len() as u64, Relaxed);
         let now = listen::now_unix_nanos().0;
         for at in &received {

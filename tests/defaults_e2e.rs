@@ -76,6 +76,14 @@ fn a_node_without_retention_keys_stays_within_its_share_of_a_small_disk() {
         st["stream"]["hold_bytes_max"], stream_max,
         "hold: the stream's limit"
     );
+    let metrics = get_text(&format!("{}/metrics", node.admin)).expect("metrics");
+    for want in [
+        format!("twinrx_disk_area_limit_bytes{{area=\"journal\"}} {journal_max}"),
+        format!("twinrx_disk_area_limit_bytes{{area=\"stream\"}} {stream_max}"),
+        "twinrx_disk_area_bytes{area=\"stream\"} ".to_string(),
+    ] {
+        assert!(metrics.contains(&want), "missing {want:?} in:\n{metrics}");
+    }
 
     // The filesystem's use, watched throughout (every 10 ms) for its peak.
     let done = Arc::new(AtomicBool::new(false));

@@ -2,7 +2,7 @@
 //! processes, real files, load from `twinrx gen` over TCP.
 //!
 //! - A single node with a small `[stream]` retention deletes whole old segments (its stream
-//!   builder runs retention every 10 s); `GET /stream?from=0` is then 410 Gone with
+//!   builder runs retention every 10 s, and as soon as the stream is over its limit); `GET /stream?from=0` is then 410 Gone with
 //!   `{"first_offset": F}`; `twinrx tail --from earliest` prints F.. the last entry without a
 //!   gap, and a restart finds the same first offset.
 //! - A file sink whose file system is full holds retention only up to
@@ -91,15 +91,21 @@ fn small_stream_retention_deletes_old_segments_then_410_and_tail_from_earliest()
     let mut g = gen(&node, &s.path().join("m.json"), n, 3000, "ret");
     wait_child(&mut g, "gen", Duration::from_secs(60));
     wait_stream_next(&node, n, Duration::from_secs(60));
-    // One retention pass every 10 s: wait for one after the last entry.
-    let first = wait_first_offset_above(&node, n / 2, Duration::from_secs(40));
-    let st = stream_status(&node);
-    note(&format!("stream after retention: {st}"));
-    let bytes = st["bytes"].as_u64().expect("stream.bytes");
-    assert!(
-        bytes <= 131_072 + 65_536,
-        "the stream keeps two segments and the one being written at most: {bytes} bytes"
+    // A retention pass as soon as the stream is over its limit (at most every 250 ms) and
+    // every 10 s: wait for one after the last entry. The stream keeps two segments and the
+    // one being written at most.
+    wait_first_offset_above(&node, n / 2, Duration::from_secs(40));
+    let st = wait_for(
+        "the stream within two segments and the one being written",
+        Duration::from_secs(40),
+        || {
+            let st = stream_status(&node);
+            (st["bytes"].as_u64() <= Some(131_072 + 65_536)).then_some(st)
+        },
     );
+    note(&format!("stream after retention: {st}"));
+    let first = st["first_offset"].as_u64().expect("first_offset");
+    assert!(first >= n / 2, "{st}");
     assert_eq!(st["retention_bytes_max"], 131_072);
 
     // Below the first retained offset: 410 Gone, saying where the stream starts.
