@@ -1088,7 +1088,12 @@ impl Sim {
     /// Now and then stream retention deletes a node's oldest entries: any committed ones
     /// (the binary's peer hold is capped, so an active may delete what its standby lacks).
     fn retention_pass(&mut self, i: usize) {
-        if self.nodes[i].core.is_none() || !self.rng.chance(RETENTION_PPM) {
+        // None in the last 1.5 s: a copy behind the active's first retained entry must have
+        // restarted by the end (checked in `finish`).
+        if self.nodes[i].core.is_none()
+            || self.now.saturating_add(1_500 * US) >= self.deadline
+            || !self.rng.chance(RETENTION_PPM)
+        {
             return;
         }
         let n = &self.nodes[i];
@@ -1625,6 +1630,19 @@ impl Sim {
                 let owners: Vec<_> = self.epoch_owner.range(after..).collect();
                 self.violation(format!(
                     "{pattern:?}: {new_epochs} new publishing epochs after one fault: {owners:?}"
+                ));
+            }
+        }
+        // A follower behind the active's first retained entry was told to restart its copy
+        // there: none is left below it (retention stops 1.5 s before the end).
+        for i in 0..2 {
+            let j = other(i);
+            let (a, f) = (&self.nodes[i], &self.nodes[j]);
+            if a.publishing.is_some() && f.core.is_some() && f.pending_len < a.start {
+                let (held, start) = (f.pending_len, a.start);
+                self.violation(format!(
+                    "{pattern:?}: node {j}'s copy ends at {held}, below the active's first \
+                     retained offset {start}"
                 ));
             }
         }
