@@ -25,11 +25,11 @@
 #
 # usage: tests/bench/pair.sh [--count N] [--rates "R1 R2 ... 0"] [--latency-rate R]
 #          [--latency-seconds S] [--failovers N] [--failover-rate R] [--resync-bytes B]
-#          [--phases "throughput latency failover resync outage"] [--outage-count N]
+#          [--phases "throughput latency failover resync outage"] [--outage-count N] [--outage-rate R]
 #          [--extra-config FILE] [--quick] [--keep]
 # Defaults: --count 300000 --rates "50000 100000 150000 0" (0: as fast as the sender goes)
 #   --latency-rate 20000 --latency-seconds 10 --failovers 20 --failover-rate 5000
-#   --resync-bytes 1073741824 --outage-count 2000000. --extra-config appends FILE to both
+#   --resync-bytes 1073741824 --outage-count 2000000 --outage-rate 0 (unpaced). --extra-config appends FILE to both
 #   node configs (e.g. retention keys). --quick: count 20000, rates "20000 0", latency 3 s,
 #   3 failovers, 100 MiB resync. --keep keeps the work directory (logs) and prints its path.
 # Prints lines starting with BENCH; results go to docs/PERFORMANCE.md by hand.
@@ -45,6 +45,7 @@ FO_RATE=5000
 RESYNC_BYTES=$((1024 * 1024 * 1024))
 PHASES="throughput latency failover resync"
 OUTAGE_COUNT=2000000
+OUTAGE_RATE=0
 EXTRA_CONFIG=""
 KEEP=0
 while [ $# -gt 0 ]; do
@@ -58,6 +59,7 @@ while [ $# -gt 0 ]; do
     --resync-bytes) RESYNC_BYTES=$2; shift 2 ;;
     --phases) PHASES=$2; shift 2 ;;
     --outage-count) OUTAGE_COUNT=$2; shift 2 ;;
+    --outage-rate) OUTAGE_RATE=$2; shift 2 ;;
     --extra-config) EXTRA_CONFIG=$(realpath "$2"); shift 2 ;;
     --quick) COUNT=20000; RATES="20000 0"; LAT_SECONDS=3; FAILOVERS=3
              RESYNC_BYTES=$((100 * 1024 * 1024)); shift ;;
@@ -427,8 +429,8 @@ if phase outage; then
       sleep 1; n=$((n + 1))
     done ) > "$D/rss.txt" &
   SAMPLER=$!
-  "$BIN" gen --to "${IP[$ACTIVE]}:5514" --transport tcp --size 200 --count "$OUTAGE_COUNT" --rate 0 \
-    --run-id out --manifest "$D/m.json" --timeout-s 3600 2>"$D/gen.err"
+  "$BIN" gen --to "${IP[$ACTIVE]}:5514" --transport tcp --size 200 --count "$OUTAGE_COUNT" \
+    --rate "$OUTAGE_RATE" --run-id out --manifest "$D/m.json" --timeout-s 7200 2>"$D/gen.err"
   committed=$(h settle "${URL[$ACTIVE]}" "$OUTAGE_COUNT" 15 1800)
   sleep 6  # one prune/stats period of the writer (5 s) so status shows the final index
   read -r hm hd hr hdb hmb < <(h get "${URL[$ACTIVE]}" stream.history.memory_entries \
@@ -444,7 +446,7 @@ print(" ".join("%ss:%dMiB(queue %dMiB)" % (x[0], int(x[1])//1024, int(x[2] or 0)
   ddir=$WORK/data-$ACTIVE
   sizes=$(for a in journal peer stream history; do
       [ -d "$ddir/$a" ] && echo -n "$a=$(du -sb "$ddir/$a" | cut -f1) "; done; echo "total=$(du -sb "$ddir" | cut -f1)")
-  echo "BENCH outage messages=$OUTAGE_COUNT committed=$committed active_rss_peak_MiB=$((peak / 1024)) (sampled every 1 s)"
+  echo "BENCH outage messages=$OUTAGE_COUNT rate=$OUTAGE_RATE committed=$committed active_rss_peak_MiB=$((peak / 1024)) (sampled every 1 s)"
   echo "BENCH outage rss_timeline $timeline"
   echo "BENCH outage history memory_entries=$hm disk_entries=$hd runs=$hr disk_bytes=$hdb memory_bytes=$hmb"
   echo "BENCH outage data_dir_bytes $sizes"
