@@ -652,4 +652,61 @@ mod tests {
         assert_eq!(f.restored.lines_folded, lines.len() as u64);
         let _ = std::fs::remove_dir_all(&root);
     }
+
+    /// A follower's copy restarted at `start` with the progress of the active's checkpoint at
+    /// `X >= start` (issue #14): once the lines `[start, X)` are folded its progress is the
+    /// active's at `X`, and after the rest the fold's progress is the whole stream's. Stored as
+    /// a checkpoint at `start`, it is what a rebuild starts from (the stream's line at `start - 1`
+    /// is gone, so the line hash is not checked).
+    #[test]
+    fn a_copy_restarted_with_the_checkpoints_progress_folds_to_the_whole_streams_progress() {
+        let lines = lines();
+        let root = std::env::temp_dir().join(format!("twinrx-fold-restart-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let whole_dir = root.join("whole");
+        let whole_j = journal(&whole_dir, &lines);
+        let whole = Fold::of_stream(&whole_j.handle(), &whole_dir).expect("fold");
+        let (start, x) = (250usize, 333usize);
+        let at_x_dir = root.join("at-x");
+        let at_x_j = journal(&at_x_dir, &lines[..x]);
+        let at_x = Fold::of_stream(&at_x_j.handle(), &at_x_dir).expect("fold");
+        // What travels with the restart.
+        let base = decode_base(&encode_base(Offset(x as u64), &at_x.progress)).expect("base");
+        assert_eq!(base, (Offset(x as u64), at_x.progress));
+
+        let dir = root.join("copy");
+        let (mut j, _) =
+            journal::Journal::open(&dir.join("stream"), journal::Options::default()).expect("open");
+        j.reset_to(Seq(start as u64 + 1)).expect("reset");
+        let mut fold = Fold::restart_at(&dir, Offset(start as u64), Some(base.1)).expect("fold");
+        let img = fold.image(&j.handle()).expect("image");
+        store(&dir, &img).expect("store");
+        fold.history.image_stored();
+        for (i, l) in lines.iter().enumerate().take(x).skip(start) {
+            fold.apply_line(Offset(i as u64), l);
+        }
+        assert_eq!(fold.progress, at_x.progress, "exact at X");
+        for (i, l) in lines.iter().enumerate().skip(x) {
+            fold.apply_line(Offset(i as u64), l);
+        }
+        assert_eq!(fold.progress, whole.progress, "exact at the end");
+        drop(fold);
+        // Without it, the lines after `start` do not say all the merger had consumed.
+        let bare_dir = root.join("bare");
+        let mut bare = Fold::restart_at(&bare_dir, Offset(start as u64), None).expect("fold");
+        for (i, l) in lines.iter().enumerate().skip(start) {
+            bare.apply_line(Offset(i as u64), l);
+        }
+        assert_ne!(bare.progress.consumed, whole.progress.consumed);
+
+        // A rebuild: from the checkpoint at `start`, then the stored lines.
+        j.append_batch(lines[start..].iter()).expect("append");
+        j.sync().expect("sync");
+        let restored = Fold::restore(&j.handle(), &dir).expect("restore");
+        assert_eq!(restored.restored.checkpoint, Some(Offset(start as u64)));
+        assert_eq!(restored.restored.refused, None);
+        assert_eq!(restored.progress, whole.progress);
+        assert_eq!(restored.upto, whole.upto);
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }
