@@ -429,7 +429,28 @@ fn ha_metrics(enc: &mut DescriptorEncoder, v: &crate::pair::driver::HaView) -> s
     for (name, help, value) in gauges {
         family(enc, name, help, Gauge, &[(vec![], value)])?;
     }
-    let counters: [(&str, &str, u64); 8] = [
+    family(
+        enc,
+        "twinrx_ha_handovers",
+        "Handovers this node completed, by reason (switchover: planned; unhealthy: its pipeline \
+         was outside the health limits; shutdown: SIGTERM)",
+        Counter,
+        &[
+            (
+                vec![("reason", "switchover")],
+                v.stats.switchover_handovers_total,
+            ),
+            (
+                vec![("reason", "unhealthy")],
+                v.stats.health_handovers_total,
+            ),
+            (
+                vec![("reason", "shutdown")],
+                v.stats.shutdown_handovers_total,
+            ),
+        ],
+    )?;
+    let counters: [(&str, &str, u64); 7] = [
         (
             "twinrx_ha_health_handovers",
             "Of the handovers, those this node made because its pipeline was unhealthy",
@@ -450,11 +471,6 @@ fn ha_metrics(enc: &mut DescriptorEncoder, v: &crate::pair::driver::HaView) -> s
             "twinrx_ha_campaigns",
             "Elections this node started",
             v.stats.campaigns_total,
-        ),
-        (
-            "twinrx_ha_handovers",
-            "Planned handovers this node completed",
-            v.stats.handovers_total,
         ),
         (
             "twinrx_ha_leases_expired",

@@ -350,6 +350,7 @@ fn ha_json(node: &Node) -> (Value, String, Vec<String>, Option<String>) {
         "lacks_committed": st.lacks_committed,
         "lease_lapsed": st.lease_lapsed,
         "stream_copy_restarted": v.copy_restarted.map(|(offset, at)| json!({"offset": offset, "at": rfc3339(at)})),
+        "last_handover": v.last_handover.map(|(reason, at)| json!({"reason": reason.as_str(), "at": rfc3339(at)})),
         "resync": v.resync.as_ref().map(|r| json!({
             "state": r.state,
             "phase": r.phase,
@@ -364,6 +365,11 @@ fn ha_json(node: &Node) -> (Value, String, Vec<String>, Option<String>) {
             "promotions": v.stats.promotions_total,
             "handovers": v.stats.handovers_total,
             "health_handovers": v.stats.health_handovers_total,
+            "handovers_by_reason": {
+                "switchover": v.stats.switchover_handovers_total,
+                "unhealthy": v.stats.health_handovers_total,
+                "shutdown": v.stats.shutdown_handovers_total,
+            },
             "health_dwells": v.stats.health_dwells_total,
             "leases_expired": v.stats.leases_expired_total,
             "votes_granted": v.stats.votes_granted_total,

@@ -378,6 +378,24 @@ fn planned_switchover_under_load_swaps_roles_without_loss() {
     let now = t.wait_redundant(10 * SEC);
     assert_eq!(now, sby, "roles swapped");
     assert!(epoch(&ha(&t, sby)) > ep);
+    // The old active says why and when it handed over, and counts it by reason.
+    let old = ha(&t, act);
+    assert_eq!(old["last_handover"]["reason"], "switchover", "{old:#}");
+    assert!(old["last_handover"]["at"].is_string(), "{old:#}");
+    assert_eq!(
+        old["stats"]["handovers_by_reason"]["switchover"], 1,
+        "{old:#}"
+    );
+    let metrics = get_text(&format!("{}/metrics", t.node(act).admin)).expect("metrics");
+    assert!(
+        metrics.contains("twinrx_ha_handovers_total{reason=\"switchover\"} 1"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("handovers"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     logger_both(&t, "TOKEN-swo-logger-after");
     snmptrap_both(&t, "TOKEN-swo-trap-after");
     // Nothing was killed; resync is a no-op that must still succeed.

@@ -23,7 +23,7 @@ pub mod witness;
 pub use config::{Config, ConfigError, HealthLimits, Policy, ValidConfig, WitnessConfig};
 pub use msg::{EpochState, HaMsg, Health, LogPos, Role, Run};
 pub use node::{
-    Action, HaCore, Input, LinkId, Party, Restored, Stats, Status, StopReason, DWELL_MAX_MS,
-    DWELL_MS,
+    Action, HaCore, HandoverReason, Input, LinkId, Party, Restored, Stats, Status, StopReason,
+    DWELL_MAX_MS, DWELL_MS,
 };
 pub use witness::{Witness, WitnessAction, WitnessState, WitnessStats};

@@ -162,6 +162,11 @@ pub struct Stats {
     pub handovers_total: u64,
     /// Of `handovers_total`, those this node made because its pipeline was unhealthy.
     pub health_handovers_total: u64,
+    /// Of `handovers_total`, planned switchovers and shutdowns.
+    pub switchover_handovers_total: u64,
+    pub shutdown_handovers_total: u64,
+    /// Why the last handover this node completed was made.
+    pub last_handover: Option<HandoverReason>,
     /// Dwells started: this node took over from a peer that handed over for its health.
     pub health_dwells_total: u64,
     pub truncations_refused_total: u64,
@@ -290,11 +295,32 @@ struct Follower {
     took_handover: bool,
 }
 
+/// Why an active handed over to its standby.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum HandoverReason {
+pub enum HandoverReason {
+    /// `twinrx switchover` (planned).
     Switchover,
+    /// Its pipeline health was outside the limits and the standby's clearly better.
     Unhealthy,
+    /// It was shutting down (SIGTERM).
     Shutdown,
+}
+
+impl HandoverReason {
+    pub const ALL: [HandoverReason; 3] = [
+        HandoverReason::Switchover,
+        HandoverReason::Unhealthy,
+        HandoverReason::Shutdown,
+    ];
+
+    /// The label of `twinrx_ha_handovers_total{reason}` and of `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandoverReason::Switchover => "switchover",
+            HandoverReason::Unhealthy => "unhealthy",
+            HandoverReason::Shutdown => "shutdown",
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -1128,8 +1154,11 @@ impl HaCore {
     fn finish_handover(&mut self, reason: HandoverReason) {
         let (epoch, end) = (self.epoch, self.end);
         self.stats.handovers_total += 1;
-        if reason == HandoverReason::Unhealthy {
-            self.stats.health_handovers_total += 1;
+        self.stats.last_handover = Some(reason);
+        match reason {
+            HandoverReason::Unhealthy => self.stats.health_handovers_total += 1,
+            HandoverReason::Switchover => self.stats.switchover_handovers_total += 1,
+            HandoverReason::Shutdown => self.stats.shutdown_handovers_total += 1,
         }
         self.advance_commit(end);
         self.send_peer(HaMsg::Handover { epoch, end });

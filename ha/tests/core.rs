@@ -895,6 +895,16 @@ fn switchover_hands_over_at_once() {
             },
         ]
     );
+    let s = a.stats();
+    assert_eq!(s.last_handover, Some(HandoverReason::Switchover));
+    assert_eq!(
+        (
+            s.handovers_total,
+            s.switchover_handovers_total,
+            s.health_handovers_total
+        ),
+        (1, 1, 0)
+    );
     // The standby's vote request is granted at once (no promise to wait for).
     let log = LogPos {
         log_epoch: Epoch(1),
@@ -982,6 +992,12 @@ fn unhealthy_active_hands_over() {
                 end: Offset(4)
             }
         )
+    );
+    let s = a.stats();
+    assert_eq!(s.last_handover, Some(HandoverReason::Unhealthy));
+    assert_eq!(
+        (s.health_handovers_total, s.switchover_handovers_total),
+        (1, 0)
     );
 }
 

@@ -79,6 +79,8 @@ pub struct HaView {
     /// This node's copy of the stream was restarted at this offset (the active's first
     /// retained one: its retention had deleted entries this node lacked), and when.
     pub copy_restarted: Option<(u64, SystemTime)>,
+    /// The last handover this node made: why, and when.
+    pub last_handover: Option<(ha::HandoverReason, SystemTime)>,
 }
 
 #[derive(Clone, Debug)]
@@ -235,6 +237,7 @@ impl Driver {
             resync: None,
             last_disk_error: None,
             copy_restarted: None,
+            last_handover: None,
         };
         // The payload of the last `SyncReply` (the active's merger progress, for a restart).
         let mut last_sync_base: Option<Vec<u8>> = None;
@@ -646,6 +649,13 @@ impl Driver {
 
     fn publish_view(&self, view: &mut HaView) {
         let status = self.core.status();
+        let stats = self.core.stats();
+        if stats.handovers_total != view.stats.handovers_total {
+            if let Some(r) = stats.last_handover {
+                view.last_handover = Some((r, SystemTime::now()));
+                tracing::info!(reason = r.as_str(), "handed over to the peer");
+            }
+        }
         if status.role != view.status.role {
             view.role_since = SystemTime::now();
             tracing::info!(
