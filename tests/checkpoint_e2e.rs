@@ -28,8 +28,8 @@ fn checkpoint_offset(n: &TestNode) -> Option<u64> {
     n.status()["stream"]["checkpoint_offset"].as_u64()
 }
 
-/// `(checkpoint, lines_folded)` from the node's last "HA state restored" log line.
-fn restored(n: &TestNode) -> (Option<u64>, u64) {
+/// `(checkpoint, lines_folded, stream_end)` from the node's last "HA state restored" log line.
+fn restored(n: &TestNode) -> (Option<u64>, u64, u64) {
     let log = strip_ansi(&n.log_text());
     let line = log
         .lines()
@@ -49,7 +49,8 @@ fn restored(n: &TestNode) -> (Option<u64>, u64) {
         .and_then(|v| v.strip_suffix(')'))
         .and_then(|v| v.parse().ok());
     let folded = field("lines_folded").parse().expect("lines_folded");
-    (ck, folded)
+    let end = field("stream_end").parse().expect("stream_end");
+    (ck, folded, end)
 }
 
 #[test]
@@ -78,7 +79,7 @@ fn a_restarted_standby_folds_from_its_checkpoint_then_takes_over_exactly_once() 
     assert!(t.node_mut(sby).wait_exit(30 * SEC).success());
     t.node_mut(sby).start();
     t.wait_redundant(60 * SEC);
-    let (ck, folded) = restored(t.node(sby));
+    let (ck, folded, _) = restored(t.node(sby));
     let end = t.node(sby).status()["stream"]["next_offset"]
         .as_u64()
         .expect("next_offset");
@@ -122,6 +123,9 @@ fn a_damaged_checkpoint_is_refused_and_the_whole_stream_folded() {
     wait_for(&format!("[{tag}] a checkpoint on {sby}"), 30 * SEC, || {
         checkpoint_offset(t.node(sby)).filter(|&o| o >= 2_000)
     });
+    // The standby's copy of the stream is complete before it stops, so "the whole stored
+    // stream" is all 3,000 entries (its copy may lag the active's by a batch otherwise).
+    t.wait_stream_end(sby, 3_000, 60 * SEC);
     t.node(sby).signal(Signal::SIGTERM);
     assert!(t.node_mut(sby).wait_exit(30 * SEC).success());
     let path = t.node(sby).data_dir().join("history").join("checkpoint");
@@ -131,9 +135,12 @@ fn a_damaged_checkpoint_is_refused_and_the_whole_stream_folded() {
     std::fs::write(&path, &img).expect("damage checkpoint");
     t.node_mut(sby).start();
     t.wait_redundant(60 * SEC);
-    let (ck, folded) = restored(t.node(sby));
+    let (ck, folded, end) = restored(t.node(sby));
     assert_eq!(ck, None, "[{tag}] a damaged checkpoint must not be used");
-    assert!(folded >= 3_000, "[{tag}] the whole stream folded: {folded}");
+    assert!(
+        folded == end && end >= 3_000,
+        "[{tag}] the whole stored stream folded: {folded} lines of {end}"
+    );
     assert!(
         t.node(sby)
             .log_text()
