@@ -384,17 +384,16 @@ async fn run_async(mut cfg: NodeConfig) -> anyhow::Result<()> {
             (Some(h), thread, Some(task))
         }
         _ => {
-            let (rt, stats, jh, shutdown, name, bytes_max) = (
+            let (rt, stats, jh, shutdown, name) = (
                 rt.clone(),
                 stats.clone(),
                 journal.handle(),
                 shutdown.clone(),
                 cfg.name,
-                cfg.stream_retention.bytes_max,
             );
             let thread = std::thread::Builder::new()
                 .name("stream-builder".into())
-                .spawn(move || stream_builder(stream_j, jh, name, rt, stats, bytes_max, shutdown))
+                .spawn(move || stream_builder(stream_j, jh, name, rt, stats, shutdown))
                 .context("cannot start the stream builder")?;
             (None, thread, None)
         }
@@ -420,16 +419,15 @@ async fn run_async(mut cfg: NodeConfig) -> anyhow::Result<()> {
     let sampler = tokio::spawn(sample_rates(node.clone()));
 
     let writer = {
-        let (rt, stats, shutdown, policy, bytes_max) = (
+        let (rt, stats, shutdown, policy) = (
             rt.clone(),
             stats.clone(),
             shutdown.clone(),
             cfg.journal_fsync,
-            cfg.retention.bytes_max,
         );
         std::thread::Builder::new()
             .name("journal-writer".into())
-            .spawn(move || journal_writer(journal, policy, rx, rt, stats, bytes_max, shutdown))
+            .spawn(move || journal_writer(journal, policy, rx, rt, stats, shutdown))
             .context("cannot start the journal writer")?
     };
     let builder = stream_thread;
@@ -569,20 +567,15 @@ const WRITE_BATCH_RECORDS_MAX: usize = 8192;
 const WRITE_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// Least time between two retention passes run because a journal went over its byte limit.
-const RETENTION_OVER_EVERY: Duration = Duration::from_millis(250);
+pub(crate) const RETENTION_OVER_EVERY: Duration = Duration::from_millis(250);
 
-/// Runs a retention pass when `j` holds more than `bytes_max` (at most every
+/// Runs a retention pass when `j` holds more than its `retention.bytes_max` (at most every
 /// [`RETENTION_OVER_EVERY`]): under a steady flood an area then stays within its limit (the
 /// disk budget's shares) instead of growing by up to a timed pass's interval of traffic.
 /// Returns whether a pass is due and was put off (the caller runs this again soon, or the last
 /// batch of a burst would leave the area over its limit until the next timed pass).
-fn retention_if_over(
-    j: &mut Journal,
-    bytes_max: Option<u64>,
-    last: &mut Instant,
-    what: &str,
-) -> bool {
-    if bytes_max.is_none_or(|m| j.handle().bytes() <= m) {
+fn retention_if_over(j: &mut Journal, last: &mut Instant, what: &str) -> bool {
+    if !j.over_bytes_max() {
         return false;
     }
     if last.elapsed() < RETENTION_OVER_EVERY {
@@ -601,7 +594,6 @@ fn journal_writer(
     mut rx: IntakeRx,
     rt: tokio::runtime::Handle,
     stats: Arc<NodeStats>,
-    bytes_max: Option<u64>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut last_over = Instant::now();
@@ -625,7 +617,7 @@ fn journal_writer(
                 }
                 // The last batch of a burst may have left the journal over its limit.
                 // (The idle tick calls it again within 5 ms if it was put off.)
-                retention_if_over(&mut journal, bytes_max, &mut last_over, "journal");
+                retention_if_over(&mut journal, &mut last_over, "journal");
                 continue;
             }
         };
@@ -701,7 +693,7 @@ fn journal_writer(
         if let Err(e) = journal.sync_if_due(Instant::now()) {
             note_journal_error(&stats, &e.to_string());
         }
-        retention_if_over(&mut journal, bytes_max, &mut last_over, "journal");
+        retention_if_over(&mut journal, &mut last_over, "journal");
     }
     journal.sync().context("final journal fsync")?;
     Ok(())
@@ -747,7 +739,6 @@ fn stream_builder(
     me: NodeId,
     rt: tokio::runtime::Handle,
     stats: Arc<NodeStats>,
-    bytes_max: Option<u64>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut last_over = Instant::now();
@@ -776,7 +767,7 @@ fn stream_builder(
                 tracing::warn!(error = %e, "stream retention failed");
             }
         }
-        let over_put_off = retention_if_over(&mut stream, bytes_max, &mut last_over, "stream");
+        let over_put_off = retention_if_over(&mut stream, &mut last_over, "stream");
         let batch = rt.block_on(async {
             tokio::select! {
                 b = tail.next_batch(4096, 8 * 1024 * 1024) => Some(b),

@@ -488,7 +488,9 @@ fn messages_only_one_node_received_are_published_once() {
     let mut t = Trio::new("ha-onenode");
     let act = t.start();
     let sby = Trio::other(act);
-    let mut both = t.gen("both", 20_000, 0, "udp");
+    // Paced: an unpaced UDP burst can overflow both nodes' socket buffers on a loaded
+    // machine (the kernel's loss, before any receiver: not what this test is about).
+    let mut both = t.gen("both", 20_000, 10_000, "udp");
     both.wait(60 * SEC);
     let only = |run_id: &str, node: &TestNode| -> std::path::PathBuf {
         let manifest = t.dir().join(format!("{run_id}.json"));

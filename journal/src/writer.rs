@@ -600,6 +600,18 @@ impl Journal {
         Ok(report)
     }
 
+    /// Whether the journal holds more than `retention.bytes_max`: a retention pass is due
+    /// (it may still be held back by a reader).
+    pub fn over_bytes_max(&self) -> bool {
+        self.opts.retention.bytes_max.is_some_and(|m| {
+            let bytes: u64 = read_lock(&self.shared.segments)
+                .iter()
+                .map(|s| s.len.load(Ordering::Acquire))
+                .sum();
+            bytes > m
+        })
+    }
+
     /// Counters for status and metrics.
     pub fn stats(&self) -> JournalStats {
         let segs = read_lock(&self.shared.segments);
@@ -1036,8 +1048,10 @@ mod tests {
             .durable_seq()
             .expect("rotation fsyncs published")
             .0;
+        assert!(j.over_bytes_max(), "{:?}", j.stats());
         let rep = j.enforce_retention(SystemTime::now()).expect("retention");
         assert!(rep.segments_deleted > 0);
+        assert!(!j.over_bytes_max(), "{:?}", j.stats());
         j.fail_fsyncs = 1;
         assert!(j.sync().is_err());
         assert_eq!(j.next_seq(), Seq(durable + 1));

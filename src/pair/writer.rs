@@ -211,6 +211,7 @@ impl Writer {
         let mut publishing: Option<Publishing> = None;
         let mut copy_first = false;
         let mut last_prune = std::time::Instant::now();
+        let mut last_over = std::time::Instant::now();
         let holds = Holds {
             own: self
                 .own
@@ -299,6 +300,15 @@ impl Writer {
                 .store(self.checkpoints.stored.map_or(0, |o| o.0 + 1), Relaxed);
             if let Ok(mut e) = self.stats.merger_checkpoint_error.lock() {
                 e.clone_from(&self.checkpoints.last_error);
+            }
+            // Over its byte limit, the stream's retention runs at once (at most every
+            // RETENTION_OVER_EVERY; the 100 ms and 1 s ticks bring the loop back here), so
+            // that under a flood it stays within its share of the disk budget.
+            if self.stream.over_bytes_max()
+                && last_over.elapsed() >= crate::node::RETENTION_OVER_EVERY
+            {
+                last_over = std::time::Instant::now();
+                self.enforce_retention();
             }
             if last_prune.elapsed() > Duration::from_secs(5) {
                 last_prune = std::time::Instant::now();

@@ -978,6 +978,14 @@ impl Trio {
                 ha_of(&self.a),
                 ha_of(&self.b)
             );
+            for (name, n) in [("a", &self.a), ("b", &self.b)] {
+                let drops = get_json(&format!("{}/status", n.admin))
+                    .map(|s| s["receivers"]["syslog"]["udp_kernel_drops"].clone());
+                eprintln!(
+                    "[{}] {name}: UDP datagrams the kernel dropped before the receiver: {drops:?}",
+                    self.tag
+                );
+            }
         }
         assert!(
             out.status.success() && text.contains("missing 0  duplicated 0"),
