@@ -561,6 +561,7 @@ impl Writer {
                     );
                 }
                 let progress = self.fold.progress;
+                self.store_consumed(&progress);
                 let own_from = progress.consumed(self.me).next();
                 let copy_from = progress.consumed(self.me.peer()).next();
                 tracing::info!(
@@ -619,14 +620,20 @@ impl Writer {
             .fetch_add(after.matched_late - before.matched_late, Relaxed);
         // The merger's own progress: a batch of copies only (no entry) is accounted for
         // although its facts are stored with the next entry.
-        let progress = p.merger.progress();
+        self.store_consumed(&p.merger.progress());
+        true
+    }
+
+    /// Status `stream.merged_seq`: the records of each journal the merger has accounted for
+    /// (set when a merger starts too, so that a new active that has nothing new to merge
+    /// reports what its stream already holds).
+    fn store_consumed(&self, progress: &dedup::Progress) {
         for (n, c) in [NodeId::A, NodeId::B]
             .into_iter()
             .zip(&self.stats.merger_consumed)
         {
             c.store(progress.consumed(n).0, Relaxed);
         }
-        true
     }
 
     fn publish_batch(

@@ -914,44 +914,68 @@ impl Trio {
         text
     }
 
+    /// Both nodes' committed streams, once they are one dump holding an entry or a match for
+    /// every record in either journal (see [`Trio::final_check`]); `seen` says what was not.
+    fn settled_dump(&self, seen: &mut String) -> Option<String> {
+        let sa = get_json(&format!("{}/status", self.a.admin))?;
+        let sb = get_json(&format!("{}/status", self.b.admin))?;
+        let active = [&sa, &sb]
+            .into_iter()
+            .find(|s| s["ha"]["publishing"] == true)?;
+        let last = |s: &serde_json::Value| s["journal"]["last_seq"].as_u64().unwrap_or(0);
+        let merged = &active["stream"]["merged_seq"];
+        let (ea, eb) = (
+            sa["ha"]["stream_end"].as_u64()?,
+            sb["ha"]["stream_end"].as_u64()?,
+        );
+        *seen = format!(
+            "stream ends a={ea} b={eb}; active {}: merged_seq {merged}, next_offset {}, \
+             committed_end {}; journals' last seq a={} b={}",
+            active["node"],
+            active["stream"]["next_offset"],
+            active["stream"]["committed_end"],
+            last(&sa),
+            last(&sb)
+        );
+        let all_merged =
+            merged["a"].as_u64() == Some(last(&sa)) && merged["b"].as_u64() == Some(last(&sb));
+        let committed = active["stream"]["committed_end"] == active["stream"]["next_offset"]
+            && active["stream"]["next_offset"].as_u64() == Some(ea);
+        if !(all_merged && committed && ea == eb) {
+            return None;
+        }
+        let da = get_text(&format!("{}/stream?from=0", self.a.admin))?;
+        let db = get_text(&format!("{}/stream?from=0", self.b.admin))?;
+        (da == db && da.lines().count() as u64 == ea).then_some(da)
+    }
+
     /// The end-of-test proof: both nodes redundant, their committed streams byte-identical,
     /// `twinrx check` on the dump passes (every message once, offsets contiguous, epochs
     /// non-decreasing). Returns the parsed dump.
     pub fn final_check(&self, manifests: &[&Path]) -> Vec<serde_json::Value> {
         note(&format!("[{}] final check: started", self.tag));
         self.wait_redundant(Duration::from_secs(30));
-        let stable = Duration::from_millis(600);
-        let mut last: Option<(u64, Instant)> = None;
-        let dump = wait_for(
-            &format!("[{}] identical, settled streams on both nodes", self.tag),
-            Duration::from_secs(60),
-            || {
-                let ea = ha_of(&self.a)?["stream_end"].as_u64()?;
-                let eb = ha_of(&self.b)?["stream_end"].as_u64()?;
-                if ea != eb {
-                    last = None;
-                    return None;
-                }
-                match last {
-                    Some((e, since)) if e == ea => {
-                        if since.elapsed() < stable {
-                            return None;
-                        }
-                    }
-                    _ => {
-                        last = Some((ea, Instant::now()));
-                        return None;
-                    }
-                }
-                let da = get_text(&format!("{}/stream?from=0", self.a.admin))?;
-                let db = get_text(&format!("{}/stream?from=0", self.b.admin))?;
-                if da != db || da.lines().count() as u64 != ea {
-                    last = None;
-                    return None;
-                }
-                Some(da)
-            },
-        );
+        // What it waits for: the active's merger has stored an output for every record that
+        // reached either node's journal (its `merged_seq` equals each journal's last seq), all
+        // of it committed, both nodes' committed streams at that end and byte-identical. Not
+        // a quiet moment: a merger restarting (a lapsed lease under load) can leave the stream
+        // still for seconds with records waiting.
+        let timeout = Duration::from_secs(60);
+        let deadline = Instant::now() + timeout;
+        let mut seen = String::new();
+        let dump = loop {
+            if let Some(d) = self.settled_dump(&mut seen) {
+                break d;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "[{}] timed out after {timeout:?} waiting for both streams to hold every \
+                     journal record, committed and identical; last seen: {seen}",
+                    self.tag
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
         note(&format!(
             "[{}] final check: both streams identical and settled, {} entries",
             self.tag,
