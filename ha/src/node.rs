@@ -583,9 +583,16 @@ impl HaCore {
     /// an active whose lease lapsed (renewals lost, or a wake from SIGSTOP with the peer
     /// promoted meanwhile) publishes nothing and may have been deposed: it reports `syncing`
     /// until its lease is renewed, never `active` or `solo`.
+    /// A leader waiting for a lease that lasts (see `maybe_resume_publishing`) publishes
+    /// nothing either, and reports `syncing` too.
     pub fn reported_role(&self) -> Role {
         match &self.state {
-            State::Leader(l) if self.now >= l.lease_until => Role::Syncing,
+            State::Leader(l)
+                if self.now >= l.lease_until
+                    || (!l.publishing && l.handover.is_none() && !self.shutting_down) =>
+            {
+                Role::Syncing
+            }
             _ => self.role(),
         }
     }
@@ -1084,14 +1091,24 @@ impl HaCore {
         })
     }
 
+    /// Starts publishing when the leader holds a lease that runs at least one heartbeat
+    /// interval more: a lease renewed by a late ack (an echo almost `lease_ms` old, on a
+    /// loaded pair) would lapse again within milliseconds, and each start and stop costs the
+    /// binary a merger rebuild; it waits for a renewal that lasts (CI saw five such starts in
+    /// 2.3 s, each stopped 4-180 ms later, the merger's rebuilds then 2 s behind).
     fn maybe_resume_publishing(&mut self) {
         let now = self.now;
         let epoch = self.epoch;
         let end = self.pending_end;
+        let margin = self.c().heartbeat_interval_ms;
         let State::Leader(l) = &mut self.state else {
             return;
         };
-        if l.handover.is_none() && !l.publishing && l.lease_until > now && !self.shutting_down {
+        if l.handover.is_none()
+            && !l.publishing
+            && l.lease_until > now.saturating_add(margin)
+            && !self.shutting_down
+        {
             l.publishing = true;
             let lease_until = l.lease_until;
             self.published_epoch = Some(epoch);

@@ -1623,3 +1623,61 @@ fn woken_active_hearing_only_the_witness_adopts_its_epoch() {
     assert_eq!((a.status().epoch, a.role()), (Epoch(2), Role::Syncing));
     assert!(!a.status().lease_lapsed, "a follower now");
 }
+
+/// Issue #25: an active whose lease lapsed resumes publishing only on a renewal that lasts at
+/// least a heartbeat interval. A late ack (its echo almost `lease_ms` old, on a loaded pair)
+/// would start publishing for milliseconds; CI saw five such starts in 2.3 s, each stopped
+/// 4-180 ms later and each costing the binary a merger rebuild.
+#[test]
+fn a_lapsed_active_resumes_only_on_a_renewal_that_lasts() {
+    let mut a = active_with_standby(4);
+    let log = LogPos {
+        log_epoch: Epoch(1),
+        end: Offset(4),
+    };
+    a.handle_input(
+        Millis(2600),
+        Input::Peer {
+            link: 0,
+            msg: hb(1, Role::Standby, log, 2550),
+        },
+    );
+    drain(&mut a);
+    // No renewal since the grant (echo 1900): the lease lapses at 2700.
+    a.handle_timeout(Millis(2700));
+    let acts = drain(&mut a);
+    assert!(
+        acts.contains(&Action::StopPublishing(StopReason::LeaseExpired)),
+        "{acts:?}"
+    );
+    // A late ack: echo 1950, so the lease runs to 2750, 49 ms after it arrives.
+    let late = HaMsg::HeartbeatAck {
+        epoch: Epoch(1),
+        echo: Millis(1950),
+    };
+    a.handle_input(Millis(2701), Input::Peer { link: 0, msg: late });
+    let acts = drain(&mut a);
+    assert!(
+        !acts
+            .iter()
+            .any(|x| matches!(x, Action::StartPublishing { .. })),
+        "{acts:?}"
+    );
+    assert_eq!(a.status().role, Role::Syncing, "not publishing: not active");
+    // A timely ack: publishing resumes where the stream ends, until echo + lease_ms.
+    let fresh = HaMsg::HeartbeatAck {
+        epoch: Epoch(1),
+        echo: Millis(2700),
+    };
+    a.handle_input(Millis(2705), Input::Peer { link: 0, msg: fresh });
+    let acts = drain(&mut a);
+    assert!(
+        acts.contains(&Action::StartPublishing {
+            epoch: Epoch(1),
+            from_offset: Offset(4),
+            lease_until: Millis(3500),
+        }),
+        "{acts:?}"
+    );
+    assert!(a.status().role.is_active(), "{:?}", a.status().role);
+}
