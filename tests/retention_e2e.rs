@@ -269,23 +269,7 @@ fn a_sink_down_past_hold_bytes_max_loses_the_oldest_records_the_gap_and_goes_on(
     let sink = sink_status(&node, "file");
     note(&format!("sink after the gap: {sink}"));
     let offsets = file_offsets(&out);
-    // What the sink had read (its batch, retried) or can still read from a segment it holds
-    // open after retention deleted it, it delivers: the gap starts at offset 200 or a
-    // little after, where its reading found entries gone.
-    let lost_from = (200..offsets.len())
-        .find(|&i| offsets[i] != i as u64)
-        .expect("entries after the gap") as u64;
-    let resumed = offsets[lost_from as usize];
-    assert!(
-        resumed >= first && lost_from < first,
-        "delivered 0..{lost_from}, resumed at {resumed}, first retained {first}"
-    );
-    let mut want: Vec<u64> = (0..lost_from).collect();
-    want.extend(resumed..n);
-    assert_eq!(
-        offsets, want,
-        "0..{lost_from}, then the first retained offset .. the end"
-    );
+    let (lost_from, resumed) = assert_one_gap(&offsets, 200, first, n);
     assert_eq!(
         sink["gap_entries"].as_u64(),
         Some(resumed - lost_from),

@@ -512,23 +512,7 @@ fn kafka_broker_stopped_past_hold_bytes_max_the_sink_records_the_gap_and_goes_on
     wait_drained(&node, n, Duration::from_secs(120));
     let recs = topic_records(&broker.addr(), "twinrx", 1);
     let offsets: Vec<u64> = recs.iter().map(|r| r.header_offset).collect();
-    // What the sink could still read when the broker came back (a segment it held open,
-    // deleted under it) it delivers: the gap starts where its reading found entries gone,
-    // at offset 200 or a little after (CI once saw 205).
-    let lost_from = (200..offsets.len())
-        .find(|&i| offsets[i] != i as u64)
-        .expect("entries after the gap") as u64;
-    let resumed = offsets[lost_from as usize];
-    assert!(
-        resumed >= first && lost_from < first,
-        "delivered 0..{lost_from}, resumed at {resumed}, first retained {first}"
-    );
-    let mut want: Vec<u64> = (0..lost_from).collect();
-    want.extend(resumed..n);
-    assert_eq!(
-        offsets, want,
-        "0..{lost_from}, then the first retained offset .. the end, once each"
-    );
+    let (lost_from, resumed) = assert_one_gap(&offsets, 200, first, n);
     let gap = resumed - lost_from;
     let sink = sink_status(&node, "kafka");
     assert_eq!(sink["gap_entries"].as_u64(), Some(gap), "{sink}");

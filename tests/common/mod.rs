@@ -1121,3 +1121,26 @@ pub fn strip_ansi(text: &str) -> String {
     }
     out
 }
+
+/// A sink's delivered offsets around one retention gap: `0..lost_from`, then `resumed..end`,
+/// each once and in order. The gap starts at `from` (the sink's position when retention
+/// passed it) or a little after (what it had read, or could still read from a segment it held
+/// open, it delivers) and ends at or after `first` (the first offset retention had kept when
+/// the test looked). Returns `(lost_from, resumed)`.
+pub fn assert_one_gap(offsets: &[u64], from: u64, first: u64, end: u64) -> (u64, u64) {
+    let lost_from = (from..offsets.len() as u64)
+        .find(|&i| offsets[i as usize] != i)
+        .unwrap_or_else(|| panic!("no gap after offset {from} in {} offsets", offsets.len()));
+    let resumed = offsets[lost_from as usize];
+    assert!(
+        resumed >= first && lost_from < first,
+        "delivered 0..{lost_from}, resumed at {resumed}, first retained {first}"
+    );
+    let mut want: Vec<u64> = (0..lost_from).collect();
+    want.extend(resumed..end);
+    assert_eq!(
+        offsets, want,
+        "0..{lost_from}, then the first retained offset .. the end, once each"
+    );
+    (lost_from, resumed)
+}
