@@ -167,6 +167,10 @@ pub struct HaHandle {
     pub view: Arc<Mutex<Option<HaView>>>,
     pub events: tokio::sync::mpsc::UnboundedSender<crate::pair::driver::Event>,
     pub settings: crate::pair::ha_config::HaSettings,
+    /// The lease the writer checks before each append, and its clock: `status` checks the
+    /// view's `publishing` against them (the view is the core's state at its last event).
+    pub lease: Arc<crate::pair::writer::Lease>,
+    pub clock: crate::pair::writer::Clock,
 }
 
 pub fn run(cfg: NodeConfig) -> anyhow::Result<()> {
@@ -625,15 +629,20 @@ fn journal_writer(
         let mut bytes = 0usize;
         encoded.clear();
         let mut next = Some(first);
-        while let Some(b) = next.take() {
+        // The batches (and their share of the intake budget) are kept until their records are
+        // in the journal: status `journal.queued_bytes` counts records not yet journaled, the
+        // batch being written included (it was 0 while an append waited on a slow fsync).
+        let mut held = Vec::new();
+        while let Some(mut b) = next.take() {
             for r in &b.records {
                 let e = r.encode();
                 bytes += e.len();
                 encoded.push(e);
             }
-            if let Some(a) = b.durable {
+            if let Some(a) = b.durable.take() {
                 acks.push(a);
             }
+            held.push(b);
             if encoded.len() < WRITE_BATCH_RECORDS_MAX && bytes < WRITE_BATCH_BYTES_MAX {
                 next = rx.try_recv().ok();
             }
@@ -672,6 +681,7 @@ fn journal_writer(
                 }
             }
         }
+        drop(held);
         if !acks.is_empty() && !matches!(policy, journal::FsyncPolicy::Batch) {
             // Informs are answered only once durable, whatever the policy.
             if let Err(e) = journal.sync() {

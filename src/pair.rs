@@ -1238,7 +1238,7 @@ pub fn start_ha(
         stats,
         data_dir: cfg.data_dir.clone(),
         view: view.clone(),
-        lease,
+        lease: lease.clone(),
         peer_hold_bytes_max: cfg.stream_hold_bytes_max,
         receive_ips: {
             let mut ips: Vec<std::net::IpAddr> = cfg
@@ -1261,6 +1261,8 @@ pub fn start_ha(
             view,
             events: ev_tx,
             settings,
+            lease,
+            clock,
         },
         thread,
         task,

@@ -231,7 +231,16 @@ fn ha_json(node: &Node) -> (Value, String, Vec<String>, Option<String>) {
     };
     let me = node.cfg.name;
     let peer = me.peer();
-    let st = &v.status;
+    // The view is the HA core's state at its last event. A node woken from a stop (SIGCONT,
+    // a paused VM) can be asked before it handles one: the lease its writer checks decides
+    // whether it publishes now, and without it the node says so (never `active`).
+    let mut st = v.status.clone();
+    if st.publishing && !h.lease.allows(st.epoch, h.clock.now()) {
+        st.publishing = false;
+        st.role = ha::Role::Syncing;
+        st.lease_lapsed = true;
+    }
+    let st = &st;
     let role = role_name(st.role);
     let red = redundant(st);
     let witness = h.settings.witness;

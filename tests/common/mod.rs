@@ -916,9 +916,13 @@ impl Trio {
 
     /// Both nodes' committed streams, once they are one dump holding an entry or a match for
     /// every record in either journal (see [`Trio::final_check`]); `seen` says what was not.
-    fn settled_dump(&self, seen: &mut String) -> Option<String> {
+    fn settled_dump(&self, seen: &mut String, prev: &mut Option<String>) -> Option<String> {
+        // Read before the statuses: what left the kernel after this is in a node's intake
+        // queue or journal when the status is read.
+        let in_kernel = [self.a.ip, self.b.ip].map(kernel_queued_to);
         let sa = get_json(&format!("{}/status", self.a.admin))?;
         let sb = get_json(&format!("{}/status", self.b.admin))?;
+        let intake = [&sa, &sb].map(|s| s["journal"]["queued_bytes"].as_u64());
         let active = [&sa, &sb]
             .into_iter()
             .find(|s| s["ha"]["publishing"] == true)?;
@@ -928,20 +932,27 @@ impl Trio {
             sa["ha"]["stream_end"].as_u64()?,
             sb["ha"]["stream_end"].as_u64()?,
         );
-        *seen = format!(
+        let now = format!(
             "stream ends a={ea} b={eb}; active {}: merged_seq {merged}, next_offset {}, \
-             committed_end {}; journals' last seq a={} b={}",
+             committed_end {}; journals' last seq a={} b={}; intake queues {intake:?}; bytes \
+             in the kernel on their way to a, b: {in_kernel:?}",
             active["node"],
             active["stream"]["next_offset"],
             active["stream"]["committed_end"],
             last(&sa),
             last(&sb)
         );
+        let received = in_kernel == [0, 0] && intake == [Some(0), Some(0)];
         let all_merged =
             merged["a"].as_u64() == Some(last(&sa)) && merged["b"].as_u64() == Some(last(&sb));
         let committed = active["stream"]["committed_end"] == active["stream"]["next_offset"]
             && active["stream"]["next_offset"].as_u64() == Some(ea);
-        if !(all_merged && committed && ea == eb) {
+        // The same at two polls in a row: a message a receiver had taken from the kernel but
+        // not yet queued (an in-process hop) would show at the second.
+        let again = prev.as_deref() == Some(now.as_str());
+        *prev = Some(now.clone());
+        *seen = now;
+        if !(received && all_merged && committed && ea == eb && again) {
             return None;
         }
         let da = get_text(&format!("{}/stream?from=0", self.a.admin))?;
@@ -955,16 +966,19 @@ impl Trio {
     pub fn final_check(&self, manifests: &[&Path]) -> Vec<serde_json::Value> {
         note(&format!("[{}] final check: started", self.tag));
         self.wait_redundant(Duration::from_secs(30));
-        // What it waits for: the active's merger has stored an output for every record that
-        // reached either node's journal (its `merged_seq` equals each journal's last seq), all
-        // of it committed, both nodes' committed streams at that end and byte-identical. Not
-        // a quiet moment: a merger restarting (a lapsed lease under load) can leave the stream
-        // still for seconds with records waiting.
+        // What it waits for: every message sent has reached a node (nothing in the kernel's
+        // queues to the receivers, nor in the nodes' intake queues), the active's merger has
+        // stored an output for every record of either node's journal (its `merged_seq` equals
+        // each journal's last seq), all of it committed, both nodes' committed streams at
+        // that end and byte-identical. Not a quiet moment: a merger restarting (a lapsed lease
+        // under load) can leave the stream still for seconds with records waiting, and a
+        // receiver on a loaded machine can be behind its sender.
         let timeout = Duration::from_secs(60);
         let deadline = Instant::now() + timeout;
         let mut seen = String::new();
+        let mut prev = None;
         let dump = loop {
-            if let Some(d) = self.settled_dump(&mut seen) {
+            if let Some(d) = self.settled_dump(&mut seen, &mut prev) {
                 break d;
             }
             if Instant::now() > deadline {
@@ -1143,4 +1157,37 @@ pub fn assert_one_gap(offsets: &[u64], from: u64, first: u64, end: u64) -> (u64,
         "0..{lost_from}, then the first retained offset .. the end, once each"
     );
     (lost_from, resumed)
+}
+
+/// Bytes the kernel still holds on their way to a node's receivers (syslog 5514, SNMP 5162):
+/// the receive queues of its UDP sockets and TCP connections, and the send queues of local
+/// senders' TCP connections to it (`/proc/net/{udp,tcp}`: `tx_queue:rx_queue`, hex). A
+/// sender that has finished may leave data there; the node has not received it yet.
+pub fn kernel_queued_to(ip: Ipv4Addr) -> u64 {
+    let ends: Vec<String> = [5514u16, 5162]
+        .iter()
+        .map(|port| format!("{:08X}:{port:04X}", u32::from_le_bytes(ip.octets())))
+        .collect();
+    let mut queued = 0;
+    for file in ["/proc/net/udp", "/proc/net/tcp"] {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(remote), Some(queues)) = (cols.get(1), cols.get(2), cols.get(4))
+            else {
+                continue;
+            };
+            let Some((tx, rx)) = queues.split_once(':') else {
+                continue;
+            };
+            let hex = |v: &str| u64::from_str_radix(v, 16).unwrap_or(0);
+            if ends.iter().any(|e| e == local) {
+                queued += hex(rx);
+            }
+            if ends.iter().any(|e| e == remote) {
+                queued += hex(tx);
+            }
+        }
+    }
+    queued
 }
