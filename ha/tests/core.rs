@@ -1669,7 +1669,13 @@ fn a_lapsed_active_resumes_only_on_a_renewal_that_lasts() {
         epoch: Epoch(1),
         echo: Millis(2700),
     };
-    a.handle_input(Millis(2705), Input::Peer { link: 0, msg: fresh });
+    a.handle_input(
+        Millis(2705),
+        Input::Peer {
+            link: 0,
+            msg: fresh,
+        },
+    );
     let acts = drain(&mut a);
     assert!(
         acts.contains(&Action::StartPublishing {
