@@ -9,9 +9,11 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use twinrx_types::Seq;
 
+use crate::compress::Blocks;
 use crate::Error;
 
 /// First 8 bytes of every segment file.
@@ -30,6 +32,12 @@ pub const RECORD_BYTES_MAX: usize = 16 << 20;
 pub(crate) const SEGMENT_SUFFIX: &str = ".seg";
 /// Suffix of a segment being created (header written, not yet renamed into place).
 pub(crate) const TMP_SUFFIX: &str = ".seg.tmp";
+/// First 8 bytes of every compressed segment file (FORMAT.md "Compressed segments").
+pub(crate) const ZSEGMENT_MAGIC: [u8; 8] = *b"TWRXJZST";
+/// Suffix of compressed segment file names; the stem is the first seq, as for segments.
+pub(crate) const ZSEGMENT_SUFFIX: &str = ".zseg";
+/// Suffix of a compressed segment being written (not yet renamed into place).
+pub(crate) const ZTMP_SUFFIX: &str = ".zseg.tmp";
 /// Size of a positioned read when scanning; large enough that sequential reads of small
 /// records cost one syscall per 64 KiB.
 const READ_CHUNK_BYTES: usize = 64 << 10;
@@ -39,9 +47,22 @@ pub(crate) fn segment_file_name(first_seq: u64) -> String {
     format!("{first_seq:020}{SEGMENT_SUFFIX}")
 }
 
+/// File name of the compressed segment whose first record has `first_seq`.
+pub(crate) fn zsegment_file_name(first_seq: u64) -> String {
+    format!("{first_seq:020}{ZSEGMENT_SUFFIX}")
+}
+
 /// The first seq encoded in a segment file name, if `name` is one.
 pub(crate) fn parse_segment_file_name(name: &str) -> Option<u64> {
-    let stem = name.strip_suffix(SEGMENT_SUFFIX)?;
+    parse_stem(name.strip_suffix(SEGMENT_SUFFIX)?)
+}
+
+/// The first seq encoded in a compressed segment file name, if `name` is one.
+pub(crate) fn parse_zsegment_file_name(name: &str) -> Option<u64> {
+    parse_stem(name.strip_suffix(ZSEGMENT_SUFFIX)?)
+}
+
+fn parse_stem(stem: &str) -> Option<u64> {
     if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -50,8 +71,14 @@ pub(crate) fn parse_segment_file_name(name: &str) -> Option<u64> {
 
 /// The 32-byte segment header for a segment starting at `first_seq`.
 pub(crate) fn encode_segment_header(first_seq: u64) -> [u8; SEGMENT_HEADER_LEN as usize] {
+    encode_header(SEGMENT_MAGIC, first_seq)
+}
+
+/// The 32-byte header of a segment (`SEGMENT_MAGIC`) or compressed segment
+/// (`ZSEGMENT_MAGIC`) starting at `first_seq`.
+pub(crate) fn encode_header(magic: [u8; 8], first_seq: u64) -> [u8; SEGMENT_HEADER_LEN as usize] {
     let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
-    h[0..8].copy_from_slice(&SEGMENT_MAGIC);
+    h[0..8].copy_from_slice(&magic);
     h[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
     h[10..12].copy_from_slice(&(SEGMENT_HEADER_LEN as u16).to_le_bytes());
     // 12..16 reserved, zero.
@@ -75,6 +102,11 @@ pub(crate) enum HeaderState {
 
 /// Reads and checks the segment header of `file`.
 pub(crate) fn read_segment_header(file: &File, path: &Path) -> Result<HeaderState, Error> {
+    read_header(file, path, SEGMENT_MAGIC)
+}
+
+/// Reads and checks the 32-byte header of `file`, which must start with `magic`.
+pub(crate) fn read_header(file: &File, path: &Path, magic: [u8; 8]) -> Result<HeaderState, Error> {
     let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
     let n = read_full_at(file, &mut h, 0).map_err(|e| Error::io("read header of", path, e))?;
     let h = &h[..n];
@@ -83,7 +115,7 @@ pub(crate) fn read_segment_header(file: &File, path: &Path) -> Result<HeaderStat
         // write and renames only after fsync, so only a crash mid-creation leaves one.
         return Ok(HeaderState::Torn);
     }
-    if h[0..8] != SEGMENT_MAGIC {
+    if h[0..8] != magic {
         return Ok(HeaderState::Invalid(
             "bad magic: not a twinrx journal segment".into(),
         ));
@@ -154,11 +186,11 @@ impl RecordHeader {
     }
 }
 
-fn le_u32(b: &[u8]) -> u32 {
+pub(crate) fn le_u32(b: &[u8]) -> u32 {
     u32::from_le_bytes([b[0], b[1], b[2], b[3]])
 }
 
-fn le_u64(b: &[u8]) -> u64 {
+pub(crate) fn le_u64(b: &[u8]) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[..8]);
     u64::from_le_bytes(a)
@@ -179,26 +211,61 @@ pub(crate) fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io:
 }
 
 /// Positioned reads through a sliding buffer: no file cursor, so any number of readers share
-/// one open file with the writer.
+/// one open file with the writer. On a compressed segment the same offsets (those of the
+/// segment as written) are served from its decompressed blocks; a record never straddles
+/// two blocks.
 pub(crate) struct SegReader<'a> {
     file: &'a File,
     path: &'a Path,
+    blocks: Option<&'a Blocks>,
     buf: Vec<u8>,
+    block: Option<Arc<Vec<u8>>>,
     start: u64,
 }
 
 impl<'a> SegReader<'a> {
+    /// Reads the (uncompressed) segment file `file`.
     pub fn new(file: &'a File, path: &'a Path) -> SegReader<'a> {
         SegReader {
             file,
             path,
+            blocks: None,
             buf: Vec::new(),
+            block: None,
             start: 0,
+        }
+    }
+
+    /// Reads the compressed segment `file`, whose block table is `blocks`.
+    pub fn compressed(file: &'a File, path: &'a Path, blocks: &'a Blocks) -> SegReader<'a> {
+        SegReader {
+            blocks: Some(blocks),
+            ..SegReader::new(file, path)
         }
     }
 
     /// The `n` bytes at `offset`, or `None` if the file ends before them.
     pub fn get(&mut self, offset: u64, n: usize) -> Result<Option<&[u8]>, Error> {
+        if let Some(blocks) = self.blocks {
+            let held = self
+                .block
+                .as_ref()
+                .is_some_and(|b| offset >= self.start && offset < self.start + b.len() as u64);
+            if !held {
+                match blocks.load(self.file, self.path, offset)? {
+                    Some((start, bytes)) => {
+                        self.start = start;
+                        self.block = Some(bytes);
+                    }
+                    None => return Ok(None),
+                }
+            }
+            let at = (offset - self.start) as usize;
+            return Ok(self
+                .block
+                .as_ref()
+                .and_then(|b| b.get(at..at.checked_add(n)?)));
+        }
         let cached =
             offset >= self.start && offset + n as u64 <= self.start + self.buf.len() as u64;
         if !cached {
@@ -464,13 +531,12 @@ fn valid_record_after(
 /// Scans the records of a segment whose header is valid. `last` says whether it is the last
 /// segment of the journal: only there may an invalid record be a torn tail.
 pub(crate) fn scan_segment(
-    file: &File,
+    mut r: SegReader<'_>,
     path: &Path,
     file_len: u64,
     first_seq: u64,
     last: bool,
 ) -> Result<Scan, Error> {
-    let mut r = SegReader::new(file, path);
     let mut scan = Scan {
         end_offset: SEGMENT_HEADER_LEN,
         end_seq: first_seq,
@@ -535,12 +601,18 @@ pub(crate) struct Listing {
     pub segments: Vec<(u64, PathBuf)>,
     /// Leftovers of interrupted segment creations.
     pub interrupted: Vec<PathBuf>,
+    /// `(first seq, path)` of every compressed segment file, sorted by first seq.
+    pub compressed: Vec<(u64, PathBuf)>,
+    /// Leftovers of interrupted compressions (`….zseg.tmp`).
+    pub interrupted_compressions: Vec<PathBuf>,
 }
 
 /// The segment files of `dir` and the leftovers of interrupted segment creations.
 pub(crate) fn list_segments(dir: &Path) -> Result<Listing, Error> {
     let mut segs = Vec::new();
     let mut tmps = Vec::new();
+    let mut zsegs = Vec::new();
+    let mut ztmps = Vec::new();
     let rd = std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
     for entry in rd {
         let entry = entry.map_err(|e| Error::io("list", dir, e))?;
@@ -550,12 +622,19 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Listing, Error> {
             segs.push((first, entry.path()));
         } else if name.ends_with(TMP_SUFFIX) {
             tmps.push(entry.path());
+        } else if let Some(first) = parse_zsegment_file_name(name) {
+            zsegs.push((first, entry.path()));
+        } else if name.ends_with(ZTMP_SUFFIX) {
+            ztmps.push(entry.path());
         }
     }
     segs.sort_unstable();
+    zsegs.sort_unstable();
     Ok(Listing {
         segments: segs,
         interrupted: tmps,
+        compressed: zsegs,
+        interrupted_compressions: ztmps,
     })
 }
 

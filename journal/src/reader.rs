@@ -11,7 +11,6 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use twinrx_types::Seq;
 
-use crate::format::SegReader;
 use crate::segment::{lock, read_lock, Hint, ReaderSlot, Segment, Shared};
 use crate::{seq_opt, Error};
 
@@ -22,7 +21,7 @@ pub(crate) fn held_bytes(table: &[Arc<Segment>], seq: u64) -> u64 {
         .saturating_sub(1);
     table[i.min(table.len())..]
         .iter()
-        .map(|s| s.len.load(Ordering::Acquire))
+        .map(|s| s.disk_bytes())
         .sum()
 }
 
@@ -128,7 +127,7 @@ impl JournalHandle {
                 Some(h) if h.seg_first == seg.first_seq => h.offset,
                 _ => seg.locate(seq)?,
             };
-            let mut r = SegReader::new(&seg.file, &seg.path);
+            let mut r = seg.reader();
             while seq <= last && seq < seg_end {
                 let (h, payload) = r.record(offset, seq)?;
                 if !out.is_empty() && bytes + payload.len() > max_bytes {
@@ -217,7 +216,7 @@ impl JournalHandle {
     pub fn bytes(&self) -> u64 {
         read_lock(&self.shared.segments)
             .iter()
-            .map(|s| s.len.load(Ordering::Acquire))
+            .map(|s| s.disk_bytes())
             .sum()
     }
 

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Rw
 use tokio::sync::watch;
 use twinrx_types::Seq;
 
+use crate::compress::{BlockCache, Blocks, CompactStats};
 use crate::format::{self, Index, SegReader, SEGMENT_HEADER_LEN};
 use crate::Error;
 
@@ -34,6 +35,12 @@ pub(crate) struct Segment {
     /// not scanned: their age is bounded by the next segment's `first_ts_ms`).
     pub last_ts_ms: AtomicU64,
     pub index: Mutex<Index>,
+    /// The block table of a compressed segment (`….zseg`, read-only); `None` for a segment
+    /// file as written.
+    pub blocks: Option<Blocks>,
+    /// Bumped by the writer before it cuts this segment: the compactor's copy of a segment
+    /// that was cut since it read it is discarded.
+    pub cuts: AtomicU64,
 }
 
 impl Segment {
@@ -47,6 +54,36 @@ impl Segment {
             first_ts_ms: AtomicU64::new(0),
             last_ts_ms: AtomicU64::new(0),
             index: Mutex::new(Index::new(first_seq)),
+            blocks: None,
+            cuts: AtomicU64::new(0),
+        }
+    }
+
+    /// The compressed segment `file` with its block table: offsets, end and index are
+    /// those of the segment as it was written.
+    pub fn compressed(first_seq: u64, path: PathBuf, file: File, blocks: Blocks) -> Segment {
+        Segment {
+            len: AtomicU64::new(blocks.raw_len),
+            end_seq: AtomicU64::new(blocks.end_seq),
+            index: Mutex::new(blocks.index()),
+            blocks: Some(blocks),
+            ..Segment::new(first_seq, path, file)
+        }
+    }
+
+    /// A reader of this segment's records, whichever kind it is.
+    pub fn reader(&self) -> SegReader<'_> {
+        match &self.blocks {
+            Some(b) => SegReader::compressed(&self.file, &self.path, b),
+            None => SegReader::new(&self.file, &self.path),
+        }
+    }
+
+    /// Bytes the segment takes on disk (compressed, for a compressed one).
+    pub fn disk_bytes(&self) -> u64 {
+        match &self.blocks {
+            Some(b) => b.file_len,
+            None => self.len.load(std::sync::atomic::Ordering::Acquire),
         }
     }
 
@@ -68,7 +105,7 @@ impl Segment {
             frontier_seq: s,
             frontier_offset: offset,
         };
-        let mut r = SegReader::new(&self.file, &self.path);
+        let mut r = self.reader();
         while s < seq {
             let h = r.skip_header(offset, s)?;
             if extending {
@@ -132,6 +169,13 @@ pub(crate) struct Shared {
     pub reader_id_next: AtomicU64,
     hints: Mutex<Vec<Hint>>,
     cuts: Mutex<CutLog>,
+    /// Held by the writer while it deletes, cuts or replaces segments, and by the compactor
+    /// while it swaps a compressed segment in: each sees the other's work whole.
+    pub edit: Mutex<()>,
+    /// Recently decompressed blocks of this journal's compressed segments.
+    pub block_cache: Arc<BlockCache>,
+    /// The compactor's counters.
+    pub compact: CompactStats,
 }
 
 /// Recent truncations, so a tail can tell whether records it returned were cut even when the
@@ -151,6 +195,7 @@ impl Shared {
         segments: Vec<Arc<Segment>>,
         first_seq: u64,
         durable: watch::Receiver<Option<Seq>>,
+        block_cache: Arc<BlockCache>,
     ) -> Shared {
         Shared {
             dir,
@@ -162,6 +207,9 @@ impl Shared {
             reader_id_next: AtomicU64::new(0),
             hints: Mutex::new(Vec::with_capacity(HINTS_MAX)),
             cuts: Mutex::new(CutLog::default()),
+            edit: Mutex::new(()),
+            block_cache,
+            compact: CompactStats::default(),
         }
     }
 
@@ -296,6 +344,21 @@ pub(crate) fn prepare_segment(dir: &Path, first_seq: u64) -> Result<Prepared, Er
 }
 
 impl Prepared {
+    /// Writes `bytes` at `offset` of the temporary file.
+    pub fn write_at(&self, bytes: &[u8], offset: u64) -> Result<(), Error> {
+        use std::os::unix::fs::FileExt;
+        self.file
+            .write_all_at(bytes, offset)
+            .map_err(|e| Error::io("write", &self.tmp, e))
+    }
+
+    /// Fsyncs the temporary file's data.
+    pub fn sync(&self) -> Result<(), Error> {
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io("fsync", &self.tmp, e))
+    }
+
     /// Second half of [`create_segment`]: rename into place, fsync the directory. On failure
     /// the temporary file stays: open removes it, or promotes it when it is the only
     /// segment left (an interrupted reset).

@@ -15,13 +15,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use twinrx_types::Seq;
 
+use crate::compress::{self, BlockCache, Compactor};
 use crate::format::{
     self, HeaderState, Index, SegReader, RECORD_BYTES_MAX, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 use crate::reader::JournalHandle;
 use crate::segment::{self, lock, read_lock, write_lock, Segment, Shared};
 use crate::{
-    seq_opt, Error, FsyncPolicy, JournalStats, Options, Recovery, RetentionReport, SeqRange,
+    seq_opt, Compression, Error, FsyncPolicy, JournalStats, Options, Recovery, RetentionReport,
+    SeqRange,
 };
 
 /// A batch is written to the file in pieces of at most this size, bounding the buffer.
@@ -63,6 +65,9 @@ pub struct Journal {
     fsyncs_total: u64,
     fsync_latency_us_last: u64,
     append_errors_total: u64,
+    /// Compresses sealed segments in the background (`None` under [`Compression::None`]).
+    /// Declared last: dropped (stopped and joined) after the final fsync.
+    compactor: Option<Compactor>,
 }
 
 impl Journal {
@@ -78,7 +83,7 @@ impl Journal {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
         let listing = format::list_segments(dir)?;
         let mut found = listing.segments;
-        if found.is_empty() {
+        if found.is_empty() && listing.compressed.is_empty() {
             // A reset interrupted after removing the old segments: its new segment is
             // complete under the temporary name.
             if let Some((first, path)) = promotable(&listing.interrupted)? {
@@ -93,14 +98,47 @@ impl Journal {
             std::fs::remove_file(&tmp).map_err(|e| Error::io("remove", &tmp, e))?;
             tracing::info!(path = %tmp.display(), "removed interrupted segment creation");
         }
+        for tmp in &listing.interrupted_compressions {
+            std::fs::remove_file(tmp).map_err(|e| Error::io("remove", tmp, e))?;
+            tracing::info!(path = %tmp.display(), "removed interrupted segment compression");
+        }
+        // A segment as written and its compressed copy: the compactor or a decompression
+        // stopped between rename and removal, or a cut rewrote the segment. The `.seg` is
+        // the newer truth (FORMAT.md "Recovery").
+        let mut found: Vec<(u64, std::path::PathBuf, bool)> =
+            found.into_iter().map(|(f, p)| (f, p, false)).collect();
+        for (first, zpath) in listing.compressed {
+            if found.iter().any(|(f, _, _)| *f == first) {
+                std::fs::remove_file(&zpath).map_err(|e| Error::io("remove", &zpath, e))?;
+                tracing::info!(path = %zpath.display(), "removed a compressed copy of a segment kept as written");
+            } else {
+                found.push((first, zpath, true));
+            }
+        }
+        found.sort_unstable_by_key(|(f, _, _)| *f);
+        let cache = Arc::new(BlockCache::default());
         let mut recovery = Recovery::default();
 
         // Headers first, so that empty leftovers can be told apart before scanning.
         let mut opened = Vec::with_capacity(found.len());
         let count = found.len();
-        for (i, (first, path)) in found.into_iter().enumerate() {
+        for (i, (first, path, compressed)) in found.into_iter().enumerate() {
             let last = i + 1 == count;
             let file = segment::open_file(&path)?;
+            if compressed {
+                let blocks = compress::open_blocks(&file, &path, first, cache.clone())?;
+                if last {
+                    // Only a cut leaves a compressed segment last: it is appended to again.
+                    let z = Segment::compressed(first, path, file, blocks);
+                    let raw = compress::decompress_segment(&z, dir)?;
+                    let len = raw.len.load(Ordering::Acquire);
+                    opened.push((first, raw.path, raw.file, len, last, None));
+                } else {
+                    let len = blocks.raw_len;
+                    opened.push((first, path, file, len, last, Some(blocks)));
+                }
+                continue;
+            }
             let mut len = file
                 .metadata()
                 .map_err(|e| Error::io("stat", &path, e))?
@@ -138,7 +176,7 @@ impl Journal {
                     })
                 }
             }
-            opened.push((first, path, file, len, last));
+            opened.push((first, path, file, len, last, None));
         }
 
         // An empty segment that is not the last holds nothing and is a leftover of
@@ -159,10 +197,26 @@ impl Journal {
 
         let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(kept.len());
         let next_firsts: Vec<u64> = kept.iter().skip(1).map(|s| s.0).collect();
-        for (i, (first, path, file, len, last)) in kept.into_iter().enumerate() {
+        for (i, (first, path, file, len, last, blocks)) in kept.into_iter().enumerate() {
+            if let Some(blocks) = blocks {
+                if blocks.end_seq != next_firsts[i] {
+                    return Err(Error::BadSegment {
+                        segment: path,
+                        reason: format!(
+                            "ends before seq {}, but the next segment starts at {}",
+                            blocks.end_seq, next_firsts[i]
+                        ),
+                    });
+                }
+                let seg = Segment::compressed(first, path, file, blocks);
+                let (h, _) = seg.reader().record(SEGMENT_HEADER_LEN, first)?;
+                seg.first_ts_ms.store(h.append_unix_ms, Ordering::Release);
+                segments.push(Arc::new(seg));
+                continue;
+            }
             let seg = Segment::new(first, path, file);
             if last {
-                let scan = format::scan_segment(&seg.file, &seg.path, len, first, true)?;
+                let scan = format::scan_segment(seg.reader(), &seg.path, len, first, true)?;
                 if let Some(tail) = &scan.tail {
                     seg.file
                         .set_len(tail.offset)
@@ -226,7 +280,21 @@ impl Journal {
             segments,
             first_seq,
             durable_rx,
+            cache,
         ));
+        let compactor = match opts.compression {
+            Compression::None => None,
+            Compression::Zstd { level } => {
+                let c = Compactor::start(shared.clone(), level)?;
+                let table = read_lock(&shared.segments).clone();
+                for seg in &table[..table.len() - 1] {
+                    if seg.blocks.is_none() {
+                        c.submit(seg.clone());
+                    }
+                }
+                Some(c)
+            }
+        };
         tracing::info!(
             dir = %dir.display(),
             first_seq,
@@ -252,6 +320,7 @@ impl Journal {
             fsyncs_total: 0,
             fsync_latency_us_last: 0,
             append_errors_total: 0,
+            compactor,
         };
         Ok((journal, recovery))
     }
@@ -383,6 +452,9 @@ impl Journal {
             next_seq: seq,
         };
         tracing::debug!(segment = %seg.path.display(), "journal segment started");
+        if let Some(c) = &self.compactor {
+            c.submit(old.clone());
+        }
         Ok(seg)
     }
 
@@ -500,6 +572,15 @@ impl Journal {
         Ok(())
     }
 
+    /// Blocks until every sealed segment handed to the compactor so far is compressed (or
+    /// was skipped: cut, deleted, or failed and logged). Returns at once without
+    /// compression. For tests and tools that need to see the compressed state.
+    pub fn wait_compacted(&self) {
+        if let Some(c) = &self.compactor {
+            c.wait();
+        }
+    }
+
     /// A cheap, cloneable read handle for other threads and tasks.
     pub fn handle(&self) -> JournalHandle {
         JournalHandle::new(self.shared.clone())
@@ -516,6 +597,8 @@ impl Journal {
         let now_ms = now
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
+        let shared = self.shared.clone();
+        let _edit = lock(&shared.edit);
         // Held throughout, so that a reader registering now either is seen here or sees the
         // new first seq.
         let readers = lock(&self.shared.readers);
@@ -531,7 +614,7 @@ impl Journal {
             .filter(|(p, r)| !over(r, *p))
             .map(|(p, r)| (p, r.name.clone()))
             .min();
-        let mut total: u64 = segs.iter().map(|s| s.len.load(Ordering::Acquire)).sum();
+        let mut total: u64 = segs.iter().map(|s| s.disk_bytes()).sum();
         let mut report = RetentionReport::default();
         let mut failure = None;
         for pair in segs.windows(2) {
@@ -558,7 +641,7 @@ impl Journal {
                 failure = Some(Error::io("remove segment", &seg.path, e));
                 break;
             }
-            let len = seg.len.load(Ordering::Acquire);
+            let len = seg.disk_bytes();
             total -= len;
             report.segments_deleted += 1;
             report.bytes_deleted += len;
@@ -606,7 +689,7 @@ impl Journal {
         self.opts.retention.bytes_max.is_some_and(|m| {
             let bytes: u64 = read_lock(&self.shared.segments)
                 .iter()
-                .map(|s| s.len.load(Ordering::Acquire))
+                .map(|s| s.disk_bytes())
                 .sum();
             bytes > m
         })
@@ -618,8 +701,11 @@ impl Journal {
         let first = self.shared.first_seq.load(Ordering::Acquire);
         JournalStats {
             records: self.next_seq - first,
-            bytes: segs.iter().map(|s| s.len.load(Ordering::Acquire)).sum(),
+            bytes: segs.iter().map(|s| s.disk_bytes()).sum(),
+            bytes_as_written: segs.iter().map(|s| s.len.load(Ordering::Acquire)).sum(),
             segments: segs.len(),
+            segments_compressed: segs.iter().filter(|s| s.blocks.is_some()).count(),
+            compress_errors_total: self.shared.compact.errors.load(Ordering::Relaxed),
             appended_total: self.appended_total,
             fsyncs_total: self.fsyncs_total,
             fsync_latency_us_last: self.fsync_latency_us_last,
@@ -724,6 +810,7 @@ impl Journal {
         let prepared = segment::prepare_segment(&self.shared.dir, next_seq)?;
         let shared = self.shared.clone();
         let _gate = write_lock(&shared.gate);
+        let _edit = lock(&shared.edit);
         self.shared.note_cut(0);
         let old: Vec<Arc<Segment>> = read_lock(&self.shared.segments).clone();
         for o in old.iter().rev() {
@@ -752,6 +839,8 @@ impl Journal {
         self.repair = Some(to);
         self.next_seq = to.next_seq;
         self.shared.forget_hints();
+        let shared = self.shared.clone();
+        let _edit = lock(&shared.edit);
         let mut removed = false;
         loop {
             let newest = self.active();
@@ -766,13 +855,22 @@ impl Journal {
             write_lock(&self.shared.segments).pop();
             removed = true;
         }
-        let seg = self.active();
+        let mut seg = self.active();
         if seg.first_seq != to.seg_first {
             return Err(Error::BadSegment {
                 segment: seg.path.clone(),
                 reason: format!("rollback target segment {} is missing", to.seg_first),
             });
         }
+        if seg.blocks.is_some() {
+            // A cut into a compressed segment: it becomes the active one, as written.
+            let raw = Arc::new(compress::decompress_segment(&seg, &self.shared.dir)?);
+            if let Some(last) = write_lock(&self.shared.segments).last_mut() {
+                *last = raw.clone();
+            }
+            seg = raw;
+        }
+        seg.cuts.fetch_add(1, Ordering::AcqRel);
         let file_len = seg
             .file
             .metadata()
@@ -900,6 +998,7 @@ mod tests {
             segment_bytes_max: 600,
             fsync,
             retention: Retention::default(),
+            compression: crate::Compression::None,
         };
         Journal::open(dir, o).expect("open").0
     }
@@ -1039,6 +1138,7 @@ mod tests {
                 bytes_max: Some(400),
                 age_max_ms: None,
             },
+            compression: crate::Compression::None,
         };
         let (mut j, _) = Journal::open(dir.path(), o).expect("open");
         j.append_batch(recs(1, 40))

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
-use journal::{Error, FsyncPolicy, Journal, Options, Retention, SeqRange};
+use journal::{Compression, Error, FsyncPolicy, Journal, Options, Retention, SeqRange};
 use twinrx_types::Seq;
 
 fn opts(segment_bytes_max: u64, fsync: FsyncPolicy) -> Options {
@@ -12,6 +12,7 @@ fn opts(segment_bytes_max: u64, fsync: FsyncPolicy) -> Options {
         segment_bytes_max,
         fsync,
         retention: Retention::default(),
+        compression: Compression::None,
     }
 }
 

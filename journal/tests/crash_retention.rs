@@ -29,6 +29,8 @@ fn options() -> Options {
             bytes_max: Some(16 << 10),
             age_max_ms: None,
         },
+        // Kills land during compaction and its swap with retention too.
+        compression: journal::Compression::Zstd { level: 1 },
     }
 }
 

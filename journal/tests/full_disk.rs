@@ -107,6 +107,7 @@ fn full_disk_scenario(segment_bytes_max: u64, per_batch: u64, fsync: FsyncPolicy
         segment_bytes_max,
         fsync,
         retention: Retention::default(),
+        compression: journal::Compression::None,
     };
     let (mut j, _) = Journal::open(&dir, o).expect("open");
     let filler = fs.path().join("filler");

@@ -1,11 +1,12 @@
 //! Property: random sequences of appends, reads, truncations, resets, retention and reopens
 //! behave like a plain vector of records (the model). Exercises the sparse index, the read
-//! position cache, rollback and segment bookkeeping together.
+//! position cache, rollback and segment bookkeeping together, with and without compression
+//! of sealed segments (cuts into compressed segments, a compactor racing the writer).
 
 use std::path::Path;
 use std::time::SystemTime;
 
-use journal::{Error, FsyncPolicy, Journal, Options, Retention};
+use journal::{Compression, Error, FsyncPolicy, Journal, Options, Retention};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use twinrx_types::Seq;
@@ -23,6 +24,8 @@ enum Op {
     Retention,
     Advance(Index),
     Reopen,
+    /// Waits for the compactor: the following ops see compressed segments.
+    Compact,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -35,6 +38,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Retention),
         1 => any::<Index>().prop_map(Op::Advance),
         1 => Just(Op::Reopen),
+        2 => Just(Op::Compact),
     ]
 }
 
@@ -68,12 +72,14 @@ proptest! {
         ops in prop::collection::vec(op(), 1..60),
         segment_bytes_max in 150u64..4000,
         bytes_max in 300u64..3000,
+        compress in any::<bool>(),
     ) {
         let dir = scratch_dir();
         let o = Options {
             segment_bytes_max,
             fsync: FsyncPolicy::Never,
             retention: Retention { bytes_max: Some(bytes_max), age_max_ms: None },
+            compression: if compress { Compression::Zstd { level: 1 } } else { Compression::None },
         };
         let (mut j, _) = Journal::open(dir.path(), o).expect("open");
         let mut h = j.handle();
@@ -151,6 +157,7 @@ proptest! {
                     m.records.drain(..(first - before) as usize);
                     m.first = first;
                 }
+                Op::Compact => j.wait_compacted(),
                 Op::Advance(i) => {
                     let to = m.first + i.index(m.records.len() + 1) as u64;
                     guard.advance(Seq(to));

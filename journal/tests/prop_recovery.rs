@@ -116,7 +116,7 @@ proptest! {
         damage in damage(),
     ) {
         let dir = scratch_dir();
-        let o = Options { segment_bytes_max, fsync: FsyncPolicy::Never, retention: Retention::default() };
+        let o = Options { segment_bytes_max, fsync: FsyncPolicy::Never, retention: Retention::default(), compression: journal::Compression::None };
         let written: Vec<Vec<u8>> = batches.iter().flatten().cloned().collect();
         {
             let (mut j, _) = Journal::open(dir.path(), o).expect("open");

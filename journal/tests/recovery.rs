@@ -15,6 +15,7 @@ fn opts(segment_bytes_max: u64) -> Options {
         segment_bytes_max,
         fsync: FsyncPolicy::Never,
         retention: Retention::default(),
+        compression: journal::Compression::None,
     }
 }
 
