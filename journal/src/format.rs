@@ -1,6 +1,6 @@
 //! On-disk layout of segments and records (byte by byte in `journal/FORMAT.md`), the
 //! positioned-read buffer every reader uses, and the segment scan shared by recovery
-//! ([`crate::Journal::open`]) and [`crate::verify`].
+//! ([`crate::Journal::open`]) and `verify.rs`.
 //!
 //! In: an open segment file and what its name says. Out: decoded records, or a precise verdict
 //! on the first invalid byte range: a torn tail (truncate and report) or corruption (an error
@@ -13,8 +13,18 @@ use std::sync::Arc;
 
 use twinrx_types::Seq;
 
-use crate::compress::Blocks;
 use crate::Error;
+
+/// A decompressed block of a compressed segment and the offset, in the segment as written,
+/// of its first byte.
+pub(crate) type Loaded = (u64, Arc<Vec<u8>>);
+
+/// Where a [`SegReader`] of a compressed segment gets its bytes: the block holding an
+/// offset of the segment as written (`Blocks`, in blocks.rs).
+pub(crate) trait BlockSource {
+    /// The block holding `offset` and where it starts; `None` past the last block.
+    fn load(&self, file: &File, path: &Path, offset: u64) -> Result<Option<Loaded>, Error>;
+}
 
 /// First 8 bytes of every segment file.
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"TWRXJRNL";
@@ -217,7 +227,7 @@ pub(crate) fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io:
 pub(crate) struct SegReader<'a> {
     file: &'a File,
     path: &'a Path,
-    blocks: Option<&'a Blocks>,
+    blocks: Option<&'a dyn BlockSource>,
     buf: Vec<u8>,
     block: Option<Arc<Vec<u8>>>,
     start: u64,
@@ -237,7 +247,11 @@ impl<'a> SegReader<'a> {
     }
 
     /// Reads the compressed segment `file`, whose block table is `blocks`.
-    pub fn compressed(file: &'a File, path: &'a Path, blocks: &'a Blocks) -> SegReader<'a> {
+    pub fn compressed(
+        file: &'a File,
+        path: &'a Path,
+        blocks: &'a dyn BlockSource,
+    ) -> SegReader<'a> {
         SegReader {
             blocks: Some(blocks),
             ..SegReader::new(file, path)

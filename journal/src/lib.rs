@@ -14,6 +14,7 @@
 //!   `tokio::sync::watch` channel when the durable seq moves), and [`ReaderGuard`]s that hold
 //!   back retention.
 //! - [`verify`] (`verify.rs`): read-only full scan of a directory.
+//! - `blocks.rs`: a compressed segment's block table and blocks, read and checked.
 //! - `compress.rs`: sealed segments rewritten as independent zstd blocks of about 256 KiB of
 //!   records with a block table (FORMAT.md "Compressed segments"), by a background thread
 //!   per journal ([`Compression::Zstd`]); offsets stay those of the segment as written, so
@@ -38,6 +39,7 @@ use std::str::FromStr;
 
 use twinrx_types::Seq;
 
+mod blocks;
 mod compress;
 mod format;
 mod reader;

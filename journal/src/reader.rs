@@ -212,11 +212,19 @@ impl JournalHandle {
         held_bytes(&read_lock(&self.shared.segments), seq.0)
     }
 
-    /// Bytes of all segment files.
+    /// Bytes of all segment files on disk (compressed ones at their compressed size).
     pub fn bytes(&self) -> u64 {
         read_lock(&self.shared.segments)
             .iter()
             .map(|s| s.disk_bytes())
+            .sum()
+    }
+
+    /// Bytes the segments held as written (compressed ones before compression).
+    pub fn bytes_as_written(&self) -> u64 {
+        read_lock(&self.shared.segments)
+            .iter()
+            .map(|s| s.len.load(Ordering::Acquire))
             .sum()
     }
 

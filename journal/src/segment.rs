@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Rw
 use tokio::sync::watch;
 use twinrx_types::Seq;
 
-use crate::compress::{BlockCache, Blocks, CompactStats};
+use crate::blocks::{BlockCache, Blocks};
 use crate::format::{self, Index, SegReader, SEGMENT_HEADER_LEN};
 use crate::Error;
 
@@ -271,6 +271,15 @@ impl Shared {
     pub fn forget_hints(&self) {
         lock(&self.hints).clear();
     }
+}
+
+/// Counters of a journal's compactor.
+#[derive(Default)]
+pub(crate) struct CompactStats {
+    pub segments: AtomicU64,
+    pub raw_bytes: AtomicU64,
+    pub compressed_bytes: AtomicU64,
+    pub errors: AtomicU64,
 }
 
 /// Locks a mutex; a panic elsewhere while holding it does not make the data unusable here

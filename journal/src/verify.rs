@@ -9,7 +9,7 @@ use twinrx_types::Seq;
 
 use std::sync::Arc;
 
-use crate::compress::{self, BlockCache};
+use crate::blocks::{self, BlockCache};
 use crate::format::{self, HeaderState, SegReader, SEGMENT_HEADER_LEN};
 use crate::Error;
 
@@ -104,7 +104,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, Error> {
             .len();
         report.bytes += len;
         if compressed {
-            let blocks = compress::open_blocks(&file, &path, first, cache.clone())?;
+            let blocks = blocks::open_blocks(&file, &path, first, cache.clone())?;
             check_follows(expected, first, &path)?;
             let r = SegReader::compressed(&file, &path, &blocks);
             let scan = format::scan_segment(r, &path, blocks.raw_len, first, false)?;

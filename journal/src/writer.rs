@@ -15,7 +15,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use twinrx_types::Seq;
 
-use crate::compress::{self, BlockCache, Compactor};
+use crate::blocks::{self, BlockCache};
+use crate::compress::{self, Compactor};
 use crate::format::{
     self, HeaderState, Index, SegReader, RECORD_BYTES_MAX, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
@@ -126,7 +127,7 @@ impl Journal {
             let last = i + 1 == count;
             let file = segment::open_file(&path)?;
             if compressed {
-                let blocks = compress::open_blocks(&file, &path, first, cache.clone())?;
+                let blocks = blocks::open_blocks(&file, &path, first, cache.clone())?;
                 if last {
                     // Only a cut leaves a compressed segment last: it is appended to again.
                     let z = Segment::compressed(first, path, file, blocks);
