@@ -77,6 +77,9 @@ pub struct RawJournal {
     pub retention_age_max_s: Option<u64>,
     #[serde(default = "default_queue_bytes")]
     pub queue_bytes_max: usize,
+    /// Sealed segments: `"zstd"` (default), `"zstd:<level>"` or `"none"`.
+    #[serde(default = "default_compression")]
+    pub compression: String,
 }
 
 impl Default for RawJournal {
@@ -87,8 +90,13 @@ impl Default for RawJournal {
             retention_bytes_max: None,
             retention_age_max_s: None,
             queue_bytes_max: default_queue_bytes(),
+            compression: default_compression(),
         }
     }
+}
+
+fn default_compression() -> String {
+    "zstd".into()
 }
 
 fn default_fsync() -> String {
@@ -363,6 +371,9 @@ pub struct RawStream {
     pub retention_age_max_s: Option<u64>,
     #[serde(default)]
     pub hold_bytes_max: Option<u64>,
+    /// Sealed segments: `"zstd"` (default), `"zstd:<level>"` or `"none"`.
+    #[serde(default = "default_compression")]
+    pub compression: String,
 }
 
 impl Default for RawStream {
@@ -373,6 +384,7 @@ impl Default for RawStream {
             retention_bytes_max: None,
             retention_age_max_s: None,
             hold_bytes_max: None,
+            compression: default_compression(),
         }
     }
 }
@@ -443,6 +455,10 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     pub journal_fsync: journal::FsyncPolicy,
     pub stream_fsync: journal::FsyncPolicy,
+    /// `[journal] compression`: the journal's and the peer copy's sealed segments.
+    pub journal_compression: journal::Compression,
+    /// `[stream] compression`.
+    pub stream_compression: journal::Compression,
     pub segment_bytes_max: u64,
     pub retention: journal::Retention,
     /// `[stream] segment_bytes_max`.
@@ -578,6 +594,17 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<NodeConfig, Vec<String>> 
     };
     let journal_fsync = fsync_of("journal.fsync", &raw.journal.fsync);
     let stream_fsync = fsync_of("stream.fsync", &raw.stream.fsync);
+    let mut compression_of = |key: &str, v: &str| match v.parse::<journal::Compression>() {
+        Ok(c) => c,
+        Err(_) => {
+            problems.push(format!(
+                "{key} = {v:?}: must be \"zstd\", \"zstd:<level 1-19>\" or \"none\""
+            ));
+            journal::Compression::None
+        }
+    };
+    let journal_compression = compression_of("journal.compression", &raw.journal.compression);
+    let stream_compression = compression_of("stream.compression", &raw.stream.compression);
     let journal_segment = raw
         .journal
         .segment_bytes_max
@@ -826,6 +853,8 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<NodeConfig, Vec<String>> 
         data_dir: resolve(&raw.node.data_dir),
         journal_fsync,
         stream_fsync,
+        journal_compression,
+        stream_compression,
         segment_bytes_max: journal_segment,
         retention,
         stream_segment_bytes_max: stream_segment,
@@ -875,6 +904,31 @@ mod tests {
         assert_eq!(c.snmp.listen, vec!["0.0.0.0:162".parse().expect("addr")]);
         assert_eq!(c.admin_listen, "127.0.0.1:7401".parse().expect("addr"));
         assert_eq!(c.journal_fsync, journal::FsyncPolicy::Batch);
+        let zstd = journal::Compression::Zstd { level: 3 };
+        assert_eq!((c.journal_compression, c.stream_compression), (zstd, zstd));
+    }
+
+    #[test]
+    fn compression_keys_parse_and_a_bad_one_is_named() {
+        let c = check("[journal]\ncompression = \"none\"\n[stream]\ncompression = \"zstd:9\"\n")
+            .expect("valid");
+        assert_eq!(c.journal_compression, journal::Compression::None);
+        assert_eq!(
+            c.stream_compression,
+            journal::Compression::Zstd { level: 9 }
+        );
+        let problems =
+            check("[journal]\ncompression = \"lz4\"\n[stream]\ncompression = \"zstd:20\"\n")
+                .expect_err("invalid");
+        let text = problems.join("\n");
+        assert!(
+            text.contains("journal.compression = \"lz4\": must be"),
+            "{text}"
+        );
+        assert!(
+            text.contains("stream.compression = \"zstd:20\": must be"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -194,6 +194,7 @@ pub(crate) fn open_journal(
         segment_bytes_max: cfg.segment_bytes_max,
         fsync,
         retention,
+        compression: cfg.journal_compression,
     };
     open_journal_with(dir, what, opts)
 }
@@ -246,6 +247,7 @@ async fn run_async(mut cfg: NodeConfig) -> anyhow::Result<()> {
             segment_bytes_max: cfg.stream_segment_bytes_max,
             fsync: cfg.stream_fsync,
             retention: cfg.stream_retention,
+            compression: cfg.stream_compression,
         },
     )?;
     let (shutdown_tx, shutdown) = watch::channel(false);

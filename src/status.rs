@@ -173,6 +173,9 @@ fn disk_json(node: &Node, free: Option<u64>, history_bytes: u64) -> Value {
         };
         json!({
             "bytes": bytes,
+            // Before compression of sealed segments; bytes / entries is the cost per entry.
+            "bytes_as_written": h.bytes_as_written(),
+            "bytes_per_entry": (entries > 0).then(|| bytes / entries),
             "bytes_max": limit.map(|l| l.bytes_max),
             "limit": limit.map(|l| l.source.as_str()),
             "share_pct": limit.filter(|l| l.source == crate::disk::Source::Default).map(|_| share),

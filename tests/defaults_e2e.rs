@@ -53,7 +53,10 @@ fn a_node_without_retention_keys_stays_within_its_share_of_a_small_disk() {
     let mut node = TestNode::new(
         &dir,
         "",
-        "[journal]\nsegment_bytes_max = 65536\n\n[stream]\nsegment_bytes_max = 65536\n",
+        // Uncompressed: the shares are counted in bytes on disk, and the load is sized to
+        // go past them as written (compression is its own test, retention_e2e).
+        "[journal]\nsegment_bytes_max = 65536\ncompression = \"none\"\n\n\
+         [stream]\nsegment_bytes_max = 65536\ncompression = \"none\"\n",
     );
     node.start();
     let st = node.status();
@@ -213,8 +216,9 @@ fn a_pair_without_retention_keys_keeps_journal_peer_copy_and_stream_within_their
         std::fs::write(
             &n.config,
             format!(
-                "{text}\n[journal]\nsegment_bytes_max = 262144\n\n\
-                 [stream]\nsegment_bytes_max = 262144\n\n[merger]\ncheckpoint_interval_s = 2\n"
+                "{text}\n[journal]\nsegment_bytes_max = 262144\ncompression = \"none\"\n\n\
+                 [stream]\nsegment_bytes_max = 262144\ncompression = \"none\"\n\n\
+                 [merger]\ncheckpoint_interval_s = 2\n"
             ),
         )
         .expect("config");

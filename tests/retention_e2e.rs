@@ -26,7 +26,8 @@ use std::process::Command;
 use std::time::Duration;
 
 /// Segments of 64 KiB (the smallest allowed), the stream kept to two of them.
-const SMALL_STREAM: &str = "[stream]\nsegment_bytes_max = 65536\nretention_bytes_max = 131072\n";
+const SMALL_STREAM: &str =
+    "[stream]\nsegment_bytes_max = 65536\nretention_bytes_max = 131072\ncompression = \"none\"\n";
 
 fn stream_status(node: &TestNode) -> serde_json::Value {
     node.status()["stream"].clone()
@@ -206,7 +207,7 @@ fn a_sink_down_past_hold_bytes_max_loses_the_oldest_records_the_gap_and_goes_on(
         &s.path().join("a"),
         "",
         &format!(
-            "[stream]\nsegment_bytes_max = 65536\nretention_bytes_max = 262144\n\
+            "[stream]\nsegment_bytes_max = 65536\ncompression = \"none\"\nretention_bytes_max = 262144\n\
              hold_bytes_max = 131072\n\n\
              [[sink]]\nname = \"file\"\ntype = \"file\"\npath = \"{}\"\n\
              retry_backoff_ms_min = 50\nretry_backoff_ms_max = 500\n",
@@ -449,7 +450,7 @@ fn the_active_keeps_what_a_stopped_standbys_stream_copy_needs_then_deletes_it() 
     // Entries older than 1 s go, unless someone still needs them (the default hold, 1 GiB).
     let mut trio = trio_with(
         "retention-peer-hold",
-        "[stream]\nsegment_bytes_max = 65536\nretention_age_max_s = 1\n\n\
+        "[stream]\nsegment_bytes_max = 65536\ncompression = \"none\"\nretention_age_max_s = 1\n\n\
          [merger]\ncheckpoint_entries = 500\n",
     );
     let active = trio.start();
@@ -511,7 +512,7 @@ fn a_standby_away_longer_than_the_retention_comes_back_with_one_resync() {
     // active's retention (entries older than 1 s go).
     let mut trio = trio_with(
         "retention-away",
-        "[stream]\nsegment_bytes_max = 65536\nretention_age_max_s = 1\nhold_bytes_max = 131072\n\n\
+        "[stream]\nsegment_bytes_max = 65536\ncompression = \"none\"\nretention_age_max_s = 1\nhold_bytes_max = 131072\n\n\
          [merger]\ncheckpoint_entries = 500\n",
     );
     let active = trio.start();
@@ -571,6 +572,18 @@ fn a_standby_away_longer_than_the_retention_comes_back_with_one_resync() {
         "{text}"
     );
     trio.wait_redundant(Duration::from_secs(30));
+    // The note survives a restart of the standby (kept in its data directory).
+    trio.node(standby).signal(nix::sys::signal::Signal::SIGTERM);
+    trio.node_mut(standby).wait_exit(Duration::from_secs(30));
+    trio.node_mut(standby).start();
+    let restarted = trio.node(standby).status();
+    assert_eq!(
+        restarted["ha"]["stream_copy_restarted"]["offset"].as_u64(),
+        Some(f),
+        "status still says where the copy restarted: {}",
+        restarted["ha"]
+    );
+    trio.wait_redundant(Duration::from_secs(60));
 
     // Then the active fails. The new active's merger starts from the progress that came with
     // the restart (the active's checkpoint): it publishes the new messages and none of the
@@ -600,4 +613,79 @@ fn a_standby_away_longer_than_the_retention_comes_back_with_one_resync() {
         Some(n + 50),
         "the new active publishes each record once: {st}"
     );
+}
+
+/// Files in `dir` whose names end with `suffix`.
+fn count_files(dir: &Path, suffix: &str) -> usize {
+    std::fs::read_dir(dir).map_or(0, |rd| {
+        rd.filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(suffix))
+            .count()
+    })
+}
+
+/// `[journal]`/`[stream] compression` (#14 item 6), on by default: a pair with small segments
+/// compresses its sealed segments of all three areas, reports the saving per area, and serves
+/// every entry from them (the final check reads both streams from offset 0), also after each
+/// node restarted.
+#[test]
+fn a_pair_serves_every_entry_from_compressed_segments_before_and_after_restarts() {
+    let mut trio = trio_with(
+        "compressed",
+        "[journal]\nsegment_bytes_max = 65536\n\n[stream]\nsegment_bytes_max = 65536\n",
+    );
+    let active = trio.start();
+    let n = 3000;
+    let mut g = trio.gen("zst", n, 3000, "tcp");
+    g.wait(Duration::from_secs(60));
+    for name in ["a", "b"] {
+        wait_committed(trio.node(name), n, Duration::from_secs(60));
+    }
+    for name in ["a", "b"] {
+        let node = trio.node(name);
+        let areas = wait_for(
+            &format!("{name}: sealed segments of each area compressed to under half"),
+            Duration::from_secs(30),
+            || {
+                let st = node.status();
+                let areas = st["disk"]["areas"].clone();
+                ["journal", "peer", "stream"]
+                    .iter()
+                    .all(|a| {
+                        let (on_disk, written) = (
+                            areas[a]["bytes"].as_u64().unwrap_or(0),
+                            areas[a]["bytes_as_written"].as_u64().unwrap_or(0),
+                        );
+                        // The segment being written stays as written (up to 64 KiB).
+                        written > 4 * 65_536 && on_disk < (written - 65_536) / 2 + 65_536
+                    })
+                    .then_some(areas)
+            },
+        );
+        note(&format!("{name}: areas {areas}"));
+        for area in ["journal", "peer", "stream"] {
+            let dir = node.data_dir().join(area);
+            assert!(
+                count_files(&dir, ".zseg") >= 2,
+                "{name}/{area}: compressed segments in {}",
+                dir.display()
+            );
+            assert!(
+                areas[area]["bytes_per_entry"].as_u64().is_some(),
+                "{name}/{area}: {}",
+                areas[area]
+            );
+        }
+    }
+    let manifest = g.manifest.clone();
+    trio.final_check(&[&manifest]);
+    // Each node restarted in turn: it opens its compressed segments, and both streams still
+    // read whole from offset 0.
+    for name in [Trio::other(active), active] {
+        trio.node(name).signal(nix::sys::signal::Signal::SIGTERM);
+        trio.node_mut(name).wait_exit(Duration::from_secs(30));
+        trio.node_mut(name).start();
+        trio.wait_redundant(Duration::from_secs(60));
+    }
+    trio.final_check(&[&manifest]);
 }

@@ -468,7 +468,7 @@ fn kafka_broker_stopped_past_hold_bytes_max_the_sink_records_the_gap_and_goes_on
         &s.path().join("a"),
         "",
         &format!(
-            "[stream]\nsegment_bytes_max = 65536\nretention_bytes_max = 262144\n\
+            "[stream]\nsegment_bytes_max = 65536\ncompression = \"none\"\nretention_bytes_max = 262144\n\
              hold_bytes_max = 131072\n\n{}",
             kafka_sink_toml(&broker.addr(), "twinrx", "")
         ),
