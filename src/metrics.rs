@@ -450,7 +450,7 @@ fn ha_metrics(enc: &mut DescriptorEncoder, v: &crate::pair::driver::HaView) -> s
             ),
         ],
     )?;
-    let counters: [(&str, &str, u64); 7] = [
+    let counters: [(&str, &str, u64); 8] = [
         (
             "twinrx_ha_health_handovers",
             "Of the handovers, those this node made because its pipeline was unhealthy",
@@ -486,6 +486,12 @@ fn ha_metrics(enc: &mut DescriptorEncoder, v: &crate::pair::driver::HaView) -> s
             "twinrx_ha_switchovers_refused",
             "Switchover requests refused",
             v.stats.switchovers_refused_total,
+        ),
+        (
+            "twinrx_ha_stream_copy_restarts",
+            "Times this node's copy of the stream restarted at the active's first retained offset \
+             (the active's retention had deleted entries it lacked)",
+            v.copy_restarts_total,
         ),
     ];
     for (name, help, value) in counters {

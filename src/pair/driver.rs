@@ -77,8 +77,11 @@ pub struct HaView {
     pub resync: Option<ResyncView>,
     pub last_disk_error: Option<String>,
     /// This node's copy of the stream was restarted at this offset (the active's first
-    /// retained one: its retention had deleted entries this node lacked), and when.
+    /// retained one: its retention had deleted entries this node lacked), and when. Kept in
+    /// `data_dir/stream-copy-restarted` across restarts ([`CopyRestarted`]).
     pub copy_restarted: Option<(u64, SystemTime)>,
+    /// Restarts of the stream copy since this process started.
+    pub copy_restarts_total: u64,
     /// The last handover this node made: why, and when.
     pub last_handover: Option<(ha::HandoverReason, SystemTime)>,
 }
@@ -236,7 +239,8 @@ impl Driver {
             role_since: SystemTime::now(),
             resync: None,
             last_disk_error: None,
-            copy_restarted: None,
+            copy_restarted: CopyRestarted::load(&self.data_dir),
+            copy_restarts_total: 0,
             last_handover: None,
         };
         // The payload of the last `SyncReply` (the active's merger progress, for a restart).
@@ -360,7 +364,10 @@ impl Driver {
                     peer_hold.hold_at(&self.stream, from, self.peer_hold_bytes_max);
                 }
                 if let Action::ResetStream { start } = &a {
-                    view.copy_restarted = Some((start.0, SystemTime::now()));
+                    let at = SystemTime::now();
+                    view.copy_restarted = Some((start.0, at));
+                    view.copy_restarts_total += 1;
+                    CopyRestarted::store(&self.data_dir, start.0, at);
                 }
                 ready |= self.carry_out(a, &mut last_append, &mut last_sync_base);
             }
@@ -780,6 +787,37 @@ async fn ping_majority(targets: &[std::net::IpAddr]) -> bool {
         }
     }
     ok * 2 > targets.len()
+}
+
+/// The note `status` shows after the stream copy restarted at the active's first retained
+/// offset: `data_dir/stream-copy-restarted`, one line `<offset> <unix ms>`, so that it
+/// survives a restart of the node. A missing or unreadable note is no note.
+pub struct CopyRestarted;
+
+impl CopyRestarted {
+    const FILE: &'static str = "stream-copy-restarted";
+
+    pub fn load(data_dir: &std::path::Path) -> Option<(u64, SystemTime)> {
+        let text = std::fs::read_to_string(data_dir.join(Self::FILE)).ok()?;
+        let mut it = text.split_whitespace();
+        let offset = it.next()?.parse().ok()?;
+        let ms: u64 = it.next()?.parse().ok()?;
+        Some((offset, SystemTime::UNIX_EPOCH + Duration::from_millis(ms)))
+    }
+
+    /// Written to a temporary file and renamed: a crash leaves the old note or the new one.
+    pub fn store(data_dir: &std::path::Path, offset: u64, at: SystemTime) {
+        let ms = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let path = data_dir.join(Self::FILE);
+        let tmp = data_dir.join(format!("{}.tmp", Self::FILE));
+        let written = std::fs::write(&tmp, format!("{offset} {ms}\n"))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "cannot record the stream copy's restart; status shows it until this node restarts");
+        }
+    }
 }
 
 #[cfg(test)]
