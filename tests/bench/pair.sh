@@ -492,6 +492,14 @@ if phase retention; then
         [ -d "$ddir/$a" ] && echo -n "$a=$(du -sb "$ddir/$a" | cut -f1) "; done
         echo "total=$(du -sb "$ddir" | cut -f1) total_MiB=$(( $(du -sb "$ddir" | cut -f1) >> 20 ))")
     echo "BENCH retention node=$n committed=$committed data_dir_bytes $sizes"
+    # Bytes on disk per message sent (200 B each), per area and for journal + peer + stream
+    # (the #14 target: at most 2x the message, 400 B). Only meaningful while retention has
+    # deleted nothing (no retention keys, a large file system).
+    per=$(for a in journal peer stream; do
+        [ -d "$ddir/$a" ] && echo -n "$a=$(( $(du -sb "$ddir/$a" | cut -f1) / OUTAGE_COUNT )) "; done
+        t=0; for a in journal peer stream; do [ -d "$ddir/$a" ] && t=$(( t + $(du -sb "$ddir/$a" | cut -f1) )); done
+        echo "journal+peer+stream=$(( t / OUTAGE_COUNT )) message=200")
+    echo "BENCH retention node=$n bytes_per_message $per"
   done
   "$BIN" tail --node "${URL[$ACTIVE]}" --from earliest > "$D/tail.ndjson"
   python3 - "$D/tail.ndjson" "$committed" <<'PY'
