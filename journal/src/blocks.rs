@@ -266,14 +266,7 @@ pub(crate) fn open_blocks(
             "block table ends at byte {raw_at}, seq {seq}; the trailer says {raw_len}, seq {end_seq}"
         )));
     }
-    Ok(Blocks {
-        id: next_id(),
-        blocks,
-        end_seq,
-        raw_len,
-        file_len,
-        cache,
-    })
+    Ok(Blocks::new(blocks, end_seq, raw_len, file_len, cache))
 }
 
 /// Locks the cache; a panic elsewhere while holding it leaves it consistent.
