@@ -77,16 +77,33 @@ impl TestPair {
         wait_link_up(&self.b);
     }
 
-    /// Waits until each node's copy holds exactly the other's durable journal.
+    /// Waits until everything sent has reached a node and both copies hold the other's
+    /// whole journal: nothing in the kernel's queues to either node's receivers, nothing in
+    /// either intake (gen's end is not the journals' end), each copy at the other's last
+    /// seq, and the same at two polls in a row.
     fn wait_copies_caught_up(&self, timeout: Duration) {
-        wait_for("both copies to catch up", timeout, || {
-            let (sa, sb) = (self.a.status(), self.b.status());
-            let a_last = sa["journal"]["last_seq"].as_u64()?;
-            let b_last = sb["journal"]["last_seq"].as_u64()?;
-            let a_copy = sa["pair"]["copy"]["durable_seq"].as_u64()?;
-            let b_copy = sb["pair"]["copy"]["durable_seq"].as_u64()?;
-            (a_copy == b_last && b_copy == a_last && a_last > 0 && b_last > 0).then_some(())
-        });
+        let mut prev = None;
+        wait_for(
+            "both nodes settled and both copies caught up",
+            timeout,
+            || {
+                let (sa, sb) = (self.a.status(), self.b.status());
+                let queued = kernel_queued_to(self.a.ip)
+                    + kernel_queued_to(self.b.ip)
+                    + sa["journal"]["queued_bytes"].as_u64()?
+                    + sb["journal"]["queued_bytes"].as_u64()?;
+                let a_last = sa["journal"]["last_seq"].as_u64()?;
+                let b_last = sb["journal"]["last_seq"].as_u64()?;
+                let a_copy = sa["pair"]["copy"]["durable_seq"].as_u64()?;
+                let b_copy = sb["pair"]["copy"]["durable_seq"].as_u64()?;
+                let settled =
+                    queued == 0 && a_copy == b_last && b_copy == a_last && a_last > 0 && b_last > 0;
+                let state = Some((a_last, b_last));
+                let same = settled && prev == state;
+                prev = if settled { state } else { None };
+                same.then_some(())
+            },
+        );
     }
 
     fn stop(&mut self) {
