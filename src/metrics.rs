@@ -270,13 +270,21 @@ impl Collector for NodeCollector {
         family(
             &mut enc,
             "twinrx_merger_history_bytes",
-            "Bytes the merger's history index takes: runs on disk, and their filters, indexes \
-             and bitmaps in memory (the entries in memory not included)",
+            "Bytes the merger's history index takes: runs on disk, and their loaded filters, \
+             indexes and bitmaps in memory (the entries in memory not included)",
             Gauge,
             &[
                 (vec![("where", "disk")], history.run_bytes),
                 (vec![("where", "memory")], history.run_mem_bytes),
             ],
+        )?;
+        family(
+            &mut enc,
+            "twinrx_merger_history_filter_loads_total",
+            "Bloom filters of history runs read back from disk by lookups (at most \
+             8 MiB of filters stay loaded)",
+            Counter,
+            &[(vec![], history.filter_loads)],
         )?;
         family(
             &mut enc,

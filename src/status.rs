@@ -25,6 +25,8 @@ pub fn status_json(node: &Node) -> Value {
         "runs": h.runs,
         "disk_bytes": h.run_bytes,
         "memory_bytes": h.run_mem_bytes,
+        "filters_loaded": h.filters_loaded,
+        "filter_loads": h.filter_loads,
         "spill_errors": h.spill_errors,
         "last_error": h.last_error,
     });

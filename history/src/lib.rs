@@ -8,7 +8,10 @@
 //! sorted runs (33 bytes per entry on disk), of which memory keeps only:
 //! - a Bloom filter over `(key, node)` (10 bits per entry, about 1 % false positives; the keys
 //!   are already uniform 128-bit hashes, so the filter takes its probe positions from the key's
-//!   bits by double hashing instead of hashing again);
+//!   bits by double hashing instead of hashing again), stored in the run's footer and read
+//!   back only when a lookup reaches the run; at most [`Options::filter_cache_bytes`] of
+//!   filters stay loaded, the least recently used go first (a one-sided outage loads none,
+//!   so memory grows by 0.4 byte per entry held instead of 1.7);
 //! - a sparse index (the first record of every block of [`BLOCK`] records), so a lookup reads
 //!   one block of about 4 KiB;
 //! - a bitmap over the run's offsets, one bit per stream entry: set when the entry is closed
@@ -35,6 +38,7 @@
 
 pub mod image;
 
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
@@ -65,13 +69,16 @@ const BLOOM_PROBES: u64 = 7;
 pub struct Options {
     /// Open entries kept in memory before they are written out as one sorted run.
     pub mem_entries_max: usize,
+    /// Bytes of the runs' Bloom filters kept loaded at once.
+    pub filter_cache_bytes: usize,
 }
 
 impl Default for Options {
-    /// 131,072 entries in memory (about 18 MiB).
+    /// 131,072 entries in memory (about 18 MiB); 8 MiB of filters (about 50 full runs).
     fn default() -> Options {
         Options {
             mem_entries_max: 1 << 17,
+            filter_cache_bytes: 8 << 20,
         }
     }
 }
@@ -85,8 +92,11 @@ pub struct Stats {
     pub runs: u64,
     pub run_entries: u64,
     pub run_bytes: u64,
-    /// Memory the runs' filters, indexes and bitmaps take.
+    /// Memory the runs' loaded filters, indexes and bitmaps take.
     pub run_mem_bytes: u64,
+    /// Runs whose filter is loaded, and filters read back from a run's footer so far.
+    pub filters_loaded: u64,
+    pub filter_loads: u64,
     pub runs_written: u64,
     pub runs_deleted: u64,
     /// Block reads by lookups (filter passed).
@@ -117,7 +127,11 @@ pub struct SpillHistory {
     /// Runs no longer used whose files an image still names.
     doomed: Vec<(u64, PathBuf)>,
     stats: Stats,
-    block_reads: std::cell::Cell<u64>,
+    block_reads: Cell<u64>,
+    /// Bytes of the filters loaded, filters read back, and the clock of their last use.
+    filter_bytes: Cell<usize>,
+    filter_loads: Cell<u64>,
+    filter_clock: Cell<u64>,
 }
 
 impl SpillHistory {
@@ -144,7 +158,10 @@ impl SpillHistory {
             pinned_pending: None,
             doomed: Vec::new(),
             stats: Stats::default(),
-            block_reads: std::cell::Cell::new(0),
+            block_reads: Cell::new(0),
+            filter_bytes: Cell::new(0),
+            filter_loads: Cell::new(0),
+            filter_clock: Cell::new(0),
         })
     }
 
@@ -225,7 +242,10 @@ impl SpillHistory {
             pinned_pending: None,
             doomed: Vec::new(),
             stats: Stats::default(),
-            block_reads: std::cell::Cell::new(0),
+            block_reads: Cell::new(0),
+            filter_bytes: Cell::new(0),
+            filter_loads: Cell::new(0),
+            filter_clock: Cell::new(0),
         };
         h.floor = [UnixNanos(d.i64()?), UnixNanos(d.i64()?)];
         let runs = d.count(16)?;
@@ -344,6 +364,8 @@ impl SpillHistory {
         s.run_entries = self.runs.iter().map(|r| r.len).sum();
         s.run_bytes = s.run_entries * RECORD as u64;
         s.run_mem_bytes = self.runs.iter().map(Run::mem_bytes).sum();
+        s.filters_loaded = self.runs.iter().filter(|r| r.bloom_loaded()).count() as u64;
+        s.filter_loads = self.filter_loads.get();
         s.block_reads = self.block_reads.get();
         s
     }
@@ -441,13 +463,47 @@ impl SpillHistory {
             hi,
             len: entries.len() as u64,
             open: entries.len() as u64,
-            bloom,
+            bloom_words: bloom.bits.len() as u64,
+            bloom: RefCell::new(None),
+            last_used: Cell::new(0),
             index,
             closed,
             times,
         };
-        run.file.write_all_at(&run.footer(), run.blocks_bytes())?;
+        run.file
+            .write_all_at(&run.footer(&bloom), run.blocks_bytes())?;
         Ok(Some(run))
+    }
+
+    /// The run's Bloom filter may hold `(key, node)`; the filter is read back from the run's
+    /// footer if it is not loaded, and the least recently used filters are dropped to stay
+    /// within [`Options::filter_cache_bytes`] (the one just loaded always stays).
+    fn filter_passes(&self, run: &Run, key: Key, node: NodeId) -> io::Result<bool> {
+        let tick = self.filter_clock.get() + 1;
+        self.filter_clock.set(tick);
+        run.last_used.set(tick);
+        if let Some(bloom) = run.bloom.borrow().as_ref() {
+            return Ok(bloom.may_contain(key, node));
+        }
+        let bloom = run.read_bloom()?;
+        let hit = bloom.may_contain(key, node);
+        self.filter_loads.set(self.filter_loads.get() + 1);
+        let mut bytes = self.filter_bytes.get() + run.bloom_bytes();
+        while bytes > self.opts.filter_cache_bytes {
+            let victim = self
+                .runs
+                .iter()
+                .filter(|r| r.file_no != run.file_no && r.bloom_loaded())
+                .min_by_key(|r| r.last_used.get());
+            let Some(victim) = victim else {
+                break;
+            };
+            victim.bloom.replace(None);
+            bytes = bytes.saturating_sub(victim.bloom_bytes());
+        }
+        self.filter_bytes.set(bytes);
+        run.bloom.replace(Some(bloom));
+        Ok(hit)
     }
 
     fn close_in_runs(&mut self, offset: Offset) {
@@ -471,6 +527,10 @@ impl SpillHistory {
 
     fn delete(&mut self, run: Run) {
         self.stats.runs_deleted += 1;
+        if run.bloom_loaded() {
+            self.filter_bytes
+                .set(self.filter_bytes.get().saturating_sub(run.bloom_bytes()));
+        }
         drop(run.file);
         if self.pinned(run.file_no) {
             self.doomed.push((run.file_no, run.path));
@@ -535,7 +595,7 @@ impl History for SpillHistory {
         }
         let Ok(mut best) = self.mem.earliest_open(key, node, from, to);
         for run in &self.runs {
-            if !run.may_hold(key, node, from, to) {
+            if !run.holds_times(node, from, to) || !self.filter_passes(run, key, node)? {
                 continue;
             }
             let found = run.find(key, node, from, to, &self.block_reads)?;
@@ -562,7 +622,11 @@ struct Run {
     len: u64,
     /// Entries not closed.
     open: u64,
-    bloom: Bloom,
+    /// The Bloom filter's size in 64-bit words, and the filter while it is loaded.
+    bloom_words: u64,
+    bloom: RefCell<Option<Bloom>>,
+    /// [`SpillHistory::filter_clock`] at the last lookup that reached this run.
+    last_used: Cell<u64>,
     /// `(key, node, received_at)` of the first record of each block.
     index: Vec<(Key, NodeId, UnixNanos)>,
     /// One bit per offset from `lo`: set = closed or not in the run.
@@ -588,11 +652,10 @@ impl Run {
     }
 
     /// Filter, sparse index and trailer, as stored after the blocks.
-    fn footer(&self) -> Vec<u8> {
-        let mut f = Vec::with_capacity(
-            self.bloom.bits.len() * 8 + self.index.len() * INDEX_ENTRY + TRAILER,
-        );
-        for w in &self.bloom.bits {
+    fn footer(&self, bloom: &Bloom) -> Vec<u8> {
+        let mut f =
+            Vec::with_capacity(bloom.bits.len() * 8 + self.index.len() * INDEX_ENTRY + TRAILER);
+        for w in &bloom.bits {
             f.extend_from_slice(&w.to_le_bytes());
         }
         for (key, node, at) in &self.index {
@@ -606,7 +669,7 @@ impl Run {
             self.len,
             self.lo.0,
             self.hi.0,
-            self.bloom.bits.len() as u64,
+            bloom.bits.len() as u64,
             self.index.len() as u64,
             u64::from(t(0).is_some()),
             t(0).map_or(0, |x| x.0 .0 as u64),
@@ -623,99 +686,63 @@ impl Run {
         f
     }
 
-    /// Opens a run written by [`SpillHistory`], reading its footer.
+    /// Opens a run written by [`SpillHistory`], reading its footer (its filter is read again
+    /// when a lookup needs it).
     fn open(dir: &Path, file_no: u64, closed: Vec<u64>, open: u64) -> io::Result<Run> {
         let path = run_path(dir, file_no);
-        let bad = |what: &str| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("history run {}: {what}", path.display()),
-            )
-        };
         let file = File::open(&path)?;
-        let size = file.metadata()?.len();
-        let mut trailer = [0u8; TRAILER];
-        let t_at = size
-            .checked_sub(TRAILER as u64)
-            .ok_or_else(|| bad("too short"))?;
-        file.read_exact_at(&mut trailer, t_at)?;
-        if trailer.get(..8) != Some(RUN_MAGIC.as_slice()) {
-            return Err(bad("not a run file"));
-        }
-        let field = |i: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(trailer.get(8 + i * 8..16 + i * 8).unwrap_or(&[0; 8]));
-            u64::from_le_bytes(b)
-        };
-        let (len, lo, hi, nbloom, nindex) = (field(0), field(1), field(2), field(3), field(4));
-        let times = [
-            (field(5) != 0).then(|| (UnixNanos(field(6) as i64), UnixNanos(field(7) as i64))),
-            (field(8) != 0).then(|| (UnixNanos(field(9) as i64), UnixNanos(field(10) as i64))),
-        ];
-        let footer_len = nbloom
-            .checked_mul(8)
-            .and_then(|b| nindex.checked_mul(INDEX_ENTRY as u64).map(|i| (b, i)))
-            .and_then(|(b, i)| b.checked_add(i))
-            .ok_or_else(|| bad("footer size"))?;
-        let f_at = t_at
-            .checked_sub(footer_len)
-            .ok_or_else(|| bad("footer size"))?;
-        let mut footer = vec![
-            0u8;
-            usize::try_from(footer_len + TRAILER as u64)
-                .map_err(|_| bad("footer size"))?
-        ];
-        file.read_exact_at(&mut footer, f_at)?;
-        let crc_at = footer.len() - 8;
-        let mut c = [0u8; 8];
-        c.copy_from_slice(footer.get(crc_at..).unwrap_or(&[0; 8]));
-        if u64::from(crc32c::crc32c(footer.get(..crc_at).unwrap_or(&[]))) != u64::from_le_bytes(c) {
-            return Err(bad("footer CRC mismatch"));
-        }
-        let (bloom_bytes, rest) = footer.split_at((nbloom * 8) as usize);
-        let bits = words(bloom_bytes);
-        let index = rest
-            .chunks_exact(INDEX_ENTRY)
-            .take(nindex as usize)
-            .map(|c| {
-                let mut k = [0u8; 16];
-                k.copy_from_slice(c.get(..16).unwrap_or(&[0; 16]));
-                let mut at = [0u8; 8];
-                at.copy_from_slice(c.get(17..25).unwrap_or(&[0; 8]));
-                (
-                    Key(k),
-                    NodeId(c.get(16).copied().unwrap_or(0)),
-                    UnixNanos(i64::from_le_bytes(at)),
-                )
-            })
-            .collect();
+        let f = Footer::read(&file, &path)?;
         let run = Run {
             file_no,
             path: path.clone(),
             file,
             synced: true,
-            lo: Offset(lo),
-            hi: Offset(hi),
-            len,
+            lo: Offset(f.lo),
+            hi: Offset(f.hi),
+            len: f.len,
             open,
-            bloom: Bloom { bits },
-            index,
+            bloom_words: f.bloom.len() as u64,
+            bloom: RefCell::new(None),
+            last_used: Cell::new(0),
+            index: f.index,
             closed,
-            times,
+            times: f.times,
         };
-        let width = usize::try_from(hi.saturating_sub(lo)).unwrap_or(usize::MAX);
-        if run.blocks_bytes() != f_at
+        let width = usize::try_from(f.hi.saturating_sub(f.lo)).unwrap_or(usize::MAX);
+        if run.blocks_bytes() != f.at
             || run.closed.len() != width.div_ceil(64)
-            || run.index.len() as u64 != len.div_ceil(BLOCK as u64)
-            || run.bloom.bits.is_empty()
+            || run.index.len() as u64 != f.len.div_ceil(BLOCK as u64)
+            || run.bloom_words == 0
         {
-            return Err(bad("sizes do not agree"));
+            return Err(bad_run(&path, "sizes do not agree"));
         }
         Ok(run)
     }
 
+    /// Reads the run's Bloom filter back from its footer.
+    fn read_bloom(&self) -> io::Result<Bloom> {
+        let f = Footer::read(&self.file, &self.path)?;
+        if f.bloom.len() as u64 != self.bloom_words || f.lo != self.lo.0 || f.hi != self.hi.0 {
+            return Err(bad_run(&self.path, "footer changed since it was opened"));
+        }
+        Ok(Bloom { bits: f.bloom })
+    }
+
+    fn bloom_loaded(&self) -> bool {
+        self.bloom.borrow().is_some()
+    }
+
+    fn bloom_bytes(&self) -> usize {
+        usize::try_from(self.bloom_words * 8).unwrap_or(usize::MAX)
+    }
+
     fn mem_bytes(&self) -> u64 {
-        (self.bloom.bits.len() * 8
+        let bloom = if self.bloom_loaded() {
+            self.bloom_bytes()
+        } else {
+            0
+        };
+        (bloom
             + self.index.len() * std::mem::size_of::<(Key, NodeId, UnixNanos)>()
             + self.closed.len() * 8) as u64
     }
@@ -731,13 +758,13 @@ impl Run {
         })
     }
 
-    fn may_hold(&self, key: Key, node: NodeId, from: UnixNanos, to: UnixNanos) -> bool {
+    /// It holds entries of `node` received between `from` and `to` (its filter not asked).
+    fn holds_times(&self, node: NodeId, from: UnixNanos, to: UnixNanos) -> bool {
         let Some((oldest, newest)) = self.times.get(usize::from(node.0)).copied().flatten() else {
             return false;
         };
-        newest >= from && oldest <= to && self.bloom.may_contain(key, node)
+        newest >= from && oldest <= to
     }
-
     fn is_closed(&self, offset: Offset) -> bool {
         let Some(bit) = offset.0.checked_sub(self.lo.0).filter(|_| offset < self.hi) else {
             return true;
@@ -843,6 +870,95 @@ impl Run {
             }
         }
         Ok(None)
+    }
+}
+
+fn bad_run(path: &Path, what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("history run {}: {what}", path.display()),
+    )
+}
+
+/// A run's footer as read back (CRC checked): filter, sparse index, trailer fields.
+struct Footer {
+    len: u64,
+    lo: u64,
+    hi: u64,
+    bloom: Vec<u64>,
+    index: Vec<(Key, NodeId, UnixNanos)>,
+    times: [Option<(UnixNanos, UnixNanos)>; 2],
+    /// Where the footer starts (the blocks' size).
+    at: u64,
+}
+
+impl Footer {
+    fn read(file: &File, path: &Path) -> io::Result<Footer> {
+        let bad = |what: &str| bad_run(path, what);
+        let size = file.metadata()?.len();
+        let mut trailer = [0u8; TRAILER];
+        let t_at = size
+            .checked_sub(TRAILER as u64)
+            .ok_or_else(|| bad("too short"))?;
+        file.read_exact_at(&mut trailer, t_at)?;
+        if trailer.get(..8) != Some(RUN_MAGIC.as_slice()) {
+            return Err(bad("not a run file"));
+        }
+        let field = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(trailer.get(8 + i * 8..16 + i * 8).unwrap_or(&[0; 8]));
+            u64::from_le_bytes(b)
+        };
+        let (len, lo, hi, nbloom, nindex) = (field(0), field(1), field(2), field(3), field(4));
+        let times = [
+            (field(5) != 0).then(|| (UnixNanos(field(6) as i64), UnixNanos(field(7) as i64))),
+            (field(8) != 0).then(|| (UnixNanos(field(9) as i64), UnixNanos(field(10) as i64))),
+        ];
+        let footer_len = nbloom
+            .checked_mul(8)
+            .and_then(|b| nindex.checked_mul(INDEX_ENTRY as u64).map(|i| (b, i)))
+            .and_then(|(b, i)| b.checked_add(i))
+            .ok_or_else(|| bad("footer size"))?;
+        let at = t_at
+            .checked_sub(footer_len)
+            .ok_or_else(|| bad("footer size"))?;
+        let mut footer = vec![
+            0u8;
+            usize::try_from(footer_len + TRAILER as u64)
+                .map_err(|_| bad("footer size"))?
+        ];
+        file.read_exact_at(&mut footer, at)?;
+        let crc_at = footer.len() - 8;
+        let mut c = [0u8; 8];
+        c.copy_from_slice(footer.get(crc_at..).unwrap_or(&[0; 8]));
+        if u64::from(crc32c::crc32c(footer.get(..crc_at).unwrap_or(&[]))) != u64::from_le_bytes(c) {
+            return Err(bad("footer CRC mismatch"));
+        }
+        let (bloom_bytes, rest) = footer.split_at((nbloom * 8) as usize);
+        let index = rest
+            .chunks_exact(INDEX_ENTRY)
+            .take(nindex as usize)
+            .map(|c| {
+                let mut k = [0u8; 16];
+                k.copy_from_slice(c.get(..16).unwrap_or(&[0; 16]));
+                let mut at = [0u8; 8];
+                at.copy_from_slice(c.get(17..25).unwrap_or(&[0; 8]));
+                (
+                    Key(k),
+                    NodeId(c.get(16).copied().unwrap_or(0)),
+                    UnixNanos(i64::from_le_bytes(at)),
+                )
+            })
+            .collect();
+        Ok(Footer {
+            len,
+            lo,
+            hi,
+            bloom: words(bloom_bytes),
+            index,
+            times,
+            at,
+        })
     }
 }
 

@@ -69,6 +69,8 @@ proptest! {
     #[test]
     fn spill_history_answers_as_the_in_memory_one(
         mem_entries_max in 1usize..8,
+        // 0: every filter read back evicts all the others; 16 bytes: two small filters stay.
+        filter_cache_bytes in prop_oneof![Just(0usize), Just(16usize), Just(1usize << 20)],
         ops in prop::collection::vec(op(), 1..400),
     ) {
         let dir = std::env::temp_dir().join(format!(
@@ -76,7 +78,10 @@ proptest! {
             std::process::id(),
             std::thread::current().name().unwrap_or("t").replace("::", "-")
         ));
-        let mut spill = SpillHistory::create(&dir, Options { mem_entries_max }).expect("create");
+        let mut spill = SpillHistory::create(&dir, Options {
+            mem_entries_max,
+            filter_cache_bytes,
+        }).expect("create");
         let mut model = MemHistory::new();
         let mut floor = [i64::MIN; 2];
         let mut next = 0u64;
@@ -136,7 +141,10 @@ proptest! {
                     drop(spill);
                     match &stored {
                         Some((img, m, f, n)) => {
-                            spill = SpillHistory::open_image(&dir, Options { mem_entries_max }, img)
+                            spill = SpillHistory::open_image(&dir, Options {
+            mem_entries_max,
+            filter_cache_bytes,
+        }, img)
                                 .expect("open image");
                             model = m.clone();
                             floor = *f;
@@ -144,7 +152,10 @@ proptest! {
                             entries.truncate(next as usize);
                         }
                         None => {
-                            spill = SpillHistory::create(&dir, Options { mem_entries_max })
+                            spill = SpillHistory::create(&dir, Options {
+            mem_entries_max,
+            filter_cache_bytes,
+        })
                                 .expect("create");
                             model = MemHistory::new();
                             floor = [i64::MIN; 2];
@@ -176,33 +187,35 @@ proptest! {
         prop_assert_eq!(run_files(&dir) as u64, spill.stats().runs);
         // A new index starts empty and clears the old runs.
         drop(spill);
-        let fresh = SpillHistory::create(&dir, Options { mem_entries_max }).expect("create");
+        let fresh = SpillHistory::create(&dir, Options {
+            mem_entries_max,
+            filter_cache_bytes,
+        }).expect("create");
         prop_assert_eq!(run_files(&dir), 0);
         prop_assert_eq!(fresh.open_len(), 0);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
-/// A one-sided outage: 100,000 entries of one node, then the peer's copies of each arrive
-/// (late) and close them; memory holds at most the configured entries, the runs go once every
-/// entry in them is matched.
-#[test]
-fn an_outage_spills_to_runs_and_the_late_copies_empty_them() {
-    let dir = std::env::temp_dir().join(format!("twinrx-history-outage-{}", std::process::id()));
+/// A uniform 128-bit key for entry `i`.
+fn outage_key(i: u64) -> Key {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).to_le_bytes());
+    k[8..].copy_from_slice(&(i.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) ^ 0x5555).to_le_bytes());
+    Key(k)
+}
+
+/// A one-sided outage in `dir`: `n` entries of node a, received 1 µs apart, 4,096 in memory at
+/// most; no filter is loaded once they are written out.
+fn outage(dir: &std::path::Path, n: u64, filter_cache_bytes: usize) -> SpillHistory {
     let mut h = SpillHistory::create(
-        &dir,
+        dir,
         Options {
             mem_entries_max: 4096,
+            filter_cache_bytes,
         },
     )
     .expect("create");
-    let key = |i: u64| {
-        let mut k = [0u8; 16];
-        k[..8].copy_from_slice(&(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).to_le_bytes());
-        k[8..].copy_from_slice(&(i.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) ^ 0x5555).to_le_bytes());
-        Key(k)
-    };
-    let n = 100_000u64;
     for i in 0..n {
         h.apply(&Output::Entry(Entry {
             offset: Offset(i),
@@ -210,7 +223,7 @@ fn an_outage_spills_to_runs_and_the_late_copies_empty_them() {
                 node: NodeId::A,
                 seq: Seq(i + 1),
             },
-            key: key(i),
+            key: outage_key(i),
             received_at: UnixNanos(i as i64 * 1000),
             late: false,
         }));
@@ -219,29 +232,58 @@ fn an_outage_spills_to_runs_and_the_late_copies_empty_them() {
     let s = h.stats();
     assert_eq!(h.open_len(), n);
     assert_eq!(s.runs, n / 4096, "{s:?}");
-    assert_eq!(run_files(&dir) as u64, s.runs);
+    assert_eq!(run_files(dir) as u64, s.runs);
+    // The filters stay in the runs' footers: memory holds 0.4 byte per entry written out.
+    assert_eq!((s.filters_loaded, s.filter_loads), (0, 0), "{s:?}");
+    assert!(s.run_mem_bytes * 2 < s.run_entries, "{s:?}");
+    h
+}
+
+/// The peer's late copy of entry `i` closes it.
+fn late_copy(h: &mut SpillHistory, i: u64) {
+    h.apply(&Output::Matched(Matched {
+        entry: Offset(i),
+        copy: JournalPos {
+            node: NodeId::B,
+            seq: Seq(i + 1),
+        },
+        key: outage_key(i),
+        received_at: UnixNanos(i as i64 * 1000),
+    }));
+}
+
+/// A one-sided outage: 100,000 entries of one node, then the peer's copies of each arrive
+/// (late) and close them; memory holds at most the configured entries, the runs go once every
+/// entry in them is matched.
+#[test]
+fn an_outage_spills_to_runs_and_the_late_copies_empty_them() {
+    let dir = std::env::temp_dir().join(format!("twinrx-history-outage-{}", std::process::id()));
+    let n = 100_000u64;
+    let mut h = outage(&dir, n, Options::default().filter_cache_bytes);
+    let runs = h.stats().runs;
     // Lookups for the peer's entries touch no run (the runs hold node a only).
-    let Ok(none) = h.earliest_open(key(7), NodeId::B, UnixNanos(i64::MIN), UnixNanos(i64::MAX))
-    else {
+    let Ok(none) = h.earliest_open(
+        outage_key(7),
+        NodeId::B,
+        UnixNanos(i64::MIN),
+        UnixNanos(i64::MAX),
+    ) else {
         panic!("lookup failed");
     };
     assert_eq!(none, None);
-    assert_eq!(h.stats().block_reads, 0);
+    assert_eq!((h.stats().block_reads, h.stats().filter_loads), (0, 0));
     // Every entry found, then matched by the peer's late copy.
     for i in 0..n {
         let found = h
-            .earliest_open(key(i), NodeId::A, UnixNanos(i64::MIN), UnixNanos(i64::MAX))
+            .earliest_open(
+                outage_key(i),
+                NodeId::A,
+                UnixNanos(i64::MIN),
+                UnixNanos(i64::MAX),
+            )
             .expect("lookup");
         assert_eq!(found.map(|e| e.offset), Some(Offset(i)), "entry {i}");
-        h.apply(&Output::Matched(Matched {
-            entry: Offset(i),
-            copy: JournalPos {
-                node: NodeId::B,
-                seq: Seq(i + 1),
-            },
-            key: key(i),
-            received_at: UnixNanos(i as i64 * 1000),
-        }));
+        late_copy(&mut h, i);
     }
     let s = h.stats();
     assert_eq!(h.open_len(), 0);
@@ -250,6 +292,40 @@ fn an_outage_spills_to_runs_and_the_late_copies_empty_them() {
     // About one block read per lookup: the filters keep the other runs out (a key that opens
     // a block costs a second read now and then, and 1 % of the other runs pass the filter).
     assert!(s.block_reads < n + n / 4, "{s:?}");
+    // Each filter was read back once (the cache holds them all).
+    assert_eq!(s.filter_loads, runs, "{s:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The same outage with room for three filters: lookups in the order the late copies come
+/// (each within a window around its receive time) keep at most three loaded, read each back
+/// about once, and answer every lookup.
+#[test]
+fn late_copies_keep_the_loaded_filters_within_the_cache() {
+    let dir = std::env::temp_dir().join(format!("twinrx-history-filters-{}", std::process::id()));
+    let n = 100_000u64;
+    // 4,096 entries at 10 bits: 5,120 bytes of filter per run.
+    let mut h = outage(&dir, n, 3 * 5120);
+    let runs = h.stats().runs;
+    let window = 2_000_000; // 2 ms (2,000 entries) either side: one or two runs
+    for i in 0..n {
+        let at = i as i64 * 1000;
+        let found = h
+            .earliest_open(
+                outage_key(i),
+                NodeId::A,
+                UnixNanos(at - window),
+                UnixNanos(at + window),
+            )
+            .expect("lookup");
+        assert_eq!(found.map(|e| e.offset), Some(Offset(i)), "entry {i}");
+        late_copy(&mut h, i);
+        let s = h.stats();
+        assert!(s.filters_loaded <= 3, "entry {i}: {s:?}");
+    }
+    let s = h.stats();
+    assert_eq!((h.open_len(), s.runs), (0, 0), "{s:?}");
+    assert!(s.filter_loads <= runs + 2, "runs {runs}: {s:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -259,6 +335,7 @@ fn a_damaged_run_is_refused_not_misread() {
     let dir = std::env::temp_dir().join(format!("twinrx-history-damage-{}", std::process::id()));
     let opts = Options {
         mem_entries_max: 100,
+        ..Options::default()
     };
     let mut h = SpillHistory::create(&dir, opts).expect("create");
     for i in 0..100u64 {

@@ -32,6 +32,12 @@ const HISTORY_MEM_ENTRIES: usize = if cfg!(test) { 16 } else { 1 << 17 };
 fn history_options() -> history::Options {
     history::Options {
         mem_entries_max: HISTORY_MEM_ENTRIES,
+        // Tests: room for two runs' filters, so reading them back and evicting is exercised.
+        filter_cache_bytes: if cfg!(test) {
+            64
+        } else {
+            history::Options::default().filter_cache_bytes
+        },
     }
 }
 
