@@ -255,7 +255,7 @@ pub fn fs_size_bytes(path: &std::path::Path) -> std::io::Result<u64> {
 }
 
 /// Hours of history `bytes_max` holds at the area's current rate: its bytes per entry
-/// (`bytes` over `entries` now on disk) times `entries_per_s`. `None` ("unknown") when idle
+/// (`bytes` over `entries` now held, both as retention counts them) times `entries_per_s`. `None` ("unknown") when idle
 /// or empty.
 pub fn hours_of_history(
     bytes_max: u64,

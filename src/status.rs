@@ -165,18 +165,21 @@ fn disk_json(node: &Node, free: Option<u64>, history_bytes: u64) -> Value {
                 limit: Option<crate::disk::Limit>,
                 share: u64| {
         let bytes = h.bytes();
+        let written = h.bytes_as_written();
         let entries = h
             .durable_seq()
             .map_or(0, |last| (last.0 + 1).saturating_sub(h.first_seq().0));
         let per_s = rates.map(|r| r[i]);
+        // The limit counts bytes as written (journal::Retention), so its hours do too.
         let hours = match (limit, per_s) {
-            (Some(l), Some(r)) => crate::disk::hours_of_history(l.bytes_max, bytes, entries, r),
+            (Some(l), Some(r)) => crate::disk::hours_of_history(l.bytes_max, written, entries, r),
             _ => None,
         };
         json!({
             "bytes": bytes,
-            // Before compression of sealed segments; bytes / entries is the cost per entry.
-            "bytes_as_written": h.bytes_as_written(),
+            // Before compression of sealed segments: what bytes_max counts. bytes / entries is
+            // the cost per entry on disk.
+            "bytes_as_written": written,
             "bytes_per_entry": (entries > 0).then(|| bytes / entries),
             "bytes_max": limit.map(|l| l.bytes_max),
             "limit": limit.map(|l| l.source.as_str()),

@@ -252,7 +252,10 @@ impl fmt::Display for Compression {
 /// How much old data [`Journal::enforce_retention`] keeps. `None` means no limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Retention {
-    /// Delete the oldest segments while the journal is larger than this.
+    /// Delete the oldest segments while the journal is larger than this, counting its
+    /// records' bytes as written (compressed segments count their size before compression,
+    /// so the disk holds at most this, and what the limit keeps does not depend on how well
+    /// the records compress).
     pub bytes_max: Option<u64>,
     /// Delete segments whose newest record was appended longer ago than this.
     pub age_max_ms: Option<u64>,
@@ -312,7 +315,7 @@ pub struct SeqRange {
 pub struct RetentionReport {
     /// Whole segment files deleted.
     pub segments_deleted: usize,
-    /// Their bytes.
+    /// Their bytes on disk.
     pub bytes_deleted: u64,
     /// The oldest seq on disk afterwards.
     pub first_seq: Seq,

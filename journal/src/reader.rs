@@ -14,14 +14,15 @@ use twinrx_types::Seq;
 use crate::segment::{lock, read_lock, Hint, ReaderSlot, Segment, Shared};
 use crate::{seq_opt, Error};
 
-/// Bytes of the segments in `table` from the one holding `seq` to the end.
+/// Bytes of the segments in `table` from the one holding `seq` to the end, as written
+/// (compressed segments count their size before compression, like retention).
 pub(crate) fn held_bytes(table: &[Arc<Segment>], seq: u64) -> u64 {
     let i = table
         .partition_point(|s| s.first_seq <= seq)
         .saturating_sub(1);
     table[i.min(table.len())..]
         .iter()
-        .map(|s| s.disk_bytes())
+        .map(|s| s.written_bytes())
         .sum()
 }
 
@@ -172,7 +173,7 @@ impl JournalHandle {
 
     /// [`JournalHandle::register_reader`] with a ceiling: the reader holds retention back
     /// only while the segments from the one holding its position to the end total at most
-    /// `hold_bytes_max` bytes. Past that, [`crate::Journal::enforce_retention`] deletes as if
+    /// `hold_bytes_max` bytes as written (as retention counts them). Past that, [`crate::Journal::enforce_retention`] deletes as if
     /// the reader were not registered, names it in [`crate::RetentionReport::lapsed`] and sets
     /// [`ReaderGuard::lapsed`]: a consumer that stays away cannot fill the disk, and learns
     /// of the loss ([`Error::Gone`] on its next read).
@@ -206,8 +207,9 @@ impl JournalHandle {
         }
     }
 
-    /// Bytes of the segment files from the one holding `seq` to the end: what a reader at
-    /// `seq` holds (whole segments; all of them for a seq below `first_seq`).
+    /// Bytes of the segments from the one holding `seq` to the end, as written: what a reader
+    /// at `seq` holds against its ceiling (whole segments; all of them for a seq below
+    /// `first_seq`).
     pub fn bytes_from(&self, seq: Seq) -> u64 {
         held_bytes(&read_lock(&self.shared.segments), seq.0)
     }
@@ -224,7 +226,7 @@ impl JournalHandle {
     pub fn bytes_as_written(&self) -> u64 {
         read_lock(&self.shared.segments)
             .iter()
-            .map(|s| s.len.load(Ordering::Acquire))
+            .map(|s| s.written_bytes())
             .sum()
     }
 

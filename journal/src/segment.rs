@@ -79,6 +79,12 @@ impl Segment {
         }
     }
 
+    /// Bytes the segment's records take as written (before compression, for a compressed
+    /// one): what retention limits and reader ceilings count.
+    pub fn written_bytes(&self) -> u64 {
+        self.len.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Bytes the segment takes on disk (compressed, for a compressed one).
     pub fn disk_bytes(&self) -> u64 {
         match &self.blocks {

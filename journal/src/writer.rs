@@ -615,7 +615,9 @@ impl Journal {
             .filter(|(p, r)| !over(r, *p))
             .map(|(p, r)| (p, r.name.clone()))
             .min();
-        let mut total: u64 = segs.iter().map(|s| s.disk_bytes()).sum();
+        // Limits count the records' bytes as written: what a limit keeps does not change with
+        // the compression ratio or with the compactor's progress.
+        let mut total: u64 = segs.iter().map(|s| s.written_bytes()).sum();
         let mut report = RetentionReport::default();
         let mut failure = None;
         for pair in segs.windows(2) {
@@ -642,10 +644,9 @@ impl Journal {
                 failure = Some(Error::io("remove segment", &seg.path, e));
                 break;
             }
-            let len = seg.disk_bytes();
-            total -= len;
+            total -= seg.written_bytes();
             report.segments_deleted += 1;
-            report.bytes_deleted += len;
+            report.bytes_deleted += seg.disk_bytes();
         }
         let n = report.segments_deleted;
         if n > 0 {
@@ -690,7 +691,7 @@ impl Journal {
         self.opts.retention.bytes_max.is_some_and(|m| {
             let bytes: u64 = read_lock(&self.shared.segments)
                 .iter()
-                .map(|s| s.disk_bytes())
+                .map(|s| s.written_bytes())
                 .sum();
             bytes > m
         })

@@ -163,27 +163,37 @@ fn a_cut_into_a_compressed_segment_rewrites_it_as_written_and_appends_continue()
 }
 
 #[test]
-fn retention_counts_compressed_sizes_and_deletes_compressed_segments() {
+fn retention_counts_bytes_as_written_and_deletes_compressed_segments() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut o = opts(256 << 10);
-    o.retention.bytes_max = Some(400 << 10);
+    o.retention.bytes_max = Some(1 << 20);
     let (mut j, _) = Journal::open(dir.path(), o).expect("open");
     append(&mut j, 1, 40_000);
     j.wait_compacted();
     let st = j.stats();
-    // As written, 40,000 records take ~5 MiB: far over the limit, compressed they are not
-    // much over it.
+    // As written, 40,000 records take ~5 MiB: far over the limit; compressed, they would fit.
     assert!(st.bytes_as_written > 4 << 20, "{st:?}");
+    assert!(st.bytes < 1 << 20, "{st:?}");
     let rep = j.enforce_retention(SystemTime::now()).expect("retention");
     let st = j.stats();
-    assert!(st.bytes <= 400 << 10, "{st:?} after {rep:?}");
+    // The limit holds the records as written: between the limit less one segment and it.
+    assert!(st.bytes_as_written <= 1 << 20, "{st:?} after {rep:?}");
+    assert!(
+        st.bytes_as_written > (1 << 20) - (256 << 10),
+        "{st:?} after {rep:?}"
+    );
+    assert!(st.bytes <= st.bytes_as_written, "{st:?}");
     assert!(rep.segments_deleted > 0);
     let first = j.handle().first_seq().0;
     assert_eq!(rep.first_seq, Seq(first));
     assert_records(&j.handle(), first, 40_000);
     let z_left = files(dir.path(), ".zseg").len();
     assert_eq!(z_left, st.segments_compressed);
+    assert!(z_left > 0, "{st:?}");
     assert!(files(dir.path(), ".zseg.tmp").is_empty());
+    // The compactor's progress does not move the limit: a second pass deletes nothing.
+    let again = j.enforce_retention(SystemTime::now()).expect("retention");
+    assert_eq!(again.segments_deleted, 0, "{again:?}");
 }
 
 /// Runs `damage` on a closed journal of 30,000 records: three compressed segments of
