@@ -9,6 +9,7 @@ mod datadir;
 mod disk;
 mod fault;
 mod gen;
+mod guard;
 mod journal_cmd;
 mod lab;
 mod metrics;

@@ -238,6 +238,14 @@ impl Collector for NodeCollector {
         )?;
         family(
             &mut enc,
+            "twinrx_stream_internal_errors",
+            "Messages whose parsing panicked: caught, kept raw with parse_error \"internal \
+             error in the ...\" (also in twinrx_stream_kept_raw); a bug to report",
+            Counter,
+            &[(vec![], s.stream_internal_errors.load(Relaxed))],
+        )?;
+        family(
+            &mut enc,
             "twinrx_merger_matched",
             "Records suppressed as the other node's copy of a published entry",
             Counter,
@@ -280,7 +288,7 @@ impl Collector for NodeCollector {
         )?;
         family(
             &mut enc,
-            "twinrx_merger_history_filter_loads_total",
+            "twinrx_merger_history_filter_loads",
             "Bloom filters of history runs read back from disk by lookups (at most \
              8 MiB of filters stay loaded)",
             Counter,

@@ -14,7 +14,7 @@
 
 use crate::config::{ClientCert, NodeConfig};
 use crate::pair::driver::{Gate, HaView};
-use crate::stream::{self, EntryHead, Parsed};
+use crate::stream::{self, EntryHead};
 use anyhow::Context as _;
 use journal::{Journal, JournalHandle, Options};
 use receiver::listen::{self, Intake, IntakeRx, ListenerOptions, SyslogStats};
@@ -41,6 +41,8 @@ pub struct NodeStats {
     /// Receive → durable-in-stream latency of each entry.
     pub stream_latency: LatencyHistogram,
     pub stream_kept_raw: AtomicU64,
+    /// Of those, messages whose parsing panicked (caught: [`crate::guard`]).
+    pub stream_internal_errors: AtomicU64,
     pub stream_bad_records: AtomicU64,
     /// Records the merger found to be the other node's copy of an entry already published.
     pub merger_matched: AtomicU64,
@@ -826,9 +828,7 @@ fn stream_builder(
                     received.push(rec.received_at.0);
                     let (line, parsed) =
                         stream::entry_json(offset, Epoch(0), &[(me, *seq)], false, &rec, &[]);
-                    if parsed == Parsed::KeptRaw {
-                        stats.stream_kept_raw.fetch_add(1, Relaxed);
-                    }
+                    parsed.count(&stats);
                     line
                 }
                 Err(e) => {

@@ -107,6 +107,7 @@ pub fn status_json(node: &Node) -> Value {
             "hold_bytes_max": node.cfg.stream_hold_bytes_max,
             "committed_end": (*node.gate.committed.borrow()).min(stream_next),
             "kept_raw": s.stream_kept_raw.load(Relaxed),
+            "internal_errors": s.stream_internal_errors.load(Relaxed),
             "matched_copies": s.merger_matched.load(Relaxed),
             "late_copies": s.merger_matched_late.load(Relaxed),
             "merged_seq": {

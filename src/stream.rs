@@ -112,6 +112,43 @@ impl MatchRun {
 pub enum Parsed {
     Ok,
     KeptRaw,
+    /// Kept raw because the parser panicked on it ([`crate::guard`]).
+    InternalError,
+}
+
+impl Parsed {
+    /// Counts what building one entry found out.
+    pub fn count(self, stats: &crate::node::NodeStats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self != Parsed::Ok {
+            stats.stream_kept_raw.fetch_add(1, Relaxed);
+        }
+        if self == Parsed::InternalError {
+            stats.stream_internal_errors.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// In builds with the `fault-injection` feature, a syslog message holding this text makes the
+/// parser panic (the test of panic isolation); other builds have no such text.
+#[cfg(feature = "fault-injection")]
+pub const FAULT_PANIC_PARSER: &[u8] = b"twinrx-fault:panic-parser";
+
+fn parse_syslog(
+    raw: &[u8],
+    year: i32,
+    month: u32,
+) -> Result<Result<receiver::syslog::SyslogFields, receiver::syslog::ParseError>, String> {
+    crate::guard::catch("syslog parser", || {
+        #[cfg(feature = "fault-injection")]
+        if raw
+            .windows(FAULT_PANIC_PARSER.len())
+            .any(|w| w == FAULT_PANIC_PARSER)
+        {
+            panic!("injected parser panic (fault-injection build)");
+        }
+        receiver::syslog::parse(raw, year, month)
+    })
 }
 
 use receiver::hex;
@@ -155,9 +192,13 @@ pub fn entry_json(
     }
     let mut parsed = Parsed::Ok;
     match rec.protocol {
-        Protocol::Syslog => match receiver::syslog::parse(&rec.raw, at.year(), at.month()) {
-            Ok(f) => entry.syslog = Some(f),
-            Err(e) => parsed = keep_raw(&mut entry, &rec.raw, e.to_string()),
+        Protocol::Syslog => match parse_syslog(&rec.raw, at.year(), at.month()) {
+            Ok(Ok(f)) => entry.syslog = Some(f),
+            Ok(Err(e)) => parsed = keep_raw(&mut entry, &rec.raw, e.to_string()),
+            Err(internal) => {
+                keep_raw(&mut entry, &rec.raw, internal);
+                parsed = Parsed::InternalError;
+            }
         },
         Protocol::Snmp => {
             match std::str::from_utf8(&rec.decoded)
@@ -334,6 +375,46 @@ mod tests {
             raw: raw.to_vec(),
             decoded: Vec::new(),
         }
+    }
+
+    /// A message that makes the parser panic is kept raw with the internal error, counted
+    /// apart, and the next message parses as usual (#16 panic isolation).
+    #[cfg(feature = "fault-injection")]
+    #[test]
+    fn a_parser_panic_keeps_the_message_raw_and_the_next_one_parses() {
+        let stats = crate::node::NodeStats::default();
+        let poison = b"<13>1 2026-11-25T01:02:03Z host app - - - x twinrx-fault:panic-parser";
+        let (bytes, p) = entry_json(
+            Offset(1),
+            Epoch(1),
+            &[(NodeId::A, Seq(1))],
+            false,
+            &rec(poison),
+            &[],
+        );
+        assert_eq!(p, Parsed::InternalError);
+        p.count(&stats);
+        let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+        let why = v["parse_error"].as_str().expect("parse_error");
+        assert!(
+            why.starts_with("internal error in the syslog parser: injected parser panic"),
+            "{why}"
+        );
+        assert_eq!(v["raw"].as_str().map(str::as_bytes), Some(&poison[..]));
+        assert!(v.get("syslog").is_none(), "{v}");
+        let (_, p) = entry_json(
+            Offset(2),
+            Epoch(1),
+            &[(NodeId::A, Seq(2))],
+            false,
+            &rec(b"<13>1 2026-11-25T01:02:03Z host app - - - fine"),
+            &[],
+        );
+        assert_eq!(p, Parsed::Ok);
+        p.count(&stats);
+        use std::sync::atomic::Ordering::Relaxed;
+        assert_eq!(stats.stream_kept_raw.load(Relaxed), 1);
+        assert_eq!(stats.stream_internal_errors.load(Relaxed), 1);
     }
 
     #[test]

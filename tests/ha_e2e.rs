@@ -350,6 +350,66 @@ fn snmptrap_both(t: &Trio, token: &str) {
     }
 }
 
+/// Panic isolation (#16): two messages that make the syslog parser panic (the
+/// `fault-injection` build panics on a marker), sent by `logger` to both nodes under load. The
+/// active keeps publishing: each is kept raw with `parse_error` naming the internal error,
+/// counted, logged once (the panic hook does not print them); nothing fails over; the message
+/// after them parses as usual, and every generated message is there once.
+#[test]
+fn a_message_that_panics_the_parser_is_kept_raw_and_the_pair_goes_on() {
+    let (t, act, _sby, mut g) = loaded("ha-poison", "poison", 8000, "udp");
+    let ep = epoch(&ha(&t, act));
+    logger_both(&t, "TOKEN-poison-1 twinrx-fault:panic-parser");
+    logger_both(&t, "TOKEN-poison-2 twinrx-fault:panic-parser");
+    logger_both(&t, "TOKEN-poison-after");
+    g.wait(120 * SEC);
+    let dump = t.final_check(&[&g.manifest]);
+    assert_no_failover(&t, act, ep);
+    for tok in ["TOKEN-poison-1", "TOKEN-poison-2"] {
+        let hits = entries_with(&dump, tok);
+        assert_eq!(hits.len(), 1, "{tok} must appear exactly once: {hits:#?}");
+        let e = hits[0];
+        let why = e["parse_error"].as_str().unwrap_or_default();
+        assert!(
+            why.starts_with("internal error in the syslog parser: injected parser panic"),
+            "{e:#}"
+        );
+        assert!(
+            e["raw"].as_str().is_some_and(|r| r.contains(tok)) && e.get("syslog").is_none(),
+            "{e:#}"
+        );
+    }
+    let after = entries_with(&dump, "TOKEN-poison-after");
+    assert_eq!(after.len(), 1, "{after:#?}");
+    assert!(after[0]["syslog"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("TOKEN-poison-after")));
+    let st = t.node(act).status();
+    assert_eq!(st["stream"]["internal_errors"], 2, "{:#}", st["stream"]);
+    let metrics = get_text(&format!("{}/metrics", t.node(act).admin)).expect("metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "twinrx_stream_internal_errors_total 2"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("internal_errors"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let log = t.node(act).log_text();
+    assert_eq!(
+        log.matches("made the syslog parser panic").count(),
+        1,
+        "logged once per kind:\n{log}"
+    );
+    assert!(
+        !log.contains("panicked at"),
+        "the hook printed a caught panic:\n{log}"
+    );
+}
+
 #[test]
 fn planned_switchover_under_load_swaps_roles_without_loss() {
     let mut t = Trio::new("ha-swo");

@@ -36,7 +36,7 @@ use twinrx_types::{Epoch, Millis, NodeId, Offset, Seq, UnixNanos};
 
 use crate::node::NodeStats;
 use crate::pair::fold::{Checkpoints, Fold};
-use crate::stream::{self, Parsed};
+use crate::stream;
 
 /// The monotonic clock shared by the HA driver and the writer (lease checks).
 #[derive(Clone, Copy, Debug)]
@@ -687,9 +687,7 @@ impl Writer {
                                 r,
                                 &p.pending,
                             );
-                            if parsed == Parsed::KeptRaw {
-                                self.stats.stream_kept_raw.fetch_add(1, Relaxed);
-                            }
+                            parsed.count(&self.stats);
                             line
                         }
                         Err(err) => {
