@@ -1,27 +1,7 @@
 //! `twinrx`: the one binary of the product. `main` parses the command line and calls
 //! `run()`; every error reaches the user as one message with its causes (`{:#}`).
 
-mod admin;
-mod check;
-mod client;
-mod config;
-mod datadir;
-mod disk;
-mod fault;
-mod gen;
-mod guard;
-mod journal_cmd;
-mod lab;
-mod metrics;
-mod node;
-mod pair;
-mod procnet;
-mod psk;
-mod sink;
-mod snmp;
-mod status;
-mod stream;
-mod witness;
+use twinrx::{check, client, config, gen, journal_cmd, lab, node, witness};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

@@ -26,7 +26,7 @@
 //! - **Admin** (`admin_listen`, default 127.0.0.1:7403): `GET /status` (JSON) and
 //!   `GET /metrics` (Prometheus text).
 
-mod config;
+pub(crate) mod config;
 mod front;
 mod state;
 

@@ -207,8 +207,7 @@ pub(crate) struct Established {
 }
 
 /// Both ends of a session as a completed handshake would leave them (client, server), for
-/// tests that need an authenticated peer that misbehaves.
-#[cfg(test)]
+/// tests that need an authenticated peer that misbehaves, and for the fuzz entry points.
 pub(crate) fn test_pair(client: NodeId, psk: &Psk) -> (Established, Established) {
     let t = Transcript {
         version: PROTOCOL_VERSION,

@@ -36,6 +36,8 @@
 mod auth;
 mod config;
 mod frame;
+#[doc(hidden)]
+pub mod fuzz;
 mod session;
 mod ship;
 mod stats;
