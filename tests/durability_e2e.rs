@@ -142,11 +142,20 @@ fn full_disk_refuses_and_counts_then_resumes_by_itself_when_space_returns() {
     let mut c = std::net::TcpStream::connect((node.ip, 5514)).expect("tcp");
     c.set_write_timeout(Some(Duration::from_millis(200)))
         .expect("timeout");
+    // Text that does not compress (pseudo-random printable bytes): retention limits count
+    // bytes as written, so 900 repeated bytes would be deleted long before they filled the
+    // disk compressed; these fill it as they would without compression.
     let msg = |n: u32| {
-        let body = format!(
-            "<13>1 2026-11-25T00:00:00Z h app - - - fill {n} end {}",
-            "y".repeat(900)
-        );
+        let mut x = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let noise: String = (0..900)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b'0' + (x % 75) as u8)
+            })
+            .collect();
+        let body = format!("<13>1 2026-11-25T00:00:00Z h app - - - fill {n} end {noise}");
         format!("{} {body}", body.len())
     };
     // Send until the journal reports failure (or the socket stops taking bytes).
