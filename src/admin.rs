@@ -1,13 +1,20 @@
 //! Admin HTTP server (default 127.0.0.1:7401): `GET /status` (JSON), `GET /metrics`
 //! (Prometheus text format), `GET /stream?from=N|earliest[&follow=1]` (the committed merged
 //! stream as NDJSON; `410 Gone` with `{"first_offset": F, ...}` when stream retention has
-//! deleted offset N, `from=earliest` starts at F); on a pair also `POST /switchover` and `POST /resync` (JSON answers; 409 with
-//! `{"error": ...}` when refused).
+//! deleted offset N, `from=earliest` starts at F); on a pair also `POST /switchover` and
+//! `POST /resync` (JSON answers; 409 with `{"error": ...}` when refused).
+//!
+//! Read-only endpoints (status, metrics, and the stream unless `[admin] stream_token`) answer
+//! anyone who reaches the port. Control endpoints (`/switchover`, `/resync`, and `/fault` in
+//! builds with the `fault-injection` feature — it is not routed elsewhere: 404) need
+//! `Authorization: Bearer <token>` with the token of `[admin] token_file`: a missing or wrong
+//! token is 401, and a node without `token_file` refuses control with 403.
 
 use crate::node::Node;
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -16,13 +23,22 @@ use twinrx_types::Seq;
 
 pub async fn serve(listener: tokio::net::TcpListener, node: Arc<Node>) {
     let mut shutdown = node.shutdown.clone();
+    let control = Router::new()
+        .route("/switchover", post(switchover))
+        .route("/resync", post(resync));
+    #[cfg(feature = "fault-injection")]
+    let control = control.route("/fault", post(fault));
+    let control = control.route_layer(middleware::from_fn_with_state(node.clone(), control_auth));
+    let mut stream_route = Router::new().route("/stream", get(stream));
+    if node.cfg.admin_stream_token {
+        stream_route =
+            stream_route.route_layer(middleware::from_fn_with_state(node.clone(), control_auth));
+    }
     let app = Router::new()
         .route("/status", get(status))
         .route("/metrics", get(metrics))
-        .route("/stream", get(stream))
-        .route("/switchover", post(switchover))
-        .route("/resync", post(resync))
-        .route("/fault", post(fault))
+        .merge(stream_route)
+        .merge(control)
         .with_state(node);
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -31,6 +47,46 @@ pub async fn serve(listener: tokio::net::TcpListener, node: Arc<Node>) {
         .await;
     if let Err(e) = served {
         tracing::error!(error = %e, "admin server failed");
+    }
+}
+
+/// Lets a request through only with the node's admin token (see the module doc).
+async fn control_auth(
+    State(node): State<Arc<Node>>,
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    let Some(token) = node.cfg.admin_token.as_deref() else {
+        return json(
+            StatusCode::FORBIDDEN,
+            serde_json::json!({"error": "control is off on this node: no [admin] token_file \
+                is configured (docs/config.md [admin])"}),
+        );
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(g) if crate::secret::equal(g.as_bytes(), token.as_bytes()) => next.run(req).await,
+        _ => {
+            node.stats
+                .admin_unauthorized
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut r = json(
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({"error": "this needs the node's admin token: \
+                    Authorization: Bearer <token of [admin] token_file> (the CLI takes \
+                    --token-file, TWINRX_ADMIN_TOKEN_FILE or --config)"}),
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"twinrx\""),
+            );
+            r
+        }
     }
 }
 
@@ -129,20 +185,16 @@ async fn resync(State(node): State<Arc<Node>>) -> Response {
     .await
 }
 
+#[cfg(feature = "fault-injection")]
 #[derive(serde::Deserialize)]
 struct FaultQuery {
     freeze: String,
 }
 
-/// `POST /fault?freeze=journal|merger|none` (builds with the `fault-injection` feature only).
+/// `POST /fault?freeze=journal|merger|none` (routed in builds with the `fault-injection`
+/// feature only).
+#[cfg(feature = "fault-injection")]
 async fn fault(Query(q): Query<FaultQuery>) -> Response {
-    if !crate::fault::ENABLED {
-        return (
-            StatusCode::NOT_FOUND,
-            "fault injection is not compiled in (cargo feature fault-injection)\n",
-        )
-            .into_response();
-    }
     match crate::fault::parse(&q.freeze) {
         Some(part) => {
             crate::fault::set(part);

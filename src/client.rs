@@ -23,10 +23,17 @@ pub struct Target {
         conflicts_with = "config"
     )]
     pub node: String,
-    /// A node's config file (its admin.listen is used).
+    /// A node's config file (its admin.listen is used, and its [admin] token_file).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// The node's admin token, for control commands (switchover, resync) and a stream that
+    /// needs it. Else: $TWINRX_ADMIN_TOKEN_FILE, else the token_file of --config.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 }
+
+/// The environment variable naming a token file (after `--token-file`, before `--config`).
+pub const TOKEN_FILE_ENV: &str = "TWINRX_ADMIN_TOKEN_FILE";
 
 impl Target {
     pub fn base_url(&self) -> anyhow::Result<String> {
@@ -37,6 +44,39 @@ impl Target {
             }
             None => Ok(self.node.trim_end_matches('/').to_string()),
         }
+    }
+
+    /// The admin token: from `--token-file`, `$TWINRX_ADMIN_TOKEN_FILE`, or the config's
+    /// `[admin] token_file`; `None` when none of them is given.
+    pub fn token(&self) -> anyhow::Result<Option<String>> {
+        let from_file = |key: &str, f: &std::path::Path| {
+            crate::secret::read_line(key, f).map_err(|e| anyhow::anyhow!(e))
+        };
+        if let Some(f) = &self.token_file {
+            return from_file("--token-file", f).map(Some);
+        }
+        if let Some(f) = std::env::var_os(TOKEN_FILE_ENV) {
+            return from_file(TOKEN_FILE_ENV, std::path::Path::new(&f)).map(Some);
+        }
+        match &self.config {
+            Some(path) => Ok(crate::config::load(path)?.admin_token),
+            None => Ok(None),
+        }
+    }
+}
+
+/// What to say on a 401/403 from a control endpoint.
+fn auth_hint(code: u16, url: &str, body: &serde_json::Value, had_token: bool) -> anyhow::Error {
+    let why = error_text(body);
+    if code == 401 && had_token {
+        anyhow::anyhow!("{url}: HTTP 401: the node refused the token given ({why})")
+    } else if code == 401 {
+        anyhow::anyhow!(
+            "{url}: HTTP 401: the node needs its admin token: pass --token-file FILE, set \
+             {TOKEN_FILE_ENV}=FILE, or use --config with the node's config ({why})"
+        )
+    } else {
+        anyhow::anyhow!("{url}: HTTP {code}: {why}")
     }
 }
 
@@ -66,9 +106,12 @@ pub fn get_json(url: &str) -> anyhow::Result<serde_json::Value> {
 
 /// `POST url` with an empty body: the HTTP status and the body as JSON (`null` when empty;
 /// a body that is not JSON is kept as a string, so that its text can be shown).
-fn post_json(url: &str) -> anyhow::Result<(u16, serde_json::Value)> {
-    let mut resp = agent()
-        .post(url)
+fn post_json(url: &str, token: Option<&str>) -> anyhow::Result<(u16, serde_json::Value)> {
+    let mut req = agent().post(url);
+    if let Some(t) = token {
+        req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    let mut resp = req
         .send_empty()
         .with_context(|| format!("cannot reach {url}: is the node running?"))?;
     let status = resp.status().as_u16();
@@ -119,9 +162,11 @@ fn peer_name(v: &serde_json::Value) -> String {
 pub fn switchover(target: &Target, timeout_secs: u64) -> anyhow::Result<i32> {
     let base = target.base_url()?;
     let url = format!("{base}/switchover");
+    let token = target.token()?;
     let started = Instant::now();
-    let (code, body) = post_json(&url)?;
+    let (code, body) = post_json(&url, token.as_deref())?;
     match code {
+        401 | 403 => return Err(auth_hint(code, &url, &body, token.is_some())),
         200 => {}
         409 => {
             eprintln!("switchover refused by {base}: {}", error_text(&body));
@@ -433,9 +478,11 @@ fn bytes(n: u64) -> String {
 pub fn resync(target: &Target, timeout_secs: u64) -> anyhow::Result<i32> {
     let base = target.base_url()?;
     let url = format!("{base}/resync");
+    let token = target.token()?;
     let started = Instant::now();
-    let (code, body) = post_json(&url)?;
+    let (code, body) = post_json(&url, token.as_deref())?;
     match code {
+        401 | 403 => return Err(auth_hint(code, &url, &body, token.is_some())),
         200 | 202 => {}
         409 => {
             eprintln!("resync refused by {base}: {}", error_text(&body));
@@ -792,8 +839,11 @@ pub fn tail(target: &Target, from: TailFrom, follow: bool) -> anyhow::Result<i32
         target.base_url()?,
         if follow { "&follow=1" } else { "" }
     );
-    let mut resp = agent()
-        .get(&url)
+    let mut req = agent().get(&url);
+    if let Some(t) = target.token()? {
+        req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    let mut resp = req
         .call()
         .with_context(|| format!("cannot reach {url}: is the node running?"))?;
     if !resp.status().is_success() {

@@ -284,16 +284,10 @@ fn secret(
     }
     if let Some(f) = file {
         let path = resolve(f);
-        return match std::fs::read_to_string(&path) {
-            Ok(t) => Some(Secret::Passphrase(
-                t.lines().next().unwrap_or("").trim_end().to_string(),
-            )),
+        return match crate::secret::read_line(&k("passphrase_file"), &path) {
+            Ok(t) => Some(Secret::Passphrase(t)),
             Err(e) => {
-                problems.push(format!(
-                    "{} = {:?}: cannot read: {e}",
-                    k("passphrase_file"),
-                    path
-                ));
+                problems.push(e);
                 None
             }
         };
@@ -340,12 +334,20 @@ fn default_snmp_listen() -> Vec<String> {
 pub struct RawAdmin {
     #[serde(default = "default_admin")]
     pub listen: String,
+    /// The bearer token that control requests (`POST /switchover`, `/resync`, `/fault`) must
+    /// carry; without it, control is refused (403).
+    pub token_file: Option<PathBuf>,
+    /// `/stream` also needs the token.
+    #[serde(default)]
+    pub stream_token: bool,
 }
 
 impl Default for RawAdmin {
     fn default() -> Self {
         RawAdmin {
             listen: default_admin(),
+            token_file: None,
+            stream_token: false,
         }
     }
 }
@@ -488,6 +490,10 @@ pub struct NodeConfig {
     pub connections_max: usize,
     pub snmp: SnmpSettings,
     pub admin_listen: SocketAddr,
+    /// `[admin] token_file`'s token: control requests must carry it (`None`: control is off).
+    pub admin_token: Option<String>,
+    /// `[admin] stream_token`: `/stream` needs the token too.
+    pub admin_stream_token: bool,
     pub sinks: Vec<crate::sink::SinkConfig>,
     /// `None`: a single node (no `[pair]` section).
     pub pair: Option<crate::pair::config::PairSettings>,
@@ -693,6 +699,19 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<NodeConfig, Vec<String>> 
     .into_iter()
     .next()
     .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7401)));
+    let admin_token = match &raw.admin.token_file {
+        Some(f) => match crate::secret::read_line("admin.token_file", &resolve(f)) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                problems.push(e);
+                None
+            }
+        },
+        None => None,
+    };
+    if raw.admin.stream_token && raw.admin.token_file.is_none() {
+        problems.push("admin.stream_token = true: needs admin.token_file".into());
+    }
 
     let client_cert = match raw.syslog.tls_client_cert.as_str() {
         "none" => ClientCert::None,
@@ -881,6 +900,8 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<NodeConfig, Vec<String>> 
         connections_max: raw.syslog.connections_max,
         snmp,
         admin_listen,
+        admin_token,
+        admin_stream_token: raw.admin.stream_token,
         sinks,
         pair,
         ha,

@@ -5,8 +5,9 @@
 //!   127.0.0.11, node b 127.0.0.12, witness 127.0.0.13; all of 127.0.0.0/8 is loopback on
 //!   Linux).
 //! - **Generated once** into the directory, and reused as they are when `lab` runs again (so a
-//!   user can stop and restart the lab and keep its data): `cluster.psk` (32 bytes from
-//!   `/dev/urandom` as hex, mode 0600), a self-signed TLS certificate for the syslog TLS
+//!   user can stop and restart the lab and keep its data): `keys/` (the link's CA and a
+//!   certificate for each node and the witness: `twinrx keys init`), `admin.token` (32 random
+//!   bytes as hex, mode 0600: control needs it), a self-signed TLS certificate for the syslog TLS
 //!   listeners (`tls/cert.pem`, `tls/key.pem`, made with the `openssl` CLI; without it the lab
 //!   runs without TLS and says so), `a.toml`, `b.toml`, `witness.toml`, and the data
 //!   directories `data/a`, `data/b`, `data/witness`.
@@ -26,9 +27,8 @@ use anyhow::Context as _;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::json;
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -206,9 +206,17 @@ fn prepare(dir: &Path, args: &LabArgs) -> anyhow::Result<bool> {
         let p = dir.join(sub);
         std::fs::create_dir_all(&p).with_context(|| format!("cannot create {}", p.display()))?;
     }
-    let psk = dir.join("cluster.psk");
-    if !psk.exists() {
-        write_psk(&psk)?;
+    let keys = dir.join("keys");
+    if !replicator::tls::ca_file(&keys).exists() {
+        replicator::tls::init_dir(&keys, 3650)
+            .with_context(|| format!("cannot make the link's keys in {}", keys.display()))?;
+    }
+    let token = dir.join("admin.token");
+    if !token.exists() {
+        let t =
+            crate::secret::random_hex().context("cannot read /dev/urandom for the admin token")?;
+        crate::secret::write_new(&token, format!("{t}\n").as_bytes())
+            .with_context(|| format!("cannot write {}", token.display()))?;
     }
     let a = dir.join("a.toml");
     let tls = if a.exists() {
@@ -216,6 +224,14 @@ fn prepare(dir: &Path, args: &LabArgs) -> anyhow::Result<bool> {
         let text =
             std::fs::read_to_string(&a).with_context(|| format!("cannot read {}", a.display()))?;
         let admin = format!("\"{}:{ADMIN_PORT}\"", args.ip_a);
+        if text.contains("psk_file") {
+            anyhow::bail!(
+                "{} was written by an older twinrx (a pre-shared key on the link, which now runs \
+                 over TLS with certificates): remove a.toml, b.toml and witness.toml there to \
+                 have them written again (the data stays)",
+                a.display()
+            );
+        }
         if !text.contains(&admin) {
             anyhow::bail!(
                 "{} was written for other addresses than node a = {}: use another --dir, or \
@@ -239,24 +255,6 @@ fn prepare(dir: &Path, args: &LabArgs) -> anyhow::Result<bool> {
         }
     }
     Ok(tls)
-}
-
-/// Writes a new pair key: 32 random bytes as hex, readable by this user only.
-fn write_psk(path: &Path) -> anyhow::Result<()> {
-    let mut key = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut key))
-        .context("cannot read /dev/urandom for the cluster key")?;
-    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    writeln!(f, "{hex}").with_context(|| format!("cannot write {}", path.display()))?;
-    f.sync_all()
-        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Makes the self-signed certificate of the syslog TLS listeners (both nodes) with the
@@ -327,11 +325,15 @@ fn node_toml(name: &str, args: &LabArgs, tls: bool) -> String {
          [node]\nname = \"{name}\"\ndata_dir = \"data/{name}\"\n\n\
          [syslog]\nudp = [\"{me}:{SYSLOG_PORT}\"]\ntcp = [\"{me}:{SYSLOG_PORT}\"]\n{tls_keys}\n\
          [snmp]\nlisten = [\"{me}:{SNMP_PORT}\"]\n\n\
-         [admin]\nlisten = \"{me}:{ADMIN_PORT}\"\n\n\
+         [admin]\nlisten = \"{me}:{ADMIN_PORT}\"\n\
+         # Control (switchover, resync) needs this token: `--config` finds it here.\n\
+         token_file = \"admin.token\"\n\n\
          [pair]\n\
          # Node a dials the peer's address, node b listens on its own.\n\
          peer = [\"{other}:{LINK_PORT}\"]\nlisten = [\"{me}:{LINK_PORT}\"]\n\
-         psk_file = \"cluster.psk\"\n\n\
+         # The link runs over TLS 1.3: this node's certificate, and the pair's CA\n\
+         # (keys/ was written by `twinrx keys init`).\n\
+         ca_file = \"keys/ca.pem\"\ncert_file = \"keys/{name}.pem\"\nkey_file = \"keys/{name}.key\"\n\n\
          [ha]\nwitness = \"{w}:{WITNESS_PORT}\"\n",
         w = args.ip_witness
     )
@@ -345,7 +347,7 @@ fn witness_toml(args: &LabArgs) -> String {
          listen = \"{w}:{WITNESS_PORT}\"\n\
          admin_listen = \"{w}:{WITNESS_ADMIN_PORT}\"\n\
          data_dir = \"data/witness\"\n\
-         psk_file = \"cluster.psk\"\n"
+         ca_file = \"keys/ca.pem\"\ncert_file = \"keys/witness.pem\"\nkey_file = \"keys/witness.key\"\n"
     )
 }
 
@@ -624,6 +626,13 @@ fn welcome(dir: &Path, args: &LabArgs, members: &[Member], tls: bool) -> String 
         (
             format!("{me} switchover --config {ca}"),
             "planned role swap: no loss, no gap".into(),
+        ),
+        (
+            format!(
+                "TWINRX_ADMIN_TOKEN_FILE={}/admin.token {me} switchover --node http://{a}:{ADMIN_PORT}",
+                dir.display()
+            ),
+            "the same, by URL: control needs the admin token".into(),
         ),
         (
             format!(

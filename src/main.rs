@@ -1,7 +1,7 @@
 //! `twinrx`: the one binary of the product. `main` parses the command line and calls
 //! `run()`; every error reaches the user as one message with its causes (`{:#}`).
 
-use twinrx::{check, client, config, gen, journal_cmd, lab, node, witness};
+use twinrx::{check, client, config, gen, journal_cmd, keys, lab, node, witness};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -36,8 +36,9 @@ enum Command {
                   voted for and the highest committed (epoch, offset) it has heard of, in \
                   DATA_DIR/witness.json (fsynced before it answers). It holds no data and may \
                   run on any small host.\n\n\
-                  Nodes connect to `listen` (default 0.0.0.0:7402) over the cluster link, \
-                  authenticated with the pair's pre-shared key (`psk_file`). `admin_listen` \
+                  Nodes connect to `listen` (default 0.0.0.0:7402) over the cluster link: TLS \
+                  1.3, where the witness shows its certificate and accepts only node a's and \
+                  node b's (`ca_file`, `cert_file`, `key_file`; `twinrx keys`). `admin_listen` \
                   (default 127.0.0.1:7403) serves GET /status (JSON) and GET /metrics. \
                   SIGTERM or SIGINT stops it (exit 0). Every config key is in docs/config.md, \
                   \"Witness config\"; an example is deploy/examples/witness.toml."
@@ -74,8 +75,9 @@ enum Command {
                   (loopback addresses; no root needed). Each node listens for syslog on UDP+TCP \
                   5514 and TLS 6514, SNMP traps on 5162, the cluster link on 7400 and admin \
                   HTTP on 7401; the witness on 7402 (admin 7403).\n\n\
-                  The first run writes into DIR a pair key (cluster.psk), a self-signed TLS \
-                  certificate (with openssl, when present), a.toml, b.toml, witness.toml and \
+                  The first run writes into DIR the link's CA and certificates (keys/), the \
+                  admin token (admin.token), a self-signed syslog TLS certificate (with \
+                  openssl, when present), a.toml, b.toml, witness.toml and \
                   data directories; later runs reuse them, data included. The three processes \
                   log to DIR/<name>.log, and DIR/lab.json lists their addresses and pids.\n\n\
                   Once all three answer, the lab prints what to send where and what to try \
@@ -127,6 +129,19 @@ enum Command {
     Gen(gen::GenArgs),
     /// Compare a generator manifest with a stream dump: sent / present / missing / duplicated.
     Check(check::CheckArgs),
+    /// Make the cluster link's CA and certificates (node a, node b, the witness).
+    #[command(
+        long_about = "Make the cluster link's credentials. The link runs over TLS 1.3 with a \
+                  certificate on both ends: each of node a, node b and the witness has its own, \
+                  issued by the pair's own CA, and each accepts only the parties that may speak \
+                  to it (replicator/PROTOCOL.md \"Identities\"). `init DIR` makes the CA and \
+                  all three; `issue PARTY --ca-key DIR/ca.key` replaces one (rotation). See \
+                  docs/operations.md \"Keys\"."
+    )]
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCmd,
+    },
     /// Journal tools.
     Journal {
         #[command(subcommand)]
@@ -193,6 +208,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         } => client::resync(&target, timeout_secs),
         Command::Gen(args) => gen::run(args),
         Command::Check(args) => check::run(args),
+        Command::Keys { command } => keys::run(command),
         Command::Journal {
             command: JournalCommand::Verify { dir, json },
         } => journal_cmd::verify(&dir, json),

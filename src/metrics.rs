@@ -246,6 +246,13 @@ impl Collector for NodeCollector {
         )?;
         family(
             &mut enc,
+            "twinrx_admin_unauthorized",
+            "Admin requests refused (401) for a missing or wrong token",
+            Counter,
+            &[(vec![], s.admin_unauthorized.load(Relaxed))],
+        )?;
+        family(
+            &mut enc,
             "twinrx_merger_matched",
             "Records suppressed as the other node's copy of a published entry",
             Counter,

@@ -68,6 +68,8 @@ pub struct NodeStats {
     pub merger_busy_since_ms: AtomicU64,
     /// A receive address is no longer on the host (F7).
     pub receive_addresses_missing: AtomicBool,
+    /// Admin requests refused for a missing or wrong token (401).
+    pub admin_unauthorized: AtomicU64,
 }
 
 /// Wall-clock milliseconds since the Unix epoch (for "busy since" stamps; never 0).

@@ -33,7 +33,7 @@ use anyhow::Context as _;
 use journal::JournalHandle;
 use replicator::{
     AuthFailure, CopyConfig, CopyPort, Event, JournalCopier, JournalShipper, LinkConfig, LinkStats,
-    Listener, Session, ShipConfig,
+    Listener, Party, Session, ShipConfig,
 };
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -66,6 +66,8 @@ struct LinkState {
     since: SystemTime,
     remote: Option<SocketAddr>,
     last_error: Option<String>,
+    /// SHA-256 of the certificate the peer showed in the last session.
+    peer_cert: Option<String>,
 }
 
 /// Why copying (or the peer's copying of this journal) stopped for good.
@@ -238,7 +240,11 @@ pub async fn start(
     let mut listeners = Vec::new();
     let mut views = Vec::new();
     for (i, side) in settings.links.iter().enumerate() {
-        let link_cfg = LinkConfig::new(settings.me, settings.psk.clone());
+        let link_cfg = LinkConfig::new(
+            Party::Node(settings.me),
+            &[Party::Node(settings.peer)],
+            settings.credentials.clone(),
+        );
         let listener = match side {
             LinkSide::Listen(addr) => Some(
                 Listener::bind(*addr, link_cfg.clone())
@@ -257,6 +263,7 @@ pub async fn start(
                 since: SystemTime::now(),
                 remote: None,
                 last_error: None,
+                peer_cert: None,
             }),
             last_rx_ms: AtomicU64::new(0),
         }));
@@ -290,7 +297,11 @@ pub async fn start(
     }
     drop(offers_tx);
     if let Some(addr) = cfg.ha.as_ref().and_then(|h| h.witness) {
-        let link_cfg = LinkConfig::new(pair.settings.me, pair.settings.psk.clone());
+        let link_cfg = LinkConfig::new(
+            Party::Node(pair.settings.me),
+            &[Party::Witness],
+            pair.settings.credentials.clone(),
+        );
         links.push(tokio::spawn(witness_task(
             pair.clone(),
             addr,
@@ -788,6 +799,11 @@ impl Pair {
         let remote = session.peer_addr();
         tracing::info!(link = i, %remote, peer = %session.peer(), "pair link up");
         self.set_link(i, true, Some(remote), None);
+        self.links[i]
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .peer_cert = Some(session.peer_cert_sha256().to_string());
         self.set_sender(i, Some(session.control_sender()));
         self.with_repl(|r| r.peer_copy_stopped = None);
         let close = Arc::new(Notify::new());
@@ -935,8 +951,9 @@ impl Pair {
             problems.push(format!("no link to node {peer} is up"));
             next.get_or_insert_with(|| {
                 format!(
-                    "check that node {peer} runs and that the links are reachable and use the same \
-                     pair.psk_file (see the links' last_error and auth_failures)"
+                    "check that node {peer} runs, that the links are reachable, and that both \
+                     nodes' certificates come from the pair's CA (pair.ca_file; see the links' \
+                     last_error and auth_failures)"
                 )
             });
         }
@@ -979,6 +996,7 @@ impl Pair {
                     },
                     "since": rfc3339(st.since),
                     "remote": st.remote.map(|a| a.to_string()),
+                    "peer_cert_sha256": st.peer_cert,
                     "last_error": st.last_error,
                     "sessions": snap.sessions_established,
                     "reconnects": snap.reconnects,
@@ -994,6 +1012,10 @@ impl Pair {
         let (problems, next_step) = self.problems();
         json!({
             "peer": self.settings.peer.to_string(),
+            "tls": {
+                "cert_sha256": self.settings.credentials.fingerprint(),
+                "reload_error": self.settings.credentials.reload_error(),
+            },
             "links": links,
             "links_up": self.links.iter().filter(|l| self.link_up(l)).count(),
             "shipping": {
@@ -1083,7 +1105,8 @@ impl Pair {
         family(
             enc,
             "twinrx_link_auth_failures",
-            "Cluster-link connections or sessions refused, by reason (bad_proof: wrong key)",
+            "Cluster-link connections or sessions refused, by reason (bad_certificate: not from the \
+             pair's CA; wrong_identity: a party that may not speak here)",
             Counter,
             &failures,
         )?;

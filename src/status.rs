@@ -97,6 +97,11 @@ pub fn status_json(node: &Node) -> Value {
             "queued_bytes": node.intake.queued_bytes(),
             "queue_bytes_max": node.intake.budget_bytes(),
         },
+        "admin": {
+            "control": if node.cfg.admin_token.is_some() { "token" } else { "off" },
+            "stream_needs_token": node.cfg.admin_stream_token,
+            "unauthorized": s.admin_unauthorized.load(Relaxed),
+        },
         "stream": {
             "next_offset": stream_next,
             // What `[stream]` retention has kept: `GET /stream?from=N` below it is 410 Gone.

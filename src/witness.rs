@@ -2,8 +2,8 @@
 //! for and the highest committed (epoch, offset) it has heard of; it never holds data").
 //!
 //! This module is the I/O shell around the sans-IO `ha::Witness`:
-//! - **In**: authenticated cluster-link sessions from node a and node b on `listen`
-//!   (`replicator`, PSK; see [`front`] for how one port serves both nodes). Each control
+//! - **In**: cluster-link sessions from node a and node b on `listen` (`replicator`: TLS 1.3,
+//!   the witness's certificate shown, only node a's and node b's accepted). Each control
 //!   message is decoded with `ha::wire::decode` and, if it is a witness request whose node
 //!   field names the session's authenticated node, handed to
 //!   `Witness::handle_input(now, node, msg)`. Undecodable, misattributed (a session of node a
@@ -27,7 +27,6 @@
 //!   `GET /metrics` (Prometheus text).
 
 pub(crate) mod config;
-mod front;
 mod state;
 
 use std::collections::BTreeMap;
@@ -44,7 +43,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use ha::{HaMsg, Witness, WitnessAction, WitnessState, WitnessStats};
-use replicator::{AuthFailure, LinkConfig, LinkStats, Listener, Session};
+use replicator::{AuthFailure, LinkConfig, LinkStats, Listener, Party, Session};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 use twinrx_types::{Millis, NodeId};
@@ -101,22 +100,17 @@ async fn run_async(cfg: WitnessSettings) -> anyhow::Result<()> {
     }
     let restored = restored.unwrap_or_default();
 
-    // Bind everything first: a port in use must fail start-up.
-    let public = tokio::net::TcpListener::bind(cfg.listen)
+    // Bind everything first: a port in use must fail start-up. One listener serves both
+    // nodes: each session is the node its certificate names.
+    let link = LinkConfig::new(
+        Party::Witness,
+        &[Party::Node(NodeId::A), Party::Node(NodeId::B)],
+        cfg.credentials.clone(),
+    );
+    let link_stats = link.stats.clone();
+    let listener = Listener::bind(cfg.listen, link)
         .await
         .with_context(|| format!("cannot bind listen {}", cfg.listen))?;
-    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
-    // The listener that accepts node a is node b's end of a link, and the other way round.
-    let link_a = LinkConfig::new(NodeId::B, cfg.psk.clone());
-    let link_b = LinkConfig::new(NodeId::A, cfg.psk.clone());
-    let handshake_timeout = link_a.handshake_timeout;
-    let link_stats = [link_a.stats.clone(), link_b.stats.clone()];
-    let listener_a = Listener::bind(loopback, link_a)
-        .await
-        .context("cannot bind the witness's internal link listener for node a")?;
-    let listener_b = Listener::bind(loopback, link_b)
-        .await
-        .context("cannot bind the witness's internal link listener for node b")?;
     let admin = match cfg.admin_listen {
         Some(a) => Some(
             tokio::net::TcpListener::bind(a)
@@ -125,13 +119,6 @@ async fn run_async(cfg: WitnessSettings) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let front = Arc::new(front::Front {
-        to_a: listener_a.local_addr(),
-        to_b: listener_b.local_addr(),
-        remotes: Mutex::new(Default::default()),
-        stats: Default::default(),
-        handshake_timeout,
-    });
 
     let clock = Instant::now();
     let shared = Arc::new(Shared {
@@ -139,7 +126,7 @@ async fn run_async(cfg: WitnessSettings) -> anyhow::Result<()> {
         data_dir: cfg.data_dir.clone(),
         ha: cfg.ha,
         started: clock,
-        front: front.clone(),
+        credentials: cfg.credentials.clone(),
         link_stats,
         view: Mutex::new(View {
             durable: restored,
@@ -148,21 +135,12 @@ async fn run_async(cfg: WitnessSettings) -> anyhow::Result<()> {
     });
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
-    let mut tasks = vec![
-        tokio::spawn(front::run(public, front.clone(), shutdown.clone())),
-        tokio::spawn(accept_loop(
-            listener_a,
-            events_tx.clone(),
-            shared.clone(),
-            shutdown.clone(),
-        )),
-        tokio::spawn(accept_loop(
-            listener_b,
-            events_tx,
-            shared.clone(),
-            shutdown.clone(),
-        )),
-    ];
+    let mut tasks = vec![tokio::spawn(accept_loop(
+        listener,
+        events_tx,
+        shared.clone(),
+        shutdown.clone(),
+    ))];
     if let Some(l) = admin {
         tasks.push(tokio::spawn(serve_admin(
             l,
@@ -273,10 +251,7 @@ async fn accept_loop(
         match session {
             Ok(session) => {
                 let id = NEXT_ID.fetch_add(1, Relaxed);
-                let remote = shared
-                    .front
-                    .remote_of(session.peer_addr())
-                    .unwrap_or(session.peer_addr());
+                let remote = session.peer_addr();
                 tokio::spawn(session_task(
                     session,
                     id,
@@ -303,7 +278,11 @@ async fn session_task(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let node = session.peer();
+    let Some(node) = session.peer().node() else {
+        // The listener accepts only node a and node b.
+        tracing::error!(peer = %session.peer(), "witness: a session with a party that is no node");
+        return;
+    };
     tracing::info!(%node, %remote, session = id, "witness: node connected");
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(OUT_QUEUE);
     let opened = Event::Opened {
@@ -578,9 +557,9 @@ struct Shared {
     data_dir: PathBuf,
     ha: ha::WitnessConfig,
     started: Instant,
-    front: Arc<front::Front>,
-    /// Of the listeners for node a and node b: handshake refusals by reason.
-    link_stats: [Arc<LinkStats>; 2],
+    credentials: Arc<replicator::Credentials>,
+    /// Of the listener: sessions, and handshake refusals by reason.
+    link_stats: Arc<LinkStats>,
     view: Mutex<View>,
 }
 
@@ -602,14 +581,7 @@ impl Shared {
     fn auth_failures(&self) -> Vec<(AuthFailure, u64)> {
         AuthFailure::ALL
             .iter()
-            .map(|r| {
-                let n = self
-                    .link_stats
-                    .iter()
-                    .map(|s| s.snapshot().auth_failures(*r))
-                    .sum();
-                (*r, n)
-            })
+            .map(|r| (*r, self.link_stats.snapshot().auth_failures(*r)))
             .collect()
     }
 }
@@ -654,7 +626,7 @@ fn status_json(s: &Shared) -> Value {
     for (r, n) in &auth {
         auth_obj.insert(r.as_str().into(), json!(n));
     }
-    let fs = &s.front.stats;
+    let link = s.link_stats.snapshot();
     let v = s.view();
     let mut nodes = serde_json::Map::new();
     for node in NODES {
@@ -691,10 +663,10 @@ fn status_json(s: &Shared) -> Value {
         },
         "nodes": nodes,
         "auth_failures": auth_obj,
-        "connections": {
-            "total": fs.connections_total.load(Relaxed),
-            "refused_too_many": fs.refused_too_many.load(Relaxed),
-            "refused_no_hello": fs.refused_no_hello.load(Relaxed),
+        "sessions_established": link.sessions_established,
+        "tls": {
+            "cert_sha256": s.credentials.fingerprint(),
+            "reload_error": s.credentials.reload_error(),
         },
         "discarded": {
             "malformed": v.discarded_malformed,
@@ -716,7 +688,6 @@ mod metrics {
     use prometheus_client::collector::Collector;
     use prometheus_client::encoding::DescriptorEncoder;
     use prometheus_client::metrics::MetricType::{Counter, Gauge};
-    use std::sync::atomic::Ordering::Relaxed;
     use std::sync::Arc;
 
     use crate::metrics::{family, Labels};
@@ -740,33 +711,17 @@ mod metrics {
             family(
                 &mut enc,
                 "twinrx_witness_auth_failures",
-                "Cluster-link connections refused by the witness, by reason (bad_proof: wrong key)",
+                "Cluster-link connections refused by the witness, by reason (bad_certificate: not from \
+                 the pair's CA; wrong_identity: a party other than node a or b)",
                 Counter,
                 &auth,
             )?;
-            let fs = &s.front.stats;
             family(
                 &mut enc,
-                "twinrx_witness_connections",
-                "TCP connections accepted on listen",
+                "twinrx_witness_sessions",
+                "Cluster-link sessions established with the nodes",
                 Counter,
-                &[(vec![], fs.connections_total.load(Relaxed))],
-            )?;
-            family(
-                &mut enc,
-                "twinrx_witness_connections_refused",
-                "Connections closed before the handshake, by reason",
-                Counter,
-                &[
-                    (
-                        vec![("reason", "too_many")],
-                        fs.refused_too_many.load(Relaxed),
-                    ),
-                    (
-                        vec![("reason", "no_hello")],
-                        fs.refused_no_hello.load(Relaxed),
-                    ),
-                ],
+                &[(vec![], s.link_stats.snapshot().sessions_established)],
             )?;
             let v = s.view();
             family(

@@ -423,6 +423,10 @@ fn planned_switchover_under_load_swaps_roles_without_loss() {
     let t0 = Instant::now();
     let out = Command::new(BIN)
         .args(["switchover", "--node", &t.node(act).admin])
+        .env(
+            "TWINRX_ADMIN_TOKEN_FILE",
+            t.node(act).dir.join("admin.token"),
+        )
         .output()
         .expect("run switchover");
     let text = format!(
@@ -493,36 +497,69 @@ fn a_stranger_with_the_wrong_key_is_refused_and_the_pair_is_unaffected() {
     };
     let base = failures(&t);
     let ep = epoch(&ha(&t, act));
-    // A third node, claiming to be node a, with another key, dialling b's link.
-    let dir = t.dir().join("stranger");
-    std::fs::create_dir_all(&dir).expect("dir");
-    let psk = dir.join("wrong.psk");
-    write_psk(&psk, TRIO_WRONG_KEY);
-    let mut stranger = TestNode::new(&dir, "", "");
-    let text = std::fs::read_to_string(&stranger.config).expect("config");
-    std::fs::write(
-        &stranger.config,
-        format!(
-            "{text}\n[pair]\npeer = [\"{b_link}\"]\nlisten = [\"{}:7400\"]\npsk_file = \"{}\"\n\n\
-             [ha]\nwitness = \"{}\"\n",
-            stranger.ip,
-            psk.display(),
-            t.w.addr()
-        ),
-    )
-    .expect("config");
-    stranger.start();
+    let pair_keys = t.dir().join("keys");
+    // Two third nodes, both claiming to be node a and dialling b's link: one with a
+    // certificate it made itself (it knows the pair's CA certificate, which is not secret),
+    // one with the witness's certificate (a stolen witness key must not replicate).
+    let foreign = t.dir().join("foreign-keys");
+    write_keys(&foreign);
+    let mut strangers = Vec::new();
+    for (tag, cert_dir, who) in [
+        ("stranger", &foreign, "a"),
+        ("thief", &pair_keys, "witness"),
+    ] {
+        let dir = t.dir().join(tag);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let mut stranger = TestNode::new(&dir, "", "");
+        let text = std::fs::read_to_string(&stranger.config).expect("config");
+        let k = cert_dir.display();
+        std::fs::write(
+            &stranger.config,
+            format!(
+                "{text}\n[pair]\npeer = [\"{b_link}\"]\nlisten = [\"{}:7400\"]\n\
+                 ca_file = \"{}/ca.pem\"\ncert_file = \"{k}/{who}.pem\"\nkey_file = \"{k}/{who}.key\"\n\n\
+                 [ha]\nwitness = \"{}\"\n",
+                stranger.ip,
+                pair_keys.display(),
+                t.w.addr()
+            ),
+        )
+        .expect("config");
+        stranger.start();
+        strangers.push(stranger);
+    }
     // Raw garbage too.
     let mut sock = std::net::TcpStream::connect(&b_link).expect("connect");
     sock.set_read_timeout(Some(5 * SEC)).expect("timeout");
     let _ = sock.write_all(b"\x16\x03\x01garbage garbage garbage\r\n\r\n");
     let mut buf = Vec::new();
     let _ = sock.read_to_end(&mut buf);
+    let by_reason = |t: &Trio, reason: &str| -> u64 {
+        let st = get_json_within(&format!("{}/status", t.b.admin), 2 * SEC).expect("b status");
+        st["pair"]["links"]
+            .as_array()
+            .expect("pair.links")
+            .iter()
+            .map(|l| l["auth_failures"][reason].as_u64().unwrap_or(0))
+            .sum()
+    };
     let st = wait_for("[ha-stranger] b to count the refusals", 15 * SEC, || {
         let n = failures(&t);
-        (n >= base + 2).then_some(n)
+        (n >= base + 3
+            && by_reason(&t, "bad_certificate") >= 1
+            && by_reason(&t, "wrong_identity") >= 1
+            && by_reason(&t, "malformed") >= 1)
+            .then_some(n)
     });
     eprintln!("[ha-stranger] b's link auth failures: {base} -> {st}");
+    let mut stranger = strangers.remove(0);
+    let mut thief = strangers.remove(0);
+    let th = ha_of(&thief).expect("thief status");
+    assert!(
+        !is_publishing_active(&th),
+        "the witness's identity must not replicate or publish: {th:#}"
+    );
+    thief.kill9();
     let sh = ha_of(&stranger).expect("stranger status");
     assert!(
         !is_publishing_active(&sh) && sh["witness_reachable"] != true,

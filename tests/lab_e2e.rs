@@ -265,20 +265,36 @@ fn lab_rerun_reuses_its_directory() {
     let ips = ips();
     let mut lab = Lab::start(&dir, ips);
     let first = lab.wait_ready();
-    let psk = std::fs::read(dir.join("cluster.psk")).expect("cluster.psk");
+    let secrets = [
+        "keys/a.key",
+        "keys/b.key",
+        "keys/witness.key",
+        "keys/ca.key",
+        "admin.token",
+    ];
+    let before: Vec<Vec<u8>> = secrets
+        .iter()
+        .map(|f| std::fs::read(dir.join(f)).expect(f))
+        .collect();
     let config = std::fs::read(dir.join("a.toml")).expect("a.toml");
-    let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(dir.join("cluster.psk"))
-            .expect("psk")
-            .permissions(),
-    );
-    assert_eq!(mode & 0o777, 0o600, "cluster.psk mode {mode:o}");
+    for f in secrets {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(dir.join(f)).expect(f).permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{f} mode {mode:o}");
+    }
     lab.signal(Signal::SIGTERM);
     assert!(lab.wait_exit(STOP_TIMEOUT).success(), "{}", lab.output());
 
     let mut again = Lab::start(&dir, lab.ips);
     let second = again.wait_ready();
-    assert_eq!(std::fs::read(dir.join("cluster.psk")).expect("psk"), psk);
+    for (f, b) in secrets.iter().zip(&before) {
+        assert_eq!(
+            &std::fs::read(dir.join(f)).expect(f),
+            b,
+            "{f} was rewritten"
+        );
+    }
     assert_eq!(std::fs::read(dir.join("a.toml")).expect("a.toml"), config);
     let pids = member_pids(&second);
     assert_eq!(pids.len(), 3, "{second}");

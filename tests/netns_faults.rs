@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::netns::{Host, Net, NetLab};
-use common::{fill, Scratch, Tmpfs, BIN};
+use common::{creds, fill, write_keys, Scratch, Tmpfs, ADMIN_TOKEN, BIN};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -40,7 +40,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 const ADMIN: &str = "127.0.0.1:7401";
 const ADMIN_URL: &str = "http://127.0.0.1:7401";
-const PSK: &str = "5f1c0d9e8a7b6c5d4e3f2a1b0c9d8e7f60718293a4b5c6d7e8f90a1b2c3d4e5f";
 /// G4: failover within 3 s (p99, default settings).
 const FAILOVER_LIMIT_MS: u64 = 3000;
 
@@ -102,7 +101,8 @@ fn http_here(
     let mut s = TcpStream::connect_timeout(&sa, timeout).map_err(|e| format!("connect: {e}"))?;
     s.set_write_timeout(Some(timeout)).ok();
     let req = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n"
     );
     s.write_all(req.as_bytes())
         .map_err(|e| format!("write: {e}"))?;
@@ -271,8 +271,8 @@ impl NetTrio {
         let scratch = Scratch::new(tag);
         let lab = NetLab::new();
         let dir = scratch.path().to_path_buf();
-        let psk = dir.join("psk");
-        write_psk(&psk);
+        let keys = dir.join("keys");
+        write_keys(&keys);
         let mut tmpfs = Vec::new();
         let mut disks = BTreeMap::new();
         for n in [Node::A, Node::B] {
@@ -303,24 +303,28 @@ impl NetTrio {
                     "[node]\nname = \"{name}\"\ndata_dir = \"data\"\n\n\
                      [syslog]\nudp = [\"{ip}:5514\"]\ntcp = [\"{ip}:5514\"]\n\n\
                      [snmp]\nlisten = []\n\n\
-                     [admin]\nlisten = \"{ADMIN}\"\n\n\
+                     [admin]\nlisten = \"{ADMIN}\"\ntoken_file = \"admin.token\"\n\n\
                      [pair]\npeer = [{peer_list}]\n\
                      listen = [\"10.88.0.12:7400\", \"10.89.0.12:7400\"]\n\
-                     psk_file = \"{psk}\"\n\n\
+                     {creds}\n\
                      [ha]\nwitness = \"10.88.0.13:7402\"\n",
                     name = n.name(),
-                    psk = psk.display()
+                    creds = creds(&keys, n.name()),
                 ),
             )
             .expect("node config");
+            let token = nd.join("admin.token");
+            std::fs::write(&token, format!("{ADMIN_TOKEN}\n")).expect("token");
+            std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("chmod token");
         }
         std::fs::create_dir_all(dir.join("w")).expect("witness dir");
         std::fs::write(
             dir.join("w/witness.toml"),
             format!(
                 "listen = \"10.88.0.13:7402\"\nadmin_listen = \"10.88.0.13:7403\"\n\
-                 data_dir = \"data\"\npsk_file = \"{}\"\n",
-                psk.display()
+                 data_dir = \"data\"\n{}",
+                creds(&keys, "witness")
             ),
         )
         .expect("witness config");
@@ -572,9 +576,20 @@ impl NetTrio {
     /// `twinrx resync` against `n`; Err with its output and both statuses unless it exits 0.
     fn try_resync(&mut self, n: Node) -> Result<(), String> {
         let t = Instant::now();
+        let token = self.dir().join(n.name()).join("admin.token");
+        let token = token.to_string_lossy();
         let out = self.lab.exec_timeout(
             n.host(),
-            &[BIN, "resync", "--node", ADMIN_URL, "--timeout-secs", "60"],
+            &[
+                BIN,
+                "resync",
+                "--node",
+                ADMIN_URL,
+                "--token-file",
+                &token,
+                "--timeout-secs",
+                "60",
+            ],
             Duration::from_secs(90),
         );
         let so = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -669,12 +684,6 @@ impl NetTrio {
             )
         })
     }
-}
-
-fn write_psk(path: &Path) {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::write(path, format!("{PSK}\n")).expect("write psk");
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod psk");
 }
 
 fn status_in(ns: &str, timeout: Duration) -> Option<Value> {

@@ -7,13 +7,10 @@
 mod common;
 
 use common::*;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-const KEY: &str = "6a1f0c55e2b94d7f8e3a21c4b5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
-const WRONG_KEY: &str = "00000000000000000000000000000000ffffffffffffffffffffffffffffffff";
 const LINK_PORT: u16 = 7400;
 
 /// Two nodes configured as a pair (not started).
@@ -36,9 +33,8 @@ impl TestPair {
         via: Option<&dyn Fn(u16, std::net::SocketAddr) -> std::net::SocketAddr>,
     ) -> TestPair {
         let s = Scratch::new(tag);
-        let psk = s.path().join("cluster.psk");
-        std::fs::write(&psk, format!("{KEY}\n")).expect("write psk");
-        std::fs::set_permissions(&psk, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let keys = s.path().join("keys");
+        write_keys(&keys);
         let a = TestNode::new(&s.path().join("a"), "", "");
         let b = TestNode::new(&s.path().join("b"), "", "");
         let (ia, ib) = (a.ip, b.ip);
@@ -60,10 +56,10 @@ impl TestPair {
             let text = text.replacen("name = \"a\"", &format!("name = \"{name}\""), 1);
             let (me, peer) = if name == "a" { (ia, ib) } else { (ib, ia) };
             let text = format!(
-                "{text}\n[pair]\npeer = [{}]\nlisten = [{}]\npsk_file = \"{}\"\n",
+                "{text}\n[pair]\npeer = [{}]\nlisten = [{}]\n{}",
                 list(peer, name == "a"),
                 list(me, false),
-                psk.display()
+                creds(&keys, name)
             );
             std::fs::write(&node.config, text).expect("write config");
         }
@@ -225,7 +221,8 @@ fn each_node_holds_an_exact_copy_of_the_others_journal() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("twinrx_link_auth_failures_total{link=\"0\",reason=\"bad_proof\"} 0"),
+        metrics
+            .contains("twinrx_link_auth_failures_total{link=\"0\",reason=\"bad_certificate\"} 0"),
         "{metrics}"
     );
     p.stop();
@@ -283,7 +280,7 @@ fn a_node_killed_mid_load_catches_up_without_gap_or_duplicate() {
 }
 
 #[test]
-fn a_stranger_with_a_wrong_key_or_garbage_is_refused_and_counted() {
+fn a_stranger_with_a_self_made_certificate_or_garbage_is_refused_and_counted() {
     use std::io::{Read as _, Write as _};
     let mut p = TestPair::new("pair-stranger");
     p.start();
@@ -291,13 +288,24 @@ fn a_stranger_with_a_wrong_key_or_garbage_is_refused_and_counted() {
         .enable_all()
         .build()
         .expect("runtime");
-    // A client that claims to be node a, with the wrong key.
-    let cfg = replicator::LinkConfig::new(
-        twinrx_types::NodeId::A,
-        replicator::Psk::from_hex(WRONG_KEY).expect("key"),
+    // A client that claims to be node a with a certificate of its own CA (it trusts the
+    // pair's CA: its certificate is public).
+    let foreign = p._scratch.path().join("foreign-keys");
+    write_keys(&foreign);
+    let pair_keys = p._scratch.path().join("keys");
+    let (a, b) = (
+        replicator::Party::Node(twinrx_types::NodeId::A),
+        replicator::Party::Node(twinrx_types::NodeId::B),
     );
+    let creds = replicator::Credentials::load(
+        &replicator::tls::ca_file(&pair_keys),
+        &replicator::tls::cert_file(&foreign, a),
+        &replicator::tls::key_file(&foreign, a),
+    )
+    .expect("credentials");
+    let cfg = replicator::LinkConfig::new(a, &[b], std::sync::Arc::new(creds));
     let r = rt.block_on(replicator::connect(link_addr(&p.b), &cfg));
-    assert!(r.is_err(), "a wrong key must not get a session");
+    assert!(r.is_err(), "a self-made certificate must not get a session");
     assert_eq!(
         cfg.stats
             .snapshot()
@@ -318,7 +326,7 @@ fn a_stranger_with_a_wrong_key_or_garbage_is_refused_and_counted() {
         || {
             let st = p.b.status();
             let f = &st["pair"]["links"][0]["auth_failures"];
-            (f["bad_proof"].as_u64()? >= 1 && f["malformed"].as_u64()? >= 1).then_some(st)
+            (f["bad_certificate"].as_u64()? >= 1 && f["malformed"].as_u64()? >= 1).then_some(st)
         },
     );
     // The real session is untouched and still carries the journals.
@@ -333,7 +341,8 @@ fn a_stranger_with_a_wrong_key_or_garbage_is_refused_and_counted() {
     p.wait_copies_caught_up(Duration::from_secs(30));
     let metrics = get_text(&format!("{}/metrics", p.b.admin)).expect("metrics");
     assert!(
-        metrics.contains("twinrx_link_auth_failures_total{link=\"0\",reason=\"bad_proof\"} 1"),
+        metrics
+            .contains("twinrx_link_auth_failures_total{link=\"0\",reason=\"bad_certificate\"} 1"),
         "{metrics}"
     );
     p.stop();

@@ -946,16 +946,6 @@ fn bench_kafka_sink_vs_idempotent_producer() {
 // A local trio helper (witness + node a + node b on their own loopback addresses, the same
 // `[[sink]]` on both nodes, so the same transactional id): tests/common has none yet.
 
-/// The cluster key of the test pair (hex; mode 0600 as the nodes and the witness require).
-const PAIR_PSK: &str = "3c9a51e07b2d48f6a1e5c0d9b8f7e6a5d4c3b2a1908f7e6d5c4b3a2918070605";
-
-fn write_psk(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt as _;
-    let p = dir.join("cluster.psk");
-    std::fs::write(&p, format!("{PAIR_PSK}\n")).expect("write psk");
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod psk");
-}
-
 /// `twinrx witness` and the two nodes of a pair. Every process is killed by PID on drop
 /// (the nodes by `TestNode`'s own drop; SIGKILL also ends a SIGSTOPped node).
 struct Trio {
@@ -971,13 +961,15 @@ impl Trio {
         let wip = common::unique_ip();
         let wdir = scratch.join("witness");
         std::fs::create_dir_all(&wdir).expect("witness dir");
-        write_psk(&wdir);
+        let keys = scratch.join("keys");
+        common::write_keys(&keys);
         let wcfg = wdir.join("witness.toml");
         std::fs::write(
             &wcfg,
             format!(
                 "listen = \"{wip}:7402\"\nadmin_listen = \"{wip}:7403\"\n\
-                 data_dir = \"data\"\npsk_file = \"cluster.psk\"\n"
+                 data_dir = \"data\"\n{}",
+                common::creds(&keys, "witness")
             ),
         )
         .expect("witness config");
@@ -1003,13 +995,16 @@ impl Trio {
         });
         let mut a = TestNode::new(&scratch.join("a"), "", "");
         let mut b = TestNode::new(&scratch.join("b"), "", "");
-        let pair = format!(
-            "[pair]\npeer = [\"{ip}:7400\"]\nlisten = [\"{ip}:7400\"]\npsk_file = \"cluster.psk\"\n\n\
-             [ha]\nwitness = \"{wip}:7402\"\n\n{sink}",
-            ip = b.ip
-        );
+        let pair = |name: &str| {
+            format!(
+                "[pair]\npeer = [\"{ip}:7400\"]\nlisten = [\"{ip}:7400\"]\n{}\n\
+                 [ha]\nwitness = \"{wip}:7402\"\n\n{sink}",
+                common::creds(&keys, name),
+                ip = b.ip
+            )
+        };
         for (node, name) in [(&a, "a"), (&b, "b")] {
-            write_psk(&node.dir);
+            let pair = pair(name);
             let cfg = std::fs::read_to_string(&node.config).expect("config");
             let cfg = cfg.replace("name = \"a\"", &format!("name = \"{name}\""));
             std::fs::write(&node.config, format!("{cfg}\n{pair}")).expect("config");

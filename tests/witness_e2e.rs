@@ -6,17 +6,25 @@ mod common;
 
 use common::*;
 use ha::{HaMsg, Health, LogPos, Role};
-use replicator::{AuthFailure, LinkConfig, Psk, Session};
+use replicator::{AuthFailure, LinkConfig, Party, Session};
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 use twinrx_types::{Epoch, Millis, NodeId, Offset};
 
-const KEY: &str = "6a1f0c55e2b94d7f8e3a21c4b5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
-const WRONG_KEY: &str = "00000000000000000000000000000000ffffffffffffffffffffffffffffffff";
+/// The pair's key directory (`twinrx keys init`), one per test process.
+fn keys() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let d =
+            std::env::temp_dir().join(format!("twinrx-witness-e2e-keys-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        write_keys(&d);
+        d
+    })
+}
 
 struct TestWitness {
     ip: Ipv4Addr,
@@ -31,15 +39,13 @@ impl TestWitness {
     /// A config on its own loopback address: link 7402, admin 7403, data in `dir/data`.
     fn new(dir: &Path) -> TestWitness {
         let ip = unique_ip();
-        let psk = dir.join("cluster.psk");
-        std::fs::write(&psk, format!("{KEY}\n")).expect("write psk");
-        std::fs::set_permissions(&psk, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         let config = dir.join("witness.toml");
         std::fs::write(
             &config,
             format!(
                 "listen = \"{ip}:7402\"\nadmin_listen = \"{ip}:7403\"\n\
-                 data_dir = \"data\"\npsk_file = \"cluster.psk\"\n"
+                 data_dir = \"data\"\n{}",
+                creds(keys(), "witness")
             ),
         )
         .expect("write config");
@@ -150,21 +156,33 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-fn link(node: NodeId, key: &str) -> LinkConfig {
-    LinkConfig::new(node, Psk::from_hex(key).expect("test key"))
+/// Node `node`'s link to the witness, with the certificate in `cert_dir` (the pair's keys:
+/// [`keys`]) and the pair's CA.
+fn link_with(node: NodeId, cert_dir: &Path, who: Party) -> LinkConfig {
+    let creds = replicator::Credentials::load(
+        &replicator::tls::ca_file(keys()),
+        &replicator::tls::cert_file(cert_dir, who),
+        &replicator::tls::key_file(cert_dir, who),
+    )
+    .expect("credentials");
+    LinkConfig::new(
+        Party::Node(node),
+        &[Party::Witness],
+        std::sync::Arc::new(creds),
+    )
+}
+
+fn link(node: NodeId) -> LinkConfig {
+    link_with(node, keys(), Party::Node(node))
 }
 
 impl TestNodeClient {
     fn connect(addr: SocketAddr, node: NodeId) -> TestNodeClient {
         let rt = runtime();
         let session = rt
-            .block_on(replicator::connect(addr, &link(node, KEY)))
-            .expect("the witness accepts a node holding the key");
-        assert_eq!(
-            session.peer(),
-            node.peer(),
-            "the witness answers as the peer id"
-        );
+            .block_on(replicator::connect(addr, &link(node)))
+            .expect("the witness accepts a node of the pair");
+        assert_eq!(session.peer(), Party::Witness);
         TestNodeClient {
             rt,
             session,
@@ -433,17 +451,24 @@ fn strangers_and_garbage_are_refused_and_counted_and_the_right_node_is_still_ser
     w.start();
     let rt = runtime();
 
-    // A wrong key: the witness refuses the proof; the client learns it was refused.
-    let wrong = rt.block_on(replicator::connect(w.addr(), &link(NodeId::A, WRONG_KEY)));
+    // A certificate of another CA (the stranger trusts the pair's CA: it is public): the
+    // witness refuses it; the client learns it was refused.
+    let foreign = s.path().join("foreign-keys");
+    write_keys(&foreign);
+    let a_party = Party::Node(NodeId::A);
+    let wrong = rt.block_on(replicator::connect(
+        w.addr(),
+        &link_with(NodeId::A, &foreign, a_party),
+    ));
     match wrong {
         Err(replicator::Error::Auth { reason, .. }) => {
             assert_eq!(reason, AuthFailure::RejectedByPeer)
         }
-        Err(e) => panic!("unexpected error for a wrong key: {e}"),
-        Ok(_) => panic!("a client with a wrong key got a session"),
+        Err(e) => panic!("unexpected error for a foreign certificate: {e}"),
+        Ok(_) => panic!("a client with a foreign certificate got a session"),
     }
-    wait_for("bad_proof counted", Duration::from_secs(10), || {
-        (w.status()["auth_failures"]["bad_proof"] == 1).then_some(())
+    wait_for("bad_certificate counted", Duration::from_secs(10), || {
+        (w.status()["auth_failures"]["bad_certificate"] == 1).then_some(())
     });
 
     // Garbage on the port (an HTTP request): closed, counted as malformed.
@@ -460,22 +485,15 @@ fn strangers_and_garbage_are_refused_and_counted_and_the_right_node_is_still_ser
         (w.status()["auth_failures"]["malformed"] == 1).then_some(())
     });
 
-    // A well-formed hello from a node that is neither a nor b: REFUSE (type 0x0F), counted.
-    let mut tcp = std::net::TcpStream::connect(w.addr()).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut hello = 46u32.to_be_bytes().to_vec();
-    hello.push(0x01);
-    hello.extend_from_slice(b"TWRXLINK");
-    hello.extend_from_slice(&[0, 1, 0, 1, 7]);
-    hello.extend_from_slice(&[9u8; 32]);
-    tcp.write_all(&hello).expect("write");
-    let mut got = Vec::new();
-    tcp.read_to_end(&mut got)
-        .expect("the witness closes the connection");
-    assert_eq!(got.get(4), Some(&0x0F), "REFUSE frame expected: {got:?}");
-    wait_for("wrong_node counted", Duration::from_secs(10), || {
-        (w.status()["auth_failures"]["wrong_node"] == 1).then_some(())
+    // The pair's own witness certificate, used by a client posing as node a (a stolen
+    // witness key cannot vote as a node): refused, counted.
+    let thief = rt.block_on(replicator::connect(
+        w.addr(),
+        &link_with(NodeId::A, keys(), Party::Witness),
+    ));
+    assert!(thief.is_err(), "the witness's own identity got a session");
+    wait_for("wrong_identity counted", Duration::from_secs(10), || {
+        (w.status()["auth_failures"]["wrong_identity"] == 1).then_some(())
     });
 
     // The right node is served; what it sends that the witness cannot use is dropped and
@@ -515,7 +533,8 @@ fn strangers_and_garbage_are_refused_and_counted_and_the_right_node_is_still_ser
 
     let metrics = get_text(&format!("{}/metrics", w.admin)).expect("metrics");
     for line in [
-        "twinrx_witness_auth_failures_total{reason=\"bad_proof\"} 1",
+        "twinrx_witness_auth_failures_total{reason=\"bad_certificate\"} 1",
+        "twinrx_witness_auth_failures_total{reason=\"wrong_identity\"} 1",
         "twinrx_witness_auth_failures_total{reason=\"malformed\"} 1",
         "twinrx_witness_discarded_total{reason=\"malformed\"} 1",
         "twinrx_witness_voted_epoch 1",
@@ -536,9 +555,6 @@ fn strangers_and_garbage_are_refused_and_counted_and_the_right_node_is_still_ser
 fn a_bad_config_or_a_corrupt_state_file_is_refused_at_start_naming_the_problem() {
     let s = Scratch::new("witness-config");
     let dir = s.path();
-    let psk = dir.join("open.psk");
-    std::fs::write(&psk, KEY).expect("psk");
-    std::fs::set_permissions(&psk, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let cfg = dir.join("bad.toml");
     std::fs::write(
         &cfg,
@@ -552,7 +568,7 @@ fn a_bad_config_or_a_corrupt_state_file_is_refused_at_start_naming_the_problem()
     assert!(text.contains("lease_ms = 0"), "{text}");
     assert!(text.contains("lease_margin_ms = 100"), "{text}");
     assert!(
-        text.contains("psk_file") && text.contains("chmod 600"),
+        text.contains("psk_file") && text.contains("twinrx keys init"),
         "{text}"
     );
 

@@ -1,29 +1,25 @@
-//! Authentication: the pre-shared-key handshake and the per-frame MAC.
+//! Authentication: the link's handshake inside TLS 1.3, and the per-frame MAC.
 //!
-//! Handshake (PROTOCOL.md "Handshake"), four frames, client = the connecting node:
-//! 1. client → `HELLO` (magic, version range, node id, 32-byte random nonce `Nc`)
-//! 2. server → `HELLO_REPLY` (magic, chosen version, node id, nonce `Ns`)
-//! 3. client → `CLIENT_PROOF` = HMAC-SHA256(PSK, "twinrx-link v1 client proof" ‖ T)
-//! 4. server → `SERVER_PROOF` = HMAC-SHA256(PSK, "twinrx-link v1 server proof" ‖ T)
+//! Handshake (PROTOCOL.md "Handshake"), client = the connecting side:
+//! 1. TLS 1.3 with certificates on both sides ([`crate::tls`]): the client checks that the
+//!    listener's certificate names the party it dials; the listener checks the client's chain
+//!    and which of the parties it accepts the certificate names (else `REFUSE`
+//!    wrong-identity, counted `wrong_identity`).
+//! 2. client → `HELLO` (magic, version range, party byte, 32-byte random nonce `Nc`)
+//! 3. server → `HELLO_REPLY` (magic, chosen version, party byte, nonce `Ns`)
 //!
-//! with the transcript T = version ‖ client node ‖ server node ‖ Nc ‖ Ns. Each proof binds
-//! both fresh nonces (no replay of an old handshake), both node ids and the version (no
-//! downgrade), and a direction label (a proof cannot be reflected back). The client proves
-//! first, so the listening side — the one strangers reach — never computes a MAC for an
-//! unauthenticated party. A failing check sends `REFUSE` and closes; every failure is counted
-//! by reason in [`LinkStats`].
-//!
-//! Session keys: HKDF-SHA256 (RFC 5869) with salt Nc ‖ Ns and the PSK as input key
-//! material, one 32-byte key per direction and *lane* (info = label ‖ T). A session has two
-//! lanes: **bulk** (`SHIP_BATCH` frames only) and **control** (every other frame). Every frame
-//! after the handshake carries HMAC-SHA256(key of its direction and lane, counter ‖ type ‖
-//! payload) truncated to 16 bytes, where `counter` (u64 BE) counts the frames of that
-//! direction and lane from 0 and is never sent: an injected, altered, replayed, reordered
-//! (within a lane), dropped-then-continued, reflected or lane-swapped frame fails its check.
-//! Lanes have separate counters so that a control frame may overtake queued bulk frames
-//! (heartbeats never wait behind journal data) and so that bulk frames can be sealed by the
-//! shipper and verified by the copier, off the socket tasks. Tags are compared in constant
-//! time (`Mac::verify_truncated_left`).
+//! Each side checks that the other's party byte is the party its certificate names. Then
+//! with the transcript T = version ‖ client party ‖ server party ‖ Nc ‖ Ns, both take 32
+//! bytes from the TLS exporter (RFC 8446 §7.5, label "EXPORTER-twinrx-link v2", context T)
+//! and derive, with HKDF-SHA256 (salt Nc ‖ Ns), one 32-byte key per direction and *lane*
+//! (info = label ‖ T). A session has two lanes: **bulk** (`SHIP_BATCH` frames only) and
+//! **control** (every other frame). Every frame after the handshake carries
+//! HMAC-SHA256(key of its direction and lane, counter ‖ type ‖ payload) truncated to 16
+//! bytes, where `counter` (u64 BE) counts the frames of that direction and lane from 0 and is
+//! never sent. TLS already protects every byte; the MAC is what lets the shipper seal bulk
+//! frames and the copier verify them off the socket tasks, and it binds each frame to its
+//! lane and position (a control frame may overtake queued bulk frames: lanes have separate
+//! counters). Tags are compared in constant time (`Mac::verify_truncated_left`).
 
 use hkdf::Hkdf;
 use hmac::{Hmac, KeyInit, Mac};
@@ -31,27 +27,28 @@ use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use twinrx_types::NodeId;
 
-use crate::config::{LinkConfig, Psk};
+use crate::config::LinkConfig;
 use crate::frame::{
     self, encode_refuse, read_frame, refuse, ty, Hello, HelloReply, ReadError,
     HANDSHAKE_FRAME_BYTES_MAX, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, TAG_LEN,
 };
 use crate::stats::AuthFailure;
+use crate::tls::Party;
 use crate::Error;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsStream;
 
 type HmacSha256 = Hmac<Sha256>;
 
-const LABEL_CLIENT_PROOF: &[u8] = b"twinrx-link v1 client proof";
-const LABEL_SERVER_PROOF: &[u8] = b"twinrx-link v1 server proof";
-const LABEL_KEY_C2S_CONTROL: &[u8] = b"twinrx-link v1 key client->server control";
-const LABEL_KEY_S2C_CONTROL: &[u8] = b"twinrx-link v1 key server->client control";
-const LABEL_KEY_C2S_BULK: &[u8] = b"twinrx-link v1 key client->server bulk";
-const LABEL_KEY_S2C_BULK: &[u8] = b"twinrx-link v1 key server->client bulk";
-const PROOF_LEN: usize = 32;
+const EXPORTER_LABEL: &[u8] = b"EXPORTER-twinrx-link v2";
+const LABEL_KEY_C2S_CONTROL: &[u8] = b"twinrx-link v2 key client->server control";
+const LABEL_KEY_S2C_CONTROL: &[u8] = b"twinrx-link v2 key server->client control";
+const LABEL_KEY_C2S_BULK: &[u8] = b"twinrx-link v2 key client->server bulk";
+const LABEL_KEY_S2C_BULK: &[u8] = b"twinrx-link v2 key server->client bulk";
 
 /// What both proofs and both keys are bound to.
 #[derive(Clone, Debug)]
-struct Transcript {
+pub(crate) struct Transcript {
     version: u16,
     client: u8,
     server: u8,
@@ -70,33 +67,12 @@ impl Transcript {
         t
     }
 
-    fn keyed(psk: &Psk, label: &[u8], t: &Transcript) -> HmacSha256 {
-        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(psk.bytes())
-            .expect("HMAC takes any key length");
-        mac.update(label);
-        mac.update(&t.bytes());
-        mac
-    }
-
-    fn proof(&self, psk: &Psk, label: &[u8]) -> [u8; PROOF_LEN] {
-        Transcript::keyed(psk, label, self)
-            .finalize()
-            .into_bytes()
-            .into()
-    }
-
-    fn verify(&self, psk: &Psk, label: &[u8], got: &[u8]) -> bool {
-        Transcript::keyed(psk, label, self)
-            .verify_slice(got)
-            .is_ok()
-    }
-
     /// The four session keys: one per direction and lane.
-    fn session_keys(&self, psk: &Psk) -> Keys {
+    fn session_keys(&self, secret: &[u8]) -> Keys {
         let mut salt = [0u8; 64];
         salt[..32].copy_from_slice(&self.nonce_c);
         salt[32..].copy_from_slice(&self.nonce_s);
-        let hk = Hkdf::<Sha256>::new(Some(&salt), psk.bytes());
+        let hk = Hkdf::<Sha256>::new(Some(&salt), secret);
         let t = self.bytes();
         let key = |label: &[u8]| {
             let mut k = [0u8; 32];
@@ -199,7 +175,9 @@ impl Opener {
 /// A completed handshake: the peer, and sealers/openers for both lanes.
 pub(crate) struct Established {
     pub version: u16,
-    pub peer: NodeId,
+    pub peer: Party,
+    /// SHA-256 of the certificate the peer showed (empty in unit tests without TLS).
+    pub peer_cert: String,
     pub control_sealer: Sealer,
     pub control_opener: Opener,
     pub bulk_sealer: Sealer,
@@ -208,7 +186,7 @@ pub(crate) struct Established {
 
 /// Both ends of a session as a completed handshake would leave them (client, server), for
 /// tests that need an authenticated peer that misbehaves, and for the fuzz entry points.
-pub(crate) fn test_pair(client: NodeId, psk: &Psk) -> (Established, Established) {
+pub(crate) fn test_pair(client: NodeId) -> (Established, Established) {
     let t = Transcript {
         version: PROTOCOL_VERSION,
         client: client.0,
@@ -216,10 +194,11 @@ pub(crate) fn test_pair(client: NodeId, psk: &Psk) -> (Established, Established)
         nonce_c: [3; 32],
         nonce_s: [4; 32],
     };
-    let k = t.session_keys(psk);
+    let k = t.session_keys(&[5; 32]);
     let c = Established {
         version: t.version,
-        peer: client.peer(),
+        peer: Party::Node(client.peer()),
+        peer_cert: String::new(),
         control_sealer: Sealer::new(&k.c2s_control),
         control_opener: Opener::new(&k.s2c_control),
         bulk_sealer: Sealer::new(&k.c2s_bulk),
@@ -227,7 +206,8 @@ pub(crate) fn test_pair(client: NodeId, psk: &Psk) -> (Established, Established)
     };
     let s = Established {
         version: t.version,
-        peer: client,
+        peer: Party::Node(client),
+        peer_cert: String::new(),
         control_sealer: Sealer::new(&k.s2c_control),
         control_opener: Opener::new(&k.c2s_control),
         bulk_sealer: Sealer::new(&k.s2c_bulk),
@@ -245,7 +225,7 @@ fn nonce() -> Result<[u8; 32], Error> {
 fn fail(cfg: &LinkConfig, reason: AuthFailure, detail: impl Into<String>) -> Error {
     let detail = detail.into();
     cfg.stats.auth_failure(reason);
-    tracing::warn!(reason = %reason, detail = %detail, node = %cfg.node, "cluster link handshake failed");
+    tracing::warn!(reason = %reason, detail = %detail, me = %cfg.me, "cluster link handshake failed");
     Error::Auth { reason, detail }
 }
 
@@ -325,15 +305,10 @@ fn refused(cfg: &LinkConfig, payload: &[u8]) -> Error {
                 ),
             )
         }
-        refuse::WRONG_NODE => fail(
-            cfg,
-            AuthFailure::WrongNode,
-            format!("peer does not accept node {} as its peer", cfg.node),
-        ),
-        refuse::BAD_PROOF => fail(
+        refuse::WRONG_NODE | refuse::WRONG_IDENTITY => fail(
             cfg,
             AuthFailure::RejectedByPeer,
-            "peer refused our proof: the two nodes have different pre-shared keys",
+            format!("the peer does not accept {} here", cfg.me),
         ),
         other => fail(
             cfg,
@@ -343,26 +318,95 @@ fn refused(cfg: &LinkConfig, payload: &[u8]) -> Error {
     }
 }
 
-/// The connecting side's handshake. The caller applies the timeout.
-pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
-    s: &mut S,
+/// Counts and describes a failed TLS handshake.
+fn tls_failed(cfg: &LinkConfig, e: &std::io::Error, peer: &str) -> Error {
+    use tokio_rustls::rustls::Error as TlsError;
+    let inner = e.get_ref().and_then(|i| i.downcast_ref::<TlsError>());
+    let reason = match inner {
+        Some(TlsError::InvalidCertificate(_) | TlsError::NoCertificatesPresented) => {
+            AuthFailure::BadCertificate
+        }
+        Some(TlsError::AlertReceived(_)) => AuthFailure::RejectedByPeer,
+        Some(_) => AuthFailure::Malformed,
+        None if e.kind() == std::io::ErrorKind::UnexpectedEof => AuthFailure::RejectedByPeer,
+        None => AuthFailure::Malformed,
+    };
+    let hint = match reason {
+        AuthFailure::BadCertificate => {
+            " (is its certificate issued by this pair's CA, for the right party, and valid now?)"
+        }
+        AuthFailure::RejectedByPeer => {
+            " (the peer refused our certificate: is it issued by the pair's CA it trusts?)"
+        }
+        _ => "",
+    };
+    fail(cfg, reason, format!("TLS handshake with {peer}: {e}{hint}"))
+}
+
+fn peer_cert(certs: Option<&[rustls_pki_types::CertificateDer<'_>]>) -> String {
+    certs
+        .and_then(|c| c.first())
+        .map(|c| crate::tls::fingerprint(c))
+        .unwrap_or_default()
+}
+
+/// 32 bytes that only the two ends of this TLS session know, bound to `t`.
+fn exported(
+    conn: &tokio_rustls::rustls::ConnectionCommon<impl Sized>,
     cfg: &LinkConfig,
-) -> Result<Established, Error> {
+    t: &Transcript,
+) -> Result<[u8; 32], Error> {
+    conn.export_keying_material([0u8; 32], EXPORTER_LABEL, Some(&t.bytes()))
+        .map_err(|e| fail(cfg, AuthFailure::Malformed, format!("TLS exporter: {e}")))
+}
+
+fn established(version: u16, peer: Party, k: Keys, client: bool, peer_cert: String) -> Established {
+    let (sc, oc, sb, ob) = if client {
+        (k.c2s_control, k.s2c_control, k.c2s_bulk, k.s2c_bulk)
+    } else {
+        (k.s2c_control, k.c2s_control, k.s2c_bulk, k.c2s_bulk)
+    };
+    Established {
+        version,
+        peer,
+        peer_cert,
+        control_sealer: Sealer::new(&sc),
+        control_opener: Opener::new(&oc),
+        bulk_sealer: Sealer::new(&sb),
+        bulk_opener: Opener::new(&ob),
+    }
+}
+
+/// The connecting side's handshake with `expected` (`cfg.peers[0]`). The caller applies
+/// the timeout.
+pub(crate) async fn client(
+    tcp: TcpStream,
+    cfg: &LinkConfig,
+) -> Result<(TlsStream<TcpStream>, Established), Error> {
+    let expected = cfg.peers[0];
+    let connector = tokio_rustls::TlsConnector::from(cfg.credentials.client_config());
+    let mut s = connector
+        .connect(crate::tls::server_name(expected), tcp)
+        .await
+        .map_err(|e| tls_failed(cfg, &e, &expected.to_string()))?;
     let nonce_c = nonce()?;
     let hello = Hello {
         version_min: PROTOCOL_VERSION_MIN,
         version_max: PROTOCOL_VERSION,
-        node: cfg.node.0,
+        node: cfg.me.wire(),
         nonce: nonce_c,
     };
-    send(s, ty::HELLO, &hello.encode()).await.map_err(|e| {
-        fail(
-            cfg,
-            AuthFailure::RejectedByPeer,
-            format!("sending hello: {e}"),
-        )
-    })?;
-    let (frame_type, payload) = recv(s, cfg, AuthFailure::RejectedByPeer, "hello reply").await?;
+    send(&mut s, ty::HELLO, &hello.encode())
+        .await
+        .map_err(|e| {
+            fail(
+                cfg,
+                AuthFailure::RejectedByPeer,
+                format!("sending hello: {e}"),
+            )
+        })?;
+    let (frame_type, payload) =
+        recv(&mut s, cfg, AuthFailure::RejectedByPeer, "hello reply").await?;
     let reply = match frame_type {
         ty::HELLO_REPLY => {
             HelloReply::decode(&payload).map_err(|e| fail(cfg, AuthFailure::Malformed, e))?
@@ -383,14 +427,13 @@ pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
             format!("peer chose version {} outside our range", reply.version),
         ));
     }
-    if reply.node != cfg.node.peer().0 {
+    if reply.node != expected.wire() {
         return Err(fail(
             cfg,
             AuthFailure::WrongNode,
             format!(
-                "peer says it is node {}, expected {}",
-                NodeId(reply.node),
-                cfg.node.peer()
+                "peer's hello names party {}, its certificate {expected}",
+                reply.node
             ),
         ));
     }
@@ -399,55 +442,70 @@ pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let t = Transcript {
         version: reply.version,
-        client: cfg.node.0,
+        client: cfg.me.wire(),
         server: reply.node,
         nonce_c,
         nonce_s: reply.nonce,
     };
-    send(s, ty::CLIENT_PROOF, &t.proof(&cfg.psk, LABEL_CLIENT_PROOF))
-        .await
-        .map_err(|e| {
-            fail(
-                cfg,
-                AuthFailure::RejectedByPeer,
-                format!("sending proof: {e}"),
-            )
-        })?;
-    let (frame_type, payload) = recv(s, cfg, AuthFailure::RejectedByPeer, "server proof").await?;
-    match frame_type {
-        ty::SERVER_PROOF => {}
-        ty::REFUSE => return Err(refused(cfg, &payload)),
-        other => {
-            return Err(fail(
-                cfg,
-                AuthFailure::Malformed,
-                format!("expected server proof, got frame type {other:#04x}"),
-            ))
-        }
-    }
-    if !t.verify(&cfg.psk, LABEL_SERVER_PROOF, &payload) {
-        return Err(fail(
-            cfg,
-            AuthFailure::BadProof,
-            "the listener's proof does not verify: it does not hold our pre-shared key",
-        ));
-    }
-    let k = t.session_keys(&cfg.psk);
-    Ok(Established {
-        version: t.version,
-        peer: NodeId(reply.node),
-        control_sealer: Sealer::new(&k.c2s_control),
-        control_opener: Opener::new(&k.s2c_control),
-        bulk_sealer: Sealer::new(&k.c2s_bulk),
-        bulk_opener: Opener::new(&k.s2c_bulk),
-    })
+    let secret = exported(s.get_ref().1, cfg, &t)?;
+    let cert = peer_cert(s.get_ref().1.peer_certificates());
+    let est = established(t.version, expected, t.session_keys(&secret), true, cert);
+    Ok((TlsStream::Client(s), est))
 }
 
 /// The listening side's handshake. The caller applies the timeout.
-pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn server(
+    tcp: TcpStream,
+    cfg: &LinkConfig,
+    from: &str,
+) -> Result<(TlsStream<TcpStream>, Established), Error> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg.credentials.server_config());
+    let mut s = acceptor
+        .accept(tcp)
+        .await
+        .map_err(|e| tls_failed(cfg, &e, from))?;
+    let cert = s
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .cloned();
+    let party = cert
+        .as_ref()
+        .and_then(|c| crate::tls::identity_of(c, &cfg.peers));
+    let Some(party) = party else {
+        let named = cert
+            .as_ref()
+            .and_then(|c| crate::tls::identity_of(c, &Party::ALL))
+            .map_or_else(|| "no party of this pair".to_string(), |p| p.to_string());
+        let detail = format!(
+            "{from} holds a valid certificate of {named}, which may not speak here (this \
+             listener accepts {:?})",
+            cfg.peers.iter().map(|p| p.short()).collect::<Vec<_>>()
+        );
+        return Err(refuse_and_fail(
+            &mut s,
+            cfg,
+            refuse::WRONG_IDENTITY,
+            AuthFailure::WrongIdentity,
+            detail,
+        )
+        .await);
+    };
+    let t = server_hello(&mut s, cfg, party).await?;
+    let secret = exported(s.get_ref().1, cfg, &t)?;
+    let cert = peer_cert(s.get_ref().1.peer_certificates());
+    let est = established(t.version, party, t.session_keys(&secret), false, cert);
+    Ok((TlsStream::Server(s), est))
+}
+
+/// The listening side's `HELLO` / `HELLO_REPLY` exchange inside TLS with `party` (named by
+/// the client's certificate): the transcript the session keys are bound to.
+pub(crate) async fn server_hello<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     cfg: &LinkConfig,
-) -> Result<Established, Error> {
+    party: Party,
+) -> Result<Transcript, Error> {
     let (frame_type, payload) = recv(s, cfg, AuthFailure::Malformed, "hello").await?;
     if frame_type != ty::HELLO {
         return Err(refuse_and_fail(
@@ -473,11 +531,10 @@ pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
         );
         return Err(refuse_and_fail(s, cfg, refuse::VERSION, AuthFailure::Version, detail).await);
     }
-    if hello.node != cfg.node.peer().0 {
+    if hello.node != party.wire() {
         let detail = format!(
-            "peer says it is node {}, expected {}",
-            NodeId(hello.node),
-            cfg.node.peer()
+            "peer's hello names party {}, its certificate {party}",
+            hello.node
         );
         return Err(
             refuse_and_fail(s, cfg, refuse::WRONG_NODE, AuthFailure::WrongNode, detail).await,
@@ -486,7 +543,7 @@ pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
     let nonce_s = nonce()?;
     let reply = HelloReply {
         version,
-        node: cfg.node.0,
+        node: cfg.me.wire(),
         nonce: nonce_s,
     };
     send(s, ty::HELLO_REPLY, &reply.encode())
@@ -498,52 +555,14 @@ pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
                 format!("sending hello reply: {e}"),
             )
         })?;
-    let (frame_type, payload) = recv(s, cfg, AuthFailure::Malformed, "client proof").await?;
-    if frame_type != ty::CLIENT_PROOF {
-        return Err(refuse_and_fail(
-            s,
-            cfg,
-            refuse::MALFORMED,
-            AuthFailure::Malformed,
-            format!("expected client proof, got frame type {frame_type:#04x}"),
-        )
-        .await);
-    }
     let t = Transcript {
         version,
         client: hello.node,
-        server: cfg.node.0,
+        server: cfg.me.wire(),
         nonce_c: hello.nonce,
         nonce_s,
     };
-    if !t.verify(&cfg.psk, LABEL_CLIENT_PROOF, &payload) {
-        return Err(refuse_and_fail(
-            s,
-            cfg,
-            refuse::BAD_PROOF,
-            AuthFailure::BadProof,
-            "the connecting node's proof does not verify: it does not hold our pre-shared key",
-        )
-        .await);
-    }
-    send(s, ty::SERVER_PROOF, &t.proof(&cfg.psk, LABEL_SERVER_PROOF))
-        .await
-        .map_err(|e| {
-            fail(
-                cfg,
-                AuthFailure::RejectedByPeer,
-                format!("sending proof: {e}"),
-            )
-        })?;
-    let k = t.session_keys(&cfg.psk);
-    Ok(Established {
-        version,
-        peer: NodeId(hello.node),
-        control_sealer: Sealer::new(&k.s2c_control),
-        control_opener: Opener::new(&k.c2s_control),
-        bulk_sealer: Sealer::new(&k.s2c_bulk),
-        bulk_opener: Opener::new(&k.c2s_bulk),
-    })
+    Ok(t)
 }
 
 #[cfg(test)]
@@ -558,8 +577,7 @@ mod tests {
             nonce_c: [1; 32],
             nonce_s: [2; 32],
         };
-        let psk = Psk::new(vec![7u8; 32]).expect("long enough");
-        let k = t.session_keys(&psk);
+        let k = t.session_keys(&[7u8; 32]);
         (Sealer::new(&k.c2s_control), Opener::new(&k.c2s_control))
     }
 
@@ -607,8 +625,7 @@ mod tests {
             nonce_c: [1; 32],
             nonce_s: [2; 32],
         };
-        let psk = Psk::new(vec![7u8; 32]).expect("long enough");
-        let k = t.session_keys(&psk);
+        let k = t.session_keys(&[7u8; 32]);
         let all = [k.c2s_control, k.s2c_control, k.c2s_bulk, k.s2c_bulk];
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
@@ -624,23 +641,103 @@ mod tests {
     }
 
     #[test]
-    fn proofs_are_bound_to_direction_and_transcript() {
-        let psk = Psk::new(vec![7u8; 32]).expect("long enough");
+    fn keys_are_bound_to_the_transcript_and_the_exported_secret() {
         let t = Transcript {
-            version: 1,
+            version: 2,
             client: 0,
             server: 1,
             nonce_c: [1; 32],
             nonce_s: [2; 32],
         };
-        let p = t.proof(&psk, LABEL_CLIENT_PROOF);
-        assert!(t.verify(&psk, LABEL_CLIENT_PROOF, &p));
-        assert!(!t.verify(&psk, LABEL_SERVER_PROOF, &p));
+        let k = t.session_keys(&[7u8; 32]).c2s_control;
         let mut other = t.clone();
         other.nonce_s[0] ^= 1;
-        assert!(!other.verify(&psk, LABEL_CLIENT_PROOF, &p));
-        let wrong = Psk::new(vec![8u8; 32]).expect("long enough");
-        assert!(!t.verify(&wrong, LABEL_CLIENT_PROOF, &p));
-        assert!(!t.verify(&psk, LABEL_CLIENT_PROOF, &p[..16]));
+        assert_ne!(other.session_keys(&[7u8; 32]).c2s_control, k);
+        let mut other = t.clone();
+        other.client = 2;
+        assert_ne!(other.session_keys(&[7u8; 32]).c2s_control, k);
+        assert_ne!(t.session_keys(&[8u8; 32]).c2s_control, k);
+    }
+
+    /// What the listening side answers, inside TLS, to `sent` from a client whose
+    /// certificate named node a: the bytes it wrote, and the handshake's result.
+    fn answer(sent: &[u8]) -> (Vec<u8>, Result<Transcript, Error>) {
+        use tokio::io::AsyncReadExt as _;
+        let (a, b) = (Party::Node(NodeId::A), Party::Node(NodeId::B));
+        let cfg = LinkConfig::new(b, &[a], crate::tls::test_credentials(b));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let (mut server_end, mut client_end) = tokio::io::duplex(1 << 16);
+            client_end.write_all(sent).await.expect("write");
+            client_end.shutdown().await.expect("shutdown");
+            let r = server_hello(&mut server_end, &cfg, a).await;
+            drop(server_end);
+            let mut got = Vec::new();
+            client_end.read_to_end(&mut got).await.expect("read");
+            (got, r)
+        })
+    }
+
+    fn hello(version_min: u16, version_max: u16, node: u8) -> Vec<u8> {
+        let h = Hello {
+            version_min,
+            version_max,
+            node,
+            nonce: [9; 32],
+        };
+        frame::handshake_frame(ty::HELLO, &h.encode())
+    }
+
+    #[test]
+    fn the_listener_refuses_bad_hellos_with_a_reason_and_counts_them() {
+        let v = PROTOCOL_VERSION.to_be_bytes();
+        // A frame of the wrong type: REFUSE reason 1 (malformed) with our version range.
+        let (got, r) = answer(&[0, 0, 0, 3, 0x10, 0xde, 0xad]);
+        assert_eq!(got, [0, 0, 0, 6, 0x0F, 1, v[0], v[1], v[0], v[1]]);
+        assert!(matches!(
+            r,
+            Err(Error::Auth {
+                reason: AuthFailure::Malformed,
+                ..
+            })
+        ));
+        // Versions 3..=5 only: REFUSE reason 2.
+        let (got, r) = answer(&hello(3, 5, 0));
+        assert_eq!(got, [0, 0, 0, 6, 0x0F, 2, v[0], v[1], v[0], v[1]]);
+        assert!(matches!(
+            r,
+            Err(Error::Auth {
+                reason: AuthFailure::Version,
+                ..
+            })
+        ));
+        // Version 1 (the old pre-shared-key link) is no longer spoken.
+        let (_, r) = answer(&hello(1, 1, 0));
+        assert!(matches!(
+            r,
+            Err(Error::Auth {
+                reason: AuthFailure::Version,
+                ..
+            })
+        ));
+        // A hello naming node b (or the witness) from a client whose certificate names a.
+        for other in [1u8, 2] {
+            let (got, r) = answer(&hello(PROTOCOL_VERSION, PROTOCOL_VERSION, other));
+            assert_eq!(got, [0, 0, 0, 6, 0x0F, 4, v[0], v[1], v[0], v[1]]);
+            assert!(matches!(
+                r,
+                Err(Error::Auth {
+                    reason: AuthFailure::WrongNode,
+                    ..
+                })
+            ));
+        }
+        // The right hello: a reply naming node b, and a transcript binding both parties.
+        let (got, r) = answer(&hello(PROTOCOL_VERSION, PROTOCOL_VERSION, 0));
+        let t = r.expect("accepted");
+        assert_eq!((t.client, t.server, t.version), (0, 1, PROTOCOL_VERSION));
+        assert_eq!(got[4], ty::HELLO_REPLY);
     }
 }

@@ -1,76 +1,25 @@
 //! Configuration of a link, a shipper and a copier. Plain values with documented defaults;
 //! [`LinkConfig::validate`] refuses unusable ones naming the field.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use twinrx_types::NodeId;
-
 use crate::frame::{FRAME_BYTES_MAX_DEFAULT, FRAME_BYTES_MIN};
 use crate::stats::LinkStats;
+use crate::tls::{Credentials, Party};
 use crate::Error;
 
-/// The pre-shared key of the pair: random bytes, the same on both nodes. At least 16
-/// bytes (32 recommended, e.g. `head -c 32 /dev/urandom | xxd -p -c 64`). It must be
-/// random, not a password: a node that connects to an impostor listener reveals one MAC
-/// computed with it, which a guessable key would not survive.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Psk(Vec<u8>);
-
-impl Psk {
-    /// Shortest key accepted, in bytes.
-    pub const BYTES_MIN: usize = 16;
-
-    /// A key from raw bytes; refused if shorter than [`Psk::BYTES_MIN`].
-    pub fn new(bytes: impl Into<Vec<u8>>) -> Result<Psk, Error> {
-        let bytes = bytes.into();
-        if bytes.len() < Psk::BYTES_MIN {
-            return Err(Error::Config(format!(
-                "psk: {} bytes, need at least {}",
-                bytes.len(),
-                Psk::BYTES_MIN
-            )));
-        }
-        Ok(Psk(bytes))
-    }
-
-    /// A key from hex text (the config's form), whitespace ignored.
-    pub fn from_hex(text: &str) -> Result<Psk, Error> {
-        let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-        if digits.len() % 2 != 0 {
-            return Err(Error::Config("psk: odd number of hex digits".into()));
-        }
-        let mut out = Vec::with_capacity(digits.len() / 2);
-        for pair in digits.chunks_exact(2) {
-            let hi = (pair[0] as char).to_digit(16);
-            let lo = (pair[1] as char).to_digit(16);
-            match (hi, lo) {
-                (Some(h), Some(l)) => out.push((h * 16 + l) as u8),
-                _ => return Err(Error::Config("psk: not hex".into())),
-            }
-        }
-        Psk::new(out)
-    }
-
-    pub(crate) fn bytes(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Psk {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Psk(<{} bytes, redacted>)", self.0.len())
-    }
-}
-
-/// One configured link (one address pair; a node may have several, e.g. one per NIC).
+/// One configured link (one address pair; a node may have several, e.g. one per NIC), or
+/// the witness's listener.
 #[derive(Clone, Debug)]
 pub struct LinkConfig {
-    /// This node. The peer must be `node.peer()`.
-    pub node: NodeId,
-    /// The pair's pre-shared key.
-    pub psk: Psk,
+    /// This end.
+    pub me: Party,
+    /// Who may be on the other end: a connecting side expects exactly one (the first); a
+    /// listening side accepts any of them, and refuses every other party (`wrong_identity`).
+    pub peers: Vec<Party>,
+    /// This end's certificate, key and the pair's CA.
+    pub credentials: Arc<Credentials>,
     /// Whole handshake (connect included) must finish within this. Default 3 s.
     pub handshake_timeout: Duration,
     /// A listener runs at most this many handshakes at once; more connections are closed at
@@ -91,11 +40,12 @@ pub struct LinkConfig {
 }
 
 impl LinkConfig {
-    /// Defaults for `node` with `psk` and fresh stats.
-    pub fn new(node: NodeId, psk: Psk) -> LinkConfig {
+    /// Defaults for the link of `me` with `peers`, and fresh stats.
+    pub fn new(me: Party, peers: &[Party], credentials: Arc<Credentials>) -> LinkConfig {
         LinkConfig {
-            node,
-            psk,
+            me,
+            peers: peers.to_vec(),
+            credentials,
             handshake_timeout: Duration::from_secs(3),
             pending_handshakes_max: 8,
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
@@ -109,8 +59,11 @@ impl LinkConfig {
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |what: String| Err(Error::Config(what));
-        if self.node.0 > 1 {
-            return bad(format!("node = {}: must be a or b", self.node));
+        if self.peers.is_empty() || self.peers.contains(&self.me) {
+            return bad(format!(
+                "peers = {:?}: must name at least one party other than {}",
+                self.peers, self.me
+            ));
         }
         if self.frame_bytes_max < FRAME_BYTES_MIN {
             return bad(format!(
@@ -189,24 +142,15 @@ impl Default for CopyConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn psk_parses_hex_and_refuses_short_or_bad_keys() {
-        let k = Psk::from_hex("00112233 44556677 8899aabb ccddeeff").expect("16 bytes");
-        assert_eq!(k.bytes()[0], 0x00);
-        assert_eq!(k.bytes()[15], 0xff);
-        assert!(format!("{k:?}").contains("redacted"));
-        assert!(!format!("{k:?}").contains("ff"));
-        assert!(Psk::from_hex("0011").is_err());
-        assert!(Psk::from_hex("zz112233445566778899aabbccddeeff").is_err());
-        assert!(Psk::from_hex("0").is_err());
-        assert!(Psk::new(vec![0u8; 15]).is_err());
-    }
+    use twinrx_types::NodeId;
 
     #[test]
     fn validate_names_the_bad_field() {
-        let psk = Psk::new(vec![1u8; 32]).expect("long enough");
-        let ok = LinkConfig::new(NodeId::A, psk);
+        let ok = LinkConfig::new(
+            Party::Node(NodeId::A),
+            &[Party::Node(NodeId::B)],
+            crate::tls::test_credentials(Party::Node(NodeId::A)),
+        );
         assert!(ok.validate().is_ok());
         let mut c = ok.clone();
         c.keepalive_interval = c.idle_timeout;
@@ -223,7 +167,7 @@ mod tests {
             .to_string()
             .contains("frame_bytes_max"));
         let mut c = ok;
-        c.node = NodeId(2);
-        assert!(c.validate().unwrap_err().to_string().contains("node"));
+        c.peers = vec![c.me];
+        assert!(c.validate().unwrap_err().to_string().contains("peers"));
     }
 }

@@ -8,10 +8,11 @@
 use tokio::io::{AsyncRead, AsyncReadExt};
 use twinrx_types::Seq;
 
-/// The protocol version this build speaks (the only one so far).
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this build speaks: 2, the link inside TLS 1.3 (1 was the
+/// pre-shared-key handshake in clear, no longer spoken).
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Oldest version this build accepts.
-pub(crate) const PROTOCOL_VERSION_MIN: u16 = 1;
+pub(crate) const PROTOCOL_VERSION_MIN: u16 = 2;
 /// First bytes of both hellos.
 pub(crate) const MAGIC: [u8; 8] = *b"TWRXLINK";
 /// Handshake frames are tiny; a stranger cannot make us allocate more than this.
@@ -34,8 +35,6 @@ pub(crate) const ERROR_DETAIL_BYTES_MAX: usize = 512;
 pub(crate) mod ty {
     pub const HELLO: u8 = 0x01;
     pub const HELLO_REPLY: u8 = 0x02;
-    pub const CLIENT_PROOF: u8 = 0x03;
-    pub const SERVER_PROOF: u8 = 0x04;
     pub const REFUSE: u8 = 0x0F;
     pub const CONTROL: u8 = 0x10;
     pub const PING: u8 = 0x11;
@@ -227,8 +226,8 @@ impl HelloReply {
 pub(crate) mod refuse {
     pub const MALFORMED: u8 = 1;
     pub const VERSION: u8 = 2;
-    pub const BAD_PROOF: u8 = 3;
     pub const WRONG_NODE: u8 = 4;
+    pub const WRONG_IDENTITY: u8 = 5;
 }
 
 /// `REFUSE`: reason u8, the refuser's version range (u16, u16).

@@ -5,10 +5,9 @@ use tokio::io::AsyncWriteExt;
 use twinrx_types::NodeId;
 
 use crate::auth::{self, test_pair};
-use crate::config::{LinkConfig, Psk};
+use crate::config::LinkConfig;
 use crate::frame::{decode_ack, decode_batch, ty, ErrorMsg, Hello, HelloReply, ShipRequest};
-
-const PSK: [u8; 32] = [7; 32];
+use crate::tls::Party;
 
 /// `data` as the payload of every frame type the link decodes, then as `type ‖ payload` of a
 /// frame sealed under a session's keys, opened by the peer and decoded by its type (what a
@@ -20,13 +19,10 @@ pub fn frames(data: &[u8]) {
     let _ = decode_batch(data);
     let _ = ErrorMsg::decode(data);
     let _ = decode_ack(data);
-    let Ok(psk) = Psk::new(PSK.to_vec()) else {
-        return;
-    };
     let Some((&frame_type, payload)) = data.split_first() else {
         return;
     };
-    let (mut client, mut server) = test_pair(NodeId::A, &psk);
+    let (mut client, mut server) = test_pair(NodeId::A);
     for (sealer, opener) in [
         (&mut client.control_sealer, &mut server.control_opener),
         (&mut client.bulk_sealer, &mut server.bulk_opener),
@@ -48,13 +44,18 @@ pub fn frames(data: &[u8]) {
     }
 }
 
-/// `data` as everything a connecting stranger sends to the listening side of the link: the
-/// server's handshake reads it (its replies go nowhere) and must end, refusing or not.
+/// `data` as everything a client sends inside TLS to the listening side of the link once
+/// its certificate named node a (what TLS lets through: the bytes before it are rustls's):
+/// the server's hello exchange reads it (its replies go nowhere) and must end, refusing or
+/// not.
 pub fn server_handshake(data: &[u8]) {
-    let Ok(psk) = Psk::new(PSK.to_vec()) else {
+    static CREDS: std::sync::OnceLock<Option<std::sync::Arc<crate::Credentials>>> =
+        std::sync::OnceLock::new();
+    let Some(creds) = CREDS.get_or_init(fuzz_credentials).clone() else {
         return;
     };
-    let cfg = LinkConfig::new(NodeId::B, psk);
+    let (a, b) = (Party::Node(NodeId::A), Party::Node(NodeId::B));
+    let cfg = LinkConfig::new(b, &[a], creds);
     let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else {
         return;
     };
@@ -65,7 +66,7 @@ pub fn server_handshake(data: &[u8]) {
         if client_end.write_all(data).await.is_err() || client_end.shutdown().await.is_err() {
             return;
         }
-        let _ = auth::server(&mut server_end, &cfg).await;
+        let _ = auth::server_hello(&mut server_end, &cfg, a).await;
     });
 }
 
@@ -76,7 +77,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     use crate::frame::{encode_batch, handshake_frame};
     use twinrx_types::Seq;
     let hello = Hello {
-        version_min: 1,
+        version_min: crate::frame::PROTOCOL_VERSION,
         version_max: crate::frame::PROTOCOL_VERSION,
         node: 0,
         nonce: [9; 32],
@@ -105,4 +106,12 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("ship-error", typed(ty::SHIP_ERROR, error.encode())),
     ]
+}
+
+/// Credentials for the handshake target: a key directory made once per process.
+fn fuzz_credentials() -> Option<std::sync::Arc<crate::Credentials>> {
+    let dir = std::env::temp_dir().join(format!("twinrx-fuzz-keys-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    crate::tls::init_dir(&dir, 30).ok()?;
+    crate::tls::credentials_in(&dir, Party::Node(NodeId::B)).ok()
 }

@@ -9,9 +9,11 @@
 //! # Layout
 //! - `frame.rs`: the wire — length-prefixed frames with explicit widths, payload codecs as
 //!   pure functions. Byte layout in `replicator/PROTOCOL.md`.
-//! - `auth.rs`: the pre-shared-key handshake (mutual HMAC-SHA256 proofs over both nonces,
-//!   node ids and the version), HKDF-SHA256 per-direction session keys, and the per-frame
-//!   MAC with an implicit per-direction counter (no injection, replay, reorder, reflection).
+//! - `tls.rs`: the parties (node a, node b, the witness), their TLS 1.3 credentials with
+//!   mutual certificate authentication (reloaded when their files change), and the pair CA
+//!   that issues them (`twinrx keys`).
+//! - `auth.rs`: the handshake inside TLS (version, parties, nonces), HKDF-SHA256 session keys
+//!   from the TLS exporter, and the per-frame MAC with an implicit per-direction counter.
 //! - `session.rs`: [`connect`] and [`Listener`] produce an authenticated [`Session`]: a
 //!   reader task and a writer task over one TCP connection carrying two lanes with their own
 //!   keys and counters; control messages (the HA core's, opaque bytes) and shipping
@@ -41,16 +43,18 @@ pub mod fuzz;
 mod session;
 mod ship;
 mod stats;
+pub mod tls;
 
 use std::fmt;
 
 use twinrx_types::{NodeId, Seq};
 
-pub use config::{CopyConfig, LinkConfig, Psk, ShipConfig};
+pub use config::{CopyConfig, LinkConfig, ShipConfig};
 pub use frame::{FRAME_BYTES_MAX_DEFAULT, PROTOCOL_VERSION};
 pub use session::{connect, ControlSender, CopyPort, Event, Listener, Session, ShipPort};
 pub use ship::{JournalCopier, JournalShipper};
 pub use stats::{AuthFailure, LinkStats, LinkStatsSnapshot};
+pub use tls::{Credentials, Party};
 
 /// Why a session ended. Cloneable: every task of the session learns the same reason.
 #[derive(Clone, Debug, PartialEq, Eq)]

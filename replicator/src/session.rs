@@ -27,7 +27,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
@@ -38,6 +37,7 @@ use crate::auth::{self, Established, Opener, Sealer};
 use crate::config::LinkConfig;
 use crate::frame::{self, read_frame, ty, ErrorMsg, ReadError, ShipRequest, TAG_LEN};
 use crate::stats::{AuthFailure, LinkStats};
+use crate::tls::Party;
 use crate::{CloseReason, Error};
 
 /// Bulk frames queued for the writer at most (each ≤ `batch_bytes_max` of records).
@@ -180,10 +180,17 @@ impl ControlSender {
     }
 }
 
+/// A connection a session runs over: TLS in production, plain TCP in unit tests.
+pub(crate) trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
+type OwnedReadHalf = tokio::io::ReadHalf<Box<dyn Io>>;
+type OwnedWriteHalf = tokio::io::WriteHalf<Box<dyn Io>>;
+
 /// An authenticated session with the peer. Dropping it closes the connection (the ports
 /// taken from it then end with [`Error::Closed`]).
 pub struct Session {
-    peer: NodeId,
+    peer: Party,
+    peer_cert: String,
     version: u16,
     peer_addr: SocketAddr,
     control: mpsc::Sender<Out>,
@@ -197,16 +204,13 @@ pub struct Session {
 }
 
 impl Session {
-    fn start(stream: TcpStream, est: Established, cfg: &LinkConfig) -> Result<Session, Error> {
-        let peer_addr = stream.peer_addr().map_err(|source| Error::Io {
-            op: "get peer address",
-            source,
-        })?;
-        stream.set_nodelay(true).map_err(|source| Error::Io {
-            op: "set TCP_NODELAY",
-            source,
-        })?;
-        let (rd, wr) = stream.into_split();
+    fn start(
+        stream: Box<dyn Io>,
+        peer_addr: SocketAddr,
+        est: Established,
+        cfg: &LinkConfig,
+    ) -> Result<Session, Error> {
+        let (rd, wr) = tokio::io::split(stream);
         let (closed_tx, closed_rx) = watch::channel(None);
         let shared = Arc::new(Shared {
             stats: cfg.stats.clone(),
@@ -244,9 +248,11 @@ impl Session {
             tokio::spawn(reader.run(closed_rx.clone())),
             tokio::spawn(writer.run(closed_rx.clone())),
         ];
-        tracing::info!(peer = %NodeId(est.peer.0), %peer_addr, version = est.version, "cluster link session established");
+        tracing::info!(peer = %est.peer, %peer_addr, version = est.version, "cluster link session established");
+        let node_peer = est.peer.node();
         Ok(Session {
             peer: est.peer,
+            peer_cert: est.peer_cert,
             version: est.version,
             peer_addr,
             control: control_tx.clone(),
@@ -254,23 +260,25 @@ impl Session {
             closed: closed_rx.clone(),
             shared: shared.clone(),
             control_bytes_max: (cfg.frame_bytes_max as usize).saturating_sub(1 + TAG_LEN),
-            ship_port: Some(ShipPort {
+            // Journals are shipped between the two nodes only: a session with the witness has
+            // no ports, and its reader drops shipping frames (`route_ship`: no shipper).
+            ship_port: node_peer.map(|peer| ShipPort {
                 rx: ship_rx,
                 control: control_tx.clone(),
                 bulk: bulk_tx,
                 sealer: Some(est.bulk_sealer),
                 closed: closed_rx.clone(),
                 shared: shared.clone(),
-                peer: est.peer,
+                peer,
                 frame_bytes_max: cfg.frame_bytes_max,
             }),
-            copy_port: Some(CopyPort {
+            copy_port: node_peer.map(|peer| CopyPort {
                 rx: copy_rx,
                 control: control_tx,
                 opener: Some(est.bulk_opener),
                 closed: closed_rx,
                 shared,
-                peer: est.peer,
+                peer,
                 queued,
                 window,
             }),
@@ -279,8 +287,13 @@ impl Session {
     }
 
     /// The authenticated peer.
-    pub fn peer(&self) -> NodeId {
+    pub fn peer(&self) -> Party {
         self.peer
+    }
+
+    /// SHA-256 (hex) of the certificate the peer showed.
+    pub fn peer_cert_sha256(&self) -> &str {
+        &self.peer_cert
     }
 
     /// The negotiated protocol version.
@@ -577,20 +590,27 @@ impl Reader {
     }
 }
 
+fn tcp_setup(stream: &TcpStream) -> Result<(), Error> {
+    stream.set_nodelay(true).map_err(|source| Error::Io {
+        op: "set TCP_NODELAY",
+        source,
+    })
+}
+
 /// Connects to the peer's listener at `addr` and authenticates. The whole of it (TCP
 /// connect included) is bounded by `cfg.handshake_timeout`.
 pub async fn connect(addr: SocketAddr, cfg: &LinkConfig) -> Result<Session, Error> {
     cfg.validate()?;
     let attempt = async {
-        let mut stream = TcpStream::connect(addr).await.map_err(|source| Error::Io {
+        let stream = TcpStream::connect(addr).await.map_err(|source| Error::Io {
             op: "connect",
             source,
         })?;
-        let est = auth::client(&mut stream, cfg).await?;
-        Ok::<_, Error>((stream, est))
+        tcp_setup(&stream)?;
+        auth::client(stream, cfg).await
     };
     match timeout(cfg.handshake_timeout, attempt).await {
-        Ok(Ok((stream, est))) => Session::start(stream, est, cfg),
+        Ok(Ok((stream, est))) => Session::start(Box::new(stream), addr, est, cfg),
         Ok(Err(e)) => Err(e),
         Err(_) => {
             cfg.stats.auth_failure(AuthFailure::Timeout);
@@ -666,7 +686,7 @@ async fn accept_loop(listener: TcpListener, cfg: LinkConfig, tx: mpsc::Sender<Se
             a = listener.accept() => a,
             Some(_) = handshakes.join_next() => continue,
         };
-        let (mut stream, from) = match accepted {
+        let (stream, from) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 // EMFILE and friends: back off a little instead of spinning.
@@ -684,16 +704,19 @@ async fn accept_loop(listener: TcpListener, cfg: LinkConfig, tx: mpsc::Sender<Se
         let tx = tx.clone();
         handshakes.spawn(async move {
             let _permit = permit;
-            let session =
-                match timeout(cfg.handshake_timeout, auth::server(&mut stream, &cfg)).await {
-                    Ok(Ok(est)) => Session::start(stream, est, &cfg),
-                    Ok(Err(e)) => Err(e),
-                    Err(_) => {
-                        cfg.stats.auth_failure(AuthFailure::Timeout);
-                        tracing::warn!(%from, "cluster link handshake timed out");
-                        return;
-                    }
-                };
+            let handshake = async {
+                tcp_setup(&stream)?;
+                auth::server(stream, &cfg, &from.to_string()).await
+            };
+            let session = match timeout(cfg.handshake_timeout, handshake).await {
+                Ok(Ok((stream, est))) => Session::start(Box::new(stream), from, est, &cfg),
+                Ok(Err(e)) => Err(e),
+                Err(_) => {
+                    cfg.stats.auth_failure(AuthFailure::Timeout);
+                    tracing::warn!(%from, "cluster link handshake timed out");
+                    return;
+                }
+            };
             match session {
                 Ok(s) => {
                     if tx.send(s).await.is_err() {
@@ -709,27 +732,29 @@ async fn accept_loop(listener: TcpListener, cfg: LinkConfig, tx: mpsc::Sender<Se
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Psk;
     use crate::frame::encode_batch;
 
     /// An authenticated peer that ignores flow control (sends journal batches nobody asked
     /// for, beyond any window) is disconnected, not buffered without bound.
     #[tokio::test]
     async fn a_peer_ignoring_the_window_is_closed() {
-        let psk = Psk::new(vec![5u8; 32]).expect("long enough");
-        let mut cfg = LinkConfig::new(NodeId::A, psk.clone());
+        let creds = |p| crate::tls::test_credentials(p);
+        let (a, b) = (Party::Node(NodeId::A), Party::Node(NodeId::B));
+        let mut cfg = LinkConfig::new(a, &[b], creds(a));
         cfg.frame_bytes_max = 4096;
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
-        let (client_est, server_est) = auth::test_pair(NodeId::B, &psk);
+        let (client_est, server_est) = auth::test_pair(NodeId::B);
         let connecting = TcpStream::connect(addr);
         let (accepted, connected) = tokio::join!(listener.accept(), connecting);
-        let (server_stream, _) = accepted.expect("accept");
-        let server = Session::start(server_stream, server_est, &cfg).expect("server session");
+        let (server_stream, from) = accepted.expect("accept");
+        let server = Session::start(Box::new(server_stream), from, server_est, &cfg)
+            .expect("server session");
         let mut evil = Session::start(
-            connected.expect("connect"),
+            Box::new(connected.expect("connect")),
+            addr,
             client_est,
-            &LinkConfig::new(NodeId::B, psk),
+            &LinkConfig::new(b, &[a], creds(b)),
         )
         .expect("client session");
         let mut port = evil.take_ship_port().expect("ship port");
@@ -748,5 +773,33 @@ mod tests {
             CloseReason::Protocol(what) => assert!(what.contains("beyond the window"), "{what}"),
             other => panic!("expected a window violation, got {other}"),
         }
+    }
+
+    /// An authenticated peer whose frame announces more than `frame_bytes_max` is closed
+    /// before the frame is read.
+    #[tokio::test]
+    async fn an_oversized_frame_closes_the_session_before_it_is_read() {
+        let (a, b) = (Party::Node(NodeId::A), Party::Node(NodeId::B));
+        let cfg = LinkConfig::new(a, &[b], crate::tls::test_credentials(a));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (_, server_est) = auth::test_pair(NodeId::B);
+        let (accepted, connected) = tokio::join!(listener.accept(), TcpStream::connect(addr));
+        let (server_stream, from) = accepted.expect("accept");
+        let server = Session::start(Box::new(server_stream), from, server_est, &cfg)
+            .expect("server session");
+        let mut raw = connected.expect("connect");
+        raw.write_all(&u32::MAX.to_be_bytes()).await.expect("write");
+        let mut closed_rx = server.closed.clone();
+        let reason = timeout(Duration::from_secs(5), closed(&mut closed_rx))
+            .await
+            .expect("closed in time");
+        assert_eq!(
+            reason,
+            CloseReason::FrameTooLarge {
+                len: u32::MAX,
+                max: crate::FRAME_BYTES_MAX_DEFAULT
+            }
+        );
     }
 }

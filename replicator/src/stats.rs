@@ -12,11 +12,15 @@ pub enum AuthFailure {
     Malformed,
     /// No protocol version in common.
     Version,
-    /// The peer's proof did not verify: it does not hold our pre-shared key.
-    BadProof,
-    /// The peer refused our proof (it holds another key) or closed during the handshake.
+    /// The TLS handshake failed on the peer's certificate: none, not from the pair's CA,
+    /// expired, or not for the party expected.
+    BadCertificate,
+    /// A valid certificate of a party that may not speak here (the witness's on the
+    /// replication link, a node's where the witness is expected).
+    WrongIdentity,
+    /// The peer refused us (our certificate, our identity) or closed during the handshake.
     RejectedByPeer,
-    /// The peer claims a node id that is not our peer's.
+    /// The peer's `HELLO` names another party than its certificate, or than expected.
     WrongNode,
     /// The handshake did not finish in time.
     Timeout,
@@ -28,10 +32,11 @@ pub enum AuthFailure {
 
 impl AuthFailure {
     /// Every reason, in counter order.
-    pub const ALL: [AuthFailure; 8] = [
+    pub const ALL: [AuthFailure; 9] = [
         AuthFailure::Malformed,
         AuthFailure::Version,
-        AuthFailure::BadProof,
+        AuthFailure::BadCertificate,
+        AuthFailure::WrongIdentity,
         AuthFailure::RejectedByPeer,
         AuthFailure::WrongNode,
         AuthFailure::Timeout,
@@ -44,7 +49,8 @@ impl AuthFailure {
         match self {
             AuthFailure::Malformed => "malformed",
             AuthFailure::Version => "version",
-            AuthFailure::BadProof => "bad_proof",
+            AuthFailure::BadCertificate => "bad_certificate",
+            AuthFailure::WrongIdentity => "wrong_identity",
             AuthFailure::RejectedByPeer => "rejected_by_peer",
             AuthFailure::WrongNode => "wrong_node",
             AuthFailure::Timeout => "timeout",
@@ -99,7 +105,7 @@ pub struct LinkStats {
     pub(crate) copy_store_failing: AtomicU64,
     /// Times the peer reported that its copy of this journal cannot store.
     pub(crate) peer_copy_store_errors: AtomicU64,
-    auth_failures: [AtomicU64; 8],
+    auth_failures: [AtomicU64; 9],
 }
 
 /// A point-in-time copy of [`LinkStats`].
@@ -159,7 +165,7 @@ pub struct LinkStatsSnapshot {
     /// Times the peer reported that its copy of this journal cannot store.
     pub peer_copy_store_errors: u64,
     /// Authentication failures per reason, in [`AuthFailure::ALL`] order.
-    pub auth_failures: [(AuthFailure, u64); 8],
+    pub auth_failures: [(AuthFailure, u64); 9],
 }
 
 impl LinkStatsSnapshot {
@@ -184,7 +190,7 @@ impl LinkStats {
         let sessions = l(&self.sessions_established);
         let durable = l(&self.ship_source_durable_seq);
         let acked = l(&self.ship_acked_seq);
-        let mut auth_failures = [(AuthFailure::Malformed, 0); 8];
+        let mut auth_failures = [(AuthFailure::Malformed, 0); 9];
         for (slot, reason) in auth_failures.iter_mut().zip(AuthFailure::ALL) {
             *slot = (reason, l(&self.auth_failures[reason.index()]));
         }

@@ -2,9 +2,9 @@
 //! the fsync policy of the peer-journal copy. Absent section = a single node (no link).
 //!
 //! Contract: [`validate`] reports every problem into the node's problem list, each naming
-//! its key (`pair.peer[1]`, `pair.psk_file`, …), and returns [`PairSettings`] only when the
-//! section is valid. The PSK file is read here, so a missing, malformed or world-readable key
-//! is a config problem (same checks as the witness's `psk_file`).
+//! its key (`pair.peer[1]`, `pair.key_file`, …), and returns [`PairSettings`] only when the
+//! section is valid. The link's credentials are read here ([`crate::keys::load`]), so a
+//! missing or unreadable certificate, or a key file others may read, is a config problem.
 //!
 //! Links: link `i` is `listen[i]` on node b and `peer[i]` on node a. Node a dials, node b
 //! listens (deterministic: never two sessions for one link). Each node needs the list it
@@ -27,7 +27,11 @@ pub struct RawPair {
     /// This node's link listen addresses, one per link (node b listens on them).
     #[serde(default)]
     pub listen: Vec<String>,
-    #[serde(default)]
+    /// The link's credentials (docs/config.md `[pair]`).
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// The former pre-shared key: refused, naming the way to certificates.
     pub psk_file: Option<PathBuf>,
     #[serde(default = "default_copy_fsync")]
     pub copy_fsync: String,
@@ -67,7 +71,8 @@ pub struct PairSettings {
     pub peer: NodeId,
     /// One per link, in config order.
     pub links: Vec<LinkSide>,
-    pub psk: replicator::Psk,
+    /// This node's TLS credentials for the link (and for its session with the witness).
+    pub credentials: std::sync::Arc<replicator::Credentials>,
     pub copy_fsync: journal::FsyncPolicy,
     /// Non-fatal findings (a group-readable key file), logged at start.
     pub warnings: Vec<String>,
@@ -103,7 +108,7 @@ pub fn validate(
 ) -> Option<PairSettings> {
     let raw = raw?;
     let before = problems.len();
-    let mut warnings = Vec::new();
+    let warnings = Vec::new();
     let peer = addrs("pair.peer", &raw.peer, problems);
     let listen = addrs("pair.listen", &raw.listen, problems);
     let (used_key, used, other_key, other) = if me == NodeId::A {
@@ -143,17 +148,17 @@ pub fn validate(
             journal::FsyncPolicy::Batch
         }
     };
-    let psk = match &raw.psk_file {
-        None => {
-            problems.push(
-                "pair.psk_file: missing: the link needs the pair's pre-shared key (hex, e.g. from \
-                 `head -c 32 /dev/urandom | xxd -p -c 64`; the same file on both nodes and the witness)"
-                    .into(),
-            );
-            None
-        }
-        Some(p) => crate::psk::read_psk("pair.psk_file", &resolve(p), problems, &mut warnings),
-    };
+    let credentials = crate::keys::load(
+        "pair.",
+        &crate::keys::RawCredentials {
+            ca_file: raw.ca_file.clone(),
+            cert_file: raw.cert_file.clone(),
+            key_file: raw.key_file.clone(),
+            psk_file: raw.psk_file.clone(),
+        },
+        resolve,
+        problems,
+    );
     if problems.len() != before {
         return None;
     }
@@ -166,7 +171,7 @@ pub fn validate(
         me,
         peer: me.peer(),
         links,
-        psk: psk?,
+        credentials: credentials?,
         copy_fsync,
         warnings,
     })
@@ -184,10 +189,12 @@ mod tests {
         d
     }
 
-    fn key_file(dir: &Path, text: &str, mode: u32) {
-        let p = dir.join("cluster.psk");
-        std::fs::write(&p, text).expect("write key");
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    /// A key directory in `dir`/keys, and the `[pair]` keys of node `me` naming it.
+    fn keys(dir: &Path, me: &str) -> String {
+        if !dir.join("keys/ca.pem").exists() {
+            replicator::tls::init_dir(&dir.join("keys"), 30).expect("keys");
+        }
+        format!("ca_file = \"keys/ca.pem\"\ncert_file = \"keys/{me}.pem\"\nkey_file = \"keys/{me}.key\"\n")
     }
 
     fn check(dir: &Path, me: NodeId, text: &str) -> Result<Option<PairSettings>, Vec<String>> {
@@ -206,10 +213,12 @@ mod tests {
     #[test]
     fn node_a_dials_the_peer_list_and_node_b_listens_on_its_list() {
         let d = scratch("sides");
-        key_file(&d, &"ab".repeat(32), 0o600);
-        let text = "peer = [\"10.0.0.2:7400\", \"10.1.0.2:7400\"]\n\
-                    listen = [\"10.0.0.1:7400\", \"10.1.0.1:7400\"]\npsk_file = \"cluster.psk\"\n";
-        let a = check(&d, NodeId::A, text).expect("valid").expect("some");
+        let text = format!(
+            "peer = [\"10.0.0.2:7400\", \"10.1.0.2:7400\"]\n\
+             listen = [\"10.0.0.1:7400\", \"10.1.0.1:7400\"]\n{}",
+            keys(&d, "a")
+        );
+        let a = check(&d, NodeId::A, &text).expect("valid").expect("some");
         assert_eq!(
             a.links,
             vec![
@@ -222,7 +231,7 @@ mod tests {
         let b = check(
             &d,
             NodeId::B,
-            "listen = [\"10.0.0.1:7400\"]\npsk_file = \"cluster.psk\"\n",
+            &format!("listen = [\"10.0.0.1:7400\"]\n{}", keys(&d, "b")),
         )
         .expect("valid")
         .expect("some");
@@ -256,31 +265,47 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("pair.copy_fsync = \"often\""), "{text}");
-        assert!(text.contains("pair.psk_file: missing"), "{text}");
-        assert_eq!(e.len(), 5, "{text}");
+        for k in ["ca_file", "cert_file", "key_file"] {
+            assert!(text.contains(&format!("pair.{k}: missing")), "{text}");
+        }
+        assert_eq!(e.len(), 7, "{text}");
         let e = check(&d, NodeId::B, "peer = [\"10.0.0.2:7400\"]\n").expect_err("no listen");
         assert!(e[0].contains("pair.listen: missing"), "{e:?}");
         std::fs::remove_dir_all(&d).expect("cleanup");
     }
 
     #[test]
-    fn a_world_readable_key_is_refused_and_a_group_readable_one_warned() {
-        let d = scratch("psk");
-        let text = "peer = [\"10.0.0.2:7400\"]\npsk_file = \"cluster.psk\"\n";
-        key_file(&d, &"ab".repeat(32), 0o644);
-        let e = check(&d, NodeId::A, text).expect_err("world-readable");
+    fn a_key_others_may_read_and_a_pre_shared_key_are_refused_naming_the_fix() {
+        let d = scratch("keyfile");
+        let text = format!("peer = [\"10.0.0.2:7400\"]\n{}", keys(&d, "a"));
+        for mode in [0o644, 0o640] {
+            std::fs::set_permissions(d.join("keys/a.key"), std::fs::Permissions::from_mode(mode))
+                .expect("chmod");
+            let e = check(&d, NodeId::A, &text).expect_err("readable key");
+            assert!(
+                e[0].contains("pair.key_file") && e[0].contains("chmod 600"),
+                "{e:?}"
+            );
+        }
+        std::fs::set_permissions(d.join("keys/a.key"), std::fs::Permissions::from_mode(0o600))
+            .expect("chmod");
+        assert!(check(&d, NodeId::A, &text).is_ok());
+        // A certificate file that is not one.
+        std::fs::write(d.join("bad.pem"), "hello\n").expect("write");
+        let bad = text.replace("keys/a.pem", "bad.pem");
+        let e = check(&d, NodeId::A, &bad).expect_err("bad cert");
+        assert!(e[0].contains("bad.pem"), "{e:?}");
+        // A config of the pre-shared-key link says what to do instead.
+        let e = check(
+            &d,
+            NodeId::A,
+            "peer = [\"10.0.0.2:7400\"]\npsk_file = \"cluster.psk\"\n",
+        )
+        .expect_err("psk");
         assert!(
-            e[0].contains("pair.psk_file") && e[0].contains("chmod 600"),
+            e[0].contains("pair.psk_file") && e[0].contains("twinrx keys init"),
             "{e:?}"
         );
-        key_file(&d, "abcd", 0o600);
-        let e = check(&d, NodeId::A, text).expect_err("short");
-        assert!(e[0].contains("at least"), "{e:?}");
-        key_file(&d, &"ab".repeat(32), 0o640);
-        let s = check(&d, NodeId::A, text)
-            .expect("group-readable")
-            .expect("some");
-        assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
         std::fs::remove_dir_all(&d).expect("cleanup");
     }
 

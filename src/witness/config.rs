@@ -3,8 +3,9 @@
 //!
 //! Keys are top-level (the witness has no sections); they are documented in
 //! `docs/config.md` ("Witness config"). Unknown keys are refused. Relative paths are resolved
-//! against the config file's directory. The PSK file is read here, so a missing, malformed or
-//! world-readable key is a config problem named `psk_file`.
+//! against the config file's directory. The link's credentials are read here
+//! ([`crate::keys::load`]): a missing certificate or a key file others may read is a config
+//! problem naming its key.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,10 @@ pub struct RawWitnessConfig {
     pub listen: String,
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
-    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// The former pre-shared key: refused, naming the way to certificates.
     pub psk_file: Option<PathBuf>,
     #[serde(default = "default_admin_listen")]
     pub admin_listen: String,
@@ -42,12 +46,12 @@ fn default_admin_listen() -> String {
 /// A validated witness config.
 #[derive(Debug)]
 pub struct WitnessSettings {
-    /// Where the nodes connect (cluster-link protocol, PSK-authenticated).
+    /// Where the nodes connect (cluster-link protocol inside TLS 1.3).
     pub listen: SocketAddr,
     /// Holds `witness.json` (the persisted vote and record) and `witness.lock`.
     pub data_dir: PathBuf,
-    /// The pair's pre-shared key.
-    pub psk: replicator::Psk,
+    /// The witness's TLS credentials.
+    pub credentials: std::sync::Arc<replicator::Credentials>,
     /// `None` when `admin_listen = "off"`.
     pub admin_listen: Option<SocketAddr>,
     /// Must equal the nodes' `[ha]` lease settings.
@@ -79,7 +83,7 @@ fn addr(key: &str, v: &str, problems: &mut Vec<String>) -> Option<SocketAddr> {
 /// Validates `raw` read from `path` (relative paths resolve against `path`'s directory).
 pub fn validate(path: &Path, raw: RawWitnessConfig) -> Result<WitnessSettings, Vec<String>> {
     let mut problems = Vec::new();
-    let mut warnings = Vec::new();
+    let warnings = Vec::new();
     let base = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -119,27 +123,24 @@ pub fn validate(path: &Path, raw: RawWitnessConfig) -> Result<WitnessSettings, V
         ));
     }
 
-    let psk = match &raw.psk_file {
-        None => {
-            problems.push(
-                "psk_file: missing: the witness needs the pair's pre-shared key (the file the \
-                 nodes use; hex, e.g. from `head -c 32 /dev/urandom | xxd -p -c 64`)"
-                    .into(),
-            );
-            None
-        }
-        Some(p) => {
-            let file = resolve(p);
-            crate::psk::read_psk("psk_file", &file, &mut problems, &mut warnings)
-        }
-    };
+    let credentials = crate::keys::load(
+        "",
+        &crate::keys::RawCredentials {
+            ca_file: raw.ca_file.clone(),
+            cert_file: raw.cert_file.clone(),
+            key_file: raw.key_file.clone(),
+            psk_file: raw.psk_file.clone(),
+        },
+        &resolve,
+        &mut problems,
+    );
 
     if problems.is_empty() {
-        if let (Some(listen), Some(psk)) = (listen, psk) {
+        if let (Some(listen), Some(credentials)) = (listen, credentials) {
             return Ok(WitnessSettings {
                 listen,
                 data_dir: resolve(&raw.data_dir),
-                psk,
+                credentials,
                 admin_listen,
                 ha: ha::WitnessConfig {
                     lease_ms,
@@ -157,11 +158,12 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt as _;
 
-    fn key_file(dir: &Path, text: &str, mode: u32) -> PathBuf {
-        let p = dir.join("cluster.psk");
-        std::fs::write(&p, text).expect("write key");
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
-        p
+    /// A key directory in `dir`/keys; the witness's credential keys naming it.
+    fn keys(dir: &Path) -> &'static str {
+        if !dir.join("keys/ca.pem").exists() {
+            replicator::tls::init_dir(&dir.join("keys"), 30).expect("keys");
+        }
+        "ca_file = \"keys/ca.pem\"\ncert_file = \"keys/witness.pem\"\nkey_file = \"keys/witness.key\"\n"
     }
 
     fn scratch(tag: &str) -> PathBuf {
@@ -169,6 +171,7 @@ mod tests {
             "twinrx-witness-config-{}-{tag}",
             std::process::id()
         ));
+        let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).expect("scratch");
         d
     }
@@ -181,8 +184,8 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_paths_are_relative_to_the_file() {
         let d = scratch("defaults");
-        key_file(&d, &"ab".repeat(32), 0o600);
-        let c = check(&d, "psk_file = \"cluster.psk\"\ndata_dir = \"w\"\n").expect("valid");
+        let k = keys(&d);
+        let c = check(&d, &format!("{k}data_dir = \"w\"\n")).expect("valid");
         assert_eq!(c.listen, "0.0.0.0:7402".parse().expect("addr"));
         assert_eq!(
             c.admin_listen,
@@ -191,7 +194,7 @@ mod tests {
         assert_eq!(c.data_dir, d.join("w"));
         assert_eq!(c.ha, ha::WitnessConfig::default());
         assert!(c.warnings.is_empty());
-        let off = check(&d, "psk_file = \"cluster.psk\"\nadmin_listen = \"off\"\n").expect("ok");
+        let off = check(&d, &format!("{k}admin_listen = \"off\"\n")).expect("ok");
         assert_eq!(off.admin_listen, None);
         std::fs::remove_dir_all(&d).expect("cleanup");
     }
@@ -209,35 +212,38 @@ mod tests {
         assert!(text.contains("admin_listen = \"1.2.3.4\""), "{text}");
         assert!(text.contains("lease_ms = 0"), "{text}");
         assert!(text.contains("lease_margin_ms = 0"), "{text}");
-        assert!(text.contains("psk_file: missing"), "{text}");
-        assert_eq!(problems.len(), 5, "{text}");
+        for k in ["ca_file", "cert_file", "key_file"] {
+            assert!(text.contains(&format!("{k}: missing")), "{text}");
+        }
+        assert_eq!(problems.len(), 7, "{text}");
         std::fs::remove_dir_all(&d).expect("cleanup");
     }
 
     #[test]
-    fn a_world_readable_short_or_non_hex_key_is_refused_and_a_group_readable_one_warned() {
-        let d = scratch("psk");
-        key_file(&d, &"ab".repeat(32), 0o644);
-        let e = check(&d, "psk_file = \"cluster.psk\"").expect_err("world-readable");
+    fn a_readable_key_a_missing_file_and_a_pre_shared_key_are_refused() {
+        let d = scratch("keyfile");
+        let k = keys(&d);
+        std::fs::set_permissions(
+            d.join("keys/witness.key"),
+            std::fs::Permissions::from_mode(0o640),
+        )
+        .expect("chmod");
+        let e = check(&d, k).expect_err("group-readable");
         assert!(
-            e[0].contains("psk_file") && e[0].contains("chmod 600"),
+            e[0].contains("key_file") && e[0].contains("chmod 600"),
             "{e:?}"
         );
-        key_file(&d, "abcd", 0o600);
-        let e = check(&d, "psk_file = \"cluster.psk\"").expect_err("short");
+        std::fs::set_permissions(
+            d.join("keys/witness.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .expect("chmod");
+        assert!(check(&d, k).is_ok());
+        let e = check(&d, &k.replace("keys/ca.pem", "missing.pem")).expect_err("missing file");
+        assert!(e[0].contains("missing.pem"), "{e:?}");
+        let e = check(&d, "psk_file = \"cluster.psk\"").expect_err("psk");
         assert!(
-            e[0].contains("psk_file") && e[0].contains("at least"),
-            "{e:?}"
-        );
-        key_file(&d, &"zz".repeat(32), 0o600);
-        let e = check(&d, "psk_file = \"cluster.psk\"").expect_err("not hex");
-        assert!(e[0].contains("not hex"), "{e:?}");
-        key_file(&d, &"ab".repeat(32), 0o640);
-        let c = check(&d, "psk_file = \"cluster.psk\"").expect("group-readable is accepted");
-        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
-        let e = check(&d, "psk_file = \"missing.psk\"").expect_err("missing file");
-        assert!(
-            e[0].contains("missing.psk") && e[0].contains("cannot read"),
+            e[0].contains("psk_file") && e[0].contains("twinrx keys init"),
             "{e:?}"
         );
         std::fs::remove_dir_all(&d).expect("cleanup");

@@ -255,9 +255,13 @@ impl TestNode {
             "[node]\nname = \"a\"\ndata_dir = \"data\"\n\n\
              [syslog]\nudp = [\"{ip}:5514\"]\ntcp = [\"{ip}:5514\"]\n{extra_syslog}\n\n\
              [snmp]\nlisten = [\"{ip}:5162\"]\n\n\
-             [admin]\nlisten = \"{ip}:7401\"\n\n{extra}\n"
+             [admin]\nlisten = \"{ip}:7401\"\ntoken_file = \"admin.token\"\n\n{extra}\n"
         );
         std::fs::write(&config, text).expect("write config");
+        let token = dir.join("admin.token");
+        std::fs::write(&token, format!("{ADMIN_TOKEN}\n")).expect("write token");
+        std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod token");
         // The test's timeline counts from here at the latest.
         Timeline::current();
         TestNode {
@@ -518,15 +522,23 @@ impl Drop for Tmpfs {
 // same pre-shared key; load from `twinrx gen`; the end-of-test proof (identical dumps from both
 // nodes, `twinrx check`, redundancy).
 
-pub const TRIO_KEY: &str = "6a1f0c55e2b94d7f8e3a21c4b5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
-pub const TRIO_WRONG_KEY: &str = "00000000000000000000000000000000ffffffffffffffffffffffffffffffff";
-
-/// Writes a pre-shared key file (mode 0600).
-pub fn write_psk(path: &Path, key: &str) {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::write(path, format!("{key}\n")).expect("write psk");
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod psk");
+/// Writes a key directory as `twinrx keys init` does (a pair CA, certificates for a, b and
+/// the witness; keys 0600) at `dir`.
+pub fn write_keys(dir: &Path) {
+    replicator::tls::init_dir(dir, 30).expect("write keys");
 }
+
+/// The credential keys (`ca_file`, `cert_file`, `key_file`) of party `who` (a, b, witness)
+/// in key directory `keys`.
+pub fn creds(keys: &Path, who: &str) -> String {
+    let k = keys.display();
+    format!(
+        "ca_file = \"{k}/ca.pem\"\ncert_file = \"{k}/{who}.pem\"\nkey_file = \"{k}/{who}.key\"\n"
+    )
+}
+
+/// The admin token every [`TestNode`] is configured with (in `DIR/admin.token`).
+pub const ADMIN_TOKEN: &str = "test-admin-token-5b1e0c";
 
 /// GET with a short deadline (a SIGSTOPped process accepts TCP but never answers).
 pub fn get_json_within(url: &str, timeout: Duration) -> Option<serde_json::Value> {
@@ -570,7 +582,7 @@ pub struct TrioWitness {
 }
 
 impl TrioWitness {
-    pub fn new(dir: &Path, psk: &Path) -> TrioWitness {
+    pub fn new(dir: &Path, keys: &Path) -> TrioWitness {
         let ip = unique_ip();
         std::fs::create_dir_all(dir).expect("witness dir");
         let config = dir.join("witness.toml");
@@ -578,8 +590,8 @@ impl TrioWitness {
             &config,
             format!(
                 "listen = \"{ip}:7402\"\nadmin_listen = \"{ip}:7403\"\n\
-                 data_dir = \"data\"\npsk_file = \"{}\"\n",
-                psk.display()
+                 data_dir = \"data\"\n{}",
+                creds(keys, "witness")
             ),
         )
         .expect("write witness config");
@@ -730,9 +742,9 @@ impl Trio {
     pub fn with_ha(tag: &str, ha: Option<&HaBody>) -> Trio {
         let permit = TrioPermit::acquire();
         let s = Scratch::new(tag);
-        let psk = s.path().join("cluster.psk");
-        write_psk(&psk, TRIO_KEY);
-        let w = TrioWitness::new(&s.path().join("witness"), &psk);
+        let keys = s.path().join("keys");
+        write_keys(&keys);
+        let w = TrioWitness::new(&s.path().join("witness"), &keys);
         let a = TestNode::new(&s.path().join("a"), "", "");
         let b = TestNode::new(&s.path().join("b"), "", "");
         for (node, name, peer) in [(&a, "a", b.ip), (&b, "b", a.ip)] {
@@ -743,10 +755,10 @@ impl Trio {
                 None => format!("witness = \"{}\"\n", w.addr()),
             };
             let text = format!(
-                "{text}\n[pair]\npeer = [\"{peer}:7400\"]\nlisten = [\"{}:7400\"]\npsk_file = \"{}\"\n\n\
+                "{text}\n[pair]\npeer = [\"{peer}:7400\"]\nlisten = [\"{}:7400\"]\n{}\n\
                  [ha]\n{ha_body}",
                 node.ip,
-                psk.display(),
+                creds(&keys, name),
             );
             std::fs::write(&node.config, text).expect("write config");
         }
@@ -894,6 +906,8 @@ impl Trio {
                 "--node",
                 &self.node(name).admin,
             ])
+            .arg("--token-file")
+            .arg(self.node(name).dir.join("admin.token"))
             .output()
             .expect("run twinrx resync");
         let text = format!(

@@ -10,22 +10,37 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use journal::{FsyncPolicy, Journal, JournalHandle, Options};
-use replicator::{LinkConfig, Psk};
+use replicator::tls::{credentials_in, init_dir};
+use replicator::{LinkConfig, Party};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use twinrx_types::{NodeId, Seq};
 
-pub fn psk() -> Psk {
-    Psk::new(*b"0123456789abcdef0123456789abcdef").expect("32 bytes")
+/// A key directory (`twinrx keys init`'s layout) made once per test process: `which` 0 is
+/// the pair's, 1 another pair's (another CA: strangers).
+pub fn keys(which: usize) -> &'static Path {
+    static DIRS: [std::sync::OnceLock<std::path::PathBuf>; 2] =
+        [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
+    DIRS[which].get_or_init(|| {
+        let d = std::env::temp_dir().join(format!(
+            "twinrx-replicator-test-keys-{}-{which}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        init_dir(&d, 30).expect("test keys");
+        d
+    })
 }
 
-pub fn wrong_psk() -> Psk {
-    Psk::new(*b"fedcba9876543210fedcba9876543210").expect("32 bytes")
+/// The link config of `me` towards `peer`, with `me`'s credentials from key directory `dir`.
+pub fn cfg_with(me: Party, peers: &[Party], dir: &Path) -> LinkConfig {
+    LinkConfig::new(me, peers, credentials_in(dir, me).expect("credentials"))
 }
 
+/// Node `node`'s end of the link with its peer node, with the pair's keys.
 pub fn cfg(node: NodeId) -> LinkConfig {
-    LinkConfig::new(node, psk())
+    cfg_with(Party::Node(node), &[Party::Node(node.peer())], keys(0))
 }
 
 pub fn localhost() -> SocketAddr {
@@ -97,43 +112,38 @@ pub async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> b
     }
 }
 
-/// What the proxy does to the client → server direction (frame indices count from 0, the
-/// client's HELLO; 1 is its proof; 2 is the first authenticated frame).
+/// What the proxy does to the next client → server TLS record at least `min_len` bytes
+/// long once armed ([`Proxy::arm`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mutation {
-    None,
-    /// Flip one bit of the frame's last byte (its tag) — or, with `byte`, of that body byte.
-    Tamper {
-        frame: u64,
-        byte: Option<usize>,
-    },
-    /// Send the frame twice.
-    Replay {
-        frame: u64,
-    },
-    /// Replace the frame's length field (the body follows unchanged).
-    Length {
-        frame: u64,
-        len: u32,
-    },
+    /// Flip one bit of the record's last byte (its AEAD tag).
+    Tamper,
+    /// Send the record twice.
+    Replay,
 }
 
-/// A TCP proxy between a client and `target`, parsing the client's frames so that it can
-/// alter one; [`Proxy::cut`] drops every open connection (new ones are accepted).
+/// A TCP proxy between a client and `target` that reads the client's bytes as TLS records so
+/// that it can alter one, and keeps every byte it carried, both ways ([`Proxy::captured`]);
+/// [`Proxy::cut`] drops every open connection (new ones are accepted).
 pub struct Proxy {
     pub addr: SocketAddr,
     cut: watch::Sender<u64>,
     pub connections: Arc<AtomicU64>,
+    armed: Arc<std::sync::Mutex<Option<(Mutation, usize)>>>,
+    captured: Arc<std::sync::Mutex<Vec<u8>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Proxy {
-    pub async fn start(target: SocketAddr, mutation: Mutation) -> Proxy {
+    pub async fn start(target: SocketAddr) -> Proxy {
         let listener = TcpListener::bind(localhost()).await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
         let (cut, cut_rx) = watch::channel(0u64);
         let connections = Arc::new(AtomicU64::new(0));
+        let armed: Arc<std::sync::Mutex<Option<(Mutation, usize)>>> = Arc::default();
+        let captured: Arc<std::sync::Mutex<Vec<u8>>> = Arc::default();
         let conns = connections.clone();
+        let (armed2, captured2) = (armed.clone(), captured.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -145,40 +155,50 @@ impl Proxy {
                 conns.fetch_add(1, Ordering::Relaxed);
                 let mut cut_rx = cut_rx.clone();
                 cut_rx.borrow_and_update();
+                let (armed, cap_up, cap_down) =
+                    (armed2.clone(), captured2.clone(), captured2.clone());
                 tokio::spawn(async move {
                     let (mut cr, mut cw) = client.into_split();
                     let (mut sr, mut sw) = server.into_split();
                     let up = async move {
-                        let mut index = 0u64;
                         loop {
-                            let mut len = [0u8; 4];
-                            if cr.read_exact(&mut len).await.is_err() {
+                            let mut head = [0u8; 5];
+                            if cr.read_exact(&mut head).await.is_err() {
                                 return;
                             }
-                            let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+                            let len = u16::from_be_bytes([head[3], head[4]]) as usize;
+                            let mut body = vec![0u8; len];
                             if cr.read_exact(&mut body).await.is_err() {
                                 return;
                             }
                             let mut times = 1;
+                            let mutation = {
+                                let mut a = armed.lock().expect("armed");
+                                match *a {
+                                    Some((m, min)) if len >= min.max(1) => {
+                                        *a = None;
+                                        Some(m)
+                                    }
+                                    _ => None,
+                                }
+                            };
                             match mutation {
-                                Mutation::Length { frame, len: l } if frame == index => {
-                                    len = l.to_be_bytes();
-                                }
-                                Mutation::Tamper { frame, byte } if frame == index => {
-                                    let at = byte.unwrap_or(body.len() - 1);
-                                    body[at] ^= 0x01;
-                                }
-                                Mutation::Replay { frame } if frame == index => times = 2,
-                                _ => {}
+                                Some(Mutation::Tamper) => body[len - 1] ^= 0x01,
+                                Some(Mutation::Replay) => times = 2,
+                                None => {}
+                            }
+                            {
+                                let mut c = cap_up.lock().expect("captured");
+                                c.extend_from_slice(&head);
+                                c.extend_from_slice(&body);
                             }
                             for _ in 0..times {
-                                if sw.write_all(&len).await.is_err()
+                                if sw.write_all(&head).await.is_err()
                                     || sw.write_all(&body).await.is_err()
                                 {
                                     return;
                                 }
                             }
-                            index += 1;
                         }
                     };
                     let down = async move {
@@ -187,6 +207,10 @@ impl Proxy {
                             match sr.read(&mut buf).await {
                                 Ok(0) | Err(_) => return,
                                 Ok(n) => {
+                                    cap_down
+                                        .lock()
+                                        .expect("captured")
+                                        .extend_from_slice(&buf[..n]);
                                     if cw.write_all(&buf[..n]).await.is_err() {
                                         return;
                                     }
@@ -207,8 +231,20 @@ impl Proxy {
             addr,
             cut,
             connections,
+            armed,
+            captured,
             task,
         }
+    }
+
+    /// Applies `m` to the next client → server record of at least `min_len` bytes.
+    pub fn arm(&self, m: Mutation, min_len: usize) {
+        *self.armed.lock().expect("armed") = Some((m, min_len));
+    }
+
+    /// Every byte carried so far, both directions.
+    pub fn captured(&self) -> Vec<u8> {
+        self.captured.lock().expect("captured").clone()
     }
 
     /// Drops every connection open now.
