@@ -3,11 +3,12 @@
 #   logger (util-linux/bsdutils), rsyslog + rsyslog-gnutls (forwarding over TCP and TLS),
 #   Net-SNMP's snmptrap/snmpinform (snmp) and snmptrapd (the baseline), openssl (test
 #   certificates, s_client), iproute2 (network namespaces for fault tests), nftables (packet
-#   loss on the namespaces' links: this kernel has no netem); and, from PyPI,
+#   loss on the namespaces' links: this kernel has no netem), tcpdump (the cluster link's
+#   bytes must hold no message text); and, from PyPI,
 #   noida-db (a Kafka-protocol broker for the sink tests).
 # Run as root. Safe to run again.
 set -euo pipefail
-pkgs=(bsdutils util-linux rsyslog rsyslog-gnutls snmp snmptrapd openssl iproute2 procps iputils-ping nftables)
+pkgs=(bsdutils util-linux rsyslog rsyslog-gnutls snmp snmptrapd openssl iproute2 procps iputils-ping nftables tcpdump)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -21,7 +22,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
   rm -f /usr/sbin/policy-rc.d
 fi
-for t in logger rsyslogd snmptrap snmpinform snmptrapd openssl ip ping nft; do
+for t in logger rsyslogd snmptrap snmpinform snmptrapd openssl ip ping nft tcpdump; do
   command -v "$t" >/dev/null || { echo "missing $t after install" >&2; exit 1; }
 done
 # A Kafka-protocol broker for the sink tests (tests/sink_e2e.rs): noida-db from PyPI (there is

@@ -341,3 +341,151 @@ fn switchover_and_resync_report_an_unreachable_node() {
         assert!(stderr.contains(&url), "{cmd}: {stderr}");
     }
 }
+
+/// POST `path` on `admin` with an optional bearer token: the HTTP status.
+fn post_status(admin: &str, path: &str, token: Option<&str>) -> u16 {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut req = agent.post(format!("{admin}{path}"));
+    if let Some(t) = token {
+        req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    req.send_empty().expect("POST").status().as_u16()
+}
+
+/// The checks (#15) on a lab: a capture of the link and witness ports holds no
+/// message text; control is refused without the token and works with it.
+#[test]
+fn lab_link_carries_no_message_text_and_control_needs_the_token() {
+    let scratch = Scratch::new("lab-trust");
+    let dir = scratch.path().join("lab");
+    let ips = ips();
+    let mut lab = Lab::start(&dir, ips);
+    lab.wait_ready();
+    let admin = |i: usize| format!("http://{}:7401", ips[i]);
+    // Wait for a redundant pair: the link is up and carries the journals.
+    let active = wait_for("a redundant pair", START_TIMEOUT, || {
+        let a = get_json(&format!("{}/status", admin(0)))?;
+        let b = get_json(&format!("{}/status", admin(1)))?;
+        let act = |s: &serde_json::Value| s["ha"]["role"] == "active";
+        (a["ha"]["redundant"] == true && b["ha"]["redundant"] == true && (act(&a) ^ act(&b)))
+            .then(|| usize::from(act(&b)))
+    });
+
+    // tcpdump on lo, the lab's three addresses, ports 7400 and 7402.
+    let pcap = scratch.path().join("link.pcap");
+    let tcpdump_err = scratch.path().join("tcpdump.err");
+    let filter = format!(
+        "(host {} or host {} or host {}) and (tcp port 7400 or tcp port 7402)",
+        ips[0], ips[1], ips[2]
+    );
+    let mut tcpdump = Command::new("tcpdump")
+        .args(["-i", "lo", "-U", "-s", "0", "-w"])
+        .arg(&pcap)
+        .arg(&filter)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&tcpdump_err).expect("tcpdump stderr"))
+        .spawn()
+        .expect("run tcpdump (apt-get install tcpdump)");
+    wait_for("tcpdump to listen", Duration::from_secs(20), || {
+        std::fs::read_to_string(&tcpdump_err)
+            .ok()?
+            .contains("listening on")
+            .then_some(())
+    });
+    // 200 marked messages to each node over TCP, the same bytes to both (as a device does).
+    let marker = "TRUSTMARKER7f3a";
+    let manifest = scratch.path().join("run.json");
+    let out = Command::new(BIN)
+        .args([
+            "gen",
+            "--transport",
+            "tcp",
+            "--count",
+            "200",
+            "--rate",
+            "400",
+        ])
+        .args(["--run-id", marker])
+        .args(["--to", &format!("{}:5514", ips[0])])
+        .args(["--to", &format!("{}:5514", ips[1])])
+        .arg("--manifest")
+        .arg(&manifest)
+        .output()
+        .expect("run gen");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Both nodes hold all 400 records (their own and the peer's copy): the link carried
+    // each message, so its text crossed the capture.
+    for i in 0..2 {
+        wait_for("both journals copied", Duration::from_secs(60), || {
+            let s = get_json(&format!("{}/status", admin(i)))?;
+            let own = s["journal"]["last_seq"].as_u64()?;
+            let copy = s["pair"]["copy"]["durable_seq"].as_u64()?;
+            (own >= 200 && copy >= 200).then_some(())
+        });
+    }
+    let stream = get_text(&format!("{}/stream?from=0", admin(active))).expect("stream");
+    assert!(stream.contains(marker), "the marker is not in the stream");
+    kill(Pid::from_raw(tcpdump.id() as i32), Signal::SIGINT).expect("stop tcpdump");
+    wait_for("tcpdump to stop", Duration::from_secs(20), || {
+        tcpdump.try_wait().ok().flatten()
+    });
+    let captured = std::fs::read(&pcap).expect("pcap");
+    eprintln!(
+        "[lab-trust] captured {} bytes on the link and witness ports ({})",
+        captured.len(),
+        std::fs::read_to_string(&tcpdump_err)
+            .unwrap_or_default()
+            .trim()
+    );
+    assert!(
+        captured.len() > 100_000,
+        "the capture holds {} bytes: it did not see the journals cross",
+        captured.len()
+    );
+    for needle in [marker.as_bytes(), b"TWRXLINK"] {
+        assert!(
+            !captured.windows(needle.len()).any(|w| w == needle),
+            "{:?} is readable on the link",
+            String::from_utf8_lossy(needle)
+        );
+    }
+
+    // Control without credentials: refused; read-only endpoints stay open.
+    for path in ["/switchover", "/resync"] {
+        assert_eq!(post_status(&admin(active), path, None), 401, "{path}");
+        assert_eq!(
+            post_status(&admin(active), path, Some("not-the-token")),
+            401,
+            "{path}"
+        );
+    }
+    assert!(get_json(&format!("{}/status", admin(active))).is_some());
+    // With the token from the lab's file: the roles swap.
+    let out = Command::new(BIN)
+        .args(["switchover", "--node", &admin(active)])
+        .env("TWINRX_ADMIN_TOKEN_FILE", dir.join("admin.token"))
+        .output()
+        .expect("run switchover");
+    assert!(
+        out.status.success(),
+        "switchover: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("the roles to swap", Duration::from_secs(20), || {
+        let s = get_json(&format!("{}/status", admin(1 - active)))?;
+        (s["ha"]["role"] == "active").then_some(())
+    });
+    let st = get_json(&format!("{}/status", admin(active))).expect("status");
+    assert!(st["admin"]["unauthorized"].as_u64() >= Some(4), "{st:#}");
+    lab.signal(Signal::SIGTERM);
+    assert!(lab.wait_exit(STOP_TIMEOUT).success(), "{}", lab.output());
+}
