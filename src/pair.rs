@@ -872,6 +872,15 @@ impl Pair {
         let mut next = None;
         let (copy_stopped, peer_copy_stopped) =
             self.with_repl(|r| (r.copy_stopped.clone(), r.peer_copy_stopped.clone()));
+        if let Some(e) = self.settings.credentials.reload_error() {
+            problems.push(format!(
+                "the link's certificate files changed but do not load ({e}); the previous ones \
+                 stay in use until they do"
+            ));
+            next.get_or_insert_with(|| {
+                "fix pair.ca_file / cert_file / key_file (docs/operations.md \"Keys\")".to_string()
+            });
+        }
         if let Some(s) = copy_stopped {
             problems.push(format!(
                 "copy of node {peer}'s journal {} at seq {}: {}; copying stopped, nothing is appended to it",

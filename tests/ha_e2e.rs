@@ -690,3 +690,134 @@ fn policy_failover(tag: &str, ha_body: &HaBody) -> (&'static str, Duration) {
     t.final_check(&[&g.manifest]);
     (sby, took)
 }
+
+/// SHA-256 of the certificate in a PEM file, as status shows it.
+fn cert_sha256(file: &std::path::Path) -> String {
+    use rustls_pki_types::pem::PemObject as _;
+    let der = rustls_pki_types::CertificateDer::from_pem_file(file).expect("certificate");
+    replicator::tls::fingerprint(&der)
+}
+
+/// Replaces `to` with `from` the way an operator's deployment should (a rename: a reader sees
+/// the old file or the new one).
+fn replace_file(from: &std::path::Path, to: &std::path::Path) {
+    let tmp = to.with_extension("new");
+    std::fs::copy(from, &tmp).expect("copy");
+    std::fs::rename(&tmp, to).expect("rename");
+}
+
+/// docs/operations.md "Rotating the CA" on a running pair under load: both CAs trusted, every
+/// party's certificate replaced, the witness and the standby restarted one at a time, the old
+/// CA dropped. The active never stops publishing (no failover), nothing is lost or doubled,
+/// and at the end every link runs on the new certificates while the old ones are refused.
+#[test]
+fn keys_rotate_on_a_running_pair_without_a_failover() {
+    let (mut t, act, sby, mut g) = loaded("ha-rotate", "rotate", 30_000, "udp");
+    let ep = epoch(&ha(&t, act));
+    let keys = t.dir().join("keys");
+    let old = t.dir().join("keys-old");
+    let new = t.dir().join("keys-new");
+    std::fs::create_dir_all(&old).expect("dir");
+    for f in [
+        "ca.pem",
+        "a.pem",
+        "a.key",
+        "b.pem",
+        "b.key",
+        "witness.pem",
+        "witness.key",
+    ] {
+        std::fs::copy(keys.join(f), old.join(f)).expect("keep the old keys");
+    }
+    write_keys(&new);
+    let (act_admin, sby_admin) = (t.node(act).admin.clone(), t.node(sby).admin.clone());
+    let status = |name: &str| {
+        let admin = if name == act { &act_admin } else { &sby_admin };
+        get_json_within(&format!("{admin}/status"), 2 * SEC).expect("status")
+    };
+    let peer_cert = |name: &str| status(name)["pair"]["links"][0]["peer_cert_sha256"].clone();
+    assert_eq!(peer_cert(sby), cert_sha256(&old.join(format!("{act}.pem"))));
+
+    // 1. Trust both CAs, everywhere.
+    let bundle = t.dir().join("bundle.pem");
+    let text = std::fs::read_to_string(old.join("ca.pem")).expect("old ca")
+        + &std::fs::read_to_string(new.join("ca.pem")).expect("new ca");
+    std::fs::write(&bundle, text).expect("bundle");
+    replace_file(&bundle, &keys.join("ca.pem"));
+    // 2. Every party's certificate from the new CA.
+    for p in ["a", "b", "witness"] {
+        replace_file(
+            &new.join(format!("{p}.key")),
+            &keys.join(format!("{p}.key")),
+        );
+        replace_file(
+            &new.join(format!("{p}.pem")),
+            &keys.join(format!("{p}.pem")),
+        );
+    }
+    // 3. One at a time: the witness (the active keeps its lease through the standby), then
+    //    the standby (the active keeps it through the witness).
+    let restart_witness = |t: &mut Trio| {
+        t.w.kill9();
+        t.w.start();
+        wait_for(
+            "[ha-rotate] both nodes back on the witness",
+            20 * SEC,
+            || {
+                let st = t.w.status()?;
+                (st["nodes"]["a"]["connected"] == true && st["nodes"]["b"]["connected"] == true)
+                    .then_some(())
+            },
+        );
+    };
+    let restart_standby = |t: &mut Trio| {
+        t.node(sby).signal(Signal::SIGTERM);
+        let st = t.node_mut(sby).wait_exit(30 * SEC);
+        assert!(st.success(), "standby exit: {st}");
+        t.node_mut(sby).start();
+        assert_eq!(t.wait_redundant(60 * SEC), act, "the active changed");
+    };
+    restart_witness(&mut t);
+    restart_standby(&mut t);
+    // The link now runs on the new certificates on both ends.
+    wait_for(
+        "[ha-rotate] the new certificates on the link",
+        20 * SEC,
+        || {
+            (peer_cert(sby) == cert_sha256(&new.join(format!("{act}.pem")))
+                && peer_cert(act) == cert_sha256(&new.join(format!("{sby}.pem"))))
+            .then_some(())
+        },
+    );
+    assert_eq!(
+        status(act)["pair"]["tls"]["cert_sha256"],
+        cert_sha256(&new.join(format!("{act}.pem")))
+    );
+    // 4. Drop the old CA, restart again: all on the new CA alone.
+    replace_file(&new.join("ca.pem"), &keys.join("ca.pem"));
+    restart_witness(&mut t);
+    restart_standby(&mut t);
+    assert_eq!(
+        status(act)["pair"]["tls"]["reload_error"],
+        serde_json::Value::Null
+    );
+    // A party still holding an old certificate is now a stranger.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let a = replicator::Party::Node(twinrx_types::NodeId::A);
+    let stale =
+        replicator::Credentials::load(&keys.join("ca.pem"), &old.join("a.pem"), &old.join("a.key"))
+            .expect("old credentials");
+    let cfg =
+        replicator::LinkConfig::new(a, &[replicator::Party::Witness], std::sync::Arc::new(stale));
+    assert!(
+        rt.block_on(replicator::connect(t.w.addr().parse().expect("addr"), &cfg))
+            .is_err(),
+        "a certificate of the dropped CA got a session"
+    );
+    g.wait(180 * SEC);
+    t.final_check(&[&g.manifest]);
+    assert_no_failover(&t, act, ep);
+}
