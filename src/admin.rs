@@ -22,7 +22,113 @@ use std::sync::Arc;
 use twinrx_types::Seq;
 
 pub async fn serve(listener: tokio::net::TcpListener, node: Arc<Node>) {
+    let app = router(node.clone());
     let mut shutdown = node.shutdown.clone();
+    let stop = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    let tls = node
+        .cfg
+        .admin_tls
+        .as_ref()
+        .map(|(cert, key)| receiver::listen::tls_acceptor(cert, key, None, false));
+    let served = match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+        Some(Ok(acceptor)) => {
+            axum::serve(TlsListener::start(listener, acceptor), app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "admin server: cannot load its TLS certificate");
+            return;
+        }
+    };
+    if let Err(e) = served {
+        tracing::error!(error = %e, "admin server failed");
+    }
+}
+
+/// HTTPS connections whose handshake finished; each handshake runs in its own task, at most
+/// [`TLS_PENDING_MAX`] at once and for [`TLS_HANDSHAKE_TIMEOUT`], so that a slow or silent
+/// client never holds up the others.
+struct TlsListener {
+    local: std::net::SocketAddr,
+    ready: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        std::net::SocketAddr,
+    )>,
+}
+
+const TLS_PENDING_MAX: usize = 64;
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl TlsListener {
+    fn start(listener: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor) -> Self {
+        let local = listener
+            .local_addr()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+        let (tx, ready) = tokio::sync::mpsc::channel(16);
+        let pending = Arc::new(tokio::sync::Semaphore::new(TLS_PENDING_MAX));
+        tokio::spawn(async move {
+            loop {
+                let (tcp, from) = match listener.accept().await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = pending.clone().try_acquire_owned() else {
+                    tracing::debug!(%from, "admin: too many TLS handshakes; connection closed");
+                    continue;
+                };
+                if tx.is_closed() {
+                    return;
+                }
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, from)).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%from, error = %e, "admin TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(%from, "admin TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        TlsListener { local, ready }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(x) => x,
+            // The accepting task ended: no more connections, ever.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+/// The admin routes (see the module doc).
+fn router(node: Arc<Node>) -> Router {
     let control = Router::new()
         .route("/switchover", post(switchover))
         .route("/resync", post(resync));
@@ -34,20 +140,12 @@ pub async fn serve(listener: tokio::net::TcpListener, node: Arc<Node>) {
         stream_route =
             stream_route.route_layer(middleware::from_fn_with_state(node.clone(), control_auth));
     }
-    let app = Router::new()
+    Router::new()
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .merge(stream_route)
         .merge(control)
-        .with_state(node);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        })
-        .await;
-    if let Err(e) = served {
-        tracing::error!(error = %e, "admin server failed");
-    }
+        .with_state(node)
 }
 
 /// Lets a request through only with the node's admin token (see the module doc).

@@ -30,6 +30,37 @@ pub struct Target {
     /// needs it. Else: $TWINRX_ADMIN_TOKEN_FILE, else the token_file of --config.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// For an https:// admin URL: the CA certificate (PEM) that issued the node's admin
+    /// certificate, or that certificate itself. Else: $TWINRX_ADMIN_CA_FILE, else the
+    /// tls_cert_file of --config.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The environment variable naming the admin CA file (after `--ca-file`).
+pub const CA_FILE_ENV: &str = "TWINRX_ADMIN_CA_FILE";
+
+/// Certificates an https:// admin URL is checked against (set once per command, by
+/// [`Target::base_url`]).
+static ADMIN_CA: std::sync::OnceLock<Vec<ureq::tls::Certificate<'static>>> =
+    std::sync::OnceLock::new();
+
+fn load_ca(file: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read(file)
+        .with_context(|| format!("cannot read the CA file {}", file.display()))?;
+    let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&text)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{}: not PEM", file.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("{}: no certificate in it", file.display());
+    }
+    let _ = ADMIN_CA.set(certs);
+    Ok(())
 }
 
 /// The environment variable naming a token file (after `--token-file`, before `--config`).
@@ -37,13 +68,33 @@ pub const TOKEN_FILE_ENV: &str = "TWINRX_ADMIN_TOKEN_FILE";
 
 impl Target {
     pub fn base_url(&self) -> anyhow::Result<String> {
-        match &self.config {
+        let ca = self
+            .ca_file
+            .clone()
+            .or_else(|| std::env::var_os(CA_FILE_ENV).map(PathBuf::from));
+        let url = match &self.config {
             Some(path) => {
                 let cfg = crate::config::load(path)?;
-                Ok(format!("http://{}", cfg.admin_listen))
+                match &cfg.admin_tls {
+                    Some((cert, _)) => {
+                        load_ca(ca.as_deref().unwrap_or(cert))?;
+                        format!("https://{}", cfg.admin_listen)
+                    }
+                    None => format!("http://{}", cfg.admin_listen),
+                }
             }
-            None => Ok(self.node.trim_end_matches('/').to_string()),
+            None => self.node.trim_end_matches('/').to_string(),
+        };
+        if url.starts_with("https://") && ADMIN_CA.get().is_none() {
+            match ca {
+                Some(f) => load_ca(&f)?,
+                None => anyhow::bail!(
+                    "{url}: an https admin URL needs the certificate to trust: --ca-file FILE, \
+                     {CA_FILE_ENV}=FILE, or --config with the node's config"
+                ),
+            }
         }
+        Ok(url)
     }
 
     /// The admin token: from `--token-file`, `$TWINRX_ADMIN_TOKEN_FILE`, or the config's
@@ -81,11 +132,21 @@ fn auth_hint(code: u16, url: &str, body: &serde_json::Value, had_token: bool) ->
 }
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
+    let mut b = ureq::Agent::config_builder()
         .timeout_connect(Some(std::time::Duration::from_secs(3)))
-        .http_status_as_error(false)
-        .build()
-        .into()
+        .http_status_as_error(false);
+    if let Some(certs) = ADMIN_CA.get() {
+        b = b.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .provider(ureq::tls::TlsProvider::Rustls)
+                .root_certs(ureq::tls::RootCerts::new_with_certs(certs))
+                .unversioned_rustls_crypto_provider(std::sync::Arc::new(
+                    tokio_rustls::rustls::crypto::ring::default_provider(),
+                ))
+                .build(),
+        );
+    }
+    b.build().into()
 }
 
 pub fn get_json(url: &str) -> anyhow::Result<serde_json::Value> {

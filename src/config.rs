@@ -340,6 +340,9 @@ pub struct RawAdmin {
     /// `/stream` also needs the token.
     #[serde(default)]
     pub stream_token: bool,
+    /// HTTPS on the admin listener: the certificate (PEM) and its key (mode 0600).
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for RawAdmin {
@@ -348,6 +351,8 @@ impl Default for RawAdmin {
             listen: default_admin(),
             token_file: None,
             stream_token: false,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -494,6 +499,8 @@ pub struct NodeConfig {
     pub admin_token: Option<String>,
     /// `[admin] stream_token`: `/stream` needs the token too.
     pub admin_stream_token: bool,
+    /// `[admin] tls_cert_file` and `tls_key_file`: the admin listener speaks HTTPS.
+    pub admin_tls: Option<(PathBuf, PathBuf)>,
     pub sinks: Vec<crate::sink::SinkConfig>,
     /// `None`: a single node (no `[pair]` section).
     pub pair: Option<crate::pair::config::PairSettings>,
@@ -712,6 +719,24 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<NodeConfig, Vec<String>> 
     if raw.admin.stream_token && raw.admin.token_file.is_none() {
         problems.push("admin.stream_token = true: needs admin.token_file".into());
     }
+    let admin_tls = match (&raw.admin.tls_cert_file, &raw.admin.tls_key_file) {
+        (None, None) => None,
+        (Some(c), Some(k)) => {
+            let (c, k) = (resolve(c), resolve(k));
+            if let Err(e) = crate::secret::check_private("admin.tls_key_file", &k) {
+                problems.push(e);
+            } else if let Err(e) = receiver::listen::tls_acceptor(&c, &k, None, false) {
+                problems.push(format!("admin.tls_cert_file / tls_key_file: {e}"));
+            }
+            Some((c, k))
+        }
+        _ => {
+            problems.push(
+                "admin: tls_cert_file and tls_key_file go together (HTTPS on admin.listen)".into(),
+            );
+            None
+        }
+    };
 
     let client_cert = match raw.syslog.tls_client_cert.as_str() {
         "none" => ClientCert::None,
@@ -729,6 +754,9 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<NodeConfig, Vec<String>> 
     } else {
         match (&raw.syslog.tls_cert_file, &raw.syslog.tls_key_file) {
             (Some(c), Some(k)) => {
+                if let Err(e) = crate::secret::check_private("syslog.tls_key_file", &resolve(k)) {
+                    problems.push(e);
+                }
                 if client_cert != ClientCert::None && raw.syslog.tls_client_ca_file.is_none() {
                     problems.push(format!(
                         "syslog.tls_client_cert = {:?}: needs syslog.tls_client_ca_file",
@@ -902,6 +930,7 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<NodeConfig, Vec<String>> 
         admin_listen,
         admin_token,
         admin_stream_token: raw.admin.stream_token,
+        admin_tls,
         sinks,
         pair,
         ha,
