@@ -218,7 +218,8 @@ PY
 h() { python3 "$WORK/h.py" "$@"; }
 
 # ---------------------------------------------------------------- configs and processes
-head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$WORK/psk"; chmod 600 "$WORK/psk"
+"$BIN" keys init "$WORK/keys" --days 30 > /dev/null
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$WORK/admin.token"; chmod 600 "$WORK/admin.token"
 node_toml() { # name me other -> pair node config
   cat <<CONF
 [node]
@@ -231,10 +232,13 @@ tcp = ["$2:5514"]
 listen = []
 [admin]
 listen = "$2:7401"
+token_file = "admin.token"
 [pair]
 peer = ["$3:7400"]
 listen = ["$2:7400"]
-psk_file = "psk"
+ca_file = "keys/ca.pem"
+cert_file = "keys/$1.pem"
+key_file = "keys/$1.key"
 [ha]
 witness = "$IP_W:7402"
 CONF
@@ -248,7 +252,9 @@ cat > "$WORK/w.toml" <<CONF
 listen = "$IP_W:7402"
 admin_listen = "$IP_W:7403"
 data_dir = "data-w"
-psk_file = "psk"
+ca_file = "keys/ca.pem"
+cert_file = "keys/witness.pem"
+key_file = "keys/witness.key"
 CONF
 cat > "$WORK/s.toml" <<CONF
 [node]
@@ -402,7 +408,7 @@ if phase resync; then
   start "$STANDBY"
   h ready "${URL[$STANDBY]}" 60 || { log "restarted standby does not answer"; exit 1; }
   t1=$(now_ns)
-  rc=0; "$BIN" resync --node "${URL[$STANDBY]}" --timeout-secs 1800 > "$D/resync.out" 2>&1 || rc=$?
+  rc=0; "$BIN" resync --node "${URL[$STANDBY]}" --token-file "$WORK/admin.token" --timeout-secs 1800 > "$D/resync.out" 2>&1 || rc=$?
   t2=$(now_ns)
   secs=$(python3 -c "print(f'{($t2 - $t0) / 1e9:.2f}')")
   secs_rs=$(python3 -c "print(f'{($t2 - $t1) / 1e9:.2f}')")
@@ -453,7 +459,7 @@ print(" ".join("%ss:%dMiB(queue %dMiB)" % (x[0], int(x[1])//1024, int(x[2] or 0)
   t0=$(now_ns)
   start "$STANDBY"
   h ready "${URL[$STANDBY]}" 60 || { log "restarted standby does not answer"; exit 1; }
-  rc=0; "$BIN" resync --node "${URL[$STANDBY]}" --timeout-secs 1800 > "$D/resync.out" 2>&1 || rc=$?
+  rc=0; "$BIN" resync --node "${URL[$STANDBY]}" --token-file "$WORK/admin.token" --timeout-secs 1800 > "$D/resync.out" 2>&1 || rc=$?
   t1=$(now_ns)
   for n in a b; do
     read -r missing dup present gaps < <("$BIN" check --json --manifest "$D/m.json" \
