@@ -133,6 +133,27 @@ pub struct RawSyslog {
     pub rate_burst: Option<u64>,
     #[serde(default = "default_connections")]
     pub connections_max: usize,
+    #[serde(default = "default_connections_per_source")]
+    pub connections_per_source_max: usize,
+    #[serde(default = "default_idle_timeout_s")]
+    pub idle_timeout_s: u64,
+    #[serde(default = "default_keepalive_s")]
+    pub keepalive_s: u64,
+    #[serde(default = "default_tls_handshake_timeout_s")]
+    pub tls_handshake_timeout_s: u64,
+}
+
+fn default_connections_per_source() -> usize {
+    64
+}
+fn default_idle_timeout_s() -> u64 {
+    3600
+}
+fn default_keepalive_s() -> u64 {
+    60
+}
+fn default_tls_handshake_timeout_s() -> u64 {
+    10
 }
 
 impl Default for RawSyslog {
@@ -150,6 +171,10 @@ impl Default for RawSyslog {
             rate_per_source_per_s: 0,
             rate_burst: None,
             connections_max: default_connections(),
+            connections_per_source_max: default_connections_per_source(),
+            idle_timeout_s: default_idle_timeout_s(),
+            keepalive_s: default_keepalive_s(),
+            tls_handshake_timeout_s: default_tls_handshake_timeout_s(),
         }
     }
 }
@@ -188,6 +213,12 @@ pub struct RawSnmp {
     pub inform_dedup_window_ms: u64,
     #[serde(default)]
     pub users: Vec<RawUser>,
+    /// Datagrams per second per source address (0: no limit); beyond it they are dropped
+    /// and counted (`rate_limited`).
+    #[serde(default)]
+    pub rate_per_source_per_s: u64,
+    #[serde(default)]
+    pub rate_burst: Option<u64>,
 }
 
 impl Default for RawSnmp {
@@ -199,6 +230,8 @@ impl Default for RawSnmp {
             message_bytes_max: default_message_bytes(),
             inform_dedup_window_ms: default_inform_window(),
             users: Vec::new(),
+            rate_per_source_per_s: 0,
+            rate_burst: None,
         }
     }
 }
@@ -246,6 +279,8 @@ pub struct SnmpSettings {
     pub listen: Vec<SocketAddr>,
     pub engine_id: Option<Vec<u8>>,
     pub core: receiver::snmp::SnmpConfig,
+    /// Per-source rate limit (0 per second: none).
+    pub rate: receiver::limit::RateLimit,
 }
 
 /// Resolves one secret of `users[i]` (`what` = "auth" or "priv").
@@ -493,6 +528,11 @@ pub struct NodeConfig {
     pub udp_rcvbuf_bytes: usize,
     pub rate: receiver::limit::RateLimit,
     pub connections_max: usize,
+    /// `[syslog]` connection limits beyond `connections_max`.
+    pub connections_per_source_max: usize,
+    pub idle_timeout: Option<std::time::Duration>,
+    pub keepalive: Option<std::time::Duration>,
+    pub tls_handshake_timeout: std::time::Duration,
     pub snmp: SnmpSettings,
     pub admin_listen: SocketAddr,
     /// `[admin] token_file`'s token: control requests must carry it (`None`: control is off).
@@ -788,6 +828,13 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<NodeConfig, Vec<String>> 
     if raw.syslog.connections_max == 0 {
         problems.push("syslog.connections_max = 0: must be at least 1".into());
     }
+    if raw.syslog.connections_per_source_max == 0 {
+        problems.push("syslog.connections_per_source_max = 0: must be at least 1".into());
+    }
+    if raw.syslog.tls_handshake_timeout_s == 0 {
+        problems.push("syslog.tls_handshake_timeout_s = 0: must be at least 1".into());
+    }
+    let secs = |s: u64| (s > 0).then(|| std::time::Duration::from_secs(s));
     let mut users = Vec::new();
     for (i, u) in raw.snmp.users.iter().enumerate() {
         let auth = u.auth_protocol.and_then(|p| {
@@ -856,7 +903,17 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<NodeConfig, Vec<String>> 
             max_message_bytes: sm,
             inform_dedup_window_ms: raw.snmp.inform_dedup_window_ms,
         },
+        rate: receiver::limit::RateLimit {
+            per_second: raw.snmp.rate_per_source_per_s,
+            burst: raw
+                .snmp
+                .rate_burst
+                .unwrap_or(raw.snmp.rate_per_source_per_s.saturating_mul(2)),
+        },
     };
+    if snmp.rate.per_second > 0 && snmp.rate.burst == 0 {
+        problems.push("snmp.rate_burst = 0: must be at least 1 when a rate is set".into());
+    }
     let rate = receiver::limit::RateLimit {
         per_second: raw.syslog.rate_per_source_per_s,
         burst: raw
@@ -926,6 +983,10 @@ pub fn validate(path: &Path, raw: RawConfig) -> Result<NodeConfig, Vec<String>> 
         udp_rcvbuf_bytes: raw.syslog.udp_rcvbuf_bytes,
         rate,
         connections_max: raw.syslog.connections_max,
+        connections_per_source_max: raw.syslog.connections_per_source_max,
+        idle_timeout: secs(raw.syslog.idle_timeout_s),
+        keepalive: secs(raw.syslog.keepalive_s),
+        tls_handshake_timeout: std::time::Duration::from_secs(raw.syslog.tls_handshake_timeout_s),
         snmp,
         admin_listen,
         admin_token,

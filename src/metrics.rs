@@ -95,9 +95,22 @@ impl Collector for NodeCollector {
                 ),
                 (
                     vec![("protocol", "syslog"), ("reason", "connections_max")],
-                    r.connections_refused.load(Relaxed),
+                    r.connections_refused
+                        .load(Relaxed)
+                        .saturating_sub(r.connections_refused_per_source.load(Relaxed)),
+                ),
+                (
+                    vec![("protocol", "syslog"), ("reason", "connections_per_source")],
+                    r.connections_refused_per_source.load(Relaxed),
                 ),
             ],
+        )?;
+        family(
+            &mut enc,
+            "twinrx_receiver_connections_idle_closed",
+            "Syslog TCP/TLS connections closed after [syslog] idle_timeout_s without a byte",
+            Counter,
+            &[(vec![], r.connections_idle_closed.load(Relaxed))],
         )?;
         if let Some(core) = &n.snmp {
             use receiver::snmp::{Accepted, DiscardReason};
@@ -130,6 +143,10 @@ impl Collector for NodeCollector {
             d.push((
                 vec![("protocol", "snmp"), ("reason", "queue_full")],
                 n.snmp_listener.queue_full.load(Relaxed),
+            ));
+            d.push((
+                vec![("protocol", "snmp"), ("reason", "rate_limited")],
+                n.snmp_listener.rate_limited.load(Relaxed),
             ));
             family(
                 &mut enc,

@@ -261,10 +261,11 @@ async fn run_async(mut cfg: NodeConfig) -> anyhow::Result<()> {
 
     // Bind everything first: a port in use must fail start-up, not a later task.
     let lopts = ListenerOptions {
-        message_bytes_max: cfg.message_bytes_max,
-        rate: cfg.rate,
-        rate_sources_max: 65_536,
-        connections_max: cfg.connections_max,
+        connections_per_source_max: cfg.connections_per_source_max,
+        idle_timeout: cfg.idle_timeout,
+        keepalive: cfg.keepalive,
+        tls_handshake_timeout: cfg.tls_handshake_timeout,
+        ..ListenerOptions::new(cfg.message_bytes_max, cfg.rate, cfg.connections_max)
     };
     let mut rcvbufs = Vec::new();
     let mut tasks = Vec::new();
@@ -332,6 +333,7 @@ async fn run_async(mut cfg: NodeConfig) -> anyhow::Result<()> {
             tasks.push(tokio::spawn(crate::snmp::run(
                 Arc::new(sock),
                 core.clone(),
+                cfg.snmp.rate,
                 cfg.snmp.core.max_message_bytes,
                 tx.clone(),
                 snmp_stats.clone(),

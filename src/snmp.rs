@@ -40,6 +40,15 @@ pub fn parse_hex(s: &str) -> Option<Vec<u8>> {
 
 /// Loads (or creates) this node's engine, increments boots and persists it before use.
 pub fn load_engine(data_dir: &Path, configured: Option<&[u8]>) -> anyhow::Result<Engine> {
+    load_engine_at(data_dir, configured, std::time::SystemTime::now())
+}
+
+/// [`load_engine`] with the wall clock at `now` (tests).
+fn load_engine_at(
+    data_dir: &Path,
+    configured: Option<&[u8]>,
+    now: std::time::SystemTime,
+) -> anyhow::Result<Engine> {
     let path = data_dir.join("snmp-engine.json");
     let previous: Option<EngineFile> = match std::fs::read(&path) {
         Ok(b) => Some(
@@ -50,16 +59,22 @@ pub fn load_engine(data_dir: &Path, configured: Option<&[u8]>) -> anyhow::Result
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
     let (engine_id, boots) = match (previous, configured) {
-        (Some(p), Some(c)) if parse_hex(&p.engine_id).as_deref() == Some(c) => {
-            (c.to_vec(), p.boots + 1)
-        }
+        (Some(p), Some(c)) if parse_hex(&p.engine_id).as_deref() == Some(c) => (
+            c.to_vec(),
+            p.boots
+                .saturating_add(1)
+                .max(boots_floor(now))
+                .min(2_147_483_646),
+        ),
         (Some(p), None) => (
             parse_hex(&p.engine_id)
                 .with_context(|| format!("{}: engine_id is not hex", path.display()))?,
             p.boots + 1,
         ),
-        // A new (or changed) engine ID starts at boots 1.
-        (_, Some(c)) => (c.to_vec(), 1),
+        // A configured engine ID without its file (a wiped or new data dir): its boots must
+        // not go back, or old v3 messages of that engine would fall in its time window
+        // again (RFC 3414 §3.2.7): start above any count an earlier life of it reached.
+        (_, Some(c)) => (c.to_vec(), boots_floor(now)),
         (None, None) => (generate_engine_id()?, 1),
     };
     let file = EngineFile {
@@ -79,6 +94,20 @@ pub fn load_engine(data_dir: &Path, configured: Option<&[u8]>) -> anyhow::Result
         dir.sync_all().ok();
     }
     Ok(Engine { engine_id, boots })
+}
+
+/// A lower bound for engineBoots of a configured engine ID: seconds since 2020-01-01 UTC
+/// (about 220 million in 2027; the limit, 2^31 − 1, is reached in 2088). A count that grew
+/// by one per restart stays below it unless the engine restarted more than once a second on
+/// average, so a wiped data dir never brings boots back to a value it had.
+fn boots_floor(now: std::time::SystemTime) -> u32 {
+    const EPOCH_2020: u64 = 1_577_836_800;
+    let now = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    u32::try_from(now.saturating_sub(EPOCH_2020))
+        .unwrap_or(u32::MAX)
+        .clamp(1, 2_147_483_646)
 }
 
 /// RFC 3411 §5 SnmpEngineID, format 5 (octets, administratively assigned): 0x80 | enterprise
@@ -112,6 +141,9 @@ fn monotonic_ms() -> Millis {
 #[derive(Debug, Default)]
 pub struct ListenerStats {
     pub queue_full: std::sync::atomic::AtomicU64,
+    /// Datagrams dropped by `[snmp] rate_per_source_per_s` (never journaled, never answered:
+    /// an inform's sender retransmits).
+    pub rate_limited: std::sync::atomic::AtomicU64,
     pub reply_send_errors: std::sync::atomic::AtomicU64,
     pub informs_answered: std::sync::atomic::AtomicU64,
 }
@@ -119,6 +151,7 @@ pub struct ListenerStats {
 pub async fn run(
     sock: Arc<UdpSocket>,
     core: SharedReceiver,
+    rate: receiver::limit::RateLimit,
     max_bytes: usize,
     intake: Intake,
     stats: Arc<ListenerStats>,
@@ -130,6 +163,7 @@ pub async fn run(
         .map(|_| vec![0u8; slot_bytes])
         .collect();
     let mut received: Vec<receiver::listen::Datagram> = Vec::new();
+    let mut limiter = receiver::limit::TokenBuckets::new(rate, 65_536);
     loop {
         tokio::select! {
             r = sock.readable() => if let Err(e) = r {
@@ -149,7 +183,14 @@ pub async fn run(
             }
         }
         let read_at = now_unix_nanos();
+        let now = std::time::Instant::now();
         for (src, datagram, kernel_at) in received.drain(..) {
+            if limiter.wait_for(src.ip(), now).is_some() {
+                stats
+                    .rate_limited
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                continue;
+            }
             let received_at = kernel_at.unwrap_or(read_at);
             handle(&sock, &core, &intake, &stats, src, datagram, received_at).await;
         }
@@ -267,4 +308,46 @@ fn answer_when_durable(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_configured_engine_keeps_its_boots_growing_across_a_wiped_data_dir() {
+        let dir = std::env::temp_dir().join(format!("twinrx-engine-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let id = parse_hex("800000090300aabbccddeeff").expect("hex");
+        // Starts a second apart (restarts are slower than that: the contract's premise).
+        let at = |s: u64| std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000 + s);
+        let first = load_engine_at(&dir, Some(&id), at(0)).expect("engine");
+        let second = load_engine_at(&dir, Some(&id), at(1)).expect("engine");
+        assert_eq!(first.engine_id, id);
+        assert!(
+            second.boots > first.boots,
+            "{} -> {}",
+            first.boots,
+            second.boots
+        );
+        // The data dir is wiped (F15): boots does not start again at 1.
+        std::fs::remove_dir_all(&dir).expect("wipe");
+        std::fs::create_dir_all(&dir).expect("dir");
+        let after_wipe = load_engine_at(&dir, Some(&id), at(2)).expect("engine");
+        assert!(
+            after_wipe.boots > second.boots,
+            "{} after the wipe, {} before",
+            after_wipe.boots,
+            second.boots
+        );
+        assert!(after_wipe.boots > 200_000_000, "{}", after_wipe.boots);
+        // A generated engine ID is new after a wipe: its own count starts at 1.
+        std::fs::remove_dir_all(&dir).expect("wipe");
+        std::fs::create_dir_all(&dir).expect("dir");
+        let generated = load_engine(&dir, None).expect("engine");
+        assert_eq!(generated.boots, 1);
+        assert_ne!(generated.engine_id, id);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

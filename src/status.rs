@@ -148,8 +148,10 @@ pub fn status_json(node: &Node) -> Value {
                     "rate_limited": r.rate_limited.load(Relaxed),
                     "queue_full": r.queue_full.load(Relaxed),
                     "connections_refused": r.connections_refused.load(Relaxed),
+                    "connections_refused_per_source": r.connections_refused_per_source.load(Relaxed),
                 },
                 "connections_open": r.connections_open.load(Relaxed),
+                "connections_idle_closed": r.connections_idle_closed.load(Relaxed),
             },
             "snmp": snmp_json(node),
         },
@@ -432,6 +434,7 @@ fn snmp_json(node: &Node) -> Value {
         "duplicate_informs": st.duplicate_informs,
         "informs_answered": l.informs_answered.load(Relaxed),
         "queue_full": l.queue_full.load(Relaxed),
+        "rate_limited": l.rate_limited.load(Relaxed),
         "reports_sent": st.discovery_reports + st.error_reports,
     })
 }

@@ -821,3 +821,97 @@ fn keys_rotate_on_a_running_pair_without_a_failover() {
     t.final_check(&[&g.manifest]);
     assert_no_failover(&t, act, ep);
 }
+
+/// Keeps up to `per_port` idle TCP connections from `source` open to each of `targets`,
+/// opening a fresh set every second (the nodes close what they refuse and, after the 3 s
+/// handshake deadline, what they held), until `stop`.
+fn idle_strangers(
+    source: std::net::Ipv4Addr,
+    targets: Vec<std::net::SocketAddr>,
+    per_port: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let mut opened = 0u64;
+        // Bounded: at most two minutes of it.
+        for _ in 0..120 {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            let held = rt.block_on(async {
+                let mut held = Vec::new();
+                for t in &targets {
+                    for _ in 0..per_port {
+                        let Ok(sock) = tokio::net::TcpSocket::new_v4() else {
+                            continue;
+                        };
+                        if sock.bind((source, 0).into()).is_err() {
+                            continue;
+                        }
+                        if let Ok(Ok(c)) =
+                            tokio::time::timeout(Duration::from_secs(1), sock.connect(*t)).await
+                        {
+                            held.push(c);
+                        }
+                    }
+                }
+                held
+            });
+            opened += held.len() as u64;
+            std::thread::sleep(Duration::from_secs(1));
+            rt.block_on(async move { drop(held) });
+        }
+        opened
+    })
+}
+
+/// 200 idle strangers on the link port (7400) and on the witness (7402), renewed every second:
+/// the pair fails over within its bound, the restarted node gets its link back, resync ends
+/// redundant, and nothing is lost or doubled.
+#[test]
+fn idle_strangers_on_the_link_and_witness_ports_delay_neither_failover_nor_reconnection() {
+    let (mut t, act, sby, mut g) = loaded("ha-idle", "idle", 16_000, "udp");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let targets = vec![
+        format!("{}:7400", t.b.ip).parse().expect("addr"),
+        t.w.addr().parse().expect("addr"),
+    ];
+    let flood = idle_strangers(unique_ip(), targets, 200, stop.clone());
+    // Let the strangers take what they can.
+    let b_admin = t.b.admin.clone();
+    wait_for("[ha-idle] strangers refused on b's link", 10 * SEC, || {
+        let st = get_json_within(&format!("{b_admin}/status"), 2 * SEC)?;
+        (st["pair"]["links"][0]["auth_failures"]["too_many_pending"].as_u64()? >= 100).then_some(())
+    });
+    let before = stream_end(&ha(&t, sby));
+    let t0 = Instant::now();
+    t.node(act).signal(Signal::SIGKILL);
+    let took = wait_takeover(&t, sby, before, t0, 15 * SEC);
+    eprintln!(
+        "[ha-idle] failover with 200 idle strangers per port: {} ms",
+        took.as_millis()
+    );
+    assert!(took < 3 * SEC, "failover took {took:?} (target p99 3 s)");
+    t.node_mut(act).wait_exit(10 * SEC);
+    let t1 = Instant::now();
+    t.node_mut(act).start();
+    t.resync(act);
+    eprintln!(
+        "[ha-idle] restart to redundant (resync) with the strangers: {} ms",
+        t1.elapsed().as_millis()
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let opened = flood.join().expect("stranger thread");
+    eprintln!("[ha-idle] the strangers opened {opened} connections");
+    let w = t.w.status().expect("witness status");
+    assert!(
+        w["auth_failures"]["too_many_pending"].as_u64() >= Some(100),
+        "{w:#}"
+    );
+    g.wait(120 * SEC);
+    t.final_check(&[&g.manifest]);
+}

@@ -529,3 +529,87 @@ fn tail_follow_prints_entries_as_they_are_committed() {
         assert_eq!(v["syslog"]["message"], format!("follow {n}"));
     }
 }
+
+/// `[syslog] connections_per_source_max` and `idle_timeout_s`: one host cannot take every TCP
+/// connection, and a silent connection is closed (counted); another host and a sender that
+/// talks are served.
+#[test]
+fn tcp_connections_are_capped_per_source_and_idle_ones_closed() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let s = Scratch::new("syslog-limits");
+    let mut node = TestNode::new(
+        s.path(),
+        "connections_per_source_max = 3\nidle_timeout_s = 2",
+        "",
+    );
+    node.start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let addr: std::net::SocketAddr = format!("{}:5514", node.ip).parse().expect("addr");
+    let from = |ip: std::net::Ipv4Addr| {
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.bind((ip, 0).into()).expect("bind");
+        sock.connect(addr)
+    };
+    let flooder = unique_ip();
+    let (mut held, mut fourth) = rt.block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(from(flooder).await.expect("connect"));
+        }
+        (held, from(flooder).await.expect("connect"))
+    });
+    // The fourth from the same host is closed at once.
+    let n = rt.block_on(async {
+        let mut b = [0u8; 16];
+        tokio::time::timeout(Duration::from_secs(5), fourth.read(&mut b)).await
+    });
+    assert!(
+        matches!(n, Ok(Ok(0)) | Ok(Err(_))),
+        "the 4th connection stayed open: {n:?}"
+    );
+    let st = node.status();
+    assert_eq!(
+        st["receivers"]["syslog"]["discarded"]["connections_refused_per_source"], 1,
+        "{st:#}"
+    );
+    // Another host is served, and a message on a held connection is accepted.
+    rt.block_on(async {
+        let mut other = from(unique_ip()).await.expect("another host connects");
+        let line = b"<134>1 2026-12-07T10:00:00Z host app - - - limits-other-host\n";
+        other.write_all(line).await.expect("write");
+        let line = b"<134>1 2026-12-07T10:00:00Z host app - - - limits-held-conn\n";
+        held[0].write_all(line).await.expect("write");
+    });
+    let stream = node.wait_stream(2, Duration::from_secs(10));
+    for token in ["limits-other-host", "limits-held-conn"] {
+        assert_eq!(entries_with(&stream, token).len(), 1, "{token}");
+    }
+    // Silent for idle_timeout_s: the node closes the held connections and counts them.
+    let started = std::time::Instant::now();
+    rt.block_on(async {
+        for c in &mut held {
+            let mut b = [0u8; 16];
+            let r = tokio::time::timeout(Duration::from_secs(10), c.read(&mut b)).await;
+            assert!(
+                matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+                "not closed when idle: {r:?}"
+            );
+        }
+    });
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "closed after {waited:?}"
+    );
+    let st = wait_for("idle closes counted", Duration::from_secs(5), || {
+        let st = node.status();
+        (st["receivers"]["syslog"]["connections_idle_closed"].as_u64()? >= 3).then_some(st)
+    });
+    eprintln!(
+        "[syslog-limits] idle connections closed after {waited:?}; open now {}",
+        st["receivers"]["syslog"]["connections_open"]
+    );
+}

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
@@ -191,6 +191,10 @@ pub struct SyslogStats {
     pub rate_limited: AtomicU64,
     pub queue_full: AtomicU64,
     pub connections_refused: AtomicU64,
+    /// Of those, refused because their source address had `connections_per_source_max` open.
+    pub connections_refused_per_source: AtomicU64,
+    /// Connections closed after `idle_timeout` without a byte.
+    pub connections_idle_closed: AtomicU64,
     pub connections_open: AtomicU64,
     pub connections_total: AtomicU64,
     /// Unix ms of the last accepted message (health: "receiving").
@@ -222,6 +226,80 @@ pub struct ListenerOptions {
     pub rate_sources_max: usize,
     /// TCP/TLS connections open at once, per listener.
     pub connections_max: usize,
+    /// ... and from one source address (one host cannot take them all).
+    pub connections_per_source_max: usize,
+    /// A connection that sends nothing for this long is closed (`None`: never). Senders
+    /// reconnect on their next message; keep it long (a sender may learn of the close only
+    /// by losing its next write).
+    pub idle_timeout: Option<Duration>,
+    /// TCP keepalive probes after this much silence (`None`: off): a peer that vanished
+    /// (power loss, cable) is detected and its connection freed.
+    pub keepalive: Option<Duration>,
+    /// The TLS handshake must finish within this.
+    pub tls_handshake_timeout: Duration,
+}
+
+impl ListenerOptions {
+    /// Defaults for the limits (the node's config overrides them).
+    pub fn new(message_bytes_max: usize, rate: RateLimit, connections_max: usize) -> Self {
+        ListenerOptions {
+            message_bytes_max,
+            rate,
+            rate_sources_max: 65_536,
+            connections_max,
+            connections_per_source_max: 64,
+            idle_timeout: Some(Duration::from_secs(3600)),
+            keepalive: Some(Duration::from_secs(60)),
+            tls_handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Connections open per source address; a [`SourceSlot`] gives its place back on drop.
+#[derive(Default)]
+struct PerSource(Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+struct SourceSlot {
+    table: Arc<PerSource>,
+    ip: std::net::IpAddr,
+}
+
+impl PerSource {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<SourceSlot> {
+        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = t.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut t = self.table.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = t.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                t.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Turns on TCP keepalive probes after `idle` of silence (then every `idle / 4`, 4 probes).
+fn set_keepalive(stream: &TcpStream, idle: Duration) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval((idle / 4).max(Duration::from_secs(1)))
+        .with_retries(4);
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&ka) {
+        tracing::debug!(error = %e, "cannot set TCP keepalive");
+    }
 }
 
 pub fn now_unix_nanos() -> UnixNanos {
@@ -496,6 +574,7 @@ pub async fn run_tcp(
         opts.rate,
         opts.rate_sources_max,
     )));
+    let per_source = Arc::new(PerSource::default());
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -513,7 +592,15 @@ pub async fn run_tcp(
             stats.connections_refused.fetch_add(1, Relaxed);
             continue;
         }
+        let Some(slot) = per_source.take(peer.ip(), opts.connections_per_source_max) else {
+            stats.connections_refused.fetch_add(1, Relaxed);
+            stats.connections_refused_per_source.fetch_add(1, Relaxed);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
+        if let Some(idle) = opts.keepalive {
+            set_keepalive(&stream, idle);
+        }
         stats.connections_open.fetch_add(1, Relaxed);
         stats.connections_total.fetch_add(1, Relaxed);
         let (tls, opts, tx, stats, limiter, shutdown) = (
@@ -525,6 +612,7 @@ pub async fn run_tcp(
             shutdown.clone(),
         );
         tokio::spawn(async move {
+            let _slot = slot;
             serve_connection(stream, peer, tls, &opts, &tx, &stats, &limiter, shutdown).await;
             stats.connections_open.fetch_sub(1, Relaxed);
         });
@@ -558,8 +646,7 @@ async fn serve_connection(
         }
         Some(acceptor) => {
             let handshake =
-                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream))
-                    .await;
+                tokio::time::timeout(opts.tls_handshake_timeout, acceptor.accept(stream)).await;
             match handshake {
                 Ok(Ok(s)) => {
                     read_frames(s, peer, Transport::Tls, opts, tx, stats, limiter, shutdown).await
@@ -590,12 +677,18 @@ async fn read_frames<S: AsyncRead + Unpin>(
 ) {
     let mut framer = TcpFramer::new(opts.message_bytes_max);
     let mut buf = vec![0u8; 64 * 1024];
+    let idle = opts.idle_timeout.unwrap_or(Duration::MAX);
     loop {
         let n = tokio::select! {
-            r = stream.read(&mut buf) => match r {
-                Ok(n) => n,
-                Err(e) => {
+            r = tokio::time::timeout(idle, stream.read(&mut buf)) => match r {
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "syslog connection read error");
+                    0
+                }
+                Err(_) => {
+                    stats.connections_idle_closed.fetch_add(1, Relaxed);
+                    tracing::debug!(%peer, "syslog connection idle: closed");
                     0
                 }
             },

@@ -23,8 +23,11 @@ pub struct LinkConfig {
     /// Whole handshake (connect included) must finish within this. Default 3 s.
     pub handshake_timeout: Duration,
     /// A listener runs at most this many handshakes at once; more connections are closed at
-    /// once and counted (`TooManyPending`). Default 8.
+    /// once and counted (`TooManyPending`). Default 64.
     pub pending_handshakes_max: usize,
+    /// ... and at most this many from one source address, so that one host holding idle
+    /// connections cannot keep the peer out (the peer dials from its own address). Default 2.
+    pub pending_handshakes_per_source_max: usize,
     /// Longest frame accepted after the handshake (length field value). Default
     /// [`FRAME_BYTES_MAX_DEFAULT`], enough for any journal record.
     pub frame_bytes_max: u32,
@@ -47,7 +50,8 @@ impl LinkConfig {
             peers: peers.to_vec(),
             credentials,
             handshake_timeout: Duration::from_secs(3),
-            pending_handshakes_max: 8,
+            pending_handshakes_max: 64,
+            pending_handshakes_per_source_max: 2,
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
             keepalive_interval: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(10),
@@ -73,6 +77,9 @@ impl LinkConfig {
         }
         if self.pending_handshakes_max == 0 {
             return bad("pending_handshakes_max = 0: must be at least 1".into());
+        }
+        if self.pending_handshakes_per_source_max == 0 {
+            return bad("pending_handshakes_per_source_max = 0: must be at least 1".into());
         }
         if self.control_queue_max == 0 {
             return bad("control_queue_max = 0: must be at least 1".into());

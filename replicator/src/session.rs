@@ -623,7 +623,8 @@ pub async fn connect(addr: SocketAddr, cfg: &LinkConfig) -> Result<Session, Erro
 }
 
 /// Accepts connections from the peer. Each connection is authenticated in its own task (at
-/// most `pending_handshakes_max` at once, each within `handshake_timeout`); strangers are
+/// most `pending_handshakes_max` at once and `pending_handshakes_per_source_max` from one
+/// source address, each within `handshake_timeout`); strangers are
 /// refused and counted, and only authenticated sessions come out of [`Listener::accept`].
 /// Dropping the listener stops accepting and aborts pending handshakes.
 pub struct Listener {
@@ -677,9 +678,46 @@ impl Drop for Listener {
     }
 }
 
+/// Handshakes running per source address; a [`SourceSlot`] gives its place back on drop.
+#[derive(Default)]
+struct PerSource(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+struct SourceSlot {
+    table: Arc<PerSource>,
+    ip: std::net::IpAddr,
+}
+
+impl PerSource {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<SourceSlot> {
+        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = t.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut t = self.table.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = t.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                t.remove(&self.ip);
+            }
+        }
+    }
+}
+
 async fn accept_loop(listener: TcpListener, cfg: LinkConfig, tx: mpsc::Sender<Session>) {
     let cfg = Arc::new(cfg);
     let pending = Arc::new(Semaphore::new(cfg.pending_handshakes_max));
+    let per_source = Arc::new(PerSource::default());
     let mut handshakes = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -695,15 +733,20 @@ async fn accept_loop(listener: TcpListener, cfg: LinkConfig, tx: mpsc::Sender<Se
                 continue;
             }
         };
+        let Some(slot) = per_source.take(from.ip(), cfg.pending_handshakes_per_source_max) else {
+            cfg.stats.auth_failure(AuthFailure::TooManyPending);
+            tracing::debug!(%from, "cluster link: too many pending handshakes from this address; connection closed");
+            continue;
+        };
         let Ok(permit) = pending.clone().try_acquire_owned() else {
             cfg.stats.auth_failure(AuthFailure::TooManyPending);
-            tracing::warn!(%from, "cluster link: too many pending handshakes; connection closed");
+            tracing::debug!(%from, "cluster link: too many pending handshakes; connection closed");
             continue;
         };
         let cfg = cfg.clone();
         let tx = tx.clone();
         handshakes.spawn(async move {
-            let _permit = permit;
+            let _permit = (permit, slot);
             let handshake = async {
                 tcp_setup(&stream)?;
                 auth::server(stream, &cfg, &from.to_string()).await

@@ -242,6 +242,13 @@ fn build(ca_file: &Path, cert_file: &Path, key_file: &Path) -> Result<Loaded, St
         .map_err(|e| format!("key file {}: {e}", key_file.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls13 = [&rustls::version::TLS13];
+    let pair_err = |e: rustls::Error| {
+        format!(
+            "certificate {} with key {}: {e}",
+            cert_file.display(),
+            key_file.display()
+        )
+    };
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         roots.clone(),
         provider.clone(),
@@ -253,25 +260,13 @@ fn build(ca_file: &Path, cert_file: &Path, key_file: &Path) -> Result<Loaded, St
         .map_err(|e| e.to_string())?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain.clone(), key.clone_key())
-        .map_err(|e| {
-            format!(
-                "certificate {} with key {}: {e}",
-                cert_file.display(),
-                key_file.display()
-            )
-        })?;
+        .map_err(pair_err)?;
     let client = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&tls13)
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
-        .map_err(|e| {
-            format!(
-                "certificate {} with key {}: {e}",
-                cert_file.display(),
-                key_file.display()
-            )
-        })?;
+        .map_err(pair_err)?;
     Ok(Loaded {
         stamp,
         client: Arc::new(client),

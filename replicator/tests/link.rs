@@ -253,6 +253,7 @@ async fn garbage_and_silence_are_refused_and_counted() {
 async fn pending_handshakes_are_bounded() {
     let mut lcfg = cfg(NodeId::A);
     lcfg.pending_handshakes_max = 2;
+    lcfg.pending_handshakes_per_source_max = 10;
     lcfg.handshake_timeout = Duration::from_secs(30);
     let stats = lcfg.stats.clone();
     let mut listener = Listener::bind(localhost(), lcfg).await.expect("bind");
@@ -286,6 +287,47 @@ async fn pending_handshakes_are_bounded() {
     let accepted = listener.accept().await.expect("accept");
     assert_eq!(accepted.peer(), B);
     drop(ok);
+}
+
+/// A connection from `source` (a loopback address of its own) to `addr`.
+async fn connect_from(source: &str, addr: std::net::SocketAddr) -> TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().expect("socket");
+    s.bind(format!("{source}:0").parse().expect("address"))
+        .expect("bind the source address");
+    s.connect(addr).await.expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_idle_strangers_cannot_keep_the_peer_out() {
+    // Defaults: 64 handshakes at once, 2 per source address, 3 s each.
+    let lcfg = cfg(NodeId::A);
+    let stats = lcfg.stats.clone();
+    let mut listener = Listener::bind("127.0.0.1:0".parse().expect("addr"), lcfg)
+        .await
+        .expect("bind");
+    let addr = listener.local_addr();
+    // 200 idle connections from one stranger's address: two hold a slot, the rest are
+    // closed unread and counted.
+    let mut strangers = Vec::new();
+    for _ in 0..200 {
+        strangers.push(connect_from("127.0.0.2", addr).await);
+    }
+    wait_until("198 strangers refused", LIMIT, || {
+        stats.snapshot().auth_failures(AuthFailure::TooManyPending) >= 198
+    })
+    .await;
+    // The peer, from its own address, gets its session at once.
+    let started = Instant::now();
+    let peer = connect(addr, &cfg(NodeId::B))
+        .await
+        .expect("the peer is let in");
+    let accepted = listener.accept().await.expect("accept");
+    let took = started.elapsed();
+    eprintln!("peer's session with 200 idle strangers: {took:?}");
+    assert_eq!(accepted.peer(), B);
+    assert!(took < Duration::from_secs(2), "the peer waited {took:?}");
+    assert_eq!(stats.snapshot().sessions_established, 1);
+    drop((peer, strangers));
 }
 
 /// A client and a listener of the pair through a [`Proxy`]; keepalives far apart, so that

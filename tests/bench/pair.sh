@@ -283,6 +283,14 @@ stop() { # a|b|w|s (SIGTERM, wait)
   kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true
   PID[$1]=""
 }
+cpu_ticks() { # a|b|s ... : user + system clock ticks of those processes
+  local t=0 p
+  for n in "$@"; do
+    p=${PID[$n]:-}
+    [ -n "$p" ] && [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo $t
+}
 fresh_pair() { # stops everything, wipes the data, starts the trio; sets ACTIVE/STANDBY
   stop a; stop b; stop w; stop s
   rm -rf "$WORK"/data-*
@@ -311,9 +319,15 @@ if phase throughput; then
       else
         fresh_single; TO=(--to $IP_S:5514); U=${URL[s]}
       fi
+      if [ $SETUP = pair ]; then NODES=(a b); else NODES=(s); fi
+      c0=$(cpu_ticks "${NODES[@]}"); t0=$(date +%s.%N)
       "$BIN" gen "${TO[@]}" --count "$COUNT" --rate "$R" --run-id "tp$SETUP$R" \
         --manifest "$D/m.json" --timeout-s 300 2>"$D/gen.err"
       committed=$(h settle "$U" "$COUNT" 10 180)
+      c1=$(cpu_ticks "${NODES[@]}"); t1=$(date +%s.%N)
+      # CPU of the node processes (user + system) per 1000 messages, and committed per second.
+      cpu=$(python3 -c "print('%.1f' % (($c1 - $c0) * 1000 / $(getconf CLK_TCK) / ($COUNT / 1000)))")
+      crate=$(python3 -c "print(int($committed / ($t1 - $t0)))")
       curl -sf "$U/stream?from=0" > "$D/stream.ndjson"
       read -r missing dup present gaps < <("$BIN" check --json --manifest "$D/m.json" \
         --stream "$D/stream.ndjson" 2>/dev/null | h check || echo "- - - -")
@@ -324,7 +338,7 @@ if phase throughput; then
         drops=$(h get "$U" receivers.syslog.udp_kernel_drops)
       fi
       lossless=no; [ "$missing" = 0 ] && [ "$dup" = 0 ] && lossless=yes
-      echo "BENCH throughput setup=$SETUP rate=$R sent=$sent send_rate=$srate (messages/s, each to every node) committed=$committed missing=$missing duplicated=$dup offset_gaps=$gaps udp_kernel_drops=$drops lossless=$lossless"
+      echo "BENCH throughput setup=$SETUP rate=$R sent=$sent send_rate=$srate (messages/s, each to every node) committed=$committed missing=$missing duplicated=$dup offset_gaps=$gaps udp_kernel_drops=$drops lossless=$lossless commit_rate=$crate cpu_ms_per_1k=$cpu"
       rm -f "$D/stream.ndjson"
     done
   done
