@@ -57,3 +57,15 @@ pub fn hold(part: Part) {
         tracing::warn!(?part, "fault injection: thawed");
     }
 }
+
+/// Test aid (builds with the feature only): `TWINRX_FAULT_CLOCK_SKEW_MS` shifts the clock this
+/// node reports in the link's clock samples, as a host whose clock is off would. 0 otherwise.
+pub fn clock_skew_ms() -> i64 {
+    if !ENABLED {
+        return 0;
+    }
+    std::env::var("TWINRX_FAULT_CLOCK_SKEW_MS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}

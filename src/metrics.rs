@@ -41,6 +41,20 @@ pub(crate) fn family(
     Ok(())
 }
 
+/// Encodes one gauge family of fractional (and signed) values.
+pub(crate) fn gauge_f64(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    items: &[(Labels<'_>, f64)],
+) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in items {
+        m.encode_family(labels)?.encode_gauge(v)?;
+    }
+    Ok(())
+}
+
 impl Collector for NodeCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
         use MetricType::{Counter, Gauge};

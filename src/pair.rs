@@ -121,6 +121,9 @@ pub struct Pair {
     /// With HA: a link whose session is up but that carried no control message for this long
     /// is shown `silent` (the session's own idle timeout is longer). 0: not tracked.
     silent_after_ms: AtomicU64,
+    /// Above this clock offset to the peer (half the de-duplication window `W`), status
+    /// reports a problem: the two copies of a message are matched within `W` of each other.
+    clock_skew_max_ms: u64,
     /// Wakes waiters when the copier starts or stops.
     copy_changed: Notify,
     /// A new data directory: shippers report the peer's copy position and wait (F15).
@@ -240,11 +243,12 @@ pub async fn start(
     let mut listeners = Vec::new();
     let mut views = Vec::new();
     for (i, side) in settings.links.iter().enumerate() {
-        let link_cfg = LinkConfig::new(
+        let mut link_cfg = LinkConfig::new(
             Party::Node(settings.me),
             &[Party::Node(settings.peer)],
             settings.credentials.clone(),
         );
+        link_cfg.clock_skew_us = crate::fault::clock_skew_ms().saturating_mul(1000);
         let listener = match side {
             LinkSide::Listen(addr) => Some(
                 Listener::bind(*addr, link_cfg.clone())
@@ -279,6 +283,10 @@ pub async fn start(
         witness_sender: Mutex::new(None),
         events: std::sync::OnceLock::new(),
         silent_after_ms: AtomicU64::new(0),
+        clock_skew_max_ms: cfg
+            .ha
+            .as_ref()
+            .map_or(2500, |h| h.dedup.get().window_ms / 2),
         copy_changed: Notify::new(),
         fresh: fresh_shared,
         settings,
@@ -864,6 +872,19 @@ impl Pair {
         (own_last, sent, acked)
     }
 
+    /// The peer's clock minus this node's, ms, as the up link with the most recent sample
+    /// measured it (`None` before any sample).
+    pub fn clock_offset_ms(&self) -> Option<i64> {
+        self.links
+            .iter()
+            .filter_map(|l| {
+                let s = l.stats.snapshot();
+                Some((s.clock_rtt_us?, s.clock_offset_us?))
+            })
+            .min_by_key(|(rtt, _)| *rtt)
+            .map(|(_, off)| off / 1000)
+    }
+
     /// Problems and the operator's next step.
     pub fn problems(&self) -> (Vec<String>, Option<String>) {
         let me = self.settings.me;
@@ -872,6 +893,22 @@ impl Pair {
         let mut next = None;
         let (copy_stopped, peer_copy_stopped) =
             self.with_repl(|r| (r.copy_stopped.clone(), r.peer_copy_stopped.clone()));
+        if let Some(off) = self.clock_offset_ms() {
+            if off.unsigned_abs() > self.clock_skew_max_ms {
+                problems.push(format!(
+                    "the clocks of node {me} and node {peer} differ by {} ms (node {peer} {}), \
+                     more than half the de-duplication window ({} ms): the two copies of a \
+                     message may no longer be matched as live",
+                    off.unsigned_abs(),
+                    if off > 0 { "ahead" } else { "behind" },
+                    self.clock_skew_max_ms
+                ));
+                next.get_or_insert_with(|| {
+                    "synchronize both nodes' clocks (NTP: chronyc tracking / timedatectl)"
+                        .to_string()
+                });
+            }
+        }
         if let Some(e) = self.settings.credentials.reload_error() {
             problems.push(format!(
                 "the link's certificate files changed but do not load ({e}); the previous ones \
@@ -1006,6 +1043,8 @@ impl Pair {
                     "since": rfc3339(st.since),
                     "remote": st.remote.map(|a| a.to_string()),
                     "peer_cert_sha256": st.peer_cert,
+                    "clock_offset_ms": snap.clock_offset_us.map(|us| us as f64 / 1000.0),
+                    "clock_rtt_ms": snap.clock_rtt_us.map(|us| us as f64 / 1000.0),
                     "last_error": st.last_error,
                     "sessions": snap.sessions_established,
                     "reconnects": snap.reconnects,
@@ -1118,6 +1157,23 @@ impl Pair {
              pair's CA; wrong_identity: a party that may not speak here)",
             Counter,
             &failures,
+        )?;
+        let offsets: Vec<(crate::metrics::Labels<'_>, f64)> = idx
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                Some((
+                    vec![("link", s.as_str())],
+                    snaps[i].clock_offset_us? as f64 / 1e6,
+                ))
+            })
+            .collect();
+        crate::metrics::gauge_f64(
+            enc,
+            "twinrx_link_clock_offset_seconds",
+            "The peer's clock minus this node's, measured over the link (best of the last 8 \
+             samples, by round trip); a problem above half ha.dedup_window_ms",
+            &offsets,
         )?;
         family(
             enc,

@@ -604,3 +604,43 @@ fn copying_moves_to_the_other_link_when_one_is_cut_and_back_when_it_heals() {
         15_000
     );
 }
+
+/// A node whose clock is off by more than half the de-duplication window: the pair measures
+/// it over the link and says so (status problem, metric) on both nodes.
+#[test]
+fn a_clock_offset_between_the_nodes_is_measured_and_reported() {
+    let mut p = TestPair::new("pair-clock");
+    // Node b reports a clock 4 s ahead (fault-injection test aid); W is 5 s: limit 2.5 s.
+    p.b.env
+        .push(("TWINRX_FAULT_CLOCK_SKEW_MS".into(), "4000".into()));
+    p.start();
+    wait_link_up(&p.b);
+    let st = wait_for("a to measure b's clock", Duration::from_secs(20), || {
+        let st = p.a.status();
+        let off = st["pair"]["links"][0]["clock_offset_ms"].as_f64()?;
+        ((off - 4000.0).abs() < 200.0).then_some(st)
+    });
+    let problems = st["problems"].to_string();
+    assert!(
+        problems.contains("clocks of node a and node b differ by") && problems.contains("ahead"),
+        "{st:#}"
+    );
+    let sb = wait_for("b to measure a's clock", Duration::from_secs(20), || {
+        let st = p.b.status();
+        let off = st["pair"]["links"][0]["clock_offset_ms"].as_f64()?;
+        ((off + 4000.0).abs() < 200.0).then_some(st)
+    });
+    assert!(sb["problems"].to_string().contains("behind"), "{sb:#}");
+    let metrics = get_text(&format!("{}/metrics", p.a.admin)).expect("metrics");
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("twinrx_link_clock_offset_seconds{link=\"0\"}"))
+        .unwrap_or_else(|| panic!("no clock offset metric in:\n{metrics}"));
+    let v: f64 = line
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("a value");
+    assert!((v - 4.0).abs() < 0.2, "{line}");
+    p.stop();
+}

@@ -38,6 +38,11 @@ pub struct LinkConfig {
     /// Control messages received but not yet taken by [`crate::Session::recv`]; beyond it
     /// new ones are dropped and counted (`control_dropped`). Default 1024.
     pub control_queue_max: usize,
+    /// Each side sends a clock sample this often (PROTOCOL.md "Clock samples"). Default 2 s.
+    pub clock_interval: Duration,
+    /// Test aid: added to this side's wall clock in its clock samples (a skewed clock without
+    /// touching the host's). 0 in production.
+    pub clock_skew_us: i64,
     /// Counters of this link, shared by all its sessions (reconnects included).
     pub stats: Arc<LinkStats>,
 }
@@ -56,6 +61,8 @@ impl LinkConfig {
             keepalive_interval: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(10),
             control_queue_max: 1024,
+            clock_interval: Duration::from_secs(2),
+            clock_skew_us: 0,
             stats: Arc::new(LinkStats::default()),
         }
     }
@@ -89,6 +96,9 @@ impl LinkConfig {
                 "keepalive_interval = {:?}: must be above zero and below idle_timeout ({:?})",
                 self.keepalive_interval, self.idle_timeout
             ));
+        }
+        if self.clock_interval.is_zero() {
+            return bad("clock_interval = 0: must be above zero".into());
         }
         if self.handshake_timeout.is_zero() {
             return bad("handshake_timeout = 0: must be above zero".into());

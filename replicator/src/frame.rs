@@ -38,6 +38,7 @@ pub(crate) mod ty {
     pub const REFUSE: u8 = 0x0F;
     pub const CONTROL: u8 = 0x10;
     pub const PING: u8 = 0x11;
+    pub const CLOCK: u8 = 0x12;
     pub const SHIP_REQUEST: u8 = 0x20;
     pub const SHIP_BATCH: u8 = 0x21;
     pub const SHIP_ACK: u8 = 0x22;

@@ -19,6 +19,7 @@ pub fn frames(data: &[u8]) {
     let _ = decode_batch(data);
     let _ = ErrorMsg::decode(data);
     let _ = decode_ack(data);
+    let _ = crate::clock::Clock::decode(data);
     let Some((&frame_type, payload)) = data.split_first() else {
         return;
     };
@@ -39,6 +40,7 @@ pub fn frames(data: &[u8]) {
             ty::SHIP_BATCH => decode_batch(&p).map(drop),
             ty::SHIP_ACK => decode_ack(&p).map(drop),
             ty::SHIP_ERROR | ty::COPY_ERROR => ErrorMsg::decode(&p).map(drop),
+            ty::CLOCK => crate::clock::Clock::decode(&p).map(drop),
             _ => Ok(()),
         };
     }

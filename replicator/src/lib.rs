@@ -24,6 +24,7 @@
 //!   [`JournalCopier`] (keeps the local copy of the peer's journal), with receiver-driven
 //!   flow control (a window of unacknowledged bytes), acknowledgements of durable seqs,
 //!   resume by seq, `reset_to` after the peer's retention, and divergence detection.
+//! - `clock.rs`: the peers' clock offset from `CLOCK` frames (an NTP exchange over the link).
 //! - `stats.rs`: [`LinkStats`], counters per configured link (STYLE §8).
 //!
 //! # Contract
@@ -36,6 +37,7 @@
 //! - Memory per session is bounded: frame size, queue lengths, and the shipping window.
 
 mod auth;
+pub mod clock;
 mod config;
 mod frame;
 #[doc(hidden)]

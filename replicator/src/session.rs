@@ -82,6 +82,52 @@ pub enum Event {
 pub(crate) struct Shared {
     pub stats: Arc<LinkStats>,
     closed: watch::Sender<Option<CloseReason>>,
+    /// The peer's last clock sample (its `sent_us`) and when it came, for the echo.
+    peer_clock: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
+    clock_filter: std::sync::Mutex<crate::clock::Filter>,
+    clock_skew_us: i64,
+}
+
+impl Shared {
+    /// This side's wall clock for clock samples, µs since the Unix epoch.
+    fn wall_us(&self) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        now.saturating_add_signed(self.clock_skew_us)
+    }
+
+    /// The `CLOCK` frame to send now.
+    fn clock_frame(&self) -> crate::clock::Clock {
+        let peer = *self.peer_clock.lock().unwrap_or_else(|p| p.into_inner());
+        let (echo_us, held_us) = match peer {
+            Some((sent, at)) => (
+                sent,
+                u64::try_from(at.elapsed().as_micros()).unwrap_or(u64::MAX),
+            ),
+            None => (0, 0),
+        };
+        crate::clock::Clock {
+            sent_us: self.wall_us(),
+            echo_us,
+            held_us,
+        }
+    }
+
+    /// Takes in the peer's `CLOCK` frame received now.
+    fn clock_received(&self, c: &crate::clock::Clock) {
+        let t4 = self.wall_us();
+        *self.peer_clock.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((c.sent_us, std::time::Instant::now()));
+        if let Some(s) = crate::clock::sample(c, t4) {
+            let best = self
+                .clock_filter
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(s);
+            self.stats.clock(best);
+        }
+    }
 }
 
 impl Shared {
@@ -215,6 +261,9 @@ impl Session {
         let shared = Arc::new(Shared {
             stats: cfg.stats.clone(),
             closed: closed_tx,
+            peer_clock: std::sync::Mutex::new(None),
+            clock_filter: std::sync::Mutex::new(crate::clock::Filter::default()),
+            clock_skew_us: cfg.clock_skew_us,
         });
         LinkStats::add(&cfg.stats.sessions_established, 1);
         let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE_FRAMES);
@@ -242,6 +291,7 @@ impl Session {
             control: control_rx,
             bulk: bulk_rx,
             keepalive: cfg.keepalive_interval,
+            clock_interval: cfg.clock_interval,
             shared: shared.clone(),
         };
         let tasks = vec![
@@ -414,6 +464,7 @@ struct Writer {
     control: mpsc::Receiver<Out>,
     bulk: mpsc::Receiver<Vec<u8>>,
     keepalive: Duration,
+    clock_interval: Duration,
     shared: Arc<Shared>,
 }
 
@@ -421,11 +472,17 @@ impl Writer {
     async fn run(mut self, mut closed_rx: watch::Receiver<Option<CloseReason>>) {
         let stats = self.shared.stats.clone();
         let mut last_send = Instant::now();
+        // The first sample soon (the peer echoes it in its next), then every interval.
+        let mut next_clock = Instant::now() + Duration::from_millis(100).min(self.clock_interval);
         let mut bulk_open = true;
         loop {
             let frame = tokio::select! {
                 biased;
                 _ = closed(&mut closed_rx) => break,
+                _ = sleep_until(next_clock) => {
+                    next_clock = Instant::now() + self.clock_interval;
+                    self.sealer.seal(ty::CLOCK, &self.shared.clock_frame().encode())
+                }
                 m = self.control.recv() => match m {
                     Some(m) => self.sealer.seal(m.frame_type, &m.payload),
                     None => break,
@@ -551,6 +608,10 @@ impl Reader {
                 }
             }
             ty::PING => {}
+            ty::CLOCK => {
+                let c = crate::clock::Clock::decode(&payload).map_err(protocol)?;
+                self.shared.clock_received(&c);
+            }
             ty::SHIP_REQUEST => {
                 let r = ShipRequest::decode(&payload).map_err(protocol)?;
                 self.route_ship(ShipIn::Request(r))?;

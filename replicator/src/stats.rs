@@ -106,6 +106,11 @@ pub struct LinkStats {
     /// Times the peer reported that its copy of this journal cannot store.
     pub(crate) peer_copy_store_errors: AtomicU64,
     auth_failures: [AtomicU64; 9],
+    /// The peer's clock minus ours (µs) and the round trip of the sample it comes from
+    /// (`crate::clock`); `clock_samples` counts the measurements (0: none yet).
+    pub(crate) clock_offset_us: std::sync::atomic::AtomicI64,
+    pub(crate) clock_rtt_us: std::sync::atomic::AtomicI64,
+    pub(crate) clock_samples: AtomicU64,
 }
 
 /// A point-in-time copy of [`LinkStats`].
@@ -166,6 +171,11 @@ pub struct LinkStatsSnapshot {
     pub peer_copy_store_errors: u64,
     /// Authentication failures per reason, in [`AuthFailure::ALL`] order.
     pub auth_failures: [(AuthFailure, u64); 9],
+    /// The peer's clock minus this node's, µs, from the best of the last clock samples
+    /// (`None` before the first): PROTOCOL.md "Clock samples".
+    pub clock_offset_us: Option<i64>,
+    /// The round trip of that sample, µs (its error is at most half of it).
+    pub clock_rtt_us: Option<i64>,
 }
 
 impl LinkStatsSnapshot {
@@ -222,7 +232,17 @@ impl LinkStats {
             copy_store_failing: l(&self.copy_store_failing) != 0,
             peer_copy_store_errors: l(&self.peer_copy_store_errors),
             auth_failures,
+            clock_offset_us: (l(&self.clock_samples) > 0)
+                .then(|| self.clock_offset_us.load(Ordering::Relaxed)),
+            clock_rtt_us: (l(&self.clock_samples) > 0)
+                .then(|| self.clock_rtt_us.load(Ordering::Relaxed)),
         }
+    }
+
+    pub(crate) fn clock(&self, s: crate::clock::Sample) {
+        self.clock_offset_us.store(s.offset_us, Ordering::Relaxed);
+        self.clock_rtt_us.store(s.rtt_us, Ordering::Relaxed);
+        self.clock_samples.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn auth_failure(&self, reason: AuthFailure) {

@@ -520,3 +520,44 @@ async fn rewritten_certificate_files_are_used_by_the_next_session() {
         .is_some_and(|e| e.contains("b.pem")));
     drop(third);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_side_measures_the_peers_clock_offset() {
+    let mut lcfg = cfg(NodeId::A);
+    lcfg.clock_interval = Duration::from_millis(20);
+    let mut listener = Listener::bind(localhost(), lcfg.clone())
+        .await
+        .expect("bind");
+    // Node b's clock runs 3 s ahead.
+    let mut ccfg = cfg(NodeId::B);
+    ccfg.clock_interval = Duration::from_millis(20);
+    ccfg.clock_skew_us = 3_000_000;
+    let client = connect(listener.local_addr(), &ccfg)
+        .await
+        .expect("connect");
+    let server = listener.accept().await.expect("accept");
+    let (a, b) = (lcfg.stats.clone(), ccfg.stats.clone());
+    wait_until("offsets measured on both sides", LIMIT, || {
+        a.snapshot().clock_offset_us.is_some() && b.snapshot().clock_offset_us.is_some()
+    })
+    .await;
+    // Let the filter see a few samples.
+    let frames = a.snapshot().frames_received;
+    wait_until("more samples", LIMIT, || {
+        a.snapshot().frames_received >= frames + 8
+    })
+    .await;
+    let (sa, sb) = (a.snapshot(), b.snapshot());
+    let (oa, ob) = (
+        sa.clock_offset_us.expect("a"),
+        sb.clock_offset_us.expect("b"),
+    );
+    eprintln!(
+        "offset seen by a {oa} µs (rtt {:?}), by b {ob} µs (rtt {:?})",
+        sa.clock_rtt_us, sb.clock_rtt_us
+    );
+    assert!((oa - 3_000_000).abs() < 50_000, "a sees b at {oa} µs");
+    assert!((ob + 3_000_000).abs() < 50_000, "b sees a at {ob} µs");
+    assert!(sa.clock_rtt_us.expect("rtt") >= 0);
+    drop((client, server));
+}

@@ -8,7 +8,9 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{assert_same, cfg, fill, localhost, open, payload, wait_until, Mutation, Proxy};
+use common::{
+    assert_prefix, assert_same, cfg, fill, localhost, open, payload, wait_until, Mutation, Proxy,
+};
 use journal::{FsyncPolicy, JournalHandle};
 use replicator::{
     connect, CopyConfig, Error, Event, JournalCopier, JournalShipper, LinkConfig, Listener,
@@ -581,8 +583,9 @@ async fn a_tampered_or_replayed_journal_batch_is_never_appended() {
             "{mutation:?}: a partial batch was appended"
         );
         if copied > 0 {
-            assert_same(&source.handle(), &copy_handle, 1, copied);
+            assert_prefix(&source.handle(), &copy_handle, copied);
         }
+        eprintln!("{mutation:?}: {copied} records copied before the altered record");
         assert_eq!(a_cfg.stats.snapshot().records_copied, copied);
     }
 }

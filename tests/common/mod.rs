@@ -31,6 +31,16 @@ pub fn unique_ip() -> Ipv4Addr {
 
 /// Starts `twinrx <command> --config CONFIG` with its log (stderr) appended to `log`.
 pub fn spawn_logged(command: &str, config: &Path, log: &Path) -> Child {
+    spawn_logged_env(command, config, log, &[])
+}
+
+/// [`spawn_logged`] with extra environment variables.
+pub fn spawn_logged_env(
+    command: &str,
+    config: &Path,
+    log: &Path,
+    env: &[(String, String)],
+) -> Child {
     let logf = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -40,6 +50,7 @@ pub fn spawn_logged(command: &str, config: &Path, log: &Path) -> Child {
         .args([command, "--config"])
         .arg(config)
         .env("RUST_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(logf)
         .spawn()
@@ -242,6 +253,8 @@ pub struct TestNode {
     pub admin: String,
     pub child: Option<Child>,
     pub log: PathBuf,
+    /// Extra environment of the node's process (e.g. `TWINRX_FAULT_*` test aids).
+    pub env: Vec<(String, String)>,
 }
 
 impl TestNode {
@@ -271,6 +284,7 @@ impl TestNode {
             config,
             child: None,
             log: dir.join("node.log"),
+            env: Vec::new(),
         }
     }
 
@@ -1088,7 +1102,7 @@ impl TestNode {
     /// Starts the process without waiting for its admin API (a node of a pair waits for its
     /// peer up to 10 s before it serves: start both, then `wait_admin` on each).
     pub fn spawn(&mut self) {
-        let child = spawn_logged("node", &self.config, &self.log);
+        let child = spawn_logged_env("node", &self.config, &self.log, &self.env);
         note(&format!("{}: spawned (pid {})", self.label(), child.id()));
         self.child = Some(child);
     }

@@ -82,6 +82,24 @@ pub fn fill(j: &mut Journal, tag: &str, last: u64, len: usize) {
     j.sync().expect("sync");
 }
 
+/// Asserts that `copy` holds exactly the records `1..=last` and that they are `source`'s
+/// first records, byte for byte (the source may hold more).
+pub fn assert_prefix(source: &JournalHandle, copy: &JournalHandle, last: u64) {
+    assert_eq!(copy.durable_seq(), Some(Seq(last)), "copy durable seq");
+    let mut at = 1;
+    while at <= last {
+        let b = copy.read(Seq(at), 5000, 8 << 20).expect("read copy");
+        let a = source.read(Seq(at), b.len(), 8 << 20).expect("read source");
+        assert!(!b.is_empty());
+        assert_eq!(a.len(), b.len(), "batch length at {at}");
+        for ((sa, pa), (sb, pb)) in a.iter().zip(&b) {
+            assert_eq!(sa, sb);
+            assert_eq!(pa, pb, "payload of seq {sa}");
+        }
+        at = b.last().expect("non-empty").0 .0 + 1;
+    }
+}
+
 /// Asserts that `copy` holds exactly the records `first..=last` of `source`, byte for byte.
 pub fn assert_same(source: &JournalHandle, copy: &JournalHandle, first: u64, last: u64) {
     assert_eq!(copy.first_seq(), Seq(first), "copy first seq");
