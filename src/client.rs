@@ -733,7 +733,7 @@ fn render_status(v: &serde_json::Value) -> String {
         if let Some(links) = pair["links"].as_array() {
             for l in links {
                 s += &format!(
-                    "link {}    {} {} ({} {})  since {}  remote {}  reconnects {}  auth failures {}{}\n",
+                    "link {}    {} {} ({} {})  since {}  remote {}  reconnects {}  auth failures {}{}{}\n",
                     str_of(&l["index"]),
                     str_of(&pair["peer"]),
                     str_of(&l["state"]),
@@ -743,12 +743,40 @@ fn render_status(v: &serde_json::Value) -> String {
                     str_of(&l["remote"]),
                     str_of(&l["reconnects"]),
                     str_of(&l["auth_failures_total"]),
+                    match l["clock_offset_ms"].as_f64() {
+                        Some(ms) => format!("  clock offset {ms:+.1} ms"),
+                        None => String::new(),
+                    },
                     match l["last_error"].as_str() {
                         Some(e) if l["state"] != "up" => format!("  last error: {e}"),
                         _ => String::new(),
                     }
                 );
             }
+        }
+        if let Some(fp) = pair["tls"]["cert_sha256"].as_str() {
+            let short = |f: &str| f.get(..16).unwrap_or(f).to_string();
+            let peers: Vec<String> = pair["links"]
+                .as_array()
+                .map(|ls| {
+                    ls.iter()
+                        .filter_map(|l| l["peer_cert_sha256"].as_str().map(short))
+                        .collect()
+                })
+                .unwrap_or_default();
+            s += &format!(
+                "tls       certificate sha256 {}…  peer's {}{}\n",
+                short(fp),
+                if peers.is_empty() {
+                    "-".to_string()
+                } else {
+                    peers.join(", ") + "…"
+                },
+                match pair["tls"]["reload_error"].as_str() {
+                    Some(e) => format!("  reload failed: {e}"),
+                    None => String::new(),
+                }
+            );
         }
         let sh = &pair["shipping"];
         let c = &pair["copy"];
@@ -998,6 +1026,24 @@ mod tests {
         );
         // Said once, at the top.
         assert_eq!(text.matches("twinrx resync").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn status_shows_the_links_clock_offset_and_certificates() {
+        let v = json!({"pair": {
+            "peer": "b",
+            "tls": {"cert_sha256": "aa".repeat(32), "reload_error": "b.pem: no PEM certificate"},
+            "links": [{"index": 0, "state": "up", "side": "dial", "address": "10.0.0.2:7400",
+                       "clock_offset_ms": -3012.4, "peer_cert_sha256": "bb".repeat(32)}],
+            "shipping": {}, "copy": {}
+        }});
+        let text = render_status(&v);
+        assert!(text.contains("clock offset -3012.4 ms"), "{text}");
+        assert!(
+            text.contains("certificate sha256 aaaaaaaaaaaaaaaa…  peer's bbbbbbbbbbbbbbbb…"),
+            "{text}"
+        );
+        assert!(text.contains("reload failed: b.pem"), "{text}");
     }
 
     #[test]
