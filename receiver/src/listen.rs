@@ -255,42 +255,6 @@ impl ListenerOptions {
     }
 }
 
-/// Connections open per source address; a [`SourceSlot`] gives its place back on drop.
-#[derive(Default)]
-struct PerSource(Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
-
-struct SourceSlot {
-    table: Arc<PerSource>,
-    ip: std::net::IpAddr,
-}
-
-impl PerSource {
-    fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<SourceSlot> {
-        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let n = t.entry(ip).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(SourceSlot {
-            table: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for SourceSlot {
-    fn drop(&mut self) {
-        let mut t = self.table.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = t.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                t.remove(&self.ip);
-            }
-        }
-    }
-}
-
 /// Turns on TCP keepalive probes after `idle` of silence (then every `idle / 4`, 4 probes).
 fn set_keepalive(stream: &TcpStream, idle: Duration) {
     let ka = socket2::TcpKeepalive::new()
@@ -574,7 +538,7 @@ pub async fn run_tcp(
         opts.rate,
         opts.rate_sources_max,
     )));
-    let per_source = Arc::new(PerSource::default());
+    let per_source = Arc::new(twinrx_types::per_source::PerSource::default());
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {

@@ -739,46 +739,10 @@ impl Drop for Listener {
     }
 }
 
-/// Handshakes running per source address; a [`SourceSlot`] gives its place back on drop.
-#[derive(Default)]
-struct PerSource(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
-
-struct SourceSlot {
-    table: Arc<PerSource>,
-    ip: std::net::IpAddr,
-}
-
-impl PerSource {
-    fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<SourceSlot> {
-        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let n = t.entry(ip).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(SourceSlot {
-            table: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for SourceSlot {
-    fn drop(&mut self) {
-        let mut t = self.table.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = t.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                t.remove(&self.ip);
-            }
-        }
-    }
-}
-
 async fn accept_loop(listener: TcpListener, cfg: LinkConfig, tx: mpsc::Sender<Session>) {
     let cfg = Arc::new(cfg);
     let pending = Arc::new(Semaphore::new(cfg.pending_handshakes_max));
-    let per_source = Arc::new(PerSource::default());
+    let per_source = Arc::new(twinrx_types::per_source::PerSource::default());
     let mut handshakes = JoinSet::new();
     loop {
         let accepted = tokio::select! {

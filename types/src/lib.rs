@@ -4,9 +4,12 @@
 //! identifiers that more than one crate speaks about (the journal's `Seq`, the stream's
 //! `Offset`, the HA core's `Epoch`, a node's `NodeId`, a record's content `Key`), so that the
 //! pure cores (`dedup`, `ha`) and the I/O crates agree without depending on each other.
-//! This crate has no dependencies and no I/O.
+//! This crate has no dependencies and no I/O. Beside them, [`per_source`]: the per-source
+//! slot table the receivers and the cluster link both bound their listeners with.
 
 use std::fmt;
+
+pub mod per_source;
 
 /// A node of the pair. A pair has exactly two nodes, `A` and `B`; the witness is not a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
