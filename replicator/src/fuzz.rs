@@ -107,6 +107,18 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             typed(ty::SHIP_ACK, 42u64.to_be_bytes().to_vec()),
         ),
         ("ship-error", typed(ty::SHIP_ERROR, error.encode())),
+        (
+            "clock",
+            typed(
+                ty::CLOCK,
+                crate::clock::Clock {
+                    sent_us: 1_765_000_000_000_000,
+                    echo_us: 1_764_999_999_990_000,
+                    held_us: 2_000,
+                }
+                .encode(),
+            ),
+        ),
     ]
 }
 
