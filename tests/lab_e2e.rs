@@ -556,3 +556,105 @@ fn admin_over_https_needs_the_ca_and_control_the_token() {
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("not part of a pair"), "{text}");
 }
+
+/// `twinrx keys init` and `twinrx keys issue`, as an operator runs them: the files, their
+/// modes, a second init refused, and a re-issued certificate that the pair's CA still vouches
+/// for (the link loads it).
+#[test]
+fn keys_init_and_issue_make_what_the_link_loads() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let s = Scratch::new("keys-cli");
+    let dir = s.path().join("pair1");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .output()
+            .expect("run twinrx keys");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, text) = run(&["keys".as_ref(), "init".as_ref(), dir.as_os_str()]);
+    assert_eq!(code, Some(0), "{text}");
+    for f in ["ca.key", "a.key", "b.key", "witness.key"] {
+        let mode = std::fs::metadata(dir.join(f))
+            .expect(f)
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{f}: {mode:o}");
+    }
+    for p in ["a", "b", "witness"] {
+        assert!(text.contains(&format!("{p}.pem")), "{text}");
+        let party = replicator::Party::from_short(p).expect("party");
+        replicator::tls::credentials_in(&dir, party).expect("the link loads what init wrote");
+    }
+    // A second init over the same CA is refused, naming why.
+    let (code, text) = run(&["keys".as_ref(), "init".as_ref(), dir.as_os_str()]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("a CA is there already"), "{text}");
+    // Re-issue node b into another directory: a new certificate the CA vouches for.
+    let out = s.path().join("new-b");
+    let ca_key = dir.join("ca.key");
+    let (code, text) = run(&[
+        "keys".as_ref(),
+        "issue".as_ref(),
+        "b".as_ref(),
+        "--ca-key".as_ref(),
+        ca_key.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    let old =
+        replicator::tls::credentials_in(&dir, replicator::Party::Node(twinrx_types::NodeId::B))
+            .expect("old b");
+    let new =
+        replicator::Credentials::load(&dir.join("ca.pem"), &out.join("b.pem"), &out.join("b.key"))
+            .expect("the re-issued certificate loads with the pair's CA");
+    let new_fp = new.fingerprint();
+    assert_ne!(old.fingerprint(), new.fingerprint());
+    assert!(text.contains(&new.fingerprint()), "{text}");
+    // The proof: node a (from init) accepts the new node b in a real TLS handshake.
+    let (a, b) = (
+        replicator::Party::Node(twinrx_types::NodeId::A),
+        replicator::Party::Node(twinrx_types::NodeId::B),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let peer = rt.block_on(async {
+        let a_cfg = replicator::LinkConfig::new(
+            a,
+            &[b],
+            replicator::tls::credentials_in(&dir, a).expect("a"),
+        );
+        let mut l = replicator::Listener::bind("127.0.0.1:0".parse().expect("addr"), a_cfg)
+            .await
+            .expect("bind");
+        let b_cfg = replicator::LinkConfig::new(b, &[a], std::sync::Arc::new(new));
+        let _client = replicator::connect(l.local_addr(), &b_cfg)
+            .await
+            .expect("the re-issued b is accepted");
+        l.accept()
+            .await
+            .expect("accept")
+            .peer_cert_sha256()
+            .to_string()
+    });
+    assert_eq!(peer, new_fp);
+    // An unknown party is refused.
+    let (code, text) = run(&[
+        "keys".as_ref(),
+        "issue".as_ref(),
+        "c".as_ref(),
+        "--ca-key".as_ref(),
+        ca_key.as_os_str(),
+    ]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("must be a, b or witness"), "{text}");
+}
