@@ -78,11 +78,16 @@ fn run_and_kill(dir: &Path, test_name: &str, acks_wanted: u64) -> (u64, u64) {
     let stdout = child.stdout.take().expect("piped stdout");
     let (mut acked, mut hold, mut seen) = (0, 0, 0);
     let deadline = Instant::now() + Duration::from_secs(20);
-    for line in BufReader::new(stdout).lines() {
-        let line = line.expect("read child stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let take = |line: &str, hold: &mut u64| {
         if let Some(n) = line.strip_prefix("hold ") {
-            hold = n.trim().parse().expect("hold number");
-        } else if let Some(n) = line.strip_prefix("ack ") {
+            *hold = n.trim().parse().expect("hold number");
+        }
+    };
+    for line in lines.by_ref() {
+        let line = line.expect("read child stdout");
+        take(&line, &mut hold);
+        if let Some(n) = line.strip_prefix("ack ") {
             acked = n.trim().parse().expect("ack number");
             seen += 1;
             if seen >= acks_wanted {
@@ -93,6 +98,13 @@ fn run_and_kill(dir: &Path, test_name: &str, acks_wanted: u64) -> (u64, u64) {
     }
     child.kill().expect("SIGKILL the writer");
     child.wait().expect("reap the writer");
+    // The writer went on until the kill landed: the holds it announced meanwhile (each
+    // printed before the reader moved there) are in the pipe. Retention may have used the
+    // last of them.
+    for line in lines {
+        let Ok(line) = line else { break };
+        take(&line, &mut hold);
+    }
     assert!(seen >= acks_wanted, "writer stopped early");
     (acked, hold)
 }
